@@ -1,0 +1,27 @@
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: run test bench
+
+run: $(VENV)/.installed
+	$(VENV)/bin/streamlit run app.py
+
+test: $(VENV)/.installed $(VENV)/.installed-test
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed
+	@set -e; for f in benchmarks/*.py; do \
+		[ -e "$$f" ] || continue; echo "== $$f"; $(PY) "$$f"; done
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: requirements.txt | $(PY)
+	$(PY) -m pip install -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
+	$(PY) -m pip install -r requirements-test.txt
+	touch $@

@@ -1,0 +1,31 @@
+"""Map helpers shared by every method: one upsampling, one normalisation."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling (align_corners=False) of (N, h, w) or (N, C, h, w) maps to ``size``.
+
+    The one place where maps change resolution, so every method and the prototype
+    explainers agree pixel for pixel (seed 000, eq. 7 uses the same interpolation).
+    """
+    squeeze = maps.dim() == 3
+    batch = maps.unsqueeze(1) if squeeze else maps
+    resized = F.interpolate(batch.float(), size=tuple(size), mode="bilinear", align_corners=False)
+    return resized.squeeze(1) if squeeze else resized
+
+
+def normalise(heatmap: np.ndarray, signed: bool = False) -> np.ndarray:
+    """Scale a map for display: to [0, 1] by min-max, or to [-1, 1] by the largest magnitude when signed.
+
+    Signed maps keep zero at zero so that a diverging colour map shows sign honestly.
+    """
+    heatmap = np.asarray(heatmap, dtype=np.float32)
+    if signed:
+        peak = float(np.abs(heatmap).max())
+        return heatmap / peak if peak > 0 else np.zeros_like(heatmap)
+    low, high = float(heatmap.min()), float(heatmap.max())
+    return (heatmap - low) / (high - low) if high > low else np.zeros_like(heatmap)

@@ -1,0 +1,88 @@
+"""The method registry: name -> a function of a trace, with what the UI needs to show it.
+
+A new method is one function plus one ``@register_method`` line; the sidebar, the API
+(``methods()``) and the tests read this registry.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Union
+
+import torch
+
+if TYPE_CHECKING:
+    from ..models import ModelSpec
+    from ..trace import Trace
+
+FAMILIES = ("gradient", "gradient-free", "perturbation", "propagation", "classic", "prototype")
+
+
+@dataclass
+class MethodOutput:
+    """Maps (N, h, w) at block resolution plus any passes the method ran beyond the shared trace."""
+
+    maps: torch.Tensor
+    forwards: int = 0
+    backwards: int = 0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+Compute = Callable[["Trace", str, "ModelSpec"], Union[torch.Tensor, MethodOutput]]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    label: str
+    family: str
+    description: str
+    reference: str
+    compute: Compute
+    needs_gradients: bool = False
+    signed: bool = False
+    last_block_only: bool = False
+    requires_gap_head: bool = False
+
+    def available(self, model: "ModelSpec", block: str) -> str | None:
+        """None when the method applies to this model and block, else the reason it does not."""
+        last = list(model.blocks)[-1]
+        if self.last_block_only and block != last:
+            return f"{self.label} is defined at the last block only ({last}): the classifier lives in its channels"
+        if self.requires_gap_head and not model.gap_head:
+            return (f"{self.label} needs a global-average-pooling + linear head right after {last}; "
+                    f"{model.name} has more layers in between")
+        return None
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(name: str, *, label: str, family: str, description: str, reference: str,
+                    needs_gradients: bool = False, signed: bool = False,
+                    last_block_only: bool = False, requires_gap_head: bool = False) -> Callable[[Compute], Compute]:
+    """Register ``compute(trace, block, model)`` under ``name``."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, not {family!r}")
+
+    def add(compute: Compute) -> Compute:
+        if name in METHODS:
+            raise ValueError(f"method {name!r} is registered twice")
+        METHODS[name] = Method(name, label, family, description, reference, compute,
+                               needs_gradients, signed, last_block_only, requires_gap_head)
+        return compute
+
+    return add
+
+
+def methods(family: str | None = None) -> list[str]:
+    """Registry ids, in registration order, optionally of one family."""
+    return [name for name, method in METHODS.items() if family is None or method.family == family]
+
+
+def method_info(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+from . import cam  # noqa: E402,F401  (registers the CAM family)

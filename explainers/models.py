@@ -1,0 +1,403 @@
+"""Models by name, path or module: ``load_model`` returns a ``ModelSpec``.
+
+A ModelSpec knows the network (eval mode), its blocks ``B1..B4`` (ResNet ``layer1..4``,
+VGG conv stages, DenseNet dense blocks, otherwise the last module at each spatial
+resolution), its final linear classifier, how to turn a PIL image into its input, and
+its classes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import urllib.error
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from PIL import Image
+from torch import nn
+from torchvision.transforms import functional as TF
+
+from .registry import Registry
+from .zoo import DIGITS_CARD, DIGITS_MEAN, DIGITS_STD, DIGITS_WEIGHTS, DigitsResNet
+
+MODELS: Registry = Registry("model")
+BLOCK_NAMES = ("B1", "B2", "B3", "B4")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TORCHVISION_MODELS = ("resnet18", "resnet34", "resnet50", "vgg16_bn", "densenet121")
+
+
+class ModelUnavailableError(RuntimeError):
+    """The weights of a model cannot be had here (no network and nothing cached)."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read, or that does not fit the architecture."""
+
+
+@dataclass
+class Preprocess:
+    """PIL image -> model input, in two steps so that overlays can be drawn on ``geometry``'s output.
+
+    ``geometry`` resizes (and centre-crops) to the model's input size; ``to_tensor``
+    converts to the model's colour mode and normalises.
+    """
+
+    input_size: tuple[int, int]
+    mode: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resize: int | None = None  # shorter side before the centre crop, as torchvision's ImageNet recipe
+
+    def geometry(self, image: Image.Image) -> Image.Image:
+        image = flatten_alpha(image, background=0 if self.mode == "L" else 255).convert(self.mode)
+        if self.resize:
+            image = TF.center_crop(TF.resize(image, self.resize, antialias=True), list(self.input_size))
+        elif image.size != (self.input_size[1], self.input_size[0]):
+            image = image.resize((self.input_size[1], self.input_size[0]), Image.BILINEAR)
+        return image
+
+    def to_tensor(self, image: Image.Image) -> torch.Tensor:
+        return TF.normalize(TF.to_tensor(image.convert(self.mode)), list(self.mean), list(self.std))
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.to_tensor(self.geometry(image))
+
+
+def flatten_alpha(image: Image.Image, background: int = 255) -> Image.Image:
+    """Composite a transparent image over a plain background (black for digits, white for photos)."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (background, background, background, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return image
+
+
+def digits_transform() -> Preprocess:
+    return Preprocess(input_size=(64, 64), mode="L", mean=(DIGITS_MEAN,), std=(DIGITS_STD,))
+
+
+@dataclass
+class ModelSpec:
+    """Everything the explainers need to know about one classifier."""
+
+    name: str
+    net: nn.Module
+    blocks: dict[str, nn.Module]
+    block_paths: dict[str, str]
+    classifier: nn.Linear
+    transform: Preprocess
+    classes: list[str]
+    family: str
+    card: dict[str, Any] = field(default_factory=dict)
+    _fingerprint: str | None = field(default=None, repr=False)
+    _block_shapes: dict[str, tuple[int, int, int]] | None = field(default=None, repr=False)
+    _gap_head: bool | None = field(default=None, repr=False)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.transform.input_size
+
+    @property
+    def num_classes(self) -> int:
+        return self.classifier.out_features
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of the weights: keys every cache of anything computed from this model."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256(self.name.encode())
+            for key, tensor in self.net.state_dict().items():
+                digest.update(key.encode())
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            self._fingerprint = digest.hexdigest()[:16]
+        return self._fingerprint
+
+    @property
+    def block_shapes(self) -> dict[str, tuple[int, int, int]]:
+        """(channels, height, width) of each block's output for one input image."""
+        if self._block_shapes is None:
+            self._probe()
+        assert self._block_shapes is not None
+        return self._block_shapes
+
+    @property
+    def gap_head(self) -> bool:
+        """True when logits = mean over B4's pixels of h_r . c_j + b (seed 000, Thm 1): CAM's premise."""
+        if self._gap_head is None:
+            self._probe()
+        assert self._gap_head is not None
+        return self._gap_head
+
+    def _probe(self) -> None:
+        from .trace import trace
+
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(1, len(self.transform.mean), *self.input_size, generator=generator)
+        probe = trace(self, x)
+        self._block_shapes = {name: tuple(a.shape[1:]) for name, a in probe.activations.items()}
+        last = probe.activations[BLOCK_NAMES[len(self.blocks) - 1]]
+        fits = last.shape[1] == self.classifier.in_features
+        if fits:
+            rebuilt = last.mean(dim=(2, 3)) @ self.classifier.weight.T + self.classifier.bias
+            fits = torch.allclose(rebuilt, probe.logits, rtol=1e-4, atol=1e-4)
+        self._gap_head = bool(fits)
+
+    def class_name(self, index: int) -> str:
+        return self.classes[index] if 0 <= index < len(self.classes) else str(index)
+
+    def check_target(self, target: int) -> int:
+        if not 0 <= int(target) < self.num_classes:
+            raise ValueError(
+                f"target class {target} is out of range: {self.name} has {self.num_classes} classes "
+                f"(0..{self.num_classes - 1})"
+            )
+        return int(target)
+
+
+def load_model(model: str | Path | nn.Module, *, weights: str | None = "DEFAULT", arch: str | None = None,
+               classes: list[str] | None = None, input_size: tuple[int, int] = (224, 224)) -> ModelSpec:
+    """Build a ModelSpec from a registered name, a checkpoint path, or an ``nn.Module``.
+
+    - ``"digits"`` (built in, offline) or a torchvision classifier name such as ``"resnet18"``;
+      ``weights="DEFAULT"`` fetches ImageNet weights through torchvision's cache, ``None``
+      gives random weights.
+    - A checkpoint file: a state dict, or ``{"state_dict", "arch", "classes"}``; read with
+      ``torch.load(..., weights_only=True)``, never unpickling code. ``arch`` names the
+      architecture when the file does not.
+    - An ``nn.Module`` ending in a linear classifier (``classes`` and ``input_size`` describe it).
+    """
+    if isinstance(model, nn.Module):
+        return from_module(model, name=type(model).__name__, classes=classes, input_size=input_size)
+    if isinstance(model, str) and model in MODELS:
+        return MODELS.build(model, weights=weights)
+    path = Path(model)
+    if path.is_file():
+        return from_checkpoint(path, arch=arch, classes=classes)
+    if isinstance(model, str) and _is_torchvision_classifier(model):
+        return torchvision_model(model, weights=weights)
+    raise ValueError(
+        f"unknown model {str(model)!r}: use one of {', '.join(MODELS.names())}, "
+        "a torchvision classifier name, a checkpoint file, or an nn.Module"
+    )
+
+
+@MODELS.register("digits", description="compact ResNet trained on scikit-learn's digits (built in, offline)")
+def digits(weights: str | None = "DEFAULT") -> ModelSpec:
+    net = DigitsResNet()
+    card: dict[str, Any] = {}
+    if weights is not None:
+        net.load_state_dict(torch.load(DIGITS_WEIGHTS, map_location="cpu", weights_only=True))
+        card = json.loads(DIGITS_CARD.read_text()) if DIGITS_CARD.exists() else {}
+    return _spec("digits", net.eval(), digits_transform(), [str(d) for d in range(10)], "resnet", card)
+
+
+def _torchvision_builder(name: str) -> Callable[..., ModelSpec]:
+    def build(weights: str | None = "DEFAULT") -> ModelSpec:
+        return torchvision_model(name, weights=weights)
+
+    return build
+
+
+for _name in TORCHVISION_MODELS:
+    MODELS.register(_name, description=f"torchvision {_name}, ImageNet weights")(_torchvision_builder(_name))
+
+
+def _is_torchvision_classifier(name: str) -> bool:
+    from torchvision import models
+
+    return name in models.list_models(module=models)
+
+
+def torchvision_model(name: str, weights: str | None = "DEFAULT") -> ModelSpec:
+    """A torchvision ImageNet classifier; its weights come from torchvision's own cache or download."""
+    from torchvision import models
+
+    enum = models.get_model_weights(name)
+    chosen = enum.DEFAULT if weights == "DEFAULT" else (enum[weights] if weights else None)
+    try:
+        net = models.get_model(name, weights=chosen)
+    except (urllib.error.URLError, OSError, ConnectionError) as error:
+        cache = Path(torch.hub.get_dir()) / "checkpoints"
+        raise ModelUnavailableError(
+            f"The ImageNet weights of {name} could not be fetched ({error.__class__.__name__}: {error}). "
+            f"Without network access they must already be in torchvision's cache ({cache}). "
+            "Copy the weight file there, or choose random weights (weights=None) or the built-in 'digits' model."
+        ) from error
+    meta_from = chosen or enum.DEFAULT
+    preprocess = Preprocess(input_size=(224, 224), mode="RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=256)
+    card = {"weights": str(chosen) if chosen else "random (weights=None)", "dataset": "ImageNet-1k"}
+    metrics = meta_from.meta.get("_metrics", {}).get("ImageNet-1K", {})
+    if chosen is not None and metrics:
+        card["test_accuracy"] = round(metrics.get("acc@1", 0.0) / 100, 4)
+    return _spec(name, net.eval(), preprocess, list(meta_from.meta["categories"]), _family(net), card)
+
+
+def from_checkpoint(path: Path, arch: str | None = None, classes: list[str] | None = None) -> ModelSpec:
+    """Load a state dict saved by ``torch.save`` (weights only; code is never unpickled)."""
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for unreadable or unsafe files
+        raise CheckpointError(
+            f"{Path(path).name} could not be read as a PyTorch weights file ({error.__class__.__name__}). "
+            "Save the model with torch.save(model.state_dict(), path); files that need code to unpickle are refused."
+        ) from error
+    state, meta = _split_checkpoint(loaded)
+    arch = arch or meta.get("arch") or _guess_arch(state)
+    if arch is None:
+        raise CheckpointError(
+            f"{Path(path).name} does not say which architecture it holds: pass arch= one of {', '.join(MODELS.names())}"
+        )
+    spec = MODELS.build(arch, weights=None) if arch in MODELS else torchvision_model(arch, weights=None)
+    head_key = _module_path(spec.net, spec.classifier) + ".weight"
+    if head_key in state and state[head_key].shape[0] != spec.num_classes:
+        spec = _rebuild_with_classes(arch, state[head_key].shape[0])
+    result = spec.net.load_state_dict(state, strict=False)
+    mismatched = _shape_mismatches(spec.net, state)
+    if result.missing_keys or result.unexpected_keys or mismatched:
+        raise CheckpointError(_misfit_message(Path(path).name, arch, result, mismatched))
+    names = classes or meta.get("classes") or (spec.classes if len(spec.classes) == spec.num_classes
+                                               else [str(i) for i in range(spec.num_classes)])
+    spec.classes = list(names)
+    spec.name = f"{Path(path).name} ({arch})"
+    spec.card = {"checkpoint": str(path), "arch": arch, **{k: v for k, v in meta.items() if k != "classes"}}
+    spec._fingerprint = None
+    return spec
+
+
+def _split_checkpoint(loaded: Any) -> tuple[Mapping[str, torch.Tensor], dict[str, Any]]:
+    if isinstance(loaded, Mapping) and "state_dict" in loaded:
+        meta = {k: v for k, v in loaded.items() if k != "state_dict" and isinstance(v, (str, int, float, list))}
+        loaded = loaded["state_dict"]
+    else:
+        meta = {}
+    if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise CheckpointError("the file holds no state dict (a mapping of parameter names to tensors)")
+    return loaded, meta
+
+
+def _guess_arch(state: Mapping[str, torch.Tensor]) -> str | None:
+    reference = DigitsResNet().state_dict()
+    same = set(reference) == set(state) and all(
+        reference[k].shape == state[k].shape for k in reference if not k.startswith("fc.")
+    )
+    return "digits" if same else None
+
+
+def _rebuild_with_classes(arch: str, num_classes: int) -> ModelSpec:
+    if arch == "digits":
+        net: nn.Module = DigitsResNet(num_classes=num_classes)
+        return _spec("digits", net.eval(), digits_transform(), [str(i) for i in range(num_classes)], "resnet", {})
+    from torchvision import models
+
+    net = models.get_model(arch, weights=None, num_classes=num_classes)
+    preprocess = Preprocess(input_size=(224, 224), mode="RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=256)
+    return _spec(arch, net.eval(), preprocess, [str(i) for i in range(num_classes)], _family(net), {})
+
+
+def _shape_mismatches(net: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
+    own = net.state_dict()
+    return [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+            for k, v in state.items() if k in own and own[k].shape != v.shape]
+
+
+def _misfit_message(filename: str, arch: str, result: Any, mismatched: list[str]) -> str:
+    parts = [f"{filename} does not fit the {arch} architecture:"]
+    if result.missing_keys:
+        parts.append(f"{len(result.missing_keys)} parameters missing (e.g. {', '.join(result.missing_keys[:3])})")
+    if result.unexpected_keys:
+        parts.append(f"{len(result.unexpected_keys)} unexpected (e.g. {', '.join(result.unexpected_keys[:3])})")
+    if mismatched:
+        parts.append(f"{len(mismatched)} with other shapes (e.g. {'; '.join(mismatched[:2])})")
+    parts.append("Choose the architecture the checkpoint was trained with.")
+    return " ".join(parts)
+
+
+def from_module(net: nn.Module, name: str, classes: list[str] | None = None,
+                input_size: tuple[int, int] = (224, 224), channels: int | None = None) -> ModelSpec:
+    """Wrap any classifier module whose last linear layer gives the logits."""
+    channels = channels or _input_channels(net)
+    mode = "L" if channels == 1 else "RGB"
+    mean, std = ((0.5,), (0.5,)) if channels == 1 else (IMAGENET_MEAN, IMAGENET_STD)
+    preprocess = Preprocess(input_size=input_size, mode=mode, mean=mean, std=std)
+    classifier = _last_linear(net)
+    names = classes or [str(i) for i in range(classifier.out_features)]
+    return _spec(name, net.eval(), preprocess, names, _family(net), {})
+
+
+def _spec(name: str, net: nn.Module, preprocess: Preprocess, classes: list[str], family: str,
+          card: dict[str, Any]) -> ModelSpec:
+    blocks = find_blocks(net, family, preprocess)
+    paths = {block: _module_path(net, module) for block, module in blocks.items()}
+    return ModelSpec(name=name, net=net, blocks=blocks, block_paths=paths, classifier=_last_linear(net),
+                     transform=preprocess, classes=classes, family=family, card=card)
+
+
+def _family(net: nn.Module) -> str:
+    if all(hasattr(net, f"layer{i}") for i in range(1, 5)):
+        return "resnet"
+    features = getattr(net, "features", None)
+    if features is not None and hasattr(features, "denseblock4"):
+        return "densenet"
+    if isinstance(features, nn.Sequential) and any(isinstance(m, nn.MaxPool2d) for m in features):
+        return "vgg"
+    return "generic"
+
+
+def find_blocks(net: nn.Module, family: str, preprocess: Preprocess) -> dict[str, nn.Module]:
+    """B1..B4 of a network: its four deepest stages, from shallow to deep."""
+    if family == "resnet":
+        modules = [getattr(net, f"layer{i}") for i in range(1, 5)]
+    elif family == "densenet":
+        modules = [getattr(net.features, f"denseblock{i}") for i in range(1, 5)]
+    elif family == "vgg":
+        # A VGG conv stage ends with its max pool; the last four stages are B1..B4.
+        modules = [m for m in net.features if isinstance(m, nn.MaxPool2d)][-4:]
+    else:
+        modules = _last_module_per_resolution(net, preprocess)[-4:]
+    if not modules:
+        raise ValueError("found no convolutional stage (a module with a spatial output) in this model")
+    return dict(zip(BLOCK_NAMES, modules))
+
+
+def _last_module_per_resolution(net: nn.Module, preprocess: Preprocess) -> list[nn.Module]:
+    """Modules in the order they finish, keeping the last one to output each spatial size (above 1x1)."""
+    finished: list[tuple[nn.Module, tuple[int, int]]] = []
+
+    def record(module: nn.Module, _inputs: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[-2:] != (1, 1):
+            finished.append((module, tuple(output.shape[-2:])))
+
+    handles = [m.register_forward_hook(record) for m in net.modules() if m is not net]
+    try:
+        with torch.inference_mode():
+            net(torch.zeros(1, len(preprocess.mean), *preprocess.input_size))
+    finally:
+        for handle in handles:
+            handle.remove()
+    last: dict[tuple[int, int], nn.Module] = {}
+    order: list[tuple[int, int]] = []
+    for module, size in finished:
+        if size in last:
+            order.remove(size)
+        last[size] = module
+        order.append(size)
+    return [last[size] for size in order]
+
+
+def _last_linear(net: nn.Module) -> nn.Linear:
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("this model has no nn.Linear layer: Protoscope explains classifiers that end in one")
+    return linears[-1]
+
+
+def _input_channels(net: nn.Module) -> int:
+    first = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
+    return first.in_channels if first is not None else 3
+
+
+def _module_path(net: nn.Module, target: nn.Module) -> str:
+    return next(name for name, module in net.named_modules() if module is target)

@@ -1,0 +1,110 @@
+"""The trace engine: ONE forward pass with hooks on every block, plus at most ONE backward.
+
+Every explanation method is a function of a ``Trace``; side-by-side views compute the trace
+once and derive every method from it (pytorch-grad-cam runs a pass per method instead).
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from .models import ModelSpec
+
+
+@dataclass
+class Trace:
+    """What one pass through the model recorded, for a batch of N images.
+
+    ``activations[b]`` and ``gradients[b]`` are (N, D_b, H_b, W_b); gradients are of the
+    target logit of each image with respect to the block's output (None when not asked).
+    """
+
+    inputs: torch.Tensor
+    logits: torch.Tensor
+    targets: torch.Tensor
+    activations: dict[str, torch.Tensor]
+    gradients: dict[str, torch.Tensor] | None
+    forwards: int
+    backwards: int
+    seconds: float
+
+    @property
+    def probabilities(self) -> torch.Tensor:
+        return self.logits.softmax(dim=1)
+
+
+@contextmanager
+def block_hooks(blocks: dict[str, nn.Module]) -> Iterator[dict[str, torch.Tensor]]:
+    """Record each block's output during the ``with`` body; the hooks are removed on exit, also on error.
+
+    The hook hands the network a clone of the block's output and keeps the original, so an
+    in-place operation downstream (``ReLU(inplace=True)``, ``out += identity``) changes the
+    clone and never what was recorded; gradients still flow through the clone.
+    """
+    captured: dict[str, torch.Tensor] = {}
+
+    def recorder(name: str):
+        def hook(_module: nn.Module, _inputs: object, output: object) -> torch.Tensor:
+            if not isinstance(output, torch.Tensor):
+                raise TypeError(f"block {name} returns {type(output).__name__}, not a tensor; choose another module")
+            captured[name] = output
+            return output.clone()
+
+        return hook
+
+    handles = [module.register_forward_hook(recorder(name)) for name, module in blocks.items()]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def trace(model: "ModelSpec", inputs: torch.Tensor, targets: int | Sequence[int] | torch.Tensor | None = None,
+          gradients: bool = False, blocks: Sequence[str] | None = None) -> Trace:
+    """Run the model once on ``inputs`` (N, C, H, W) and record every block.
+
+    ``targets``: one class for all images, one per image, or None for the predicted class.
+    ``gradients``: also run ONE backward pass of the sum of the target logits, giving the
+    gradient at every block; parameters' ``.grad`` are left untouched.
+    """
+    if inputs.dim() == 3:
+        inputs = inputs.unsqueeze(0)
+    chosen = {name: model.blocks[name] for name in (blocks or model.blocks)}
+    started = time.perf_counter()
+    with block_hooks(chosen) as captured, torch.set_grad_enabled(gradients):
+        if gradients:
+            inputs = inputs.detach().requires_grad_(True)
+        logits = model.net(inputs)
+        chosen_targets = _resolve_targets(model, logits, targets)
+        grads = None
+        if gradients:
+            score = logits.gather(1, chosen_targets[:, None]).sum()
+            names = list(captured)
+            values = torch.autograd.grad(score, [captured[n] for n in names])
+            grads = {name: value.detach() for name, value in zip(names, values)}
+    activations = {name: captured[name].detach() for name in chosen}
+    return Trace(inputs=inputs.detach(), logits=logits.detach(), targets=chosen_targets,
+                 activations=activations, gradients=grads, forwards=1, backwards=int(gradients),
+                 seconds=time.perf_counter() - started)
+
+
+def _resolve_targets(model: "ModelSpec", logits: torch.Tensor,
+                     targets: int | Sequence[int] | torch.Tensor | None) -> torch.Tensor:
+    n = logits.shape[0]
+    if targets is None:
+        return logits.detach().argmax(dim=1)
+    values = torch.as_tensor(targets, dtype=torch.long).reshape(-1)
+    if values.numel() == 1:
+        values = values.expand(n)
+    if values.numel() != n:
+        raise ValueError(f"got {values.numel()} targets for {n} images")
+    for value in values.unique().tolist():
+        model.check_target(value)
+    return values.clone()

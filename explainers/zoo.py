@@ -1,0 +1,165 @@
+"""Built-in models whose weights ship in ``assets/``, and the command that trains them.
+
+    python -m explainers.zoo train digits      # reproduces assets/digits_resnet.pt
+
+The ``digits`` model is a compact ResNet: the usual stem (conv, batch norm, ReLU, max
+pool) and four residual stages of torchvision ``BasicBlock`` s, so ``B1..B4`` mean what
+they mean for ResNet34 and LRP canonizers recognise the blocks; global average pooling
+and one linear layer close it (the GAP + linear head of seed 000, eq. 1-2).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.resnet import BasicBlock
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DIGITS_WEIGHTS = ASSETS / "digits_resnet.pt"
+DIGITS_CARD = ASSETS / "digits_resnet.json"
+DIGITS_WIDTHS = (16, 32, 64, 128)
+DIGITS_DEPTHS = (2, 2, 2, 2)
+# Pixel statistics of the digits training images (ink is high), used to normalise input.
+DIGITS_MEAN = 0.30
+DIGITS_STD = 0.32
+
+
+class DigitsResNet(nn.Module):
+    """ResNet-style classifier with torchvision's attribute names (conv1 ... layer4, fc)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1,
+                 widths: tuple[int, ...] = DIGITS_WIDTHS, depths: tuple[int, ...] = DIGITS_DEPTHS) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, widths[0], kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        stages = []
+        planes_in = widths[0]
+        for index, (planes, depth) in enumerate(zip(widths, depths)):
+            stride = 1 if index == 0 else 2
+            stages.append(_stage(planes_in, planes, depth, stride))
+            planes_in = planes
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def _stage(planes_in: int, planes: int, depth: int, stride: int) -> nn.Sequential:
+    downsample = None
+    if stride != 1 or planes_in != planes:
+        downsample = nn.Sequential(
+            nn.Conv2d(planes_in, planes, kernel_size=1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+        )
+    blocks = [BasicBlock(planes_in, planes, stride, downsample)]
+    blocks += [BasicBlock(planes, planes) for _ in range(depth - 1)]
+    return nn.Sequential(*blocks)
+
+
+def digits_tensors(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The digits split as normalised 1x64x64 tensors (the model's input) and labels."""
+    from .data import load_dataset
+    from .models import digits_transform
+
+    dataset = load_dataset("digits", split)
+    transform = digits_transform()
+    images = torch.stack([transform(dataset[i][0]) for i in range(len(dataset))])
+    return images, torch.as_tensor(dataset.labels)
+
+
+def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Small random rotations, shifts and scalings, as handwriting varies."""
+    n = batch.shape[0]
+    angle = (torch.rand(n, generator=generator) - 0.5) * math.radians(24)
+    scale = 1 + (torch.rand(n, generator=generator) - 0.5) * 0.2
+    shift = (torch.rand(n, 2, generator=generator) - 0.5) * 0.2
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
+    background = -DIGITS_MEAN / DIGITS_STD
+    return F.grid_sample(batch - background, grid, align_corners=False, padding_mode="zeros") + background
+
+
+@torch.inference_mode()
+def accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> float:
+    net.eval()
+    correct = 0
+    for start in range(0, len(images), batch_size):
+        logits = net(images[start:start + batch_size])
+        correct += int((logits.argmax(1) == labels[start:start + batch_size]).sum())
+    return correct / len(images)
+
+
+def train_digits(epochs: int = 40, seed: int = 0, batch_size: int = 64, lr: float = 3e-3,
+                 out: Path = DIGITS_WEIGHTS, card: Path = DIGITS_CARD) -> dict:
+    """Train the built-in digits model from scratch and write its weights and model card."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    train_x, train_y = digits_tensors("train")
+    test_x, test_y = digits_tensors("test")
+    net = DigitsResNet()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=5e-4)
+    steps = epochs * math.ceil(len(train_x) / batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
+    started = time.perf_counter()
+    for epoch in range(epochs):
+        net.train()
+        order = torch.randperm(len(train_x), generator=generator)
+        total = 0.0
+        for start in range(0, len(order), batch_size):
+            index = order[start:start + batch_size]
+            loss = F.cross_entropy(net(_augment(train_x[index], generator)), train_y[index], label_smoothing=0.05)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += float(loss) * len(index)
+        if epoch % 5 == 4 or epoch == epochs - 1:
+            print(f"epoch {epoch + 1:3d}/{epochs}  loss {total / len(train_x):.4f}  "
+                  f"test accuracy {accuracy(net, test_x, test_y):.4f}", flush=True)
+    net.eval()
+    summary = {
+        "model": "digits",
+        "architecture": f"DigitsResNet(widths={list(DIGITS_WIDTHS)}, depths={list(DIGITS_DEPTHS)}, BasicBlock)",
+        "input_size": [64, 64],
+        "train_accuracy": round(accuracy(net, train_x, train_y), 4),
+        "test_accuracy": round(accuracy(net, test_x, test_y), 4),
+        "epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr,
+        "train_images": len(train_x), "test_images": len(test_x),
+        "training_seconds": round(time.perf_counter() - started, 1),
+        "command": "python -m explainers.zoo train digits",
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), out)
+    card.write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m explainers.zoo", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train a built-in model and write its weights to assets/")
+    train.add_argument("model", choices=["digits"])
+    train.add_argument("--epochs", type=int, default=40)
+    train.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    np.random.seed(args.seed)
+    train_digits(epochs=args.epochs, seed=args.seed)
+
+
+if __name__ == "__main__":
+    main()

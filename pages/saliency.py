@@ -1,0 +1,97 @@
+"""Saliency: one panel per method, side by side, all from one shared pass."""
+import io
+
+import streamlit as st
+
+from explainers import method_info
+from explainers.render import SEQUENTIAL, cells, grid, overlay
+from ui.cache import explanations
+from ui.sidebar import current
+
+st.title("Saliency maps")
+st.caption("Where does the network look? Each panel is one method's answer for the same image, class and depth. "
+           "All panels come from one forward pass (and one backward when a gradient method is shown).")
+
+selection = current()
+if selection.model is None or selection.image_data is None:
+    st.info("Choose a model and an image in the sidebar.")
+    st.stop()
+model = selection.model
+
+controls = st.columns([2, 2, 2, 3])
+opacity = controls[0].slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="opacity")
+cmap = controls[1].selectbox("Colour map", SEQUENTIAL, key="cmap",
+                             help="Signed maps (CAM, HiResCAM, EigenGrad-CAM) always use blue–white–red.")
+view = controls[2].radio("Show", ["overlay", "cells"], key="view", horizontal=True,
+                         format_func=lambda v: {"overlay": "overlay", "cells": "block cells"}[v],
+                         help="Block cells: the map at the block's own resolution, before upsampling.")
+
+runnable, skipped = [], []
+for name in selection.methods:
+    reason = method_info(name).available(model, selection.block)
+    if reason:
+        skipped.append((name, reason))
+    else:
+        runnable.append(name)
+if not runnable:
+    st.info("Choose at least one method in the sidebar that applies at this depth.")
+    for name, reason in skipped:
+        st.caption(f"{method_info(name).label}: {reason}.")
+    st.stop()
+
+maps = explanations(selection.model_key, model, selection.image_data, tuple(runnable), selection.block,
+                    selection.target)
+first = next(iter(maps.values()))
+predicted, probability = selection.top[0]
+target_probability = dict(selection.top).get(first.target)
+size = max(256, model.input_size[0])
+shape = model.block_shapes[selection.block]
+
+header = st.columns([1, 3])
+display_image = model.transform.geometry(selection.image)
+header[0].image(display_image.resize((size, size)), caption=selection.image_caption, width=size)
+with header[1]:
+    st.markdown(f"#### Predicted **{model.class_name(predicted)}** ({probability:.1%})")
+    explained = f"**{model.class_name(first.target)}**" + (f" ({target_probability:.1%})" if target_probability else "")
+    st.markdown(f"Explaining class {explained} at **{selection.block}** (`{model.block_paths[selection.block]}`, "
+                f"{shape[1]}×{shape[2]} cells of {shape[0]} channels).")
+    st.markdown(f"Shared pass: **{first.trace_seconds * 1000:.1f} ms**, 1 forward"
+                f"{' + 1 backward' if any(e.backwards for e in maps.values()) else ''} for all "
+                f"{len(maps)} maps.")
+    for name, reason in skipped:
+        st.caption(f"Not shown — {reason}.")
+
+panels = []
+for name, result in maps.items():
+    info = method_info(name)
+    if view == "cells":
+        picture = cells(result.raw, result.signed, cmap, size)
+    else:
+        picture = overlay(display_image, result.heatmap, result.signed, cmap, opacity, size)
+    panels.append((info.label, picture, result))
+
+columns_per_row = 4
+for start in range(0, len(panels), columns_per_row):
+    row = st.columns(columns_per_row)
+    for column, (label, picture, result) in zip(row, panels[start:start + columns_per_row]):
+        passes = f"{result.forwards} fwd / {result.backwards} bwd"
+        column.image(picture, width=size)
+        column.markdown(f"**{label}**" + (" · signed" if result.signed else ""))
+        column.caption(f"{result.seconds * 1000:.1f} ms on the shared pass · {passes}")
+
+buffer = io.BytesIO()
+sheet = grid([(f"input: {selection.image_caption}", display_image.resize((size, size)))]
+             + [(label, picture) for label, picture, _ in panels])
+sheet.save(buffer, format="PNG")
+st.download_button("Download the grid (PNG)", buffer.getvalue(), file_name=f"protoscope-{selection.block}.png",
+                   mime="image/png")
+
+with st.expander("What each method computes, and what it cost"):
+    st.dataframe(
+        [{"method": method_info(n).label, "family": method_info(n).family,
+          "own time (ms)": round(e.seconds * 1000, 2), "forward passes": e.forwards, "backward passes": e.backwards,
+          "what it computes": method_info(n).description, "paper": method_info(n).reference}
+         for n, e in maps.items()],
+        hide_index=True, width="stretch")
+    st.caption("Signed maps use blue for negative and red for positive evidence, centred on zero; "
+               "the others are scaled to [0, 1] per panel.")

@@ -1,0 +1,231 @@
+"""End-to-end test: the real Streamlit app in headless Chromium (Debian's).
+
+Starts `streamlit run app.py` on a free loopback port, opens each page in
+PAGES, waits until the script has finished running, checks the page and saves
+a full-page screenshot to docs/screenshots/<name>.png.
+
+Add a page: append Page(url_path, name, check) to PAGES.
+Debug aids: the server log and a screenshot of a failing page go to
+tests/artifacts/. PROTOSCOPE_APP=/path/to/app.py points the test at another app
+(used only while developing the test); CHROMIUM=/path overrides the browser.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+SCREENSHOTS = REPO / "docs" / "screenshots"
+ARTIFACTS = REPO / "tests" / "artifacts"
+
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+]
+VIEWPORT = {"width": 1600, "height": 1000}
+SERVER_START_S = 60  # until /_stcore/health answers "ok"
+PAGE_IDLE_MS = 120_000  # a first run loads a torch model
+MISSING_CHROMIUM = "Chromium not found: apt-get install chromium, or run .ci/run"
+
+
+# ---------------------------------------------------------------- page checks
+
+def check_no_exception(page) -> None:
+    n = page.locator('[data-testid="stException"]').count()
+    if n:
+        text = page.locator('[data-testid="stException"]').first.inner_text()
+        pytest.fail(f"{n} exception(s) shown on the page; first:\n{text}")
+
+
+def check_overview(page) -> None:
+    check_no_exception(page)
+    heading = page.locator('[data-testid="stMain"]').locator("h1, h2, h3").first
+    heading.wait_for(state="visible", timeout=10_000)
+    assert heading.inner_text().strip(), "Overview heading is empty"
+
+
+def check_saliency(page) -> None:
+    check_no_exception(page)
+    n = page.locator('[data-testid="stImage"]').count()
+    assert n >= 3, f"expected >= 3 images (input + one per method), found {n}"
+    # every <img> actually loaded from the media endpoint
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('[data-testid="stImage"] img')]
+                 .every(i => i.complete && i.naturalWidth > 0)""",
+        timeout=30_000,
+    )
+
+
+class Page(NamedTuple):
+    path: str  # url path after the base URL ("" = default page)
+    name: str  # screenshot name and test id
+    check: Callable
+
+
+PAGES = [
+    Page("", "overview", check_overview),
+    Page("saliency", "saliency", check_saliency),
+]
+
+
+# ------------------------------------------------------------------- helpers
+
+def _need(msg: str) -> None:
+    """Missing prerequisite: skip locally, fail in CI."""
+    if os.environ.get("CI"):
+        pytest.fail(msg, pytrace=False)
+    pytest.skip(msg)
+
+
+def find_chromium() -> str | None:
+    override = os.environ.get("CHROMIUM")  # if set, it is the only candidate
+    for cand in [override] if override else ["/usr/bin/chromium", shutil.which("chromium")]:
+        if cand and os.access(cand, os.X_OK):
+            return cand
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _log_tail(log: Path, n: int = 40) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-n:])
+
+
+def wait_idle(page, timeout_ms: int = PAGE_IDLE_MS) -> None:
+    """Wait until Streamlit has run the script to the end and shows no 'Running'."""
+    page.wait_for_function(
+        """() => {
+            const app = document.querySelector('[data-testid="stApp"]');
+            if (!app) return false;
+            const state = app.getAttribute('data-test-script-state');
+            if (state !== 'notRunning' && state !== 'compilationError') return false;
+            const w = document.querySelector('[data-testid="stStatusWidget"]');
+            return !(w && /Running/i.test(w.innerText + ' ' +
+                     (w.querySelector('[aria-label]')?.getAttribute('aria-label') ?? '')));
+        }""",
+        timeout=timeout_ms,
+        polling=250,
+    )
+
+
+def full_page_screenshot(page, path: Path) -> None:
+    """Screenshot of all content: Streamlit scrolls inside its own container,
+    so grow the viewport to the content height first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    height = page.evaluate(
+        """() => Math.max(document.documentElement.scrollHeight,
+             ...[...document.querySelectorAll('[data-testid="stMain"], [data-testid="stAppViewContainer"]')]
+                 .map(e => e.scrollHeight))"""
+    )
+    page.set_viewport_size({"width": VIEWPORT["width"], "height": min(max(height, VIEWPORT["height"]), 12_000)})
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size(VIEWPORT)
+
+
+# ------------------------------------------------------------------ fixtures
+
+@pytest.fixture(scope="session")
+def streamlit_url():
+    app = Path(os.environ.get("PROTOSCOPE_APP") or REPO / "app.py").resolve()
+    if not app.is_file():
+        pytest.fail(f"app not found: {app}", pytrace=False)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    log = ARTIFACTS / "streamlit.log"
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", str(app),
+        "--server.headless", "true", "--server.port", str(port),
+        "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+    ]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO if app.parent == REPO else app.parent,
+                                stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"streamlit exited with {proc.returncode}:\n{_log_tail(log)}", pytrace=False)
+            try:
+                with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"streamlit not healthy after {SERVER_START_S}s:\n{_log_tail(log)}", pytrace=False)
+            time.sleep(0.5)
+        yield base
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # our own session: streamlit and its children
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    chromium = find_chromium()
+    if chromium is None:
+        _need(MISSING_CHROMIUM)
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _need("playwright not installed: pip install -r requirements-test.txt (make test does)")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser):
+    ctx = browser.new_context(viewport=VIEWPORT)
+    try:
+        yield ctx.new_page()
+    finally:
+        ctx.close()
+
+
+# --------------------------------------------------------------------- tests
+
+@pytest.mark.parametrize("spec", PAGES, ids=[p.name for p in PAGES])
+def test_page_renders(browser, streamlit_url, page, spec: Page):
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        page.goto(f"{streamlit_url}/{spec.path}", wait_until="load", timeout=60_000)
+        page.locator('[data-testid="stApp"]').wait_for(timeout=60_000)
+        wait_idle(page)
+        spec.check(page)
+    except BaseException:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"{spec.name}-failure.png"), full_page=True)
+        if errors:
+            print("page errors:", *errors, sep="\n  ")
+        raise
+    full_page_screenshot(page, SCREENSHOTS / f"{spec.name}.png")

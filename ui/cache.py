@@ -1,0 +1,55 @@
+"""Everything slow, cached once: models and datasets per process, maps per input."""
+from __future__ import annotations
+
+import io
+from typing import Sequence
+
+import streamlit as st
+from PIL import Image
+
+from explainers import explain_many, load_dataset, load_image, load_model, predict
+from explainers.api import Explanation
+from explainers.data import DatasetSpec
+from explainers.models import ModelSpec
+
+
+@st.cache_resource(show_spinner="Loading the model…")
+def get_model(name: str, random_weights: bool = False) -> ModelSpec:
+    return load_model(name, weights=None if random_weights else "DEFAULT")
+
+
+@st.cache_resource(show_spinner="Loading the checkpoint…")
+def get_checkpoint_model(data: bytes, filename: str, arch: str) -> ModelSpec:
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / filename
+        path.write_bytes(data)
+        return load_model(path, arch=arch)
+
+
+@st.cache_resource(show_spinner="Loading the dataset…")
+def get_dataset(name: str, split: str) -> DatasetSpec:
+    return load_dataset(name, split)
+
+
+def image_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def top_classes(model_key: str, _model: ModelSpec, data: bytes, top: int = 5) -> list[tuple[int, float]]:
+    return predict(_model, load_image(data), top=top)
+
+
+@st.cache_data(show_spinner="Computing the maps (one shared pass)…", max_entries=256)
+def explanations(model_key: str, _model: ModelSpec, data: bytes, methods: Sequence[str], block: str,
+                 target: int | None) -> dict[str, Explanation]:
+    """All maps of one view from one trace; keyed by model, image bytes, methods, block and target.
+
+    Display settings (opacity, colours) are not arguments, so changing them never recomputes.
+    """
+    return explain_many(_model, load_image(data), list(methods), block=block, target=target)

@@ -1,0 +1,235 @@
+"""The sidebar every page shares: model, image, target class, depth and methods.
+
+Widgets are drawn in ``app.py`` (so their state survives page switches), seeded from the
+URL query on the first run of a session and written back to it on every run, so a URL
+reproduces the view.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import streamlit as st
+from PIL import Image
+
+from explainers import CheckpointError, ImageError, ModelUnavailableError, load_image, method_info, methods
+from explainers.models import MODELS, ModelSpec
+
+from .cache import get_checkpoint_model, get_dataset, get_model, image_bytes, top_classes
+
+CHECKPOINT = "checkpoint"
+DEFAULT_METHODS = ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "cam", "eigencam", "eigengradcam"]
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp"]
+QUERY_KEYS = ("model", "random_weights", "source", "split", "cls", "index", "target_mode", "target", "block", "methods")
+
+
+@dataclass
+class Selection:
+    """What the sidebar chose this run; pages read it with ``current()``."""
+
+    model_key: str = ""
+    model: ModelSpec | None = None
+    image: Image.Image | None = None
+    image_data: bytes | None = None
+    image_caption: str = ""
+    true_label: int | None = None
+    target: int | None = None
+    top: list[tuple[int, float]] = field(default_factory=list)
+    block: str = "B4"
+    methods: list[str] = field(default_factory=list)
+
+
+def current() -> Selection:
+    return st.session_state.get("_selection", Selection())
+
+
+def sidebar() -> Selection:
+    _seed_from_query()
+    selection = Selection()
+    with st.sidebar:
+        st.markdown("## Protoscope")
+        _choose_model(selection)
+        if selection.model is not None:
+            _choose_image(selection)
+            _choose_target(selection)
+            _choose_block(selection)
+            _choose_methods(selection)
+    _write_query()
+    st.session_state["_selection"] = selection
+    return selection
+
+
+def _choose_model(selection: Selection) -> None:
+    names = MODELS.names() + [CHECKPOINT]
+    _ensure("model", names, "digits")
+    name = st.selectbox("Model", names, key="model", format_func=lambda n: _model_label(n),
+                        help="The built-in digits model works offline; ImageNet models need their weights "
+                             "in torchvision's cache or a network.")
+    try:
+        if name == CHECKPOINT:
+            _load_checkpoint(selection)
+            return
+        random_weights = False
+        if name != "digits":
+            random_weights = st.checkbox("Random weights (no download)", key="random_weights",
+                                         help="An untrained network: useful to see what architecture alone does.")
+        selection.model = get_model(name, random_weights)
+        selection.model_key = f"{name}:{'random' if random_weights else 'trained'}:{selection.model.fingerprint}"
+    except ModelUnavailableError as error:
+        st.error(str(error))
+        st.caption("Tick *Random weights* to explore the architecture without its ImageNet weights.")
+
+
+def _model_label(name: str) -> str:
+    return "your checkpoint (.pt)" if name == CHECKPOINT else name
+
+
+def _load_checkpoint(selection: Selection) -> None:
+    arch_names = MODELS.names()
+    _ensure("checkpoint_arch", arch_names, "digits")
+    arch = st.selectbox("Architecture of the checkpoint", arch_names, key="checkpoint_arch")
+    upload = st.file_uploader("State dict saved with torch.save", type=["pt", "pth"], key="checkpoint_file")
+    if upload is None:
+        st.info("Upload a state dict (.pt) to explain your own model.")
+        return
+    try:
+        selection.model = get_checkpoint_model(upload.getvalue(), upload.name, arch)
+    except CheckpointError as error:
+        st.error(str(error))
+        return
+    selection.model_key = f"checkpoint:{selection.model.fingerprint}"
+
+
+def _choose_image(selection: Selection) -> None:
+    model = selection.model
+    assert model is not None
+    st.divider()
+    _ensure("source", ["dataset", "upload"], "dataset")
+    source = st.radio("Image", ["dataset", "upload"], key="source", horizontal=True,
+                      format_func=lambda s: {"dataset": "from the dataset", "upload": "upload"}[s])
+    if source == "upload":
+        upload = st.file_uploader("An image file", type=UPLOAD_TYPES, key="upload")
+        if upload is None:
+            st.info("Upload an image, or pick one from the dataset.")
+            return
+        try:
+            image = load_image(upload.getvalue(), name=upload.name)
+        except ImageError as error:
+            st.error(str(error))
+            return
+        _set_image(selection, image, f"uploaded: {upload.name} ({image.width}×{image.height}, {image.mode})")
+        return
+    dataset_name = "digits" if model.transform.mode == "L" else "samples"
+    _ensure("split", ["test", "train"], "test")
+    split = st.radio("Split", ["test", "train"], key="split", horizontal=True) if dataset_name == "digits" else "train"
+    dataset = get_dataset(dataset_name, split)
+    class_options = ["any"] + (dataset.classes if dataset_name == "digits" else [])
+    _ensure("cls", class_options, "any")
+    chosen_class = st.selectbox("Class", class_options, key="cls") if len(class_options) > 1 else "any"
+    pool = list(range(len(dataset))) if chosen_class == "any" else dataset.indices_of(
+        dataset.classes.index(chosen_class)).tolist()
+    st.session_state["index"] = min(max(int(st.session_state.get("index", 0)), 0), len(pool) - 1)
+    position = st.number_input(f"Image number (0–{len(pool) - 1})", 0, len(pool) - 1, key="index", step=1)
+    image, label = dataset[pool[int(position)]]
+    selection.true_label = label if dataset_name == "digits" else None
+    truth = f", true class {dataset.classes[label]}" if selection.true_label is not None else ""
+    _set_image(selection, image, f"{dataset_name} {split} #{pool[int(position)]}{truth}")
+
+
+def _set_image(selection: Selection, image: Image.Image, caption: str) -> None:
+    selection.image = image
+    selection.image_data = image_bytes(image)
+    selection.image_caption = caption
+
+
+def _choose_target(selection: Selection) -> None:
+    model = selection.model
+    if model is None or selection.image_data is None:
+        return
+    selection.top = top_classes(selection.model_key, model, selection.image_data)
+    st.divider()
+    lines = [f"`{model.class_name(c)[:28]}` {p:6.1%}" for c, p in selection.top]
+    st.markdown("**Top-5 prediction**  \n" + "  \n".join(lines))
+    _ensure("target_mode", ["predicted", "other"], "predicted")
+    mode = st.radio("Explain", ["predicted", "other"], key="target_mode", horizontal=True,
+                    format_func=lambda m: {"predicted": "the predicted class", "other": "another class"}[m])
+    if mode == "other":
+        indices = list(range(model.num_classes))
+        _ensure("target", indices, selection.top[0][0], cast=int)
+        selection.target = st.selectbox("Target class", indices, key="target",
+                                        format_func=lambda i: f"{i}: {model.class_name(i)}")
+
+
+def _choose_block(selection: Selection) -> None:
+    model = selection.model
+    assert model is not None
+    st.divider()
+    blocks = list(model.blocks)
+    _ensure("block", blocks, blocks[-1])
+    selection.block = st.radio("Depth", blocks, key="block", horizontal=True,
+                               help="B1 is the shallowest stage (fine detail), B4 the deepest (what the classifier reads).")
+    shapes = model.block_shapes
+    rows = "\n".join(f"| {b} | `{model.block_paths[b]}` | {shapes[b][0]} × {shapes[b][1]} × {shapes[b][2]} |"
+                     for b in blocks)
+    with st.expander(f"{selection.block} = `{model.block_paths[selection.block]}`", expanded=False):
+        st.markdown("| block | module | channels × h × w |\n|---|---|---|\n" + rows)
+
+
+def _choose_methods(selection: Selection) -> None:
+    options = methods()
+    _ensure_many("methods", options, [m for m in DEFAULT_METHODS if m in options])
+    selection.methods = st.multiselect("Methods", options, key="methods",
+                                       format_func=lambda m: f"{method_info(m).label} ({method_info(m).family})")
+
+
+def _ensure(key: str, options: list, default: object, cast: type | None = None) -> None:
+    """Keep a widget's stored value among its current options (a model switch changes them)."""
+    value = st.session_state.get(key, default)
+    if cast is not None:
+        try:
+            value = cast(value)
+        except (TypeError, ValueError):
+            value = default
+    st.session_state[key] = value if value in options else default
+
+
+def _ensure_many(key: str, options: list, default: list) -> None:
+    value = st.session_state.get(key, default)
+    st.session_state[key] = [v for v in value if v in options]
+
+
+def _seed_from_query() -> None:
+    """On a session's first run, start from the view the URL describes."""
+    if st.session_state.get("_seeded"):
+        return
+    st.session_state["_seeded"] = True
+    query = st.query_params
+    for key in QUERY_KEYS:
+        if key not in query:
+            continue
+        if key == "methods":
+            st.session_state[key] = [m for m in query[key].split(",") if m]
+        elif key in ("index", "target"):
+            try:
+                st.session_state[key] = int(query[key])
+            except ValueError:
+                pass
+        elif key == "random_weights":
+            st.session_state[key] = query[key] == "1"
+        else:
+            st.session_state[key] = query[key]
+
+
+def _write_query() -> None:
+    values: dict[str, str] = {}
+    for key in QUERY_KEYS:
+        if key not in st.session_state:
+            continue
+        value = st.session_state[key]
+        if key == "methods":
+            values[key] = ",".join(value)
+        elif key == "random_weights":
+            values[key] = "1" if value else "0"
+        else:
+            values[key] = str(value)
+    if dict(st.query_params) != values:
+        st.query_params.from_dict(values)
