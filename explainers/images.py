@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from pathlib import Path
 
@@ -39,7 +40,16 @@ def load_image(source: bytes | str | Path, name: str = "the file") -> Image.Imag
             image.load()
     except ImageError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        # PIL's own bomb check fires in Image.open, before the size test above, for anything
+        # beyond ~89 MP; all of that is above MAX_PIXELS, so it gets the same size message.
+        pixels = re.search(r"\((\d+) pixels\)", str(error))
+        size = f" ({int(pixels[1]) / 1e6:.0f} MP)" if pixels else ""
+        raise ImageError(
+            f"{name} is too large{size}; the limit is {MAX_PIXELS / 1e6:.0f} MP. "
+            "Downscale it first: the model only sees a few hundred pixels a side."
+        ) from error
+    except UnidentifiedImageError as error:
         raise ImageError(f"{name} is not an image that can be read (PNG, JPEG, BMP, GIF, TIFF, WebP): {error}") from error
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"{name} looks like an image but is damaged or truncated: {error}") from error

@@ -254,10 +254,14 @@ def from_checkpoint(path: Path, arch: str | None = None, classes: list[str] | No
     head_key = _module_path(spec.net, spec.classifier) + ".weight"
     if head_key in state and state[head_key].shape[0] != spec.num_classes:
         spec = _rebuild_with_classes(arch, state[head_key].shape[0])
-    result = spec.net.load_state_dict(state, strict=False)
+    # Checked before loading: load_state_dict raises a bare RuntimeError on other shapes, even if strict=False.
+    own = spec.net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
     mismatched = _shape_mismatches(spec.net, state)
-    if result.missing_keys or result.unexpected_keys or mismatched:
-        raise CheckpointError(_misfit_message(Path(path).name, arch, result, mismatched))
+    if missing or unexpected or mismatched:
+        raise CheckpointError(_misfit_message(Path(path).name, arch, missing, unexpected, mismatched))
+    spec.net.load_state_dict(state)
     names = classes or meta.get("classes") or (spec.classes if len(spec.classes) == spec.num_classes
                                                else [str(i) for i in range(spec.num_classes)])
     spec.classes = list(names)
@@ -303,12 +307,13 @@ def _shape_mismatches(net: nn.Module, state: Mapping[str, torch.Tensor]) -> list
             for k, v in state.items() if k in own and own[k].shape != v.shape]
 
 
-def _misfit_message(filename: str, arch: str, result: Any, mismatched: list[str]) -> str:
+def _misfit_message(filename: str, arch: str, missing: list[str], unexpected: list[str],
+                    mismatched: list[str]) -> str:
     parts = [f"{filename} does not fit the {arch} architecture:"]
-    if result.missing_keys:
-        parts.append(f"{len(result.missing_keys)} parameters missing (e.g. {', '.join(result.missing_keys[:3])})")
-    if result.unexpected_keys:
-        parts.append(f"{len(result.unexpected_keys)} unexpected (e.g. {', '.join(result.unexpected_keys[:3])})")
+    if missing:
+        parts.append(f"{len(missing)} parameters missing (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
     if mismatched:
         parts.append(f"{len(mismatched)} with other shapes (e.g. {'; '.join(mismatched[:2])})")
     parts.append("Choose the architecture the checkpoint was trained with.")

@@ -127,7 +127,7 @@ def _choose_image(selection: Selection) -> None:
     chosen_class = st.selectbox("Class", class_options, key="cls") if len(class_options) > 1 else "any"
     pool = list(range(len(dataset))) if chosen_class == "any" else dataset.indices_of(
         dataset.classes.index(chosen_class)).tolist()
-    st.session_state["index"] = min(max(int(st.session_state.get("index", 0)), 0), len(pool) - 1)
+    _ensure("index", list(range(len(pool))), 0, cast=int)  # a class switch or a URL may point past the end
     position = st.number_input(f"Image number (0–{len(pool) - 1})", 0, len(pool) - 1, key="index", step=1)
     image, label = dataset[pool[int(position)]]
     selection.true_label = label if dataset_name == "digits" else None
@@ -154,7 +154,10 @@ def _choose_target(selection: Selection) -> None:
                     format_func=lambda m: {"predicted": "the predicted class", "other": "another class"}[m])
     if mode == "other":
         indices = list(range(model.num_classes))
-        _ensure("target", indices, selection.top[0][0], cast=int)
+        refused = _ensure("target", indices, selection.top[0][0], cast=int)
+        if refused is not None:
+            st.warning(f"Class {refused} is out of range: {model.name} has classes 0–{model.num_classes - 1}. "
+                       "Showing the predicted class instead.")
         selection.target = st.selectbox("Target class", indices, key="target",
                                         format_func=lambda i: f"{i}: {model.class_name(i)}")
 
@@ -181,15 +184,20 @@ def _choose_methods(selection: Selection) -> None:
                                        format_func=lambda m: f"{method_info(m).label} ({method_info(m).family})")
 
 
-def _ensure(key: str, options: list, default: object, cast: type | None = None) -> None:
-    """Keep a widget's stored value among its current options (a model switch changes them)."""
+def _ensure(key: str, options: list, default: object, cast: type | None = None) -> object | None:
+    """Keep a widget's stored value among its current options (a model switch or a URL can break it).
+
+    Returns the refused value, if any, so the caller can say what happened.
+    """
     value = st.session_state.get(key, default)
     if cast is not None:
         try:
             value = cast(value)
         except (TypeError, ValueError):
-            value = default
-    st.session_state[key] = value if value in options else default
+            pass
+    valid = value in options
+    st.session_state[key] = value if valid else default
+    return None if valid else value
 
 
 def _ensure_many(key: str, options: list, default: list) -> None:
