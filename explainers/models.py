@@ -336,8 +336,10 @@ def _spec(name: str, net: nn.Module, preprocess: Preprocess, classes: list[str],
           card: dict[str, Any]) -> ModelSpec:
     blocks = find_blocks(net, family, preprocess)
     paths = {block: _module_path(net, module) for block, module in blocks.items()}
-    return ModelSpec(name=name, net=net, blocks=blocks, block_paths=paths, classifier=_last_linear(net),
+    spec = ModelSpec(name=name, net=net, blocks=blocks, block_paths=paths, classifier=_last_linear(net),
                      transform=preprocess, classes=classes, family=family, card=card)
+    spec._probe()  # once, at load: explanations then run exactly one forward pass each
+    return spec
 
 
 def _family(net: nn.Module) -> str:
