@@ -46,7 +46,7 @@ class Settings:
     memory_warmup: int  # untimed explanations before the first RSS reading
 
 
-FULL = Settings(repeats=11, warmup=3, digits_loop=1000, resnet_loop=300, memory_warmup=20)
+FULL = Settings(repeats=11, warmup=3, digits_loop=1000, resnet_loop=1000, memory_warmup=20)
 QUICK = Settings(repeats=3, warmup=1, digits_loop=100, resnet_loop=50, memory_warmup=5)
 
 
@@ -82,8 +82,7 @@ def resnet_case() -> Case:
         return torch.randn(3, 224, 224, generator=torch.Generator().manual_seed(SEED + i))
 
     return Case("resnet18 (random weights, 224x224, random N(0,1) input tensors)", model, image, image,
-                "a new seeded random 3x224x224 tensor each call; fewer calls than digits to keep the run "
-                "short, as resnet18 is ~10x slower per call on 2 CPU cores")
+                "a new seeded random 3x224x224 tensor each call")
 
 
 def target_for(case: Case, i: int) -> int:

@@ -18,7 +18,8 @@ st.header(f"Model: {model.name}")
 card = model.card
 facts = st.columns(4)
 facts[0].metric("Classes", model.num_classes)
-facts[1].metric("Input", f"{model.input_size[0]}×{model.input_size[1]} {model.transform.mode}")
+colour = "greyscale" if model.transform.mode == "L" else "colour"
+facts[1].metric("Input", f"{model.input_size[0]}×{model.input_size[1]} {colour}")
 facts[2].metric("Test accuracy", f"{card['test_accuracy']:.1%}" if "test_accuracy" in card else "—")
 facts[3].metric("Parameters", f"{sum(p.numel() for p in model.net.parameters()) / 1e6:.2f} M")
 
@@ -37,7 +38,9 @@ with left:
     st.caption(f"Family: {model.family} · classifier: `{model.classifier}`")
 with right:
     st.subheader("Model card")
-    st.json(card or {"weights": "random"}, expanded=True)
+    rows = card or {"weights": "random (untrained)"}
+    st.dataframe([{"field": k.replace("_", " "), "value": str(v)} for k, v in rows.items()],
+                 hide_index=True, width="stretch")
     if len(model.classes) <= 20:
         st.markdown("**Classes:** " + ", ".join(model.classes))
 
