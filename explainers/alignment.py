@@ -1,0 +1,197 @@
+"""How well prototypes represent the data: seed 000's Tables 1-2 and Figure 2.
+
+- ``alignment_table`` (Table 1): mean cosine between each prototype and the embeddings of
+  its class ("class") and of all other classes ("out"), for the classifier columns c_j and
+  KMEx with K/C = 1 and K/C = 5.
+- ``accuracy_table`` (Table 2): train and test accuracy of the CNN, KMEx, B4 and B234.
+- ``projection`` (Figure 2): a 2-D map of train and test embeddings with the classifier
+  columns (raw and rescaled to the class-mean norm) and the KMEx prototypes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .data import DatasetSpec
+from .models import BLOCK_NAMES, ModelSpec
+from .prototypes import PrototypeExplainer, Progress, batches, depth_blocks
+from .trace import trace
+
+
+def mean_cosines(prototypes: np.ndarray, labels: np.ndarray, embeddings: np.ndarray,
+                 embedding_labels: np.ndarray) -> tuple[float, float]:
+    """(class, out): cosine of every prototype with every embedding, averaged within its class and
+    outside it per prototype, then over prototypes (Table 1 of seed 000)."""
+    p = prototypes / np.linalg.norm(prototypes, axis=1, keepdims=True).clip(1e-12)
+    z = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True).clip(1e-12)
+    cosines = p @ z.T
+    same = labels[:, None] == embedding_labels[None, :]
+    inside = (cosines * same).sum(1) / same.sum(1).clip(1)
+    outside = (cosines * ~same).sum(1) / (~same).sum(1).clip(1)
+    return float(inside.mean()), float(outside.mean())
+
+
+def classifier_prototypes(model: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The columns c_j of the classifier as prototypes (Theorem 1), one per class."""
+    weights = model.classifier.weight.detach().numpy()
+    return weights, np.arange(len(weights))
+
+
+def alignment_table(model: ModelSpec, embeddings: np.ndarray, labels: np.ndarray,
+                    kmex: dict[str, PrototypeExplainer]) -> list[dict[str, object]]:
+    """Table 1 rows: the classifier columns, then each KMEx model given (e.g. {"KMEx (K/C=1)": ...})."""
+    rows = [("CNN classifier columns c_j", *classifier_prototypes(model))]
+    rows += [(name, explainer.prototypes_, explainer.prototype_labels_) for name, explainer in kmex.items()]
+    table = []
+    for name, prototypes, owners in rows:
+        inside, outside = mean_cosines(prototypes, owners, embeddings, labels)
+        table.append({"prototypes": name, "class": round(inside, 3), "out": round(outside, 3)})
+    return table
+
+
+def accuracies(model: ModelSpec, dataset: DatasetSpec, explainers: dict[str, PrototypeExplainer],
+               progress: Progress | None = None, batch_size: int = 128) -> dict[str, float]:
+    """Accuracy of the CNN and of each explainer on a dataset, from ONE pass per batch through all blocks."""
+    needed = sorted({b for e in explainers.values() for b in depth_blocks(e.depth)} | {BLOCK_NAMES[-1]})
+    correct = {name: 0 for name in ["CNN", *explainers]}
+    for start, inputs in batches(model, dataset, batch_size):
+        truth = dataset.labels[start:start + len(inputs)]
+        with torch.inference_mode():
+            result = trace(model, inputs, blocks=needed)
+        activations = result.activations
+        correct["CNN"] += int((result.logits.argmax(1).numpy() == truth).sum())
+        for name, explainer in explainers.items():
+            correct[name] += int((explainer._predict_activations(activations) == truth).sum())
+        if progress:
+            progress((start + len(inputs)) / len(dataset), f"scoring {dataset.split} images")
+    return {name: count / len(dataset) for name, count in correct.items()}
+
+
+def accuracy_table(model: ModelSpec, train: DatasetSpec, test: DatasetSpec,
+                   explainers: dict[str, PrototypeExplainer], progress: Progress | None = None) -> list[dict[str, object]]:
+    """Table 2 rows: train and test accuracy (percent) of the CNN and of every explainer given."""
+    halves = [None, None]
+    if progress:
+        halves = [lambda f, m: progress(f / 2, m), lambda f, m: progress(0.5 + f / 2, m)]
+    on_train = accuracies(model, train, explainers, halves[0])
+    on_test = accuracies(model, test, explainers, halves[1])
+    return [{"model": name, "train": round(100 * on_train[name], 1), "test": round(100 * on_test[name], 1)}
+            for name in on_train]
+
+
+@dataclass
+class Projection:
+    """2-D positions for Figure 2. ``*_xy`` arrays are (n, 2); ``*_labels`` the classes."""
+
+    train_xy: np.ndarray
+    train_labels: np.ndarray
+    train_index: np.ndarray     # position of each point in the training dataset
+    test_xy: np.ndarray
+    test_labels: np.ndarray
+    test_index: np.ndarray
+    columns_xy: np.ndarray      # raw c_j of the chosen classes
+    rescaled_xy: np.ndarray     # c_j rescaled to the mean norm of the class's embeddings
+    kmex_xy: np.ndarray
+    kmex_labels: np.ndarray
+    classes: np.ndarray
+    off_manifold: dict[str, np.ndarray]  # which prototypes were placed by distances, not by UMAP
+
+
+def rescaled_columns(columns: np.ndarray, embeddings: np.ndarray, labels: np.ndarray,
+                     classes: Sequence[int]) -> np.ndarray:
+    """c_j scaled to the mean norm of class j's embeddings: the triangles of Figure 2."""
+    norms = np.array([np.linalg.norm(embeddings[labels == c], axis=1).mean() for c in classes])
+    return columns / np.linalg.norm(columns, axis=1, keepdims=True).clip(1e-12) * norms[:, None]
+
+
+def place_by_distances(points: np.ndarray, anchors: np.ndarray, anchors_xy: np.ndarray) -> np.ndarray:
+    """2-D positions whose distances to the anchors' 2-D positions match their true distances,
+    with one global scale taken from the anchors' own high-D vs 2-D distances (least squares)."""
+    from scipy.optimize import least_squares
+    from scipy.spatial.distance import pdist
+
+    high, low = pdist(anchors), pdist(anchors_xy)
+    scale = float(np.median(low / high.clip(1e-12))) if len(high) else 1.0
+    placed = []
+    for point in points:
+        target = np.linalg.norm(anchors - point, axis=1) * scale
+        nearest = int(target.argmin())
+        start = anchors_xy[nearest] + 0.01 * (anchors_xy.mean(0) - anchors_xy[nearest] + 1e-3)
+        fit = least_squares(lambda xy: np.linalg.norm(anchors_xy - xy, axis=1) - target, start)
+        placed.append(fit.x)
+    return np.array(placed).reshape(-1, 2)
+
+
+def off_manifold(points: np.ndarray, data: np.ndarray, n_neighbors: int = 15, quantile: float = 0.99) -> np.ndarray:
+    """True for points farther from every data point than data points are from their
+    ``n_neighbors``-th neighbour (the ``quantile`` of that distance): UMAP cannot place them."""
+    from sklearn.neighbors import NearestNeighbors
+
+    search = NearestNeighbors(n_neighbors=min(n_neighbors + 1, len(data))).fit(data)
+    reach = np.quantile(search.kneighbors(data)[0][:, -1], quantile)
+    return search.kneighbors(points, n_neighbors=1)[0][:, 0] > reach
+
+
+def place_prototypes(points: np.ndarray, reducer: object, data: np.ndarray, data_labels: np.ndarray,
+                     data_xy: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Honest 2-D positions for prototypes, and which of them lie off the data manifold.
+
+    UMAP normalises every neighbourhood to its own scale, so a point far from all data would
+    be drawn right beside its nearest neighbours, inside their class. Prototypes among the
+    data are mapped by UMAP itself (``transform``); the others are placed by
+    ``place_by_distances`` against the class centroids, so a column five class radii away from
+    its class is drawn about as far from it as the classes are from each other.
+    """
+    outside = off_manifold(points, data)
+    xy = np.zeros((len(points), 2))
+    if (~outside).any():
+        xy[~outside] = reducer.transform(points[~outside])
+    if outside.any():
+        anchors = np.stack([data[data_labels == c].mean(0) for c in classes])
+        anchors_xy = np.stack([data_xy[data_labels == c].mean(0) for c in classes])
+        xy[outside] = place_by_distances(points[outside], anchors, anchors_xy)
+    return xy, outside
+
+
+def projection(train_z: np.ndarray, train_labels: np.ndarray, test_z: np.ndarray, test_labels: np.ndarray,
+               columns: np.ndarray, kmex: PrototypeExplainer, classes: Sequence[int], seed: int = 0,
+               n_neighbors: int = 15) -> Projection:
+    """Figure 2 of seed 000: UMAP of the chosen classes' train embeddings (test ones mapped with
+    ``transform``), prototypes placed honestly by ``place_prototypes``."""
+    import umap
+
+    classes = np.asarray(sorted(classes))
+    if len(classes) < 2:
+        raise ValueError("choose at least two classes to project")
+    train_keep = np.flatnonzero(np.isin(train_labels, classes))
+    test_keep = np.flatnonzero(np.isin(test_labels, classes))
+    data, data_labels = train_z[train_keep], train_labels[train_keep]
+    reducer = umap.UMAP(n_neighbors=min(n_neighbors, len(train_keep) - 1), random_state=seed)
+    train_xy = reducer.fit_transform(data)
+    test_xy = reducer.transform(test_z[test_keep]) if len(test_keep) else np.zeros((0, 2))
+    raw = columns[classes]
+    rescaled = rescaled_columns(raw, train_z, train_labels, classes)
+    kmex_keep = np.isin(kmex.prototype_labels_, classes)
+    placed = [place_prototypes(points, reducer, data, data_labels, train_xy, classes)
+              for points in (raw, rescaled, kmex.prototypes_[kmex_keep])]
+    return Projection(
+        train_xy=train_xy, train_labels=data_labels, train_index=train_keep,
+        test_xy=test_xy, test_labels=test_labels[test_keep], test_index=test_keep,
+        columns_xy=placed[0][0], rescaled_xy=placed[1][0], kmex_xy=placed[2][0],
+        kmex_labels=kmex.prototype_labels_[kmex_keep], classes=classes,
+        off_manifold={"columns": placed[0][1], "rescaled": placed[1][1], "kmex": placed[2][1]},
+    )
+
+
+def pooled_embeddings(model: ModelSpec, dataset: DatasetSpec, progress: Progress | None = None) -> np.ndarray:
+    """z for every image of a dataset (batched, no gradients)."""
+    from .prototypes import embeddings
+
+    return embeddings(model, dataset, progress=progress)
+
+
+__all__ = ["Projection", "accuracy_table", "accuracies", "alignment_table", "classifier_prototypes",
+           "mean_cosines", "off_manifold", "place_by_distances", "place_prototypes", "pooled_embeddings", "projection", "rescaled_columns"]

@@ -1,0 +1,461 @@
+"""k-means prototypes of a frozen CNN: KMEx and the multi-depth explainer of seed 000.
+
+"Post-hoc Self-explanation of CNNs" (Boubekki & Clemmensen, 2026):
+- KMEx (sec. 3.2): per class, K/C prototypes by k-means on the pooled embeddings z of the
+  training set; an image gets the class of its nearest prototype (the argmax of
+  exp(-||z - p_k||^2)).
+- Multi-depth explainer (sec. 3.3, eq. 6-10): the outputs x^(b) of the blocks used are
+  upsampled (bilinear) to the resolution R' of the shallowest one (eq. 7), each pixel
+  vector is divided by D_b times its norm and the blocks are concatenated into h-check
+  (eq. 8); per class, K/C prototypes by k-means on the rows of h-check of that class's
+  images; every pixel goes to its nearest prototype (eq. 9: the explanation map) and the
+  class whose prototypes own the most pixels is the prediction (eq. 10).
+- Gradient-free attribution (eq. 11 and the three steps after it): at the last block
+  att(h_wh, c_j) = h_wh . c_j / ||c_j||^2; one block shallower, upsample the map and give
+  each pixel the mean over its segment of the explanation map at that depth.
+
+``fit_prototypes`` returns a fitted ``PrototypeExplainer`` (scikit-learn style: settings in
+``__init__``, learned attributes end with ``_``), cached on disk by model and dataset
+fingerprints and settings.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .data import DatasetSpec
+from .maps import upsample
+from .models import BLOCK_NAMES, ModelSpec
+from .trace import trace
+
+Progress = Callable[[float, str], None]
+DEPTHS = ("pooled", "B4", "B34", "B234", "B1234")
+CACHE_VERSION = 1
+EPSILON = 1e-12
+
+
+class NotFittedError(RuntimeError):
+    """``predict`` or ``explain`` called before ``fit``."""
+
+
+def cache_dir() -> Path:
+    """Where fitted prototypes are kept: ``$PROTOSCOPE_CACHE`` or ``.cache/`` beside the project."""
+    root = os.environ.get("PROTOSCOPE_CACHE")
+    return Path(root) if root else Path(__file__).resolve().parent.parent / ".cache"
+
+
+def depth_blocks(depth: str, model: ModelSpec | None = None) -> tuple[str, ...]:
+    """``"B234"`` -> ``("B2", "B3", "B4")``; ``"pooled"`` -> ``("B4",)`` (z is B4 averaged)."""
+    if depth == "pooled":
+        return (BLOCK_NAMES[-1],)
+    if not depth.startswith("B") or not depth[1:].isdigit() or depth[1:] != "".join(sorted(set(depth[1:]))):
+        raise ValueError(f"depth must be 'pooled' or blocks such as B4, B34, B234, B1234, not {depth!r}")
+    blocks = tuple(f"B{digit}" for digit in depth[1:])
+    if model is not None:
+        missing = [b for b in blocks if b not in model.blocks]
+        if missing:
+            raise ValueError(f"{model.name} has no block {', '.join(missing)} (it has {', '.join(model.blocks)})")
+    return blocks
+
+
+def suffix_depths(depth: str) -> list[str]:
+    """The chain of explainers the attribution walks through, deepest first: B234 -> [B34, B234].
+
+    The last block itself needs none (eq. 11 is evaluated there directly), so B4 -> [B4]
+    keeps the B4 segments for display only.
+    """
+    digits = depth[1:]
+    return ["B" + digits[i:] for i in range(len(digits) - 1, -1, -1) if len(digits) - i >= 2] or [depth]
+
+
+# --- features -----------------------------------------------------------------------------------
+
+def hcheck(activations: dict[str, torch.Tensor], blocks: Sequence[str]) -> torch.Tensor:
+    """Eq. 7-8: upsample each block to the shallowest block's resolution, divide every pixel
+    vector by D_b * ||u_r^(b)||, concatenate. Returns (N, h', w', sum_b D_b).
+
+    An all-zero pixel (every channel switched off by ReLU) stays zero rather than dividing by 0.
+    """
+    size = tuple(activations[blocks[0]].shape[-2:])
+    parts = []
+    for block in blocks:
+        u = upsample(activations[block], size)
+        norm = u.norm(dim=1, keepdim=True).clamp_min(EPSILON)
+        parts.append(u / (u.shape[1] * norm))
+    return torch.cat(parts, dim=1).permute(0, 2, 3, 1)
+
+
+def pooled(activations: dict[str, torch.Tensor]) -> torch.Tensor:
+    """z = avg.pool(h) (eq. 2): the embedding the linear classifier reads."""
+    return activations[BLOCK_NAMES[-1]].mean(dim=(2, 3))
+
+
+def batches(model: ModelSpec, dataset: DatasetSpec, batch_size: int = 128) -> Iterator[tuple[int, torch.Tensor]]:
+    """(start index, transformed image batch) over a dataset, in order."""
+    for start in range(0, len(dataset), batch_size):
+        stop = min(start + batch_size, len(dataset))
+        yield start, torch.stack([model.transform(dataset[i][0]) for i in range(start, stop)])
+
+
+def block_activations(model: ModelSpec, inputs: torch.Tensor, blocks: Sequence[str]) -> dict[str, torch.Tensor]:
+    with torch.inference_mode():
+        return trace(model, inputs, blocks=list(blocks)).activations
+
+
+def embeddings(model: ModelSpec, dataset: DatasetSpec, batch_size: int = 128,
+               progress: Progress | None = None) -> np.ndarray:
+    """Pooled embeddings z (N, D) of a whole dataset, batched, without gradients."""
+    out = []
+    for start, inputs in batches(model, dataset, batch_size):
+        out.append(pooled(block_activations(model, inputs, [BLOCK_NAMES[-1]])).numpy())
+        _report(progress, (start + len(inputs)) / len(dataset), "embedding images")
+    return np.concatenate(out).astype(np.float32)
+
+
+# --- fitted state -------------------------------------------------------------------------------
+
+@dataclass
+class Patch:
+    """The training pixel (row of h-check) closest to one prototype, and where it is."""
+
+    prototype: int
+    image: int          # index in the training dataset
+    row: int            # cell at R' (row-major); 0 for KMEx
+    col: int
+    distance: float
+    segment: int        # the prototype that pixel is assigned to (eq. 9); usually ``prototype``
+    box: tuple[int, int, int, int]  # left, top, right, bottom in input pixels
+
+
+@dataclass
+class Level:
+    """One k-means explainer at one depth: its prototypes and their nearest training patches."""
+
+    depth: str
+    prototypes: np.ndarray      # (K, D)
+    labels: np.ndarray          # (K,) class of each prototype, K/C consecutive per class
+    resolution: tuple[int, int]  # R' as (h', w'); (1, 1) for KMEx
+    patches: list[Patch]
+
+
+@dataclass
+class PrototypeExplanation:
+    """What one image looks like to the prototype explainer at one depth."""
+
+    depth: str
+    segments: np.ndarray        # (h', w') prototype index of every pixel (eq. 9)
+    class_counts: np.ndarray    # (C,) pixels owned by each class's prototypes (eq. 10)
+    predicted: int
+    target: int
+    attribution: np.ndarray     # (h', w') eq. 11, propagated segment-wise to this depth
+    attribution_levels: dict[str, np.ndarray]  # the attribution at every depth it passed through
+    logits: np.ndarray
+
+
+class PrototypeExplainer:
+    """KMEx (``depth="pooled"``) or the multi-depth explainer (``"B4"``, ``"B34"``, ``"B234"``, ``"B1234"``).
+
+    ``max_pixels_per_class`` bounds the rows given to k-means for one class: when a class
+    has more pixels (images x R'), a seeded uniform sample is drawn, the same number from
+    every image. Assignments, nearest patches and predictions always use every pixel.
+    """
+
+    def __init__(self, depth: str = "B234", per_class: int = 5, seed: int = 0,
+                 max_pixels_per_class: int = 20_000, batch_size: int = 128) -> None:
+        if depth not in DEPTHS and not depth.startswith("B"):
+            raise ValueError(f"depth must be one of {DEPTHS}, not {depth!r}")
+        if per_class < 1:
+            raise ValueError(f"per_class must be at least 1, not {per_class}")
+        self.depth = depth
+        self.per_class = per_class
+        self.seed = seed
+        self.max_pixels_per_class = max_pixels_per_class
+        self.batch_size = batch_size
+
+    # ---- fitting ----
+    def fit(self, model: ModelSpec, dataset: DatasetSpec, progress: Progress | None = None) -> "PrototypeExplainer":
+        depth_blocks(self.depth, model)
+        counts = np.bincount(dataset.labels, minlength=model.num_classes)
+        if self.depth == "pooled":
+            too_few = [c for c in np.flatnonzero(counts) if counts[c] < self.per_class]
+            if too_few:
+                raise ValueError(f"classes {too_few} have fewer images than the {self.per_class} prototypes asked per class")
+        self.model_name_ = model.name
+        self.num_classes_ = model.num_classes
+        self.classifier_ = (model.classifier.weight.detach().numpy().copy(), model.classifier.bias.detach().numpy().copy())
+        depths = ["pooled"] if self.depth == "pooled" else suffix_depths(self.depth)
+        samples = self._collect_samples(model, dataset, depths, _scaled(progress, 0.0, 0.45))
+        self.levels_: dict[str, Level] = {}
+        for i, depth in enumerate(depths):
+            _report(progress, 0.45 + 0.15 * i / len(depths), f"k-means at {depth}")
+            prototypes, labels = self._kmeans(*samples[depth])
+            self.levels_[depth] = Level(depth, prototypes, labels, samples[depth][2], [])
+        self._find_patches(model, dataset, _scaled(progress, 0.6, 1.0))
+        _report(progress, 1.0, "done")
+        return self
+
+    def _collect_samples(self, model: ModelSpec, dataset: DatasetSpec, depths: list[str],
+                         progress: Progress | None) -> dict[str, tuple[np.ndarray, np.ndarray, tuple[int, int]]]:
+        """Rows for k-means per depth: (rows, their labels, R')."""
+        rng = np.random.default_rng(self.seed)
+        counts = np.bincount(dataset.labels, minlength=self.num_classes_)
+        rows: dict[str, list[np.ndarray]] = {d: [] for d in depths}
+        labels: dict[str, list[np.ndarray]] = {d: [] for d in depths}
+        resolution: dict[str, tuple[int, int]] = {}
+        blocks = sorted({b for d in depths for b in depth_blocks(d)})
+        for start, inputs in batches(model, dataset, self.batch_size):
+            activations = block_activations(model, inputs, blocks)
+            batch_labels = dataset.labels[start:start + len(inputs)]
+            for depth in depths:
+                features = self._features(activations, depth)
+                resolution[depth] = features.shape[1:3] if features.dim() == 4 else (1, 1)
+                flat = features.reshape(len(inputs), -1, features.shape[-1]).numpy()
+                for image_rows, label in zip(flat, batch_labels):
+                    keep = self._rows_per_image(len(image_rows), counts[label])
+                    chosen = image_rows if keep >= len(image_rows) else image_rows[rng.choice(len(image_rows), keep, replace=False)]
+                    rows[depth].append(chosen)
+                    labels[depth].append(np.full(len(chosen), label))
+            _report(progress, (start + len(inputs)) / len(dataset), "extracting features")
+        return {d: (np.concatenate(rows[d]), np.concatenate(labels[d]), tuple(resolution[d])) for d in depths}
+
+    def _rows_per_image(self, pixels: int, images_in_class: int) -> int:
+        return max(1, min(pixels, self.max_pixels_per_class // max(1, images_in_class)))
+
+    @staticmethod
+    def _features(activations: dict[str, torch.Tensor], depth: str) -> torch.Tensor:
+        return pooled(activations) if depth == "pooled" else hcheck(activations, depth_blocks(depth))
+
+    def _kmeans(self, rows: np.ndarray, labels: np.ndarray, _resolution: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Class-wise k-means (scikit-learn), K/C prototypes per class, ordered by class."""
+        from sklearn.cluster import KMeans
+
+        prototypes, owners = [], []
+        for label in range(self.num_classes_):
+            members = rows[labels == label]
+            if len(members) == 0:
+                continue
+            k = min(self.per_class, len(np.unique(members, axis=0)))
+            if k < self.per_class:
+                raise ValueError(f"class {label} has only {k} distinct feature vectors for {self.per_class} prototypes")
+            fitted = KMeans(n_clusters=k, n_init=3, random_state=self.seed).fit(members.astype(np.float64))
+            prototypes.append(fitted.cluster_centers_.astype(np.float32))
+            owners.append(np.full(k, label))
+        return np.concatenate(prototypes), np.concatenate(owners)
+
+    def _find_patches(self, model: ModelSpec, dataset: DatasetSpec, progress: Progress | None) -> None:
+        """For every prototype, the training pixel closest to it (exact: every pixel is scanned)."""
+        depths = list(self.levels_)
+        blocks = sorted({b for d in depths for b in depth_blocks(d)})
+        # per depth and prototype: distance, image index, pixel index, segment of that pixel
+        best = {d: np.zeros((len(self.levels_[d].labels), 4)) for d in depths}
+        for table in best.values():
+            table[:, 0] = np.inf
+        for start, inputs in batches(model, dataset, self.batch_size):
+            activations = block_activations(model, inputs, blocks)
+            for depth in depths:
+                features = self._features(activations, depth)
+                flat = features.reshape(-1, features.shape[-1])
+                distances = torch.cdist(flat, torch.from_numpy(self.levels_[depth].prototypes)).numpy()
+                rows = distances.argmin(axis=0)
+                found = np.stack([distances[rows, np.arange(len(rows))], start + rows // (len(flat) // len(inputs)),
+                                  rows % (len(flat) // len(inputs)), distances[rows].argmin(axis=1)], axis=1)
+                closer = found[:, 0] < best[depth][:, 0]
+                best[depth][closer] = found[closer]
+            _report(progress, (start + len(inputs)) / len(dataset), "finding the nearest training patches")
+        for depth in depths:
+            self.levels_[depth].patches = self._patches(model, self.levels_[depth], best[depth])
+
+    @staticmethod
+    def _patches(model: ModelSpec, level: Level, best: np.ndarray) -> list[Patch]:
+        h, w = level.resolution
+        patches = []
+        for k, (distance, image, pixel, segment) in enumerate(best):
+            row, col = divmod(int(pixel), w)
+            box = receptive_box(row, col, (h, w), model.input_size)
+            patches.append(Patch(k, int(image), row, col, float(distance), int(segment), box))
+        return patches
+
+    # ---- using ----
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "levels_"):
+            raise NotFittedError("this PrototypeExplainer is not fitted yet: call fit(model, dataset) first")
+
+    @property
+    def level_(self) -> Level:
+        """The level of the requested depth (the last of the chain)."""
+        self._check_fitted()
+        return self.levels_["pooled" if self.depth == "pooled" else self.depth]
+
+    @property
+    def prototypes_(self) -> np.ndarray:
+        return self.level_.prototypes
+
+    @property
+    def prototype_labels_(self) -> np.ndarray:
+        return self.level_.labels
+
+    def predict(self, model: ModelSpec, images: object) -> np.ndarray:
+        """Class ids of a PIL image, a list of them, or a transformed batch (eq. 10; nearest prototype for KMEx)."""
+        from .api import as_batch
+
+        self._check_fitted()
+        inputs = as_batch(model, images)
+        out = []
+        for start in range(0, len(inputs), self.batch_size):
+            activations = block_activations(model, inputs[start:start + self.batch_size], depth_blocks(self.depth))
+            out.append(self._predict_activations(activations))
+        return np.concatenate(out)
+
+    def _predict_activations(self, activations: dict[str, torch.Tensor]) -> np.ndarray:
+        level = self.level_
+        features = self._features(activations, level.depth)
+        n = features.shape[0]
+        nearest = self._assign(features.reshape(-1, features.shape[-1]), level).reshape(n, -1)
+        if self.depth == "pooled":
+            return level.labels[nearest[:, 0]]
+        counts = np.stack([np.bincount(level.labels[row], minlength=self.num_classes_) for row in nearest])
+        return counts.argmax(axis=1)
+
+    @staticmethod
+    def _assign(rows: torch.Tensor, level: Level) -> np.ndarray:
+        """Eq. 9: the nearest prototype of every row."""
+        return torch.cdist(rows, torch.from_numpy(level.prototypes)).argmin(dim=1).numpy()
+
+    def explain(self, model: ModelSpec, image: object, target: int | None = None) -> PrototypeExplanation:
+        """Segments (eq. 9), class counts and prediction (eq. 10), and the attribution (eq. 11 + steps 1-3)."""
+        from .api import as_batch
+
+        self._check_fitted()
+        if self.depth == "pooled":
+            raise ValueError("KMEx explains the pooled embedding, which has no pixels: use a block depth such as B4")
+        inputs = as_batch(model, image)[:1]
+        with torch.inference_mode():
+            result = trace(model, inputs, blocks=list(model.blocks))
+        logits = result.logits[0].numpy()
+        level = self.level_
+        features = self._features(result.activations, level.depth)[0]
+        segments = self._assign(features.reshape(-1, features.shape[-1]), level).reshape(features.shape[:2])
+        counts = np.bincount(level.labels[segments.ravel()], minlength=self.num_classes_)
+        chosen = int(counts.argmax()) if target is None else model.check_target(target)
+        levels = self.attribution(result.activations, chosen)
+        return PrototypeExplanation(level.depth, segments, counts, int(counts.argmax()), chosen,
+                                    levels[level.depth], levels, logits)
+
+    def attribution(self, activations: dict[str, torch.Tensor], target: int) -> dict[str, np.ndarray]:
+        """Eq. 11 at the last block, then upsample and average within each segment of every
+        shallower explanation map of the chain (the three steps after eq. 11)."""
+        weights, _bias = self.classifier_
+        column = torch.from_numpy(weights[target])
+        last = activations[BLOCK_NAMES[-1]][0]
+        current = torch.einsum("dhw,d->hw", last, column) / column.dot(column)
+        maps = {BLOCK_NAMES[-1]: current.numpy()}
+        for depth, level in self.levels_.items():
+            if len(depth) <= 2:  # B4 itself: eq. 11 is already at this resolution
+                continue
+            features = self._features({k: v[:1] for k, v in activations.items()}, depth)[0]
+            segments = self._assign(features.reshape(-1, features.shape[-1]), level)
+            lifted = upsample(current[None], level.resolution)[0].reshape(-1).numpy()
+            current = torch.from_numpy(segment_means(lifted, segments).reshape(level.resolution))
+            maps[depth] = current.numpy()
+        return maps
+
+    # ---- persistence (npz: arrays only, no pickle) ----
+    def save(self, path: Path) -> None:
+        self._check_fitted()
+        arrays: dict[str, np.ndarray] = {"classifier_weight": self.classifier_[0], "classifier_bias": self.classifier_[1]}
+        meta = {"settings": self.get_params(), "model_name": self.model_name_, "num_classes": self.num_classes_,
+                "levels": {}}
+        for depth, level in self.levels_.items():
+            arrays[f"{depth}_prototypes"] = level.prototypes
+            arrays[f"{depth}_labels"] = level.labels
+            meta["levels"][depth] = {"resolution": list(level.resolution),
+                                     "patches": [p.__dict__ | {"box": list(p.box)} for p in level.patches]}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp.npz")
+        np.savez(temporary, meta=np.array(json.dumps(meta)), **arrays)
+        temporary.replace(path)  # atomic: a half-written file is never read back
+
+    @classmethod
+    def load(cls, path: Path) -> "PrototypeExplainer":
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            explainer = cls(**meta["settings"])
+            explainer.model_name_ = meta["model_name"]
+            explainer.num_classes_ = meta["num_classes"]
+            explainer.classifier_ = (data["classifier_weight"], data["classifier_bias"])
+            explainer.levels_ = {}
+            for depth, info in meta["levels"].items():
+                patches = [Patch(**(p | {"box": tuple(p["box"])})) for p in info["patches"]]
+                explainer.levels_[depth] = Level(depth, data[f"{depth}_prototypes"], data[f"{depth}_labels"],
+                                                 tuple(info["resolution"]), patches)
+        return explainer
+
+    def get_params(self) -> dict[str, object]:
+        return {"depth": self.depth, "per_class": self.per_class, "seed": self.seed,
+                "max_pixels_per_class": self.max_pixels_per_class, "batch_size": self.batch_size}
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"PrototypeExplainer({settings})"
+
+
+def segment_means(values: np.ndarray, segments: np.ndarray) -> np.ndarray:
+    """Every value replaced by the mean over its segment (step 3 after eq. 11)."""
+    sums = np.bincount(segments, weights=values)
+    sizes = np.bincount(segments)
+    return (sums / np.maximum(sizes, 1))[segments].astype(np.float32)
+
+
+def receptive_box(row: int, col: int, grid: tuple[int, int], image: tuple[int, int],
+                  minimum_fraction: float = 1 / 8) -> tuple[int, int, int, int]:
+    """The input pixels of one R' cell, widened to at least ``minimum_fraction`` of the image side."""
+    (h, w), (height, width) = grid, image
+    side_y = max(height / h, height * minimum_fraction)
+    side_x = max(width / w, width * minimum_fraction)
+    centre_y, centre_x = (row + 0.5) * height / h, (col + 0.5) * width / w
+    top = int(round(min(max(centre_y - side_y / 2, 0), height - side_y)))
+    left = int(round(min(max(centre_x - side_x / 2, 0), width - side_x)))
+    return left, top, int(round(left + side_x)), int(round(top + side_y))
+
+
+def fit_prototypes(model: ModelSpec, dataset: DatasetSpec, depth: str = "B234", per_class: int = 5, seed: int = 0,
+                   progress: Progress | None = None, max_pixels_per_class: int = 20_000,
+                   cache: bool = True) -> PrototypeExplainer:
+    """Fit (or reload from the disk cache) the prototype explainer of ``model`` on ``dataset``."""
+    explainer = PrototypeExplainer(depth, per_class, seed, max_pixels_per_class)
+    path = cache_dir() / "prototypes" / f"{cache_key(model, dataset, explainer)}.npz"
+    if cache and path.exists():
+        try:
+            loaded = PrototypeExplainer.load(path)
+            _report(progress, 1.0, "loaded from the cache")
+            return loaded
+        except (OSError, ValueError, KeyError):
+            path.unlink(missing_ok=True)  # unreadable: refit below
+    explainer.fit(model, dataset, progress)
+    if cache:
+        explainer.save(path)
+    return explainer
+
+
+def cache_key(model: ModelSpec, dataset: DatasetSpec, explainer: PrototypeExplainer) -> str:
+    settings = json.dumps(explainer.get_params(), sort_keys=True)
+    text = f"{CACHE_VERSION}|{model.fingerprint}|{dataset.fingerprint}|{settings}"
+    return f"{explainer.depth}-k{explainer.per_class}-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _report(progress: Progress | None, fraction: float, message: str) -> None:
+    if progress is not None:
+        progress(float(min(max(fraction, 0.0), 1.0)), message)
+
+
+def _scaled(progress: Progress | None, low: float, high: float) -> Progress | None:
+    if progress is None:
+        return None
+    return lambda fraction, message: progress(low + (high - low) * fraction, message)
