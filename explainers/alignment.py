@@ -169,7 +169,7 @@ def projection(train_z: np.ndarray, train_labels: np.ndarray, test_z: np.ndarray
     train_keep = np.flatnonzero(np.isin(train_labels, classes))
     test_keep = np.flatnonzero(np.isin(test_labels, classes))
     data, data_labels = train_z[train_keep], train_labels[train_keep]
-    reducer = umap.UMAP(n_neighbors=min(n_neighbors, len(train_keep) - 1), random_state=seed)
+    reducer = umap.UMAP(n_neighbors=min(n_neighbors, len(train_keep) - 1), random_state=seed, n_jobs=1)
     train_xy = reducer.fit_transform(data)
     test_xy = reducer.transform(test_z[test_keep]) if len(test_keep) else np.zeros((0, 2))
     raw = columns[classes]

@@ -61,7 +61,8 @@ def explain_batch(model: ModelSpec, images: Any, methods: Sequence[str], block: 
         if reason:
             raise MethodUnavailableError(reason)
     batch = as_batch(model, images)
-    shared = trace(model, batch, target, gradients=any(m.needs_gradients for m in chosen), blocks=[block])
+    blocks = list(model.blocks) if any(m.needs_all_blocks for m in chosen) else [block]
+    shared = trace(model, batch, target, gradients=any(m.needs_gradients for m in chosen), blocks=blocks)
     results: list[dict[str, Explanation]] = [{} for _ in range(batch.shape[0])]
     for method in chosen:
         started = time.perf_counter()

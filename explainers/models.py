@@ -92,6 +92,7 @@ class ModelSpec:
     classes: list[str]
     family: str
     card: dict[str, Any] = field(default_factory=dict)
+    dataset: str | None = None  # the registered dataset it was trained on, if known (prototypes need it)
     _fingerprint: str | None = field(default=None, repr=False)
     _block_shapes: dict[str, tuple[int, int, int]] | None = field(default=None, repr=False)
     _gap_head: bool | None = field(default=None, repr=False)
@@ -191,7 +192,9 @@ def digits(weights: str | None = "DEFAULT") -> ModelSpec:
     if weights is not None:
         net.load_state_dict(torch.load(DIGITS_WEIGHTS, map_location="cpu", weights_only=True))
         card = json.loads(DIGITS_CARD.read_text()) if DIGITS_CARD.exists() else {}
-    return _spec("digits", net.eval(), digits_transform(), [str(d) for d in range(10)], "resnet", card)
+    spec = _spec("digits", net.eval(), digits_transform(), [str(d) for d in range(10)], "resnet", card)
+    spec.dataset = "digits"
+    return spec
 
 
 def _torchvision_builder(name: str) -> Callable[..., ModelSpec]:

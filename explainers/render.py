@@ -56,3 +56,56 @@ def grid(panels: Sequence[tuple[str, Image.Image]], columns: int = 4, caption_he
         draw.text((x + 4, y + 4), title, fill="black", font=font)
         sheet.paste(panel.convert("RGB"), (x, y + caption_height))
     return sheet
+
+
+QUALITATIVE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
+               "#fabed4", "#469990", "#dcbeff", "#9a6324", "#800000", "#aaffc3", "#808000", "#000075")
+
+
+def segment_palette(segments: np.ndarray) -> dict[int, str]:
+    """A distinct colour for every segment present, largest segment first (hex strings)."""
+    ids, sizes = np.unique(segments, return_counts=True)
+    ordered = ids[np.argsort(-sizes, kind="stable")]
+    return {int(k): QUALITATIVE[i % len(QUALITATIVE)] for i, k in enumerate(ordered)}
+
+
+def _rgb(colour: str) -> tuple[int, int, int]:
+    colour = colour.lstrip("#")
+    return tuple(int(colour[i:i + 2], 16) for i in (0, 2, 4))  # type: ignore[return-value]
+
+
+def segment_overlay(image: Image.Image, segments: np.ndarray, palette: dict[int, str], size: int,
+                    opacity: float = 0.6, borders: bool = True) -> Image.Image:
+    """The explanation map (eq. 9) painted over the image, one colour per segment, with outlines."""
+    colours = np.zeros(segments.shape + (3,), dtype=np.uint8)
+    for segment, colour in palette.items():
+        colours[segments == segment] = _rgb(colour)
+    painted = Image.fromarray(colours).resize((size, size), Image.NEAREST)
+    result = Image.blend(image.convert("RGB").resize((size, size), Image.BILINEAR), painted, opacity)
+    if borders:
+        labels = np.asarray(Image.fromarray(segments.astype(np.int32)).resize((size, size), Image.NEAREST))
+        edge = np.zeros(labels.shape, dtype=bool)
+        edge[:-1] |= labels[:-1] != labels[1:]
+        edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+        pixels = np.asarray(result).copy()
+        pixels[edge] = 255
+        result = Image.fromarray(pixels)
+    return result
+
+
+def framed_patch(image: Image.Image, box: tuple[int, int, int, int], colour: str, size: int = 112,
+                 border: int = 5) -> Image.Image:
+    """The training image with its patch ``box`` outlined, framed in the segment's ``colour``
+    (seed 000, Figure 1). The whole image is kept so a small patch is seen in its context."""
+    scale = (size - 2 * border) / image.width
+    picture = image.convert("RGB").resize((size - 2 * border, round(image.height * scale)), Image.BILINEAR)
+    left, top, right, bottom = (round(v * scale) for v in box)
+    ImageDraw.Draw(picture).rectangle((left, top, right - 1, bottom - 1), outline=_rgb(colour), width=3)
+    return outlined(picture, colour, border)
+
+
+def outlined(image: Image.Image, colour: str, border: int = 6) -> Image.Image:
+    """``image`` with a frame of ``colour``."""
+    framed = Image.new("RGB", (image.width + 2 * border, image.height + 2 * border), _rgb(colour))
+    framed.paste(image.convert("RGB"), (border, border))
+    return framed

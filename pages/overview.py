@@ -46,7 +46,9 @@ with right:
 
 st.header("Pages")
 st.markdown("- **Saliency** — maps of where the network looks, side by side, for the chosen class and depth: "
-            "the CAM family from one shared forward/backward pass, with each method's cost.")
+            "the CAM family from one shared forward/backward pass, with each method's cost.\n"
+            "- **Cluster-CAM** — the block's channels in k-means clusters, the input masked by each cluster's mean, "
+            "and the best (cognition-base, green) and worst (cognition-scissors, red) combined; Q + 1 forward passes.")
 
 st.header("Methods")
 st.dataframe([{"id": n, "method": method_info(n).label, "family": method_info(n).family,

@@ -6,6 +6,7 @@ import streamlit as st
 from explainers import method_info
 from explainers.render import SEQUENTIAL, cells, grid, overlay
 from ui.cache import explanations
+from ui.progress import progress_bar
 from ui.sidebar import current
 
 st.title("Saliency maps")
@@ -39,8 +40,9 @@ if not runnable:
         st.caption(f"{method_info(name).label}: {reason}.")
     st.stop()
 
-maps = explanations(selection.model_key, model, selection.image_data, tuple(runnable), selection.block,
-                    selection.target)
+with progress_bar():  # filled by the perturbation methods (one masked input per channel)
+    maps = explanations(selection.model_key, model, selection.image_data, tuple(runnable), selection.block,
+                        selection.target)
 first = next(iter(maps.values()))
 predicted, probability = selection.top[0]
 target_probability = dict(selection.top).get(first.target)
@@ -77,6 +79,8 @@ for start in range(0, len(panels), columns_per_row):
         passes = f"{result.forwards} fwd / {result.backwards} bwd"
         column.image(picture, width=size)
         column.markdown(f"**{label}**" + (" · signed" if result.signed else ""))
+        if method_info(result.method).family == "classic":
+            column.caption("Saliency of the image, not of the model: ignores the network and the class.")
         column.caption(f"{result.seconds * 1000:.1f} ms on the shared pass · {passes}")
 
 buffer = io.BytesIO()

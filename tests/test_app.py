@@ -1,10 +1,9 @@
 """The dashboard driven headless by Streamlit's AppTest on the embedded default (digits).
 
-AppTest (Streamlit 1.67) re-runs only the page file after the first run of an app that
-uses ``st.navigation``, so the entry script's sidebar vanishes from later runs (the real
-app keeps it; the browser test shows it). The real ``app.py`` is therefore checked on its
-first, faithful run of each page, and interactions go through ``page()``: the same
-sidebar and page scripts without ``st.navigation``, which AppTest reruns faithfully.
+The real ``app.py`` is checked page by page; interactions go through ``page()``: the same
+sidebar and page scripts without ``st.navigation``, so each test drives exactly one page.
+(AppTest resets Streamlit's legacy-``pages/`` flag before every run, which ran page files
+on their own until ``ui.sidebar.current`` learned to hand over to app.py.)
 """
 from __future__ import annotations
 
@@ -25,7 +24,7 @@ from explainers import method_info, methods
 
 TIMEOUT = 120
 REPO = Path(__file__).resolve().parents[1]
-PAGES = ["pages/overview.py", "pages/saliency.py"]
+PAGES = ["pages/overview.py", "pages/saliency.py", "pages/segments.py", "pages/prototypes.py"]
 
 
 def page(path: str, **query: str) -> AppTest:
@@ -77,6 +76,7 @@ def test_the_real_app_renders_every_page_without_exception(path):
         app.switch_page(path).run()
     assert not app.exception, app.exception
     assert app.title, "the page drew no title"
+    assert app.radio(key="block").value == "B4", "the shared sidebar is missing"
 
 
 def test_overview_shows_the_model_card_and_blocks():

@@ -59,14 +59,37 @@ def check_overview(page) -> None:
 
 def check_saliency(page) -> None:
     check_no_exception(page)
-    n = page.locator('[data-testid="stImage"]').count()
-    assert n >= 9, f"expected the input and the eight default method panels, found {n} images"
-    # every <img> actually loaded from the media endpoint
-    page.wait_for_function(
-        """() => [...document.querySelectorAll('[data-testid="stImage"] img')]
-                 .every(i => i.complete && i.naturalWidth > 0)""",
-        timeout=30_000,
-    )
+    # Opened first, by a deep link on a fresh server: the shared sidebar must be there too.
+    page.locator('[data-testid="stSidebar"] [data-testid="stRadio"]').first.wait_for(state="visible", timeout=60_000)
+    check_images_loaded(page, minimum=9)  # the input and the eight default method panels
+
+
+def check_segments(page) -> None:
+    check_no_exception(page)
+    check_images_loaded(page, minimum=3)  # segments, attribution, at least one framed patch
+    page.locator('[data-testid="stPlotlyChart"]').first.wait_for(state="visible", timeout=60_000)  # class counts
+
+
+def check_prototypes(page) -> None:
+    check_no_exception(page)
+    page.locator('[data-testid="stPlotlyChart"]').first.wait_for(state="visible", timeout=60_000)
+    assert page.locator('[data-testid="stDataFrame"]').count() >= 2, "Tables 1 and 2 are missing"
+
+
+def check_images_loaded(page, minimum: int) -> None:
+    """At least ``minimum`` images shown, every one loaded from the media endpoint (a busy
+    machine renders the page's elements some seconds after the script finished)."""
+    try:
+        page.wait_for_function(
+            """(minimum) => {
+                 const images = [...document.querySelectorAll('[data-testid="stImage"] img')];
+                 return images.length >= minimum && images.every(i => i.complete && i.naturalWidth > 0);
+               }""",
+            arg=minimum, timeout=60_000,
+        )
+    except Exception:
+        n = page.locator('[data-testid="stImage"] img').count()
+        pytest.fail(f"expected at least {minimum} loaded images, found {n}")
 
 
 class Page(NamedTuple):
@@ -76,8 +99,10 @@ class Page(NamedTuple):
 
 
 PAGES = [
+    Page("saliency?block=B4", "saliency", check_saliency),  # first: a deep link on a fresh server
     Page("", "overview", check_overview),
-    Page("saliency", "saliency", check_saliency),
+    Page("segments?figure1=1", "segments", check_segments),
+    Page("prototypes", "prototypes", check_prototypes),
 ]
 
 
@@ -153,7 +178,7 @@ def streamlit_url():
     log = ARTIFACTS / "streamlit.log"
     cmd = [
         sys.executable, "-m", "streamlit", "run", str(app),
-        "--server.headless", "true", "--server.port", str(port),
+        "--server.headless", "true", "--server.port", str(port), "--server.fileWatcherType", "none",
         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
     ]
     with open(log, "wb") as out:

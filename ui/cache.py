@@ -53,3 +53,13 @@ def explanations(model_key: str, _model: ModelSpec, data: bytes, methods: Sequen
     Display settings (opacity, colours) are not arguments, so changing them never recomputes.
     """
     return explain_many(_model, load_image(data), list(methods), block=block, target=target)
+
+
+@st.cache_data(show_spinner="Clustering the channels and scoring the masked inputs…", max_entries=64)
+def cluster_cam(model_key: str, _model: ModelSpec, data: bytes, block: str, target: int | None, q: int,
+                clustering: str = "kmeans") -> Explanation:
+    """Cluster-CAM of one view; keyed by model, image, block, target, Q and clustering, never by alpha:
+    H for another alpha is recombined from ``extras["cluster_cam"]`` without a forward pass."""
+    from explainers.methods.perturbation import explain_cluster_cam
+
+    return explain_cluster_cam(_model, load_image(data), block=block, target=target, q=q, clustering=clustering)

@@ -19,7 +19,10 @@ from .cache import get_checkpoint_model, get_dataset, get_model, image_bytes, to
 CHECKPOINT = "checkpoint"
 DEFAULT_METHODS = ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "cam", "eigencam", "eigengradcam"]
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp"]
-QUERY_KEYS = ("model", "random_weights", "source", "split", "cls", "index", "target_mode", "target", "block", "methods")
+# Widget keys mirrored in the URL, with how each is written there; page widgets may be listed too.
+QUERY_KEYS = {"model": "str", "random_weights": "bool", "source": "str", "split": "str", "cls": "str",
+              "index": "int", "target_mode": "str", "target": "int", "block": "str", "methods": "list",
+              "per_class": "int", "figure1": "bool"}
 
 
 @dataclass
@@ -39,7 +42,25 @@ class Selection:
 
 
 def current() -> Selection:
+    """The sidebar's choices of this run; every page starts here."""
+    _hand_over_to_the_entry_script()
     return st.session_state.get("_selection", Selection())
+
+
+def _hand_over_to_the_entry_script() -> None:
+    """Rerun through app.py when Streamlit ran a page file on its own.
+
+    With a ``pages/`` folder beside the entry script, Streamlit serves a server's first
+    request in its legacy multipage mode until ``st.navigation`` has run once: a deep link
+    such as ``/segments?block=B2`` would run that page without app.py, hence without the
+    sidebar, and the server would stay in that mode. Leaving it and rerunning costs one
+    extra run, once per server.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
 
 
 def sidebar() -> Selection:
@@ -205,39 +226,40 @@ def _ensure_many(key: str, options: list, default: list) -> None:
     st.session_state[key] = [v for v in value if v in options]
 
 
+def _decode(kind: str, text: str) -> object:
+    if kind == "int":
+        return int(text)
+    if kind == "float":
+        return float(text)
+    if kind == "bool":
+        return text == "1"
+    if kind == "list":
+        return [item for item in text.split(",") if item]
+    return text
+
+
+def _encode(kind: str, value: object) -> str:
+    if kind == "bool":
+        return "1" if value else "0"
+    if kind == "list":
+        return ",".join(map(str, value))  # type: ignore[call-overload]
+    return str(value)
+
+
 def _seed_from_query() -> None:
     """On a session's first run, start from the view the URL describes."""
     if st.session_state.get("_seeded"):
         return
     st.session_state["_seeded"] = True
-    query = st.query_params
-    for key in QUERY_KEYS:
-        if key not in query:
-            continue
-        if key == "methods":
-            st.session_state[key] = [m for m in query[key].split(",") if m]
-        elif key in ("index", "target"):
+    for key, kind in QUERY_KEYS.items():
+        if key in st.query_params:
             try:
-                st.session_state[key] = int(query[key])
+                st.session_state[key] = _decode(kind, st.query_params[key])
             except ValueError:
-                pass
-        elif key == "random_weights":
-            st.session_state[key] = query[key] == "1"
-        else:
-            st.session_state[key] = query[key]
+                pass  # a malformed value in a shared link: keep the default
 
 
 def _write_query() -> None:
-    values: dict[str, str] = {}
-    for key in QUERY_KEYS:
-        if key not in st.session_state:
-            continue
-        value = st.session_state[key]
-        if key == "methods":
-            values[key] = ",".join(value)
-        elif key == "random_weights":
-            values[key] = "1" if value else "0"
-        else:
-            values[key] = str(value)
+    values = {key: _encode(kind, st.session_state[key]) for key, kind in QUERY_KEYS.items() if key in st.session_state}
     if dict(st.query_params) != values:
         st.query_params.from_dict(values)

@@ -42,6 +42,8 @@ class Method:
     signed: bool = False
     last_block_only: bool = False
     requires_gap_head: bool = False
+    needs_all_blocks: bool = False  # the trace must record every block, not only the chosen one
+    check: Callable[["ModelSpec", str], str | None] | None = None  # any further condition, as a reason
 
     def available(self, model: "ModelSpec", block: str) -> str | None:
         """None when the method applies to this model and block, else the reason it does not."""
@@ -51,24 +53,23 @@ class Method:
         if self.requires_gap_head and not model.gap_head:
             return (f"{self.label} needs a global-average-pooling + linear head right after {last}; "
                     f"{model.name} has more layers in between")
-        return None
+        return self.check(model, block) if self.check else None
 
 
 METHODS: dict[str, Method] = {}
 
 
 def register_method(name: str, *, label: str, family: str, description: str, reference: str,
-                    needs_gradients: bool = False, signed: bool = False,
-                    last_block_only: bool = False, requires_gap_head: bool = False) -> Callable[[Compute], Compute]:
-    """Register ``compute(trace, block, model)`` under ``name``."""
+                    **options: Any) -> Callable[[Compute], Compute]:
+    """Register ``compute(trace, block, model)`` under ``name``; ``options`` are ``Method`` fields
+    (needs_gradients, signed, last_block_only, requires_gap_head, needs_all_blocks, check)."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, not {family!r}")
 
     def add(compute: Compute) -> Compute:
         if name in METHODS:
             raise ValueError(f"method {name!r} is registered twice")
-        METHODS[name] = Method(name, label, family, description, reference, compute,
-                               needs_gradients, signed, last_block_only, requires_gap_head)
+        METHODS[name] = Method(name, label, family, description, reference, compute, **options)
         return compute
 
     return add
@@ -86,3 +87,7 @@ def method_info(name: str) -> Method:
 
 
 from . import cam  # noqa: E402,F401  (registers the CAM family)
+from . import prototype  # noqa: E402,F401  (registers the k-means attribution)
+from . import perturbation  # noqa: E402,F401  (Score-CAM, Ablation-CAM, Cluster-CAM)
+from . import lrp  # noqa: E402,F401  (LRP-epsilon and the gamma composite, through zennit)
+from . import classic  # noqa: E402,F401  (model-free image saliency)

@@ -1,0 +1,189 @@
+"""Layer-wise relevance propagation (LRP) through zennit (seed 001, "LRP" slides).
+
+LRP redistributes the explained logit f_c(x) backwards, layer by layer, in proportion to each
+input's contribution z_jk = a_j w_jk, so that relevance is (nearly) conserved:
+sum_d R_d = f_c(x). zennit does the work: a *composite* maps layer types to rules, and
+*canonizers* first rewrite the network so that the rules apply (batch norm merged into the
+convolution before it; a ResNet block's residual sum made a module, so the sum gets its own
+proportional rule).
+
+- ``lrp_epsilon``: the epsilon rule in every convolution and linear layer,
+  R_j = sum_k a_j w_jk / (z_k + eps sign(z_k)) R_k, eps = 0.25 (Bach et al. 2015; Montavon et
+  al. 2019, sec. 10.2.2). With eps -> 0 this is LRP-0, which equals gradient x input.
+- ``lrp_gamma``: zennit's ``EpsilonGammaBox`` composite: the z^B (box) rule on the first
+  convolution, bounded by the pixel range [0, 1] after normalisation; the gamma rule
+  (gamma = 0.25, favouring positive contributions) in every other convolution; epsilon in the
+  linear layers (Montavon et al. 2019, sec. 10.2: the recommended composite for CNNs).
+
+Canonizers: ``ResNetCanonizer`` for the ResNet family (torchvision ResNets and the built-in
+digits model, whose stages are torchvision ``BasicBlock`` s), ``VGGCanonizer`` for VGG, and
+``SequentialMergeBatchNorm`` otherwise (zennit 0.5 has no DenseNet canonizer; DenseNet's batch
+norms come *before* their convolution, cannot be merged, and pass relevance through unchanged).
+
+What "block" means here: the map is the relevance of the input pixels, summed over colour
+channels, at the input's resolution, for any block (LRP explains down to the pixels). The
+relevance reaching the chosen block's output, summed over its channels, comes with it in
+``extras["block_relevance"]``.
+
+Conservation and its exceptions: the relevance at the pixels sums to f_c(x) minus what the
+biases absorb (each bias b_k takes its share b_k / z_k R_k, and batch norm's shift becomes a
+bias once merged) and minus what epsilon absorbs. For a ReLU network with epsilon -> 0 the
+absorbed part is exactly sum over biases of b * df_c/db (Euler's identity for piecewise-affine
+functions), which the tests check. On the digits model the batch norms' shifts absorb most
+of the logit. ``extras["relevance_total"]`` and ``extras["logit"]`` report both sums (one
+entry per image of the batch).
+
+LRP modifies the backward pass, so it cannot share the trace's gradients: it runs its own
+forward and backward pass, on a private copy of the network (canonizers rewrite weights in
+place; the shared model is never touched, even by another thread), with zennit's hooks
+registered in a ``with`` block that removes them whatever happens inside.
+"""
+from __future__ import annotations
+
+import copy
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from . import MethodOutput, register_method
+
+if TYPE_CHECKING:
+    from ..models import ModelSpec
+    from ..trace import Trace
+
+EPSILON = 0.25
+GAMMA = 0.25
+RULES = ("epsilon", "gamma")
+
+_TWINS: "weakref.WeakKeyDictionary[nn.Module, tuple[nn.Module, threading.Lock]]" = weakref.WeakKeyDictionary()
+_TWINS_GUARD = threading.Lock()
+
+
+@dataclass
+class Relevance:
+    """The result of one LRP pass over a batch: relevance at the input (N, C, H, W), at the block's
+    output (N, D, h, w) when one was named, and the logits of the pass."""
+
+    pixels: torch.Tensor
+    block: torch.Tensor | None
+    logits: torch.Tensor
+
+
+def canonizers_for(model: "ModelSpec") -> list:
+    """zennit's canonizers for the model's family (see the module docstring)."""
+    from zennit.canonizers import SequentialMergeBatchNorm
+    from zennit.torchvision import ResNetCanonizer, VGGCanonizer
+
+    if model.family == "resnet":
+        return [ResNetCanonizer()]
+    if model.family == "vgg":
+        return [VGGCanonizer()]
+    return [SequentialMergeBatchNorm()]
+
+
+def input_box(model: "ModelSpec", shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lowest and highest possible input values: pixels 0 and 1 after the model's normalisation."""
+    mean = torch.tensor(model.transform.mean).view(1, -1, 1, 1)
+    std = torch.tensor(model.transform.std).view(1, -1, 1, 1)
+    return ((0 - mean) / std).expand(shape).clone(), ((1 - mean) / std).expand(shape).clone()
+
+
+def composite_for(model: "ModelSpec", rule: str, shape: torch.Size, epsilon: float = EPSILON,
+                  gamma: float = GAMMA):
+    """The zennit composite of ``rule`` (``epsilon`` or ``gamma``) with the model's canonizers."""
+    from zennit.composites import EpsilonGammaBox, LayerMapComposite, layer_map_base
+    from zennit.rules import Epsilon
+    from zennit.types import Convolution
+
+    if rule == "epsilon":
+        layer_map = layer_map_base() + [(Convolution, Epsilon(epsilon=epsilon)), (nn.Linear, Epsilon(epsilon=epsilon))]
+        return LayerMapComposite(layer_map=layer_map, canonizers=canonizers_for(model))
+    if rule == "gamma":
+        low, high = input_box(model, shape)
+        return EpsilonGammaBox(low=low, high=high, epsilon=epsilon, gamma=gamma, canonizers=canonizers_for(model))
+    raise ValueError(f"LRP rule must be one of {', '.join(RULES)}, not {rule!r}")
+
+
+def _twin(net: nn.Module) -> tuple[nn.Module, threading.Lock]:
+    """A private copy of ``net`` holding its current weights, and the lock that serialises its use."""
+    with _TWINS_GUARD:
+        entry = _TWINS.get(net)
+        if entry is None:
+            twin = copy.deepcopy(net).eval()
+            for module in twin.modules():  # a copy made while another pass runs must not inherit its hooks
+                module._forward_hooks.clear()
+                module._forward_pre_hooks.clear()
+                module._backward_hooks.clear()
+            twin.requires_grad_(False)
+            entry = _TWINS[net] = (twin, threading.Lock())
+    twin, lock = entry
+    with lock:
+        twin.load_state_dict(net.state_dict())  # weights changed in place since the copy (e.g. a sanity check)
+    return entry
+
+
+def relevance(model: "ModelSpec", inputs: torch.Tensor, targets: torch.Tensor, rule: str = "epsilon",
+              block: str | None = None, epsilon: float = EPSILON, gamma: float = GAMMA) -> Relevance:
+    """LRP of the target logits of ``inputs`` (N, C, H, W): one forward and one backward pass.
+
+    The initial relevance is the target logit f_c(x) itself (one-hot times the logit), so the
+    relevance is in the logit's units.
+    """
+    twin, lock = _twin(model.net)
+    composite = composite_for(model, rule, inputs.shape, epsilon, gamma)
+    captured: dict[str, torch.Tensor] = {}
+
+    def record(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        output.register_hook(lambda grad: captured.__setitem__("block", grad))
+
+    with lock:
+        handle = twin.get_submodule(model.block_paths[block]).register_forward_hook(record) if block else None
+        try:
+            with composite.context(twin) as modified, torch.enable_grad():
+                x = inputs.detach().clone().requires_grad_(True)
+                logits = modified(x)
+                chosen = logits.gather(1, targets[:, None])
+                initial = torch.zeros_like(logits).scatter(1, targets[:, None], chosen.detach())
+                (pixels,) = torch.autograd.grad(logits, x, grad_outputs=initial)
+        finally:
+            if handle is not None:
+                handle.remove()
+    block_relevance = captured.get("block")
+    return Relevance(pixels=pixels.detach(), logits=logits.detach(),
+                     block=block_relevance.detach() if block_relevance is not None else None)
+
+
+def lrp_output(trace: "Trace", block: str, model: "ModelSpec", rule: str) -> MethodOutput:
+    """Pixel relevance summed over colour channels as the map; the block's relevance and the sums as extras."""
+    result = relevance(model, trace.inputs, trace.targets, rule=rule, block=block)
+    pixels = result.pixels.sum(dim=1)
+    extras = {
+        "relevance_total": pixels.sum(dim=(1, 2)).numpy(),
+        "logit": result.logits.gather(1, trace.targets[:, None])[:, 0].numpy(),
+        "block_relevance": result.block.sum(dim=1).numpy() if result.block is not None else None,
+    }
+    return MethodOutput(maps=pixels, forwards=1, backwards=1, extras=extras)
+
+
+@register_method(
+    "lrp_epsilon", label="LRP-ε", family="propagation", signed=True,
+    description="The logit redistributed layer by layer in proportion to each input's contribution (epsilon rule, "
+                "eps = 0.25); pixel resolution at any depth. Own forward + backward pass.",
+    reference="Bach et al. 2015, On Pixel-Wise Explanations by LRP, eq. 58 (epsilon rule); zennit (Anders et al.)",
+)
+def lrp_epsilon(trace: "Trace", block: str, model: "ModelSpec") -> MethodOutput:
+    return lrp_output(trace, block, model, "epsilon")
+
+
+@register_method(
+    "lrp_gamma", label="LRP-γ (composite)", family="propagation", signed=True,
+    description="zennit's EpsilonGammaBox: box rule on the first convolution, gamma = 0.25 on the others, epsilon "
+                "on linear layers; pixel resolution at any depth. Own forward + backward pass.",
+    reference="Montavon et al. 2019, Layer-Wise Relevance Propagation: An Overview, sec. 10.2 (gamma, z^B rules)",
+)
+def lrp_gamma(trace: "Trace", block: str, model: "ModelSpec") -> MethodOutput:
+    return lrp_output(trace, block, model, "gamma")

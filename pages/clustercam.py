@@ -1,0 +1,94 @@
+"""Cluster-CAM: the block's channels in Q clusters, the input masked by each cluster's mean, and the
+best (cognition-base) and worst (cognition-scissors) masks combined (seed 002, eq. 17-22)."""
+
+import streamlit as st
+from PIL import Image
+
+from explainers import method_info
+from explainers.methods.perturbation import ALPHA, CLUSTERS, masked_pictures
+from explainers.render import cells, outlined, overlay
+from ui.cache import cluster_cam, explanations
+from ui.progress import progress_bar
+from ui.sidebar import current
+
+BASE, SCISSORS = "#2e9d40", "#d62728"  # green and red frames, as in the paper's Figures 3-4
+
+st.title("Cluster-CAM")
+st.caption("The block's feature maps are grouped by k-means into Q clusters; each cluster's mean masks the input, "
+           "and the network scores every masked image. Q + 1 forward passes, no gradient "
+           "(Feng et al. 2023, *Cluster-CAM*, eq. 17-22).")
+
+selection = current()
+if selection.model is None or selection.image_data is None:
+    st.info("Choose a model and an image in the sidebar.")
+    st.stop()
+model, block = selection.model, selection.block
+channels = model.block_shapes[block][0]
+
+controls = st.columns([3, 3, 2])
+q = controls[0].slider("Clusters Q", 2, min(12, channels), min(CLUSTERS, channels), key="cc_q",
+                       help="The paper uses Q = 6; too few clusters mix object and background, too many split the object.")
+alpha = controls[1].slider("alpha (balance of base and scissors)", 0.0, 1.0, ALPHA, 0.05, key="cc_alpha",
+                           help="H = alpha x base - (1 - alpha) x scissors (eq. 22). Changing alpha runs no network pass.")
+clustering = controls[2].radio("Clustering", ["kmeans", "spectral"], key="cc_clustering", horizontal=True,
+                               format_func=lambda c: {"kmeans": "k-means", "spectral": "spectral"}[c],
+                               help="Spectral clustering on exp(-distance) similarities (eq. 17), as the paper discusses.")
+
+with progress_bar():
+    result = cluster_cam(selection.model_key, model, selection.image_data, block, selection.target, q, clustering)
+    others = explanations(selection.model_key, model, selection.image_data, ("gradcam", "scorecam"), block,
+                          selection.target)
+parts = result.extras["cluster_cam"][0]
+target = model.class_name(result.target)
+size = max(256, model.input_size[0])
+thumb = 160
+display_image = model.transform.geometry(selection.image)
+
+st.markdown(f"Explaining class **{target}** at **{block}** (`{model.block_paths[block]}`, {channels} channels, "
+            f"{parts.q} clusters{' — fewer than asked: the block has fewer distinct maps' if parts.q < q else ''}).")
+
+
+def frame(picture: Image.Image, index: int) -> Image.Image:
+    """Green frame for the base, red for the scissors, a thin grey one for the others."""
+    colour = BASE if index == parts.base else SCISSORS if index == parts.scissors else "#dddddd"
+    return outlined(picture.resize((thumb, thumb), Image.NEAREST), colour, border=6 if colour != "#dddddd" else 2)
+
+
+def role(index: int) -> str:
+    return " · **base**" if index == parts.base else " · **scissors**" if index == parts.scissors else ""
+
+
+st.subheader("Representative feature maps (cluster means, eq. 18)")
+row = st.columns(parts.q)
+for j, column in enumerate(row):
+    column.image(frame(cells(parts.representatives[j], cmap="viridis", size=thumb), j), width=thumb)
+    column.markdown(f"cluster {j + 1} · {int((parts.labels == j).sum())} ch{role(j)}")
+
+st.subheader(f"Masked inputs and their score for class {target} (eq. 19)")
+pictures = masked_pictures(model, model.transform(selection.image), parts.masks)
+row = st.columns(parts.q)
+for j, column in enumerate(row):
+    column.image(frame(Image.fromarray(pictures[j].squeeze()), j), width=thumb)
+    column.markdown(f"p = **{parts.scores[j]:.3f}**{role(j)}")
+
+st.info("The **cognition-base** (green) is the cluster whose mask keeps what the network needs most: its masked image "
+        "scores highest for the class. The **cognition-scissors** (red) scores lowest: what it keeps argues against "
+        "the class, so the final map subtracts it, cutting those regions away.")
+
+st.subheader("Final heatmap beside Grad-CAM and Score-CAM of the same block")
+heatmap = parts.heatmap(alpha)
+panels = [("Cluster-CAM", overlay(display_image, heatmap, signed=True, size=size), result.forwards, 0,
+           f"H = {alpha:.2f} x base - {1 - alpha:.2f} x scissors; red: base, blue: cut by the scissors")]
+for name in ("gradcam", "scorecam"):
+    other = others[name]
+    panels.append((method_info(name).label, overlay(display_image, other.heatmap, other.signed, size=size),
+                   other.forwards, other.backwards, method_info(name).description))
+row = st.columns(len(panels))
+for column, (label, picture, forwards, backwards, note) in zip(row, panels):
+    column.image(picture, width=size)
+    column.markdown(f"**{label}** · {forwards} forward{'s' if forwards != 1 else ''}"
+                    + (f" + {backwards} backward" if backwards else ""))
+    column.caption(note)
+st.caption(f"Forward passes counted in images: Cluster-CAM's {result.forwards} = the plain pass + Q = {parts.q} masked "
+           f"inputs; Score-CAM's = the plain pass + one masked input per distinct channel map "
+           f"({channels} channels). Changing alpha recombines the stored maps: no pass at all.")

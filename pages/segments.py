@@ -1,0 +1,78 @@
+"""Segments: the k-means explanation of the encoder (seed 000, sec. 3.3 and Figure 1)."""
+import plotly.graph_objects as go
+import streamlit as st
+from PIL import Image
+
+from explainers.methods.prototype import depth_for
+from explainers.render import DIVERGING, colorize, framed_patch, segment_overlay, segment_palette
+from ui.cache import get_dataset
+from ui.prototype_cache import explainer
+from ui.sidebar import current
+
+st.title("Prototype segments")
+st.caption("Every pixel of the chosen depth goes to its nearest k-means prototype (the explanation map); the class "
+           "whose prototypes own the most pixels is the prediction. The attribution is h·c_j/||c_j||² at B4, "
+           "averaged within segments down to the chosen depth — no gradient. Each segment's prototype is shown by "
+           "its nearest training patch, framed in the segment's colour.")
+
+selection = current()
+model = selection.model
+if model is None or selection.image is None:
+    st.info("Choose a model and an image in the sidebar.")
+    st.stop()
+if model.dataset is None or not model.gap_head:
+    st.info(f"Prototype explanations need the model's labelled training set and a global-average-pooling + linear "
+            f"head; {model.name} lacks {'a known training set' if model.dataset is None else 'that head'}. "
+            "The built-in digits model has both.")
+    st.stop()
+
+controls = st.columns([2, 3, 3])
+per_class = controls[0].select_slider("Prototypes per class (K/C)", [1, 3, 5, 10], value=5, key="per_class")
+figure1 = controls[1].toggle("B4 and B234 side by side (Figure 1)", key="figure1")
+if figure1:
+    depths = ["B4", "B234"]
+else:
+    depths = [depth_for(selection.block, model)]
+    controls[2].markdown(f"Depth **{depths[0]}**: the sidebar's {selection.block} and every deeper block.")
+
+size = 224 if figure1 else 256
+MAX_PATCHES = 12
+display_image = model.transform.geometry(selection.image)
+train = get_dataset(model.dataset, "train")
+
+for column, depth in zip(st.columns(len(depths)), depths):
+    fitted = explainer(selection.model_key, model, depth, per_class)
+    result = fitted.explain(model, selection.image, selection.target)
+    palette = segment_palette(result.segments)
+    level = fitted.level_
+    with column:
+        st.subheader(f"{depth} · {result.segments.shape[0]}×{result.segments.shape[1]} cells")
+        pictures = st.columns(3)
+        pictures[0].image(display_image.resize((size, size), Image.BILINEAR), caption="input", width="stretch")
+        pictures[1].image(segment_overlay(display_image, result.segments, palette, size, opacity=0.45),
+                          caption=f"{len(palette)} segments (explanation map, eq. 9)", width="stretch")
+        attribution = colorize(result.attribution, signed=False, cmap=DIVERGING)
+        pictures[2].image(Image.fromarray(attribution).resize((size, size), Image.NEAREST),
+                          caption=f"attribution to class {model.class_name(result.target)} (red high, blue low)",
+                          width=size)
+        colours = ["#c0392b" if c == result.predicted else "#9aa5b1" for c in range(len(result.class_counts))]
+        bars = go.Figure(go.Bar(x=[model.class_name(c) for c in range(len(result.class_counts))],
+                                y=result.class_counts, marker_color=colours))
+        bars.update_layout(height=220, margin=dict(l=10, r=10, t=30, b=10), xaxis_type="category",
+                           title=f"pixels per class → predicts {model.class_name(result.predicted)} (eq. 10)")
+        st.plotly_chart(bars, width="stretch", key=f"counts-{depth}")
+
+        present = list(palette)  # largest segment first
+        shown = present[:MAX_PATCHES]
+        st.markdown("**Nearest training patch of each segment's prototype**"
+                    + (f" — the {len(shown)} largest of {len(present)} segments" if len(present) > len(shown) else ""))
+        for start in range(0, len(shown), 4):
+            row = st.columns(4)
+            for cell, segment in zip(row, shown[start:start + 4]):
+                patch = level.patches[segment]
+                training_image, training_label = train[patch.image]
+                pixels = int((result.segments == segment).sum())
+                cell.image(framed_patch(model.transform.geometry(training_image), patch.box, palette[segment]),
+                           width=112)
+                cell.caption(f"class {model.class_name(int(level.labels[segment]))} · prototype "
+                             f"{segment % fitted.per_class + 1} · {pixels} px · train #{patch.image}")

@@ -1,0 +1,276 @@
+"""Score-CAM, Ablation-CAM and Cluster-CAM: each fast path against its plain definition, run independently."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from explainers import explain, explain_many, load_model, method_info, trace
+from explainers.methods import perturbation as P
+from explainers.progress import reporting
+from explainers.zoo import DigitsResNet
+from helpers import count_passes, digits_model, digits_test_batch, hook_counts, one_thread
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def model():
+    return digits_model()
+
+
+def close(a, b, tol: float = 1e-4) -> bool:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    scale = max(float(np.abs(a).max()), float(np.abs(b).max()), 1e-12)
+    return bool(np.allclose(a, b, rtol=0, atol=tol * scale))
+
+
+@torch.no_grad()
+def brute_force_drops(model, image: torch.Tensor, block: str, target: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Independent of the library: zero channel k of the block's output with a hook, run the whole model."""
+    module = model.blocks[block]
+    channels = model.block_shapes[block][0]
+    score = model.net(image[None])[0, target]
+    drops = torch.zeros(channels)
+    for k in range(channels):
+        def zero(_m, _i, output, k=k):
+            output = output.clone()
+            output[:, k] = 0
+            return output
+
+        handle = module.register_forward_hook(zero)
+        try:
+            drops[k] = score - model.net(image[None])[0, target]
+        finally:
+            handle.remove()
+    return drops, score
+
+
+class ImageCounter:
+    """Images pushed through a module's forward (a batch of 32 counts 32)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.images = 0
+        self.handle = module.register_forward_hook(self.count)
+
+    def count(self, _module, inputs, _output) -> None:
+        self.images += inputs[0].shape[0]
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+# --- Ablation-CAM --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("block", ["B3", "B4"])
+def test_ablation_fast_path_equals_brute_force(model, block):
+    images, _ = digits_test_batch(3)
+    batch = trace(model, images, blocks=[block])
+    targets = [int(t) for t in batch.targets]
+    other = trace(model, images, targets=[(t + 4) % 10 for t in targets], blocks=[block])
+    saw_positive_map = False
+    for recorded in (batch, other):
+        drops, scores, passes = P.ablation_drops(recorded, block, model)
+        maps = P.ablation_cam(recorded, block, model).maps
+        for i, image in enumerate(images):
+            target = int(recorded.targets[i])
+            expected, score = brute_force_drops(model, image, block, target)
+            assert close(drops[i], expected), (block, i, target)
+            assert torch.isclose(scores[i], score, rtol=1e-5, atol=1e-5)
+            weights = expected / score
+            reference = F.relu((weights[:, None, None] * recorded.activations[block][i]).sum(0))
+            assert close(maps[i], reference)
+            saw_positive_map |= bool(reference.max() > 0)
+    assert saw_positive_map, "every map was zero: the comparison proved nothing"
+    channels = model.block_shapes[block][0]
+    if block == "B4":
+        assert passes == 0, "B4 of a GAP + linear head is closed-form"
+    else:
+        assert 1 <= passes <= channels + 1
+
+
+def test_ablation_at_b4_is_exactly_the_head_contribution(model):
+    """(S_c - S_c,k) = w_ck * mean(A_k): the closed form, checked against the brute force's drops at 1e-5."""
+    image = digits_test_batch(1)[0][0]
+    explanation = explain(model, image, "ablationcam", block="B4")
+    assert explanation.forwards == 1, "the shared trace only"
+    plain, passes = P.ablation_cam_plain(model, image, "B4", explanation.target)
+    assert passes == 1 + model.block_shapes["B4"][0]
+    assert close(explanation.raw, plain.numpy(), 1e-5)
+
+
+def test_ablation_counts_tail_passes_and_skips_dead_channels(model, monkeypatch):
+    image = digits_test_batch(1)[0][0]
+    recorded = trace(model, image[None], blocks=["B3"])
+    alive = int(recorded.activations["B3"][0].flatten(1).ne(0).any(1).sum())
+    tail = ImageCounter(model.net.layer4)
+    try:
+        with count_passes(model.net, monkeypatch) as passes:
+            output = P.ablation_cam(recorded, "B3", model)
+    finally:
+        tail.remove()
+    assert passes.forwards == 0, "the tail runs without the layers before B3"
+    assert tail.images == alive + 1 == output.forwards
+
+
+class DoubledDigits(DigitsResNet):
+    """A model whose forward is NOT the plain stage sequence: the ResNet tail would give wrong logits."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * super().forward(x)
+
+
+def test_ablation_falls_back_to_a_substituted_forward_when_the_tail_does_not_fit(model):
+    net = DoubledDigits()
+    net.load_state_dict(model.net.state_dict())
+    doubled = load_model(net, classes=[str(d) for d in range(10)], input_size=(64, 64))
+    doubled.transform = model.transform
+    assert P.resnet_tail(doubled, "B3") is not None, "the layout looks like a ResNet, so the check must catch it"
+    image = digits_test_batch(1)[0][0]
+    recorded = trace(doubled, image[None], blocks=["B3"])
+    before = hook_counts(doubled.net)
+    drops, scores, _ = P.ablation_drops(recorded, "B3", doubled)
+    expected, score = brute_force_drops(doubled, image, "B3", int(recorded.targets[0]))
+    assert close(drops[0], expected) and torch.isclose(scores[0], score, rtol=1e-5)
+    assert hook_counts(doubled.net) == before, "the substitution hook was left behind"
+
+
+# --- Score-CAM -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("block", ["B4", "B3"])
+def test_score_cam_fast_path_equals_the_plain_definition(model, block):
+    images, _ = digits_test_batch(2)
+    for image in images:
+        fast = explain(model, image, "scorecam", block=block)
+        plain, plain_passes = P.score_cam_plain(model, image, block, fast.target)
+        assert float(plain.max()) > 0
+        assert close(fast.raw, plain.numpy(), 1e-4)
+        assert fast.forwards <= plain_passes
+
+
+def test_score_cam_masks_are_scaled_upsampled_maps_and_duplicates_share_one():
+    maps = torch.rand(5, 4, 4)
+    maps[1] = 3.0  # constant: no mask
+    maps[3] = 4 * maps[0]  # a scaled copy of channel 0 (exactly, in floating point): the same mask
+    channels, group = P.distinct_maps(maps)
+    assert channels.tolist() == [0, 2, 3, 4]
+    assert group[0] == group[2] and len(set(group.tolist())) == 3
+    masks, scaled = P.scaled_masks(maps, (16, 16))
+    upsampled = F.interpolate(maps[:, None], size=(16, 16), mode="bilinear", align_corners=False)[:, 0]
+    expected = (upsampled[0] - upsampled[0].min()) / (upsampled[0].max() - upsampled[0].min())
+    assert torch.allclose(masks[0], expected, atol=1e-6) and torch.allclose(masks[3], expected, atol=1e-6)
+    assert float(masks[1].abs().max()) == 0
+    assert torch.allclose(F.interpolate(scaled[:, None], size=(16, 16), mode="bilinear",
+                                        align_corners=False)[:, 0], masks, atol=1e-6)
+
+
+def test_score_cam_reports_its_masked_passes(model, monkeypatch):
+    image = digits_test_batch(1)[0][0]
+    recorded = trace(model, image[None], blocks=["B4"])
+    distinct = int(P.distinct_maps(recorded.activations["B4"][0])[1].max()) + 1
+    with count_passes(model.net, monkeypatch):
+        counter = ImageCounter(model.net)
+        try:
+            explanation = explain(model, image, "scorecam")
+        finally:
+            counter.remove()
+    assert counter.images == 1 + distinct == explanation.forwards
+    assert explanation.backwards == 0
+
+
+# --- Cluster-CAM ---------------------------------------------------------------------------------
+
+def test_cluster_cam_alpha_one_is_the_base_clusters_mean_map(model):
+    image = digits_test_batch(4)[0][2]
+    explanation = P.explain_cluster_cam(model, image, block="B4", alpha=1.0)
+    parts = explanation.extras["cluster_cam"][0]
+    activations = trace(model, image[None], blocks=["B4"]).activations["B4"][0]
+    mean = activations[torch.from_numpy(parts.labels == parts.base)].mean(0)  # eq. 18, computed here
+    upsampled = F.interpolate(mean[None, None], size=(64, 64), mode="bilinear", align_corners=False)[0, 0]
+    expected = (upsampled - upsampled.min()) / (upsampled.max() - upsampled.min())
+    assert close(explanation.heatmap, expected.numpy(), 1e-5)
+    assert close(parts.masks[parts.base], expected.numpy(), 1e-5)
+    assert close(explanation.raw, parts.scaled[parts.base], 1e-6)
+
+
+def test_cluster_cam_base_scores_highest_and_scissors_lowest(model):
+    images, _ = digits_test_batch(3)
+    for image in images:
+        parts = P.explain_cluster_cam(model, image, block="B3").extras["cluster_cam"][0]
+        with torch.no_grad():  # the masked scores, one plain forward each
+            scores = [model.net((image * torch.from_numpy(m))[None]).softmax(1)[0, parts.target].item()
+                      for m in parts.masks]
+        assert np.allclose(scores, parts.scores, atol=1e-5)
+        assert parts.base == int(np.argmax(scores)) and parts.scissors == int(np.argmin(scores))
+        assert parts.scores[parts.base] > parts.scores[parts.scissors]
+
+
+@pytest.mark.parametrize("q", [6, 3])
+def test_cluster_cam_uses_exactly_q_plus_one_forward_passes(model, q, monkeypatch):
+    image = digits_test_batch(1)[0][0]
+    counter = ImageCounter(model.net)
+    try:
+        with count_passes(model.net, monkeypatch) as passes:
+            explanation = P.explain_cluster_cam(model, image, q=q) if q != 6 else explain(model, image, "clustercam")
+    finally:
+        counter.remove()
+    assert counter.images == q + 1 == explanation.forwards
+    assert passes.forwards == 2, "the trace, then all Q masked inputs in one batch"
+    assert passes.backwards == 0 and explanation.backwards == 0
+
+
+def test_changing_alpha_recombines_without_any_pass(model, monkeypatch):
+    image = digits_test_batch(1)[0][0]
+    parts = P.explain_cluster_cam(model, image).extras["cluster_cam"][0]
+    with count_passes(model.net, monkeypatch) as passes:
+        for alpha in (0.0, 0.3, 0.5, 1.0):
+            expected = alpha * parts.masks[parts.base] - (1 - alpha) * parts.masks[parts.scissors]  # eq. 22
+            assert close(parts.heatmap(alpha), expected, 1e-5)
+    assert passes.forwards == 0
+    assert float(parts.heatmap(0.0).max()) <= 1e-6, "alpha = 0 keeps only the (negated) scissors"
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        parts.heatmap(1.5)
+
+
+def test_cluster_cam_is_reproducible_and_offers_spectral_clustering(model):
+    image = digits_test_batch(1)[0][0]
+    first = P.explain_cluster_cam(model, image, block="B3").extras["cluster_cam"][0]
+    again = P.explain_cluster_cam(model, image, block="B3").extras["cluster_cam"][0]
+    assert np.array_equal(first.labels, again.labels) and np.array_equal(first.scores, again.scores)
+    spectral = P.explain_cluster_cam(model, image, block="B3", clustering="spectral").extras["cluster_cam"][0]
+    assert spectral.clustering == "spectral" and spectral.q == 6
+    assert sorted(np.unique(spectral.labels)) == list(range(6))
+    with pytest.raises(ValueError, match="clustering must be one of"):
+        P.explain_cluster_cam(model, image, clustering="dbscan")
+    with pytest.raises(ValueError, match="at least one cluster"):
+        P.explain_cluster_cam(model, image, q=0)
+
+
+def test_cluster_cam_with_more_clusters_than_distinct_maps_uses_what_there_is():
+    maps = torch.zeros(8, 2, 2)
+    maps[:4, 0, 0] = 1.0  # only two distinct maps
+    labels = P.cluster_channels(maps, 6)
+    assert sorted(set(labels.tolist())) == [0, 1]
+
+
+# --- registry, progress --------------------------------------------------------------------------
+
+def test_the_perturbation_methods_are_registered_and_report_progress(model):
+    for name in ("scorecam", "ablationcam", "clustercam"):
+        info = method_info(name)
+        assert info.family == "perturbation" and not info.needs_gradients
+    assert method_info("clustercam").signed
+    reports: list[tuple[float, str]] = []
+    image = digits_test_batch(1)[0][0]
+    with reporting(lambda fraction, text: reports.append((fraction, text))):
+        maps = explain_many(model, image, ["scorecam", "ablationcam", "clustercam"], block="B3")
+    for method in ("Score-CAM", "Ablation-CAM", "Cluster-CAM"):
+        fractions = [f for f, text in reports if text.startswith(method)]
+        assert fractions and fractions == sorted(fractions) and fractions[-1] == 1.0, method
+    assert all(e.forwards > 1 for e in maps.values())
