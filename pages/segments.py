@@ -54,7 +54,7 @@ for column, depth in zip(st.columns(len(depths)), depths):
         attribution = colorize(result.attribution, signed=False, cmap=DIVERGING)
         pictures[2].image(Image.fromarray(attribution).resize((size, size), Image.NEAREST),
                           caption=f"attribution to class {model.class_name(result.target)} (red high, blue low)",
-                          width=size)
+                          width="stretch")
         colours = ["#c0392b" if c == result.predicted else "#9aa5b1" for c in range(len(result.class_counts))]
         bars = go.Figure(go.Bar(x=[model.class_name(c) for c in range(len(result.class_counts))],
                                 y=result.class_counts, marker_color=colours))
