@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from .images import load_image
 from .registry import Registry
 
 DATASETS: Registry = Registry("dataset")
@@ -142,7 +143,7 @@ def image_folder(root: Path, split: str = "train", test_fraction: float = 0.2, s
         split=split,
         classes=classes,
         labels=np.asarray([labels[i] for i in keep], dtype=np.int64),
-        _load=lambda i: Image.open(chosen[i]).convert("RGB"),
+        _load=lambda i: load_image(chosen[i], name=str(chosen[i])).convert("RGB"),
         fingerprint=_fingerprint(str(root.resolve()), split, *(f"{p.name}:{p.stat().st_size}" for p in chosen)),
     )
 

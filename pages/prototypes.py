@@ -5,7 +5,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from ui.cache import get_dataset
-from ui.prototype_cache import dataset_embeddings, explainer, figure2, table1, table2
+from ui.prototype_cache import explainer, figure2, table1, table2, unavailable
 from ui.sidebar import current
 
 st.title("Classifier prototypes vs KMEx")
@@ -18,10 +18,9 @@ model = selection.model
 if model is None:
     st.info("Choose a model in the sidebar.")
     st.stop()
-if model.dataset is None or not model.gap_head:
-    st.info(f"This page needs the model's labelled training set and a global-average-pooling + linear head; "
-            f"{model.name} lacks {'a known training set' if model.dataset is None else 'that head'}. "
-            "The built-in digits model has both.")
+problem = unavailable(selection)
+if problem:
+    st.info(problem)
     st.stop()
 
 classes = st.multiselect("Classes to project", list(range(model.num_classes)), default=list(range(min(5, model.num_classes))),
@@ -30,9 +29,9 @@ if len(classes) < 2:
     st.info("Choose at least two classes.")
     st.stop()
 
-kmex1 = explainer(selection.model_key, model, "pooled", 1)
-kmex5 = explainer(selection.model_key, model, "pooled", 5)
-placed = figure2(selection.model_key, model, tuple(sorted(classes)), kmex5)
+kmex1 = explainer(selection.model_key, model, selection.train_source, "pooled", 1)
+kmex5 = explainer(selection.model_key, model, selection.train_source, "pooled", 5)
+placed = figure2(selection.model_key, model, selection.train_source, tuple(sorted(classes)), kmex5)
 
 palette = qualitative.D3 + qualitative.Set3
 figure = make_subplots(1, 2, shared_xaxes=True, shared_yaxes=True, horizontal_spacing=0.03,
@@ -76,20 +75,20 @@ if points:
     shown = st.columns(8)
     for cell, point in zip(shown, points[:8]):
         split, index = point["customdata"]
-        image, label = get_dataset(model.dataset, split)[int(index)]
+        image, label = get_dataset(selection.train_source, split)[int(index)]
         cell.image(image, caption=f"{split} #{index}, class {model.class_name(label)}", width=96)
 
 left, right = st.columns(2)
 with left:
     st.subheader("Table 1 · alignment")
-    st.dataframe(table1(selection.model_key, model, {"KMEx (K/C=1)": kmex1, "KMEx (K/C=5)": kmex5}),
+    st.dataframe(table1(selection.model_key, model, selection.train_source, {"KMEx (K/C=1)": kmex1, "KMEx (K/C=5)": kmex5}),
                  hide_index=True, width="stretch")
     st.caption("Mean cosine between each prototype and the training embeddings of its class (class) and of all "
                "other classes (out). Seed 000 reports about 0.5 for c_j against 0.8–0.9 for KMEx.")
 with right:
     st.subheader("Table 2 · accuracy (%)")
-    b4 = explainer(selection.model_key, model, "B4", 5)
-    b234 = explainer(selection.model_key, model, "B234", 5)
-    st.dataframe(table2(selection.model_key, model, {"KMEx (K/C=5)": kmex5, "B4": b4, "B234": b234}),
+    b4 = explainer(selection.model_key, model, selection.train_source, "B4", 5)
+    b234 = explainer(selection.model_key, model, selection.train_source, "B234", 5)
+    st.dataframe(table2(selection.model_key, model, selection.train_source, {"KMEx (K/C=5)": kmex5, "B4": b4, "B234": b234}),
                  hide_index=True, width="stretch")
     st.caption("KMEx: nearest prototype of the pooled embedding. B4, B234: the class owning most pixels (eq. 10).")

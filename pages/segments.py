@@ -6,7 +6,7 @@ from PIL import Image
 from explainers.methods.prototype import depth_for
 from explainers.render import DIVERGING, colorize, framed_patch, segment_overlay, segment_palette
 from ui.cache import get_dataset
-from ui.prototype_cache import explainer
+from ui.prototype_cache import explainer, unavailable
 from ui.sidebar import current
 
 st.title("Prototype segments")
@@ -20,10 +20,9 @@ model = selection.model
 if model is None or selection.image is None:
     st.info("Choose a model and an image in the sidebar.")
     st.stop()
-if model.dataset is None or not model.gap_head:
-    st.info(f"Prototype explanations need the model's labelled training set and a global-average-pooling + linear "
-            f"head; {model.name} lacks {'a known training set' if model.dataset is None else 'that head'}. "
-            "The built-in digits model has both.")
+problem = unavailable(selection)
+if problem:
+    st.info(problem)
     st.stop()
 
 controls = st.columns([2, 3, 3])
@@ -38,10 +37,10 @@ else:
 size = 224 if figure1 else 256
 MAX_PATCHES = 12
 display_image = model.transform.geometry(selection.image)
-train = get_dataset(model.dataset, "train")
+train = get_dataset(selection.train_source, "train")
 
 for column, depth in zip(st.columns(len(depths)), depths):
-    fitted = explainer(selection.model_key, model, depth, per_class)
+    fitted = explainer(selection.model_key, model, selection.train_source, depth, per_class)
     result = fitted.explain(model, selection.image, selection.target)
     palette = segment_palette(result.segments)
     level = fitted.level_

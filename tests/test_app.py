@@ -24,7 +24,8 @@ from explainers import method_info, methods
 
 TIMEOUT = 120
 REPO = Path(__file__).resolve().parents[1]
-PAGES = ["pages/overview.py", "pages/saliency.py", "pages/segments.py", "pages/prototypes.py"]
+PAGES = ["pages/overview.py", "pages/saliency.py", "pages/clustercam.py", "pages/segments.py",
+         "pages/prototypes.py"]
 
 
 def page(path: str, **query: str) -> AppTest:
@@ -185,3 +186,109 @@ def test_a_fitting_checkpoint_is_explained():
                                                     "application/octet-stream").run()
     assert not app.error
     assert len(panel_labels(app)) == 8
+
+
+# --- Cluster-CAM page and the methods of issue 4 -------------------------------------------------
+
+ISSUE_4_METHODS = ["scorecam", "ablationcam", "clustercam", "lrp_epsilon", "lrp_gamma",
+                   "spectral_residual", "local_entropy", "center_surround"]
+
+
+def images_through(app: AppTest):
+    """A counter of the images the page's model pushes through its forward from now on, and its hook."""
+    counted = [0]
+    model = app.session_state["_selection"].model
+    handle = model.net.register_forward_hook(lambda _m, inputs, _o: counted.__setitem__(0, counted[0] + len(inputs[0])))
+    return counted, handle
+
+
+def test_cluster_cam_page_shows_q_maps_and_masked_images_with_base_and_scissors():
+    app = page("pages/clustercam.py")
+    assert not app.error
+    assert app.slider(key="cc_q").value == 6 and app.slider(key="cc_alpha").value == 0.5
+    clusters = [m.value for m in app.markdown if m.value.startswith("cluster ")]
+    scores = [m.value for m in app.markdown if m.value.startswith("p = ")]
+    assert len(clusters) == len(scores) == 6
+    for texts in (clusters, scores):
+        assert sum("**base**" in t for t in texts) == 1 and sum("**scissors**" in t for t in texts) == 1
+    base = next(i for i, t in enumerate(scores) if "**base**" in t)
+    values = [float(t.split("**")[1]) for t in scores]
+    assert values[base] == max(values), "the base has the highest masked score"
+    finals = [m.value for m in app.markdown if m.value.startswith(("**Cluster-CAM**", "**Grad-CAM**", "**Score-CAM**"))]
+    assert finals[0] == "**Cluster-CAM** · 7 forwards" and finals[1] == "**Grad-CAM** · 1 forward + 1 backward"
+    assert any("cognition-scissors" in i.value for i in app.info)
+
+
+def test_cluster_cam_alpha_runs_no_forward_pass_and_q_runs_q_more():
+    st.cache_data.clear()  # Q = 4 must not be cached by an earlier test
+    app = page("pages/clustercam.py")
+    counted, handle = images_through(app)
+    try:
+        app.slider(key="cc_alpha").set_value(0.8).run()
+        assert not app.exception
+        assert counted[0] == 0, "changing alpha ran the network"
+        assert any("H = 0.80 x base - 0.20 x scissors" in c.value for c in app.caption)
+        app.slider(key="cc_q").set_value(4).run()
+        assert counted[0] == 4 + 1, "a new Q: the plain pass and Q masked inputs, Grad-CAM and Score-CAM cached"
+        assert len([m for m in app.markdown if m.value.startswith("cluster ")]) == 4
+    finally:
+        handle.remove()
+
+
+def test_cluster_cam_page_at_another_depth_and_with_spectral_clustering():
+    app = page("pages/clustercam.py", block="B2")
+    assert any("at **B2**" in m.value for m in app.markdown)
+    app.radio(key="cc_clustering").set_value("spectral").run()
+    assert not app.exception and not app.error
+    assert len([m for m in app.markdown if m.value.startswith("p = ")]) == 6
+
+
+def test_saliency_page_offers_every_method_of_issue_4():
+    assert set(ISSUE_4_METHODS) <= set(methods())
+    app = page("pages/saliency.py", methods=",".join(["gradcam", *ISSUE_4_METHODS]))
+    assert not app.error
+    assert panel_labels(app) == [method_info(m).label for m in ["gradcam", *ISSUE_4_METHODS]]
+    notes = [c.value for c in app.caption if c.value.startswith("Saliency of the image, not of the model")]
+    assert len(notes) == 3, "each classic method is labelled as saliency of the image"
+
+
+def test_segments_page_shows_figure1_for_the_sidebar_depth():
+    app = page("pages/segments.py", block="B2")
+    assert not app.error
+    assert [s.value for s in app.subheader] == ["B234 · 16×16 cells"]
+    app.toggle(key="figure1").set_value(True).run()
+    assert [s.value for s in app.subheader] == ["B4 · 4×4 cells", "B234 · 16×16 cells"]
+    assert not app.exception and not app.error
+
+
+def test_prototypes_page_shows_figure2_and_both_tables():
+    app = page("pages/prototypes.py")
+    assert not app.error
+    assert [s.value for s in app.subheader] == ["Table 1 · alignment", "Table 2 · accuracy (%)"]
+    table1, table2 = app.dataframe[0].value, app.dataframe[1].value
+    assert list(table1["prototypes"]) == ["CNN classifier columns c_j", "KMEx (K/C=1)", "KMEx (K/C=5)"]
+    assert list(table2["model"]) == ["CNN", "KMEx (K/C=5)", "B4", "B234"]
+    assert table1["class"][0] < table1["class"][2]
+
+
+def test_your_own_checkpoint_with_its_training_folder(tmp_path):
+    """A 3-class checkpoint has no built-in training set: the pages ask for a folder, then use it."""
+    from explainers.zoo import DigitsResNet
+
+    torch.manual_seed(0)
+    buffer = io.BytesIO()
+    torch.save(DigitsResNet(num_classes=3).state_dict(), buffer)
+    rng = np.random.default_rng(0)
+    for name in ("circle", "cross", "line"):
+        (tmp_path / name).mkdir()
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(tmp_path / name / f"{i}.png")
+    app = page("pages/segments.py", model="checkpoint")
+    app.file_uploader(key="checkpoint_file").upload("shapes.pt", buffer.getvalue(), "application/octet-stream").run()
+    assert any("training images" in i.value.lower() for i in app.info)
+    app.text_input(key="train_folder").set_value(str(tmp_path / "missing")).run()
+    assert any("unknown dataset" in e.value for e in app.error)
+    app.text_input(key="train_folder").set_value(str(tmp_path)).run()
+    app.select_slider(key="per_class").set_value(3).run()
+    assert not app.exception and not app.error
+    assert [s.value for s in app.subheader] == ["B4 · 4×4 cells"]

@@ -13,49 +13,69 @@ from explainers.models import ModelSpec
 from explainers.prototypes import PrototypeExplainer, embeddings, fit_prototypes
 
 from .cache import get_dataset
+from .sidebar import Selection
+
+
+def unavailable(selection: Selection) -> str | None:
+    """Why the prototype pages cannot run for this selection, or None."""
+    model = selection.model
+    if model is None:
+        return "Choose a model in the sidebar."
+    if not model.gap_head:
+        return (f"Prototype explanations need a global-average-pooling + linear head right after the last block; "
+                f"{model.name} has more layers there. ResNets, DenseNets' blocks and the digits model qualify.")
+    if selection.train_source is None:
+        return ("Prototypes are fitted on the model's labelled training images: give their folder (one sub-folder "
+                "per class) under *Training images* in the sidebar. The built-in digits model has its own.")
+    return None
 
 
 @st.cache_resource
-def _fitted() -> dict[tuple[str, str, int], PrototypeExplainer]:
+def _fitted() -> dict[tuple[str, str, str, int], PrototypeExplainer]:
     return {}
 
 
-def explainer(model_key: str, model: ModelSpec, depth: str, per_class: int) -> PrototypeExplainer:
-    """The fitted explainer; fitted here, with a progress bar, on first use."""
+def explainer(model_key: str, model: ModelSpec, source: str, depth: str, per_class: int) -> PrototypeExplainer:
+    """The explainer fitted on ``source`` (a dataset name or an ImageFolder path); fitted here,
+    with a progress bar, on first use."""
     store = _fitted()
-    key = (model_key, depth, per_class)
+    key = (model_key, source, depth, per_class)
     if key not in store:
         bar = st.progress(0.0, text=f"Preparing {depth} prototypes (K/C = {per_class})…")
-        train = get_dataset(model.dataset, "train")
-        store[key] = fit_prototypes(model, train, depth, per_class,
-                                    progress=lambda f, m: bar.progress(f, text=f"{depth}, K/C = {per_class}: {m}"))
+        try:
+            store[key] = fit_prototypes(model, get_dataset(source, "train"), depth,
+                                        per_class, progress=lambda f, m: bar.progress(f, text=f"{depth}, K/C = {per_class}: {m}"))
+        except ValueError as error:  # too few images for the prototypes asked, an unreadable image, ...
+            bar.empty()
+            st.error(f"Could not fit the {depth} prototypes: {error}")
+            st.stop()
         bar.empty()
     return store[key]
 
 
 @st.cache_data(show_spinner="Embedding the dataset…", max_entries=16)
-def dataset_embeddings(model_key: str, _model: ModelSpec, split: str) -> tuple[np.ndarray, np.ndarray]:
-    dataset = get_dataset(_model.dataset, split)
+def dataset_embeddings(model_key: str, _model: ModelSpec, source: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    dataset = get_dataset(source, split)
     return embeddings(_model, dataset), dataset.labels
 
 
 @st.cache_data(show_spinner="Projecting with UMAP (the first map of a session takes a few seconds more)…",
                max_entries=32)
-def figure2(model_key: str, _model: ModelSpec, classes: tuple[int, ...], _kmex: PrototypeExplainer) -> Projection:
-    train_z, train_y = dataset_embeddings(model_key, _model, "train")
-    test_z, test_y = dataset_embeddings(model_key, _model, "test")
+def figure2(model_key: str, _model: ModelSpec, source: str, classes: tuple[int, ...],
+            _kmex: PrototypeExplainer) -> Projection:
+    train_z, train_y = dataset_embeddings(model_key, _model, source, "train")
+    test_z, test_y = dataset_embeddings(model_key, _model, source, "test")
     columns = _model.classifier.weight.detach().numpy()
     return projection(train_z, train_y, test_z, test_y, columns, _kmex, classes)
 
 
 @st.cache_data(show_spinner="Computing Table 1…", max_entries=16)
-def table1(model_key: str, _model: ModelSpec, _kmex: dict[str, PrototypeExplainer]) -> list[dict]:
-    train_z, train_y = dataset_embeddings(model_key, _model, "train")
+def table1(model_key: str, _model: ModelSpec, source: str, _kmex: dict[str, PrototypeExplainer]) -> list[dict]:
+    train_z, train_y = dataset_embeddings(model_key, _model, source, "train")
     return alignment_table(_model, train_z, train_y, _kmex)
 
 
 @st.cache_data(show_spinner="Computing Table 2 (every train and test image through every explainer)…",
                max_entries=16)
-def table2(model_key: str, _model: ModelSpec, _explainers: dict[str, PrototypeExplainer]) -> list[dict]:
-    return accuracy_table(_model, get_dataset(_model.dataset, "train"), get_dataset(_model.dataset, "test"),
-                          _explainers)
+def table2(model_key: str, _model: ModelSpec, source: str, _explainers: dict[str, PrototypeExplainer]) -> list[dict]:
+    return accuracy_table(_model, get_dataset(source, "train"), get_dataset(source, "test"), _explainers)

@@ -39,6 +39,7 @@ class Selection:
     top: list[tuple[int, float]] = field(default_factory=list)
     block: str = "B4"
     methods: list[str] = field(default_factory=list)
+    train_source: str | None = None  # dataset name or ImageFolder path the prototype pages fit on
 
 
 def current() -> Selection:
@@ -70,6 +71,7 @@ def sidebar() -> Selection:
         st.markdown("## Protoscope")
         _choose_model(selection)
         if selection.model is not None:
+            _choose_training_images(selection)
             _choose_image(selection)
             _choose_target(selection)
             _choose_block(selection)
@@ -118,6 +120,31 @@ def _load_checkpoint(selection: Selection) -> None:
         st.error(str(error))
         return
     selection.model_key = f"checkpoint:{selection.model.fingerprint}"
+
+
+def _choose_training_images(selection: Selection) -> None:
+    """The labelled images prototypes are fitted on: the model's own, or a folder the user names."""
+    model = selection.model
+    assert model is not None
+    if model.dataset is not None:
+        selection.train_source = model.dataset
+        return
+    with st.expander("Training images (for the prototype pages)"):
+        folder = st.text_input("Folder with one sub-folder of images per class", key="train_folder",
+                               placeholder="/data/CUB_200_2011/images")
+        if not folder:
+            return
+        try:
+            dataset = get_dataset(folder, "train")
+        except (ValueError, OSError) as error:
+            st.error(str(error))
+            return
+        if len(dataset.classes) != model.num_classes:
+            st.error(f"{folder} has {len(dataset.classes)} classes but {model.name} has {model.num_classes}; "
+                     "give the folder the model was trained on.")
+            return
+        st.caption(f"{len(dataset)} training images in {len(dataset.classes)} classes.")
+        selection.train_source = folder
 
 
 def _choose_image(selection: Selection) -> None:
