@@ -76,6 +76,13 @@ def check_prototypes(page) -> None:
     assert page.locator('[data-testid="stDataFrame"]').count() >= 2, "Tables 1 and 2 are missing"
 
 
+def check_clustercam(page) -> None:
+    check_no_exception(page)
+    check_images_loaded(page, minimum=6 + 6 + 3)  # Q maps, Q masked inputs, Cluster-CAM / Grad-CAM / Score-CAM
+    text = page.locator('[data-testid="stMain"]').inner_text()
+    assert "base" in text and "scissors" in text, "the base and the scissors are not named"
+
+
 def check_images_loaded(page, minimum: int) -> None:
     """At least ``minimum`` images shown, every one loaded from the media endpoint (a busy
     machine renders the page's elements some seconds after the script finished)."""
@@ -101,6 +108,7 @@ class Page(NamedTuple):
 PAGES = [
     Page("saliency?block=B4", "saliency", check_saliency),  # first: a deep link on a fresh server
     Page("", "overview", check_overview),
+    Page("clustercam", "clustercam", check_clustercam),
     Page("segments?figure1=1", "segments", check_segments),
     Page("prototypes", "prototypes", check_prototypes),
 ]

@@ -29,7 +29,9 @@ Conservation and its exceptions: the relevance at the pixels sums to f_c(x) minu
 biases absorb (each bias b_k takes its share b_k / z_k R_k, and batch norm's shift becomes a
 bias once merged) and minus what epsilon absorbs. For a ReLU network with epsilon -> 0 the
 absorbed part is exactly sum over biases of b * df_c/db (Euler's identity for piecewise-affine
-functions), which the tests check. On the digits model the batch norms' shifts absorb most
+functions), which the tests check. (zennit turns a merged batch norm into x / sqrt(1 + eps_bn)
+rather than x, so the canonized network's logit differs from the model's by ~5e-6 per batch
+norm.) On the digits model the batch norms' shifts absorb most
 of the logit. ``extras["relevance_total"]`` and ``extras["logit"]`` report both sums (one
 entry per image of the batch).
 
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
 
 EPSILON = 0.25
 GAMMA = 0.25
+STABILIZER = 1e-6  # zennit's default for the rules other than epsilon
 RULES = ("epsilon", "gamma")
 
 _TWINS: "weakref.WeakKeyDictionary[nn.Module, tuple[nn.Module, threading.Lock]]" = weakref.WeakKeyDictionary()
@@ -93,19 +96,29 @@ def input_box(model: "ModelSpec", shape: torch.Size) -> tuple[torch.Tensor, torc
 
 
 def composite_for(model: "ModelSpec", rule: str, shape: torch.Size, epsilon: float = EPSILON,
-                  gamma: float = GAMMA):
-    """The zennit composite of ``rule`` (``epsilon`` or ``gamma``) with the model's canonizers."""
+                  gamma: float = GAMMA, stabilizer: float = STABILIZER):
+    """The zennit composite of ``rule`` (``epsilon`` or ``gamma``) with the model's canonizers.
+
+    ``stabilizer`` guards the denominators of the rules other than epsilon (residual sums,
+    average pooling, gamma, box); it must go to zero with epsilon for LRP-0 = gradient x input.
+    """
     from zennit.composites import EpsilonGammaBox, LayerMapComposite, layer_map_base
     from zennit.rules import Epsilon
     from zennit.types import Convolution
 
     if rule == "epsilon":
-        layer_map = layer_map_base() + [(Convolution, Epsilon(epsilon=epsilon)), (nn.Linear, Epsilon(epsilon=epsilon))]
+        layer_map = layer_map_base(stabilizer) + [(Convolution, Epsilon(epsilon=epsilon)),
+                                                  (nn.Linear, Epsilon(epsilon=epsilon))]
         return LayerMapComposite(layer_map=layer_map, canonizers=canonizers_for(model))
     if rule == "gamma":
         low, high = input_box(model, shape)
-        return EpsilonGammaBox(low=low, high=high, epsilon=epsilon, gamma=gamma, canonizers=canonizers_for(model))
+        return EpsilonGammaBox(low=low.to(model_dtype(model)), high=high.to(model_dtype(model)), epsilon=epsilon,
+                               gamma=gamma, stabilizer=stabilizer, canonizers=canonizers_for(model))
     raise ValueError(f"LRP rule must be one of {', '.join(RULES)}, not {rule!r}")
+
+
+def model_dtype(model: "ModelSpec") -> torch.dtype:
+    return next(model.net.parameters()).dtype
 
 
 def _twin(net: nn.Module) -> tuple[nn.Module, threading.Lock]:
@@ -127,14 +140,15 @@ def _twin(net: nn.Module) -> tuple[nn.Module, threading.Lock]:
 
 
 def relevance(model: "ModelSpec", inputs: torch.Tensor, targets: torch.Tensor, rule: str = "epsilon",
-              block: str | None = None, epsilon: float = EPSILON, gamma: float = GAMMA) -> Relevance:
+              block: str | None = None, epsilon: float = EPSILON, gamma: float = GAMMA,
+              stabilizer: float = STABILIZER) -> Relevance:
     """LRP of the target logits of ``inputs`` (N, C, H, W): one forward and one backward pass.
 
     The initial relevance is the target logit f_c(x) itself (one-hot times the logit), so the
     relevance is in the logit's units.
     """
     twin, lock = _twin(model.net)
-    composite = composite_for(model, rule, inputs.shape, epsilon, gamma)
+    composite = composite_for(model, rule, inputs.shape, epsilon, gamma, stabilizer)
     captured: dict[str, torch.Tensor] = {}
 
     def record(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
