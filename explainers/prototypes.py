@@ -37,7 +37,7 @@ from .trace import trace
 
 Progress = Callable[[float, str], None]
 DEPTHS = ("pooled", "B4", "B34", "B234", "B1234")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 EPSILON = 1e-12
 
 
@@ -244,7 +244,7 @@ class PrototypeExplainer:
             k = min(self.per_class, len(np.unique(members, axis=0)))
             if k < self.per_class:
                 raise ValueError(f"class {label} has only {k} distinct feature vectors for {self.per_class} prototypes")
-            fitted = KMeans(n_clusters=k, n_init=3, random_state=self.seed).fit(members.astype(np.float64))
+            fitted = KMeans(n_clusters=k, n_init=3, random_state=self.seed).fit(members.astype(np.float32))
             prototypes.append(fitted.cluster_centers_.astype(np.float32))
             owners.append(np.full(k, label))
         return np.concatenate(prototypes), np.concatenate(owners)
