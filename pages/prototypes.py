@@ -14,14 +14,11 @@ st.caption("A CNN with a global-average-pooling + linear head is a prototype mod
            "k-means prototypes (KMEx) sit among the data and classify as well.")
 
 selection = current()
-model = selection.model
-if model is None:
-    st.info("Choose a model in the sidebar.")
-    st.stop()
 problem = unavailable(selection)
 if problem:
     st.info(problem)
     st.stop()
+model = selection.model
 
 classes = st.multiselect("Classes to project", list(range(model.num_classes)), default=list(range(min(5, model.num_classes))),
                          format_func=model.class_name, key="proto_classes")

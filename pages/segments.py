@@ -16,14 +16,11 @@ st.caption("Every pixel of the chosen depth goes to its nearest k-means prototyp
            "its nearest training patch, framed in the segment's colour.")
 
 selection = current()
-model = selection.model
-if model is None or selection.image is None:
-    st.info("Choose a model and an image in the sidebar.")
-    st.stop()
-problem = unavailable(selection)
+problem = unavailable(selection) or (None if selection.image else "Choose an image in the sidebar.")
 if problem:
     st.info(problem)
     st.stop()
+model = selection.model
 
 controls = st.columns([2, 3, 3])
 per_class = controls[0].select_slider("Prototypes per class (K/C)", [1, 3, 5, 10], value=5, key="per_class")
