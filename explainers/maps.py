@@ -18,14 +18,21 @@ def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return resized.squeeze(1) if squeeze else resized
 
 
-def normalise(heatmap: np.ndarray, signed: bool = False) -> np.ndarray:
-    """Scale a map for display: to [0, 1] by min-max, or to [-1, 1] by the largest magnitude when signed.
+SIGNED_PERCENTILE = 99.5
 
-    Signed maps keep zero at zero so that a diverging colour map shows sign honestly.
+
+def normalise(heatmap: np.ndarray, signed: bool = False) -> np.ndarray:
+    """Scale a map for display: to [0, 1] by min-max, or to [-1, 1] when signed.
+
+    Signed maps keep zero at zero so that a diverging colour map shows sign honestly. They are
+    divided by the 99.5th percentile of |value| and clipped: pixel-level relevance (LRP) puts
+    its extremes on a handful of pixels, which would otherwise leave the rest of the map white;
+    smooth maps lose only their top 0.5 % to saturation.
     """
     heatmap = np.asarray(heatmap, dtype=np.float32)
     if signed:
-        peak = float(np.abs(heatmap).max())
-        return heatmap / peak if peak > 0 else np.zeros_like(heatmap)
+        magnitude = np.abs(heatmap)
+        peak = float(np.percentile(magnitude, SIGNED_PERCENTILE)) or float(magnitude.max())
+        return np.clip(heatmap / peak, -1, 1) if peak > 0 else np.zeros_like(heatmap)
     low, high = float(heatmap.min()), float(heatmap.max())
     return (heatmap - low) / (high - low) if high > low else np.zeros_like(heatmap)

@@ -30,12 +30,22 @@ def colorize(heatmap: np.ndarray, signed: bool = False, cmap: str = "jet") -> np
 
 def overlay(image: Image.Image, heatmap: np.ndarray, signed: bool = False, cmap: str = "jet",
             opacity: float = 0.5, size: int | None = None) -> Image.Image:
-    """The map drawn over the image, both resized (bilinear) to ``size`` pixels a side if given."""
+    """The map drawn over the image, both resized (bilinear) to ``size`` pixels a side if given.
+
+    A signed map is laid on with an opacity that grows with |value|: where the evidence is zero
+    the image shows through, instead of being washed out by the colour map's white middle.
+    """
     base = image.convert("RGB")
     if size:
         base = base.resize((size, size), Image.BILINEAR)
+    opacity = float(np.clip(opacity, 0.0, 1.0))
     colours = Image.fromarray(colorize(heatmap, signed, cmap)).resize(base.size, Image.BILINEAR)
-    return Image.blend(base, colours, float(np.clip(opacity, 0.0, 1.0)))
+    if not signed:
+        return Image.blend(base, colours, opacity)
+    strength = Image.fromarray(np.abs(normalise(heatmap, signed=True)).astype(np.float32), mode="F")
+    alpha = opacity * np.clip(np.asarray(strength.resize(base.size, Image.BILINEAR)), 0, 1)[..., None]
+    blended = np.asarray(base, dtype=np.float32) * (1 - alpha) + np.asarray(colours, dtype=np.float32) * alpha
+    return Image.fromarray(blended.round().astype(np.uint8))
 
 
 def cells(heatmap: np.ndarray, signed: bool = False, cmap: str = "jet", size: int = 256) -> Image.Image:

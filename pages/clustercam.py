@@ -12,6 +12,7 @@ from ui.progress import progress_bar
 from ui.sidebar import current
 
 BASE, SCISSORS = "#2e9d40", "#d62728"  # green and red frames, as in the paper's Figures 3-4
+OPACITY = 0.7  # the maps matter more than the input here: it is shown, masked, just above
 
 st.title("Cluster-CAM")
 st.caption("The block's feature maps are grouped by k-means into Q clusters; each cluster's mean masks the input, "
@@ -65,6 +66,8 @@ for j, column in enumerate(row):
     column.markdown(f"cluster {j + 1} · {int((parts.labels == j).sum())} ch{role(j)}")
 
 st.subheader(f"Masked inputs and their score for class {target} (eq. 19)")
+st.caption("What the network saw: the normalised input times the upsampled, [0, 1]-scaled mean map. A masked-out "
+           "pixel becomes the training mean (grey), the zero of the network's input; p is the class's probability.")
 pictures = masked_pictures(model, model.transform(selection.image), parts.masks)
 row = st.columns(parts.q)
 for j, column in enumerate(row):
@@ -77,11 +80,12 @@ st.info("The **cognition-base** (green) is the cluster whose mask keeps what the
 
 st.subheader("Final heatmap beside Grad-CAM and Score-CAM of the same block")
 heatmap = parts.heatmap(alpha)
-panels = [("Cluster-CAM", overlay(display_image, heatmap, signed=True, size=size), result.forwards, 0,
+panels = [("Cluster-CAM", overlay(display_image, heatmap, signed=True, opacity=OPACITY, size=size), result.forwards, 0,
            f"H = {alpha:.2f} x base - {1 - alpha:.2f} x scissors; red: base, blue: cut by the scissors")]
 for name in ("gradcam", "scorecam"):
     other = others[name]
-    panels.append((method_info(name).label, overlay(display_image, other.heatmap, other.signed, size=size),
+    panels.append((method_info(name).label, overlay(display_image, other.heatmap, other.signed, opacity=OPACITY,
+                                                    size=size),
                    other.forwards, other.backwards, method_info(name).description))
 row = st.columns(len(panels))
 for column, (label, picture, forwards, backwards, note) in zip(row, panels):

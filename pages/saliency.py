@@ -57,9 +57,11 @@ with header[1]:
     explained = f"**{model.class_name(first.target)}**" + (f" ({target_probability:.1%})" if target_probability else "")
     st.markdown(f"Explaining class {explained} at **{selection.block}** (`{model.block_paths[selection.block]}`, "
                 f"{shape[1]}×{shape[2]} cells of {shape[0]} channels).")
+    own = {n for n, e in maps.items() if e.forwards > 1 or (e.backwards and not method_info(n).needs_gradients)}
     st.markdown(f"Shared pass: **{first.trace_seconds * 1000:.1f} ms**, 1 forward"
-                f"{' + 1 backward' if any(e.backwards for e in maps.values()) else ''} for all "
-                f"{len(maps)} maps.")
+                f"{' + 1 backward' if any(method_info(n).needs_gradients for n in maps) else ''} for all "
+                f"{len(maps)} maps" + (f"; {len(own)} of them also ran passes of their own (counted on their "
+                                       "panels)." if own else "."))
     for name, reason in skipped:
         st.caption(f"Not shown — {reason}.")
 
@@ -81,7 +83,8 @@ for start in range(0, len(panels), columns_per_row):
         column.markdown(f"**{label}**" + (" · signed" if result.signed else ""))
         if method_info(result.method).family == "classic":
             column.caption("Saliency of the image, not of the model: ignores the network and the class.")
-        column.caption(f"{result.seconds * 1000:.1f} ms on the shared pass · {passes}")
+        where = "with its own passes" if result.method in own else "on the shared pass"
+        column.caption(f"{result.seconds * 1000:.1f} ms {where} · {passes}")
 
 buffer = io.BytesIO()
 sheet = grid([(f"input: {selection.image_caption}", display_image.resize((size, size)))]
