@@ -7,9 +7,13 @@ For the built-in ``digits`` model and torchvision ``resnet18`` (random weights, 
   shared/one-Grad-CAM (target: shared <= 1.5x one Grad-CAM), and the forward/backward passes
   the Explanation objects report;
 - the process's resident memory (RSS) before and after a long loop of explanations of
-  different images, which must stay flat.
+  different images, which must stay flat;
+- the perturbation methods: seconds and forward passes of Score-CAM, Ablation-CAM and
+  Cluster-CAM's fast paths against their plain definitions (one full forward per channel, one
+  image at a time), as ratios. Targets: Ablation-CAM at B4 >= 50x faster than brute force;
+  Score-CAM >= 3x faster than one forward per channel; Cluster-CAM < 10 forward passes.
 
-Run from the repository root:  .venv/bin/python benchmarks/saliency.py [--quick]
+Run from the repository root:  .venv/bin/python benchmarks/saliency.py [--quick] [--only cam|perturbation]
 """
 from __future__ import annotations
 
@@ -29,6 +33,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `make bench` runs this file directly
 
 from explainers import Explanation, ModelSpec, explain, explain_many, load_dataset, load_model, methods  # noqa: E402
+from explainers.maps import upsample  # noqa: E402
+from explainers.methods import perturbation  # noqa: E402
 
 CAM_FAMILY = ("cam", "gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam", "eigengradcam")
 BLOCK = "B4"
@@ -48,6 +54,10 @@ class Settings:
 
 FULL = Settings(repeats=11, warmup=3, digits_loop=1000, resnet_loop=1000, memory_warmup=20)
 QUICK = Settings(repeats=3, warmup=1, digits_loop=100, resnet_loop=50, memory_warmup=5)
+ABLATION_TARGET = 50.0  # Ablation-CAM at B4: fast path at least this many times faster than brute force
+SCORE_TARGET = 3.0  # Score-CAM: fast path at least this many times faster than one forward per channel
+CLUSTER_TARGET = 10  # Cluster-CAM: fewer forward passes than this
+QUICK_CHANNELS = 48  # --quick times the plain definitions on this many channels and extrapolates
 
 
 @dataclass
@@ -190,14 +200,91 @@ def memory_case(case: Case, names: list[str], count: int, warmup: int) -> None:
           f"delta {delta:+6.1f} MB   -> {verdict} (threshold {FLAT_MB:.0f} MB)")
 
 
+# ---------------------------------------------------------------------------- perturbation methods
+
+
+def seconds(run: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    """Median wall time of ``repeats`` calls (one untimed warm-up first) and the last result."""
+    result = run()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = run()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), result
+
+
+@torch.no_grad()
+def score_cam_batched_naive(model: ModelSpec, image: torch.Tensor, block: str, target: int,
+                            channels: int | None = None) -> int:
+    """One forward per channel in batches of 32, no skipping, no sharing, default memory layout
+    (how pytorch-grad-cam runs Score-CAM); returns the forward passes. Only timed, for comparison."""
+    from explainers import trace
+
+    activations = trace(model, image[None], target, blocks=[block]).activations[block][0][:channels]
+    for start in range(0, len(activations), 32):
+        masks, _ = perturbation.scaled_masks(activations[start:start + 32], model.input_size)
+        model.net(image[None] * masks[:, None]).softmax(dim=1)[:, target]
+    return 1 + len(activations)
+
+
+def plain_seconds(plain: Callable[..., tuple[torch.Tensor, int]], model: ModelSpec, image: torch.Tensor,
+                  block: str, target: int, quick: bool) -> tuple[float, int, str]:
+    """Seconds and passes of a plain definition; with --quick, timed on the first channels and scaled up."""
+    channels = model.block_shapes[block][0]
+    subset = QUICK_CHANNELS if quick and channels > QUICK_CHANNELS else None
+    started = time.perf_counter()
+    _, passes = plain(model, image, block, target, channels=subset)
+    elapsed = time.perf_counter() - started
+    if subset is None:
+        return elapsed, passes, ""
+    return elapsed * channels / subset, 1 + channels, f" (plain timed on {subset} channels, scaled to {channels})"
+
+
+def perturbation_case(case: Case, settings: Settings, quick: bool) -> None:
+    """Fast path against plain definition for Ablation-CAM (B4, B3), Score-CAM (B4) and Cluster-CAM (B4)."""
+    model, image = case.model, case.image(0)
+    target = explain(model, image, "gradcam").target
+    repeats = max(1, settings.repeats // 4)
+    print(f"  perturbation methods, target class {target} (the predicted one); seconds: fast path median of "
+          f"{repeats}, plain definition once; forward passes counted in images, per explained image")
+    rows = []
+    for block in ("B4", "B3"):
+        fast, result = seconds(lambda: explain(model, image, "ablationcam", block=block), repeats)
+        plain, passes, note = plain_seconds(perturbation.ablation_cam_plain, model, image, block, target, quick)
+        verdict = f"target >= {ABLATION_TARGET:.0f}x: {'PASS' if plain / fast >= ABLATION_TARGET else 'MISS'}" \
+            if block == "B4" else "(no target)"
+        rows.append((f"Ablation-CAM {block}", fast, result.forwards, plain, passes, verdict + note))
+    fast, result = seconds(lambda: explain(model, image, "scorecam"), repeats)
+    plain, passes, note = plain_seconds(perturbation.score_cam_plain, model, image, "B4", target, quick)
+    verdict = f"target >= {SCORE_TARGET:.0f}x: {'PASS' if plain / fast >= SCORE_TARGET else 'MISS'}"
+    rows.append(("Score-CAM B4", fast, result.forwards, plain, passes, verdict + note))
+    total = model.block_shapes["B4"][0]
+    channels = min(QUICK_CHANNELS, total) if quick else total
+    started = time.perf_counter()
+    score_cam_batched_naive(model, image, "B4", target, channels)
+    naive = (time.perf_counter() - started) * total / channels
+    rows.append(("  vs batches of 32, no skip", fast, result.forwards, naive, 1 + total,
+                 "every channel, default memory layout (pytorch-grad-cam's way)"))
+    cluster, result = seconds(lambda: explain(model, image, "clustercam"), repeats)
+    verdict = f"target < {CLUSTER_TARGET} passes: {'PASS' if result.forwards < CLUSTER_TARGET else 'MISS'}"
+    rows.append(("Cluster-CAM B4 (Q = 6)", cluster, result.forwards, fast, rows[2][2], verdict + "; vs fast Score-CAM"))
+    print(f"  {'':<28} {'fast s':>9} {'fwd':>5}   {'plain s':>9} {'fwd':>5}   {'time ratio':>10} {'fwd ratio':>9}")
+    for label, fast_s, fast_fwd, plain_s, plain_fwd, note in rows:
+        print(f"  {label:<28} {fast_s:9.3f} {fast_fwd:5d}   {plain_s:9.3f} {plain_fwd:5d}   "
+              f"{plain_s / fast_s:9.1f}x {plain_fwd / max(fast_fwd, 1):8.1f}x   {note}")
+
+
 # ---------------------------------------------------------------------------- main
 
 
-def header(settings: Settings, quick: bool) -> None:
+def header(settings: Settings, quick: bool, only: str | None = None) -> None:
     print("Protoscope saliency benchmark" + (" (--quick smoke run: fewer repeats and images)" if quick else ""))
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     print(f"One run on this machine: {psutil.cpu_count()} CPUs (load average {load}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads.")
+    if only == "perturbation":
+        return
     print(f"Timings in ms: median of {settings.repeats} repeats after {settings.warmup} warm-up round(s), the three "
           "measurements taking turns;")
     print(f"inputs are transformed tensors (preprocessing excluded), block {BLOCK}, fixed target class 3.")
@@ -209,6 +296,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="few repeats and images: a smoke run")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    parser.add_argument("--only", choices=["cam", "perturbation"], help="run one part: the CAM family's shared "
+                        "trace and memory, or the perturbation methods' fast paths")
     args = parser.parse_args()
     settings = QUICK if args.quick else FULL
     torch.set_num_threads(args.threads)
@@ -216,12 +305,16 @@ def main() -> None:
     missing = sorted(set(CAM_FAMILY) - set(names))
     if missing:
         sys.exit(f"methods missing from the registry: {', '.join(missing)}")
-    header(settings, args.quick)
+    header(settings, args.quick, args.only)
     for build, loop in ((digits_case, settings.digits_loop), (resnet_case, settings.resnet_loop)):
         case = build()
-        print(f"\n== {case.title}, methods: {', '.join(names)}")
-        time_case(case, names, settings)
-        memory_case(case, names, loop, settings.memory_warmup)
+        if args.only != "perturbation":
+            print(f"\n== {case.title}, methods: {', '.join(names)}")
+            time_case(case, names, settings)
+            memory_case(case, names, loop, settings.memory_warmup)
+        if args.only != "cam":
+            print(f"\n== {case.title}: Score-CAM, Ablation-CAM, Cluster-CAM")
+            perturbation_case(case, settings, args.quick)
 
 
 if __name__ == "__main__":

@@ -82,15 +82,17 @@ def scaled_masks(maps: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tenso
 
 
 @torch.inference_mode()
-def masked_scores(model: "ModelSpec", image: torch.Tensor, masks: torch.Tensor, target: int,
+def masked_scores(model: "ModelSpec", image: torch.Tensor, maps: torch.Tensor, target: int,
                   steps: _Steps | None = None, batch_size: int = BATCH_SIZE) -> torch.Tensor:
-    """Softmax probability of ``target`` for ``image`` (C, H, W) masked by each of (M, H, W) ``masks``.
+    """Softmax probability of ``target`` for ``image`` (C, H, W) masked by s(Up(F)) of each of the
+    (M, h, w) ``maps``: the Hadamard product X * H of Score-CAM (eq. 3-4) and Cluster-CAM (eq. 19).
 
-    The Hadamard product X * H of Score-CAM (eq. 3-4) and Cluster-CAM (eq. 19), in batches.
+    Masks are made batch by batch, so memory does not grow with the block's channel count.
     """
     scores = []
-    for part in _batches(masks.shape[0], batch_size):
-        batch = (image.unsqueeze(0) * masks[part].unsqueeze(1)).contiguous(memory_format=torch.channels_last)
+    for part in _batches(maps.shape[0], batch_size):
+        masks, _ = scaled_masks(maps[part], image.shape[-2:])
+        batch = (image.unsqueeze(0) * masks.unsqueeze(1)).contiguous(memory_format=torch.channels_last)
         scores.append(model.net(batch).softmax(dim=1)[:, target])
         if steps:
             steps.advance(part.stop - part.start)
@@ -132,19 +134,22 @@ def score_cam(trace: "Trace", block: str, model: "ModelSpec", batch_size: int = 
     for i, (channels, group) in enumerate(plan):
         if channels.numel() == 0:
             continue
-        first = torch.zeros(int(group.max()) + 1, dtype=torch.long).scatter_(0, group.flip(0), channels.flip(0))
-        masks, _ = scaled_masks(activations[i, first], model.input_size)
-        scores = masked_scores(model, trace.inputs[i], masks, int(trace.targets[i]), steps, batch_size)
+        first = torch.full((int(group.max()) + 1,), len(group)).scatter_reduce_(
+            0, group, torch.arange(len(group)), reduce="amin")  # each group's first channel
+        scores = masked_scores(model, trace.inputs[i], activations[i, channels[first]], int(trace.targets[i]),
+                               steps, batch_size)
         weights[i, channels] = scores[group]
     passes = max((int(group.max()) + 1 for _, group in plan if group.numel()), default=0)
     return MethodOutput(maps=weighted_sum(activations, weights), forwards=passes)
 
 
 @torch.no_grad()
-def score_cam_plain(model: "ModelSpec", image: torch.Tensor, block: str, target: int) -> tuple[torch.Tensor, int]:
+def score_cam_plain(model: "ModelSpec", image: torch.Tensor, block: str, target: int,
+                    channels: int | None = None) -> tuple[torch.Tensor, int]:
     """Score-CAM as its authors' code runs it: one forward per channel, one image at a time.
 
     Returns the (h, w) map and the forward passes it used (the first one records the block).
+    ``channels`` stops after the first channels (the benchmark times a part and scales up).
     """
     from ..trace import trace
 
@@ -152,7 +157,7 @@ def score_cam_plain(model: "ModelSpec", image: torch.Tensor, block: str, target:
     activations = recorded.activations[block][0]
     weights = torch.zeros(activations.shape[0])
     passes = 1
-    for k, channel in enumerate(activations):
+    for k, channel in enumerate(activations[:channels]):
         upsampled = upsample(channel.unsqueeze(0), model.input_size)[0]
         low, high = upsampled.min(), upsampled.max()
         if high == low:
@@ -264,10 +269,12 @@ def ablation_cam(trace: "Trace", block: str, model: "ModelSpec", batch_size: int
 
 
 @torch.no_grad()
-def ablation_cam_plain(model: "ModelSpec", image: torch.Tensor, block: str, target: int) -> tuple[torch.Tensor, int]:
+def ablation_cam_plain(model: "ModelSpec", image: torch.Tensor, block: str, target: int,
+                       channels: int | None = None) -> tuple[torch.Tensor, int]:
     """Ablation-CAM by brute force: for each channel, the whole model with that channel zeroed.
 
     Returns the (h, w) map and the forward passes it used (one plain pass, then one per channel).
+    ``channels`` stops after the first channels (the benchmark times a part and scales up).
     """
     from ..trace import trace
 
@@ -275,7 +282,8 @@ def ablation_cam_plain(model: "ModelSpec", image: torch.Tensor, block: str, targ
     activations = recorded.activations[block]
     score = recorded.logits[0, target]
     drops = torch.zeros(activations.shape[1])
-    for k in range(activations.shape[1]):
+    ablated = range(activations.shape[1])[:channels]
+    for k in ablated:
         def zero(_module: torch.nn.Module, _inputs: object, output: torch.Tensor, k: int = k) -> torch.Tensor:
             output = output.clone()
             output[:, k] = 0
@@ -287,7 +295,7 @@ def ablation_cam_plain(model: "ModelSpec", image: torch.Tensor, block: str, targ
         finally:
             handle.remove()
     weights = drops / (score if score != 0 else 1)
-    return weighted_sum(activations, weights.unsqueeze(0))[0], 1 + activations.shape[1]
+    return weighted_sum(activations, weights.unsqueeze(0))[0], 1 + len(ablated)
 
 
 # --- Cluster-CAM --------------------------------------------------------------------------------
@@ -383,7 +391,7 @@ def cluster_cam_parts(trace: "Trace", block: str, model: "ModelSpec", q: int = C
     parts = []
     for i, (labels, representatives, masks, scaled) in enumerate(found):
         target = int(trace.targets[i])
-        scores = masked_scores(model, trace.inputs[i], masks, target, steps, batch_size)
+        scores = masked_scores(model, trace.inputs[i], representatives, target, steps, batch_size)
         parts.append(ClusterCAM(
             representatives=representatives.numpy(), scaled=scaled.numpy(), masks=masks.numpy(),
             scores=scores.numpy(), labels=labels, base=int(scores.argmax()), scissors=int(scores.argmin()),
