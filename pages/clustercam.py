@@ -27,18 +27,25 @@ model, block = selection.model, selection.block
 channels = model.block_shapes[block][0]
 
 controls = st.columns([3, 3, 2])
-q = controls[0].slider("Clusters Q", 2, min(12, channels), min(CLUSTERS, channels), key="cc_q",
-                       help="The paper uses Q = 6; too few clusters mix object and background, too many split the object.")
+q = controls[0].slider("Clusters Q", 2, max(3, min(12, channels)), min(CLUSTERS, max(3, channels)), key="cc_q",
+                       help="The paper uses Q = 6; too few clusters mix object and background, "
+                            "too many split the object.")
 alpha = controls[1].slider("alpha (balance of base and scissors)", 0.0, 1.0, ALPHA, 0.05, key="cc_alpha",
-                           help="H = alpha x base - (1 - alpha) x scissors (eq. 22). Changing alpha runs no network pass.")
+                           help="H = alpha x base - (1 - alpha) x scissors (eq. 22). "
+                                "Changing alpha runs no network pass.")
 clustering = controls[2].radio("Clustering", ["kmeans", "spectral"], key="cc_clustering", horizontal=True,
                                format_func=lambda c: {"kmeans": "k-means", "spectral": "spectral"}[c],
-                               help="Spectral clustering on exp(-distance) similarities (eq. 17), as the paper discusses.")
+                               help="Spectral clustering on exp(-distance) similarities (eq. 17), "
+                                    "as the paper discusses.")
 
-with progress_bar():
-    result = cluster_cam(selection.model_key, model, selection.image_data, block, selection.target, q, clustering)
-    others = explanations(selection.model_key, model, selection.image_data, ("gradcam", "scorecam"), block,
-                          selection.target)
+try:
+    with progress_bar():
+        result = cluster_cam(selection.model_key, model, selection.image_data, block, selection.target, q, clustering)
+        others = explanations(selection.model_key, model, selection.image_data, ("gradcam", "scorecam"), block,
+                              selection.target)
+except (ValueError, RuntimeError, TypeError) as error:  # a model whose layers the methods cannot run through
+    st.error(f"Cluster-CAM could not run on {model.name} at {block}: {error}. Try another depth or model.")
+    st.stop()
 parts = result.extras["cluster_cam"][0]
 target = model.class_name(result.target)
 size = max(256, model.input_size[0])

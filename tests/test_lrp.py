@@ -36,7 +36,8 @@ def small_sequential(seed: int = 0) -> nn.Sequential:
     return net.eval()
 
 
-def gradient_times_input_and_bias_share(net: nn.Module, x: torch.Tensor, target: int) -> tuple[torch.Tensor, float, float]:
+def gradient_times_input_and_bias_share(net: nn.Module, x: torch.Tensor,
+                                        target: int) -> tuple[torch.Tensor, float, float]:
     """x * df/dx, and sum over biases of b * df/db (batch norm's shift counted as its bias), computed
     with plain autograd: for a piecewise-affine ReLU network f(x) = x . df/dx + that sum (Euler)."""
     x = x.clone().requires_grad_(True)
@@ -173,3 +174,49 @@ def test_lrp_never_touches_the_shared_model_and_removes_its_hooks_on_error():
     model.net.fc.bias.data[3] += 1.0  # weights changed in place later (a sanity check would do this)
     shifted = L.relevance(model, x, torch.tensor([3]), rule="epsilon")
     assert float(shifted.logits[0, 3]) == pytest.approx(before + 1.0, abs=1e-3), "LRP ran on stale weights"
+
+
+class MisleadingOrder(nn.Module):
+    """A batch norm that follows a residual sum, declared right after the convolution: zennit's
+    sequential merge pairs them (same width, no error) and would silently change the function."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.norm = nn.BatchNorm2d(3)
+        self.head = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))
+        self.norm.running_mean.fill_(0.5)
+        self.norm.running_var.fill_(4.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.conv(x) + x))
+
+
+def test_a_canonizer_that_does_not_fit_is_detected_and_lrp_runs_without_it():
+    torch.manual_seed(6)
+    model = load_model(MisleadingOrder().eval(), classes=["a", "b"], input_size=(16, 16))
+    x = torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(7))
+    result = explain(model, x, "lrp_epsilon", block=list(model.blocks)[-1])
+    assert result.extras["canonized"] is False
+    assert result.forwards == 1 + 2 and result.backwards == 2, "the misfit pass and the plain one are both counted"
+    assert np.isclose(result.extras["logit"][0], float(model.net(x[None])[0, result.target].detach()), rtol=1e-5)
+
+
+def test_densenet_batch_norms_are_merged_only_where_a_convolution_feeds_them():
+    from torchvision.models import DenseNet
+
+    torch.manual_seed(8)
+    net = DenseNet(growth_rate=4, block_config=(2, 2, 2, 2), num_init_features=8, bn_size=2, num_classes=3).eval()
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+    model = load_model(net, classes=["a", "b", "c"], input_size=(64, 64))
+    assert model.family == "densenet"
+    (canonizer,) = L.canonizers_for(model)
+    assert len(canonizer.name_map) == 1 + 8, "conv0/norm0 and conv1/norm2 of each of the 8 dense layers"
+    x = torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(9))
+    for name in ("lrp_epsilon", "lrp_gamma"):
+        result = explain(model, x, name)
+        assert result.extras["canonized"] is True and result.forwards == 2, name
+        assert np.isfinite(result.raw).all() and np.abs(result.raw).max() > 0

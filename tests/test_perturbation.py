@@ -131,7 +131,7 @@ def test_ablation_falls_back_to_a_substituted_forward_when_the_tail_does_not_fit
     net.load_state_dict(model.net.state_dict())
     doubled = load_model(net, classes=[str(d) for d in range(10)], input_size=(64, 64))
     doubled.transform = model.transform
-    assert P.resnet_tail(doubled, "B3") is not None, "the layout looks like a ResNet, so the check must catch it"
+    assert P.tail_after(doubled, "B3") is not None, "the layout looks like a ResNet, so the check must catch it"
     image = digits_test_batch(1)[0][0]
     recorded = trace(doubled, image[None], blocks=["B3"])
     before = hook_counts(doubled.net)
@@ -139,6 +139,38 @@ def test_ablation_falls_back_to_a_substituted_forward_when_the_tail_does_not_fit
     expected, score = brute_force_drops(doubled, image, "B3", int(recorded.targets[0]))
     assert close(drops[0], expected) and torch.isclose(scores[0], score, rtol=1e-5)
     assert hook_counts(doubled.net) == before, "the substitution hook was left behind"
+
+
+class TinyVGG(nn.Module):
+    """VGG's layout (features with max pools, avgpool, classifier) at toy size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        widths, layers, previous = (8, 8, 16, 16, 16), [], 1
+        for width in widths:
+            layers += [nn.Conv2d(previous, width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            previous = width
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(2)
+        self.classifier = nn.Sequential(nn.Linear(64, 16), nn.ReLU(inplace=True), nn.Linear(16, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+@pytest.mark.parametrize("block", ["B3", "B4"])
+def test_ablation_on_a_vgg_layout_runs_only_the_layers_after_the_block(block, monkeypatch):
+    torch.manual_seed(3)
+    vgg = load_model(TinyVGG().eval(), classes=["a", "b", "c"], input_size=(64, 64))
+    assert vgg.family == "vgg" and not vgg.gap_head and P.tail_after(vgg, block) is not None
+    image = torch.randn(1, 64, 64, generator=torch.Generator().manual_seed(4))
+    recorded = trace(vgg, image[None], blocks=[block])
+    with count_passes(vgg.net, monkeypatch) as passes:
+        drops, scores, _ = P.ablation_drops(recorded, block, vgg)
+    assert passes.forwards == 0
+    expected, score = brute_force_drops(vgg, image, block, int(recorded.targets[0]))
+    assert close(drops[0], expected) and torch.isclose(scores[0], score, rtol=1e-5)
+    assert float(expected.abs().max()) > 0
 
 
 # --- Score-CAM -----------------------------------------------------------------------------------

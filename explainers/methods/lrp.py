@@ -16,9 +16,14 @@ proportional rule).
   linear layers (Montavon et al. 2019, sec. 10.2: the recommended composite for CNNs).
 
 Canonizers: ``ResNetCanonizer`` for the ResNet family (torchvision ResNets and the built-in
-digits model, whose stages are torchvision ``BasicBlock`` s), ``VGGCanonizer`` for VGG, and
-``SequentialMergeBatchNorm`` otherwise (zennit 0.5 has no DenseNet canonizer; DenseNet's batch
-norms come *before* their convolution, cannot be merged, and pass relevance through unchanged).
+digits model, whose stages are torchvision ``BasicBlock`` s), ``VGGCanonizer`` for VGG. zennit
+0.5 has none for DenseNet, whose batch norms mostly come *after a concatenation*, where they
+cannot be merged (zennit's sequential merge would pair a layer's last convolution with the next
+layer's norm and fail): a ``NamedMergeBatchNorm`` merges the two pairs that are a convolution
+followed by its batch norm (``conv0``/``norm0`` and each dense layer's ``conv1``/``norm2``); the
+other batch norms pass relevance through unchanged. Other models get zennit's
+``SequentialMergeBatchNorm``, and if it does not fit (an error, or logits that no longer match
+the model's), LRP runs again without canonizer and says so (``extras["canonized"]``).
 
 What "block" means here: the map is the relevance of the input pixels, summed over colour
 channels, at the input's resolution, for any block (LRP explains down to the pixels). The
@@ -78,13 +83,20 @@ class Relevance:
 
 def canonizers_for(model: "ModelSpec") -> list:
     """zennit's canonizers for the model's family (see the module docstring)."""
-    from zennit.canonizers import SequentialMergeBatchNorm
+    from zennit.canonizers import NamedMergeBatchNorm, SequentialMergeBatchNorm
     from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 
     if model.family == "resnet":
         return [ResNetCanonizer()]
     if model.family == "vgg":
         return [VGGCanonizer()]
+    if model.family == "densenet":
+        from torchvision.models.densenet import _DenseLayer
+
+        pairs = [(["features.conv0"], "features.norm0")]
+        pairs += [([f"{name}.conv1"], f"{name}.norm2") for name, module in model.net.named_modules()
+                  if isinstance(module, _DenseLayer)]
+        return [NamedMergeBatchNorm(pairs)]
     return [SequentialMergeBatchNorm()]
 
 
@@ -96,8 +108,9 @@ def input_box(model: "ModelSpec", shape: torch.Size) -> tuple[torch.Tensor, torc
 
 
 def composite_for(model: "ModelSpec", rule: str, shape: torch.Size, epsilon: float = EPSILON,
-                  gamma: float = GAMMA, stabilizer: float = STABILIZER):
-    """The zennit composite of ``rule`` (``epsilon`` or ``gamma``) with the model's canonizers.
+                  gamma: float = GAMMA, stabilizer: float = STABILIZER, canonize: bool = True):
+    """The zennit composite of ``rule`` (``epsilon`` or ``gamma``) with the model's canonizers
+    (none if not ``canonize``).
 
     ``stabilizer`` guards the denominators of the rules other than epsilon (residual sums,
     average pooling, gamma, box); it must go to zero with epsilon for LRP-0 = gradient x input.
@@ -106,14 +119,15 @@ def composite_for(model: "ModelSpec", rule: str, shape: torch.Size, epsilon: flo
     from zennit.rules import Epsilon
     from zennit.types import Convolution
 
+    canonizers = canonizers_for(model) if canonize else []
     if rule == "epsilon":
         layer_map = layer_map_base(stabilizer) + [(Convolution, Epsilon(epsilon=epsilon)),
                                                   (nn.Linear, Epsilon(epsilon=epsilon))]
-        return LayerMapComposite(layer_map=layer_map, canonizers=canonizers_for(model))
+        return LayerMapComposite(layer_map=layer_map, canonizers=canonizers)
     if rule == "gamma":
         low, high = input_box(model, shape)
         return EpsilonGammaBox(low=low.to(model_dtype(model)), high=high.to(model_dtype(model)), epsilon=epsilon,
-                               gamma=gamma, stabilizer=stabilizer, canonizers=canonizers_for(model))
+                               gamma=gamma, stabilizer=stabilizer, canonizers=canonizers)
     raise ValueError(f"LRP rule must be one of {', '.join(RULES)}, not {rule!r}")
 
 
@@ -141,14 +155,14 @@ def _twin(net: nn.Module) -> tuple[nn.Module, threading.Lock]:
 
 def relevance(model: "ModelSpec", inputs: torch.Tensor, targets: torch.Tensor, rule: str = "epsilon",
               block: str | None = None, epsilon: float = EPSILON, gamma: float = GAMMA,
-              stabilizer: float = STABILIZER) -> Relevance:
+              stabilizer: float = STABILIZER, canonize: bool = True) -> Relevance:
     """LRP of the target logits of ``inputs`` (N, C, H, W): one forward and one backward pass.
 
     The initial relevance is the target logit f_c(x) itself (one-hot times the logit), so the
     relevance is in the logit's units.
     """
     twin, lock = _twin(model.net)
-    composite = composite_for(model, rule, inputs.shape, epsilon, gamma, stabilizer)
+    composite = composite_for(model, rule, inputs.shape, epsilon, gamma, stabilizer, canonize)
     captured: dict[str, torch.Tensor] = {}
 
     def record(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
@@ -171,16 +185,32 @@ def relevance(model: "ModelSpec", inputs: torch.Tensor, targets: torch.Tensor, r
                      block=block_relevance.detach() if block_relevance is not None else None)
 
 
+def faithful(result: Relevance, logits: torch.Tensor) -> bool:
+    """Whether the canonized network still computes the model's logits (up to zennit's batch-norm eps)."""
+    return torch.allclose(result.logits, logits, rtol=1e-3, atol=1e-3 * float(logits.abs().max().clamp_min(1)))
+
+
 def lrp_output(trace: "Trace", block: str, model: "ModelSpec", rule: str) -> MethodOutput:
-    """Pixel relevance summed over colour channels as the map; the block's relevance and the sums as extras."""
-    result = relevance(model, trace.inputs, trace.targets, rule=rule, block=block)
+    """Pixel relevance summed over colour channels as the map; the block's relevance and the sums as extras.
+
+    If the canonizers do not fit the model, LRP runs again without them (two passes of each kind).
+    """
+    passes, canonized = 1, True
+    try:
+        result = relevance(model, trace.inputs, trace.targets, rule=rule, block=block)
+    except RuntimeError:  # a batch norm merged into a layer of another width: the canonizer does not fit
+        result = None
+    if result is None or not faithful(result, trace.logits):
+        passes, canonized = 1 + (result is not None), False
+        result = relevance(model, trace.inputs, trace.targets, rule=rule, block=block, canonize=False)
     pixels = result.pixels.sum(dim=1)
     extras = {
         "relevance_total": pixels.sum(dim=(1, 2)).numpy(),
         "logit": result.logits.gather(1, trace.targets[:, None])[:, 0].numpy(),
         "block_relevance": result.block.sum(dim=1).numpy() if result.block is not None else None,
+        "canonized": canonized,
     }
-    return MethodOutput(maps=pixels, forwards=1, backwards=1, extras=extras)
+    return MethodOutput(maps=pixels, forwards=passes, backwards=passes, extras=extras)
 
 
 @register_method(

@@ -170,22 +170,30 @@ def score_cam_plain(model: "ModelSpec", image: torch.Tensor, block: str, target:
 
 # --- Ablation-CAM -------------------------------------------------------------------------------
 
-def resnet_tail(model: "ModelSpec", block: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The network after ``block`` for a torchvision-style ResNet: later stages, avgpool, flatten, fc.
-
-    None when the model is not laid out that way; callers then use ``substituted_forward``.
+def tail_after(model: "ModelSpec", block: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The network after ``block`` as a function of the block's output, for the torchvision layouts:
+    ResNet (later stages, avgpool, flatten, fc) and VGG (later feature layers, avgpool, flatten,
+    classifier). None otherwise; callers then use ``substituted_forward``. ``after_block`` checks
+    the result against the whole network, so a model that only looks like one of these is caught.
     """
     net = model.net
-    stages = [getattr(net, f"layer{i}", None) for i in range(1, 5)]
-    if (model.family != "resnet" or list(model.blocks.values()) != stages
-            or getattr(net, "fc", None) is not model.classifier or not hasattr(net, "avgpool")):
+    if model.family == "resnet":
+        stages = [getattr(net, f"layer{i}", None) for i in range(1, 5)]
+        if list(model.blocks.values()) != stages or getattr(net, "fc", None) is not model.classifier:
+            return None
+        later, head = stages[list(model.blocks).index(block) + 1:], getattr(net, "fc")
+    elif model.family == "vgg" and isinstance(getattr(net, "classifier", None), torch.nn.Sequential):
+        layers = list(net.features)
+        later, head = layers[layers.index(model.blocks[block]) + 1:], net.classifier
+    else:
         return None
-    later = stages[list(model.blocks).index(block) + 1:]
+    if not hasattr(net, "avgpool"):
+        return None
 
     def tail(outputs: torch.Tensor) -> torch.Tensor:
-        for stage in later:
-            outputs = stage(outputs)
-        return net.fc(torch.flatten(net.avgpool(outputs), 1))
+        for layer in later:
+            outputs = layer(outputs)
+        return head(torch.flatten(net.avgpool(outputs), 1))
 
     return tail
 
@@ -210,11 +218,11 @@ def after_block(model: "ModelSpec", block: str, image: torch.Tensor, outputs: to
     """Logits for modified outputs (M, D, h, w) of ``block``; ``outputs[0]`` must be the unmodified
     output, whose logits ``reference`` the whole network gave for ``image`` (C, H, W).
 
-    Runs the ResNet tail when there is one and checks that row 0 reproduces ``reference`` (a
-    model whose forward is not the plain stage sequence fails the check); otherwise every row
-    goes through the whole network with the block's output substituted.
+    Runs the tail (``tail_after``) when there is one and checks that row 0 reproduces
+    ``reference`` (a model whose forward is not the plain layer sequence fails the check);
+    otherwise every row goes through the whole network with the block's output substituted.
     """
-    tail = resnet_tail(model, block)
+    tail = tail_after(model, block)
     if tail is not None:
         logits = torch.cat([tail(outputs[part]) for part in _batches(outputs.shape[0], batch_size)])
         tolerance = 1e-4 * float(reference.abs().max().clamp_min(1))
