@@ -79,7 +79,7 @@ pictures = masked_pictures(model, model.transform(selection.image), parts.masks)
 row = st.columns(parts.q)
 for j, column in enumerate(row):
     column.image(frame(Image.fromarray(pictures[j].squeeze()), j), width=thumb)
-    column.markdown(f"p = **{parts.scores[j]:.3f}**{role(j)}")
+    column.markdown(f"p = **{parts.scores[j]:.3g}**{role(j)}")  # 3 digits: an untrained model scores ~0.001
 
 st.info("The **cognition-base** (green) is the cluster whose mask keeps what the network needs most: its masked image "
         "scores highest for the class. The **cognition-scissors** (red) scores lowest: what it keeps argues against "
