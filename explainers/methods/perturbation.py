@@ -415,6 +415,12 @@ def cluster_cam(trace: "Trace", block: str, model: "ModelSpec", q: int = CLUSTER
     Signed: positive where the cognition-base map dominates, negative where the scissors cut.
     With the shared trace that makes Q + 1 forward passes. ``extras["cluster_cam"]`` holds one
     ``ClusterCAM`` per image of the batch, from which H is recomputed for any alpha.
+
+    alpha = 0.5 by default. The paper prints no value, but its Figure 3 bounds it: the base holds
+    both dogs, the scissors only the spaniel, and the final map keeps the elkhound alone, so
+    where both masks are ~1 the map must vanish (alpha - (1 - alpha) <= 0, alpha <= 0.5) while
+    where only the base is high it must stay (alpha > 0); 0.5 is the largest such alpha, the
+    one that gives the base the most weight. Q = 6 is the paper's Table 2 setting.
     """
     parts = cluster_cam_parts(trace, block, model, q, alpha, clustering, seed, batch_size, listener)
     maps = torch.stack([torch.from_numpy(p.raw()).float() for p in parts])
