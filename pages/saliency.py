@@ -40,9 +40,13 @@ if not runnable:
         st.caption(f"{method_info(name).label}: {reason}.")
     st.stop()
 
-with progress_bar():  # filled by the perturbation methods (one masked input per channel)
-    maps = explanations(selection.model_key, model, selection.image_data, tuple(runnable), selection.block,
-                        selection.target)
+try:
+    with progress_bar():  # filled by the perturbation methods (one masked input per channel)
+        maps = explanations(selection.model_key, model, selection.image_data, tuple(runnable), selection.block,
+                            selection.target)
+except (ValueError, RuntimeError) as error:  # a model or image a method cannot handle: say so, keep the page
+    st.error(f"The maps could not be computed: {error}")
+    st.stop()
 first = next(iter(maps.values()))
 predicted, probability = selection.top[0]
 target_probability = dict(selection.top).get(first.target)
