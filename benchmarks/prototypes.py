@@ -58,11 +58,11 @@ def main() -> None:
         total = time.perf_counter() - started
         explain_ms = "—"
         if depth != "pooled":
-            explainer.explain(model, images[0])
+            explainer.explain(images[0])
             samples = []
             for image in images:
                 tick = time.perf_counter()
-                explainer.explain(model, image)
+                explainer.explain(image)
                 samples.append(1000 * (time.perf_counter() - tick))
             explain_ms = f"{statistics.median(samples):.1f} ms"
         phases = timer.phases

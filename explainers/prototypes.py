@@ -187,6 +187,7 @@ class PrototypeExplainer:
             too_few = [c for c in np.flatnonzero(counts) if counts[c] < self.per_class]
             if too_few:
                 raise ValueError(f"classes {too_few} have fewer images than the {self.per_class} prototypes asked per class")
+        self.model_ = model  # kept for predict/explain; not saved (the cache key holds its fingerprint)
         self.model_name_ = model.name
         self.num_classes_ = model.num_classes
         self.classifier_ = (model.classifier.weight.detach().numpy().copy(), model.classifier.bias.detach().numpy().copy())
@@ -301,11 +302,21 @@ class PrototypeExplainer:
     def prototype_labels_(self) -> np.ndarray:
         return self.level_.labels
 
-    def predict(self, model: ModelSpec, images: object) -> np.ndarray:
-        """Class ids of a PIL image, a list of them, or a transformed batch (eq. 10; nearest prototype for KMEx)."""
+    def _model(self, model: ModelSpec | None) -> ModelSpec:
+        self._check_fitted()
+        model = model or getattr(self, "model_", None)
+        if model is None:
+            raise NotFittedError("no model attached: pass model=, or use the explainer fit_prototypes returned")
+        return model
+
+    def predict(self, images: object, model: ModelSpec | None = None) -> np.ndarray:
+        """Class ids of a PIL image, a list of them, or a transformed batch (eq. 10; nearest prototype for KMEx).
+
+        ``model`` defaults to the one the explainer was fitted (or loaded) for.
+        """
         from .api import as_batch
 
-        self._check_fitted()
+        model = self._model(model)
         inputs = as_batch(model, images)
         out = []
         for start in range(0, len(inputs), self.batch_size):
@@ -328,11 +339,11 @@ class PrototypeExplainer:
         """Eq. 9: the nearest prototype of every row."""
         return torch.cdist(rows, torch.from_numpy(level.prototypes)).argmin(dim=1).numpy()
 
-    def explain(self, model: ModelSpec, image: object, target: int | None = None) -> PrototypeExplanation:
+    def explain(self, image: object, target: int | None = None, model: ModelSpec | None = None) -> PrototypeExplanation:
         """Segments (eq. 9), class counts and prediction (eq. 10), and the attribution (eq. 11 + steps 1-3)."""
         from .api import as_batch
 
-        self._check_fitted()
+        model = self._model(model)
         if self.depth == "pooled":
             raise ValueError("KMEx explains the pooled embedding, which has no pixels: use a block depth such as B4")
         inputs = as_batch(model, image)[:1]
@@ -434,6 +445,7 @@ def fit_prototypes(model: ModelSpec, dataset: DatasetSpec, depth: str = "B234", 
     if cache and path.exists():
         try:
             loaded = PrototypeExplainer.load(path)
+            loaded.model_ = model
             _report(progress, 1.0, "loaded from the cache")
             return loaded
         except (OSError, ValueError, KeyError):

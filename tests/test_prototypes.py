@@ -65,14 +65,14 @@ def test_mean_attribution_at_b4_is_the_logit_without_bias_over_the_squared_norm(
     weight, bias = model.classifier.weight.detach(), model.classifier.bias.detach()
     for image in images(test_set, 6):
         for target in (0, 5):
-            result = fitted["B4"].explain(model, image, target)
+            result = fitted["B4"].explain(image, target)
             expected = (result.logits[target] - bias[target].item()) / weight[target].dot(weight[target]).item()
             assert result.attribution.mean() == pytest.approx(expected, rel=1e-4)
 
 
 def test_after_propagation_each_segment_has_one_value(model, fitted, test_set):
     for image in images(test_set, 6):
-        result = fitted["B234"].explain(model, image)
+        result = fitted["B234"].explain(image)
         assert result.attribution.shape == result.segments.shape == (16, 16)
         for segment in np.unique(result.segments):
             values = result.attribution[result.segments == segment]
@@ -86,7 +86,7 @@ def test_propagation_preserves_the_mean_of_the_upsampled_map(model, fitted, test
     """Segment-wise averaging redistributes values within segments, so it keeps their total."""
     from explainers.maps import upsample
 
-    result = fitted["B234"].explain(model, test_set[0][0])
+    result = fitted["B234"].explain(test_set[0][0])
     levels = result.attribution_levels
     lifted = upsample(torch.from_numpy(levels["B34"])[None], (16, 16))[0].numpy()
     assert levels["B234"].mean() == pytest.approx(lifted.mean(), rel=1e-5)
@@ -96,9 +96,9 @@ def test_eq10_prediction_is_the_argmax_of_the_class_counts(model, fitted, test_s
     batch = images(test_set, 20)
     for name in ("B4", "B234"):
         explainer = fitted[name]
-        predicted = explainer.predict(model, batch)
+        predicted = explainer.predict(batch)
         for image, label in zip(batch, predicted):
-            result = explainer.explain(model, image)
+            result = explainer.explain(image)
             assert result.predicted == int(np.argmax(result.class_counts)) == label
             assert result.class_counts.sum() == result.segments.size
             owners = explainer.prototype_labels_[result.segments.ravel()]
@@ -109,7 +109,7 @@ def test_kmex_predicts_the_class_of_the_nearest_prototype(model, fitted, test_se
     z = embedded[1][:50]
     distances = np.linalg.norm(z[:, None, :] - fitted["kmex5"].prototypes_[None], axis=2)
     expected = fitted["kmex5"].prototype_labels_[distances.argmin(axis=1)]
-    np.testing.assert_array_equal(fitted["kmex5"].predict(model, images(test_set, 50)), expected)
+    np.testing.assert_array_equal(fitted["kmex5"].predict(images(test_set, 50)), expected)
     # the same as the argmax of exp(-||z - p_k||^2) (sec. 3.2, step 2)
     np.testing.assert_array_equal(fitted["kmex5"].prototype_labels_[np.exp(-distances ** 2).argmax(1)], expected)
 
@@ -178,7 +178,7 @@ def test_the_disk_cache_reloads_without_fitting(model, train, tmp_path, monkeypa
 
 def test_unfitted_and_impossible_requests_say_so(model, train):
     with pytest.raises(NotFittedError, match="fit"):
-        PrototypeExplainer("B4").predict(model, train[0][0])
+        PrototypeExplainer("B4").predict(train[0][0])
     with pytest.raises(ValueError, match="no block B5"):
         PrototypeExplainer("B45").fit(model, train)
 
