@@ -26,8 +26,8 @@ if len(classes) < 2:
     st.info("Choose at least two classes.")
     st.stop()
 
-kmex1 = explainer(selection.model_key, model, selection.train_source, "pooled", 1)
-kmex5 = explainer(selection.model_key, model, selection.train_source, "pooled", 5)
+kmex1 = explainer(model, selection.train_source, "pooled", 1)
+kmex5 = explainer(model, selection.train_source, "pooled", 5)
 placed = figure2(selection.model_key, model, selection.train_source, tuple(sorted(classes)), kmex5)
 
 palette = qualitative.D3 + qualitative.Set3
@@ -84,8 +84,8 @@ with left:
                "other classes (out). Seed 000 reports about 0.5 for c_j against 0.8–0.9 for KMEx.")
 with right:
     st.subheader("Table 2 · accuracy (%)")
-    b4 = explainer(selection.model_key, model, selection.train_source, "B4", 5)
-    b234 = explainer(selection.model_key, model, selection.train_source, "B234", 5)
+    b4 = explainer(model, selection.train_source, "B4", 5)
+    b234 = explainer(model, selection.train_source, "B234", 5)
     st.dataframe(table2(selection.model_key, model, selection.train_source, {"KMEx (K/C=5)": kmex5, "B4": b4, "B234": b234}),
                  hide_index=True, width="stretch")
     st.caption("KMEx: nearest prototype of the pooled embedding. B4, B234: the class owning most pixels (eq. 10).")

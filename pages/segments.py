@@ -37,7 +37,7 @@ display_image = model.transform.geometry(selection.image)
 train = get_dataset(selection.train_source, "train")
 
 for column, depth in zip(st.columns(len(depths)), depths):
-    fitted = explainer(selection.model_key, model, selection.train_source, depth, per_class)
+    fitted = explainer(model, selection.train_source, depth, per_class)
     result = fitted.explain(selection.image, selection.target)
     palette = segment_palette(result.segments)
     level = fitted.level_

@@ -1,4 +1,4 @@
-"""Fitted prototype explainers and the Figure 2 / Table 1-2 computations, cached for the session.
+"""Fitted prototype explainers (memoised in the library) and the Figure 2 / Table 1-2 computations, cached for the session.
 
 A first fit shows a progress bar; the fitted explainer is then kept in memory, and on disk
 by ``fit_prototypes`` so that later sessions load it instantly.
@@ -10,7 +10,8 @@ import streamlit as st
 
 from explainers.alignment import Projection, accuracy_table, alignment_table, projection
 from explainers.models import ModelSpec
-from explainers.prototypes import PrototypeExplainer, embeddings, fit_prototypes
+from explainers.methods.prototype import fitted
+from explainers.prototypes import PrototypeExplainer, embeddings
 
 from .cache import get_dataset
 from .sidebar import Selection
@@ -30,27 +31,18 @@ def unavailable(selection: Selection) -> str | None:
     return None
 
 
-@st.cache_resource
-def _fitted() -> dict[tuple[str, str, str, int], PrototypeExplainer]:
-    return {}
-
-
-def explainer(model_key: str, model: ModelSpec, source: str, depth: str, per_class: int) -> PrototypeExplainer:
-    """The explainer fitted on ``source`` (a dataset name or an ImageFolder path); fitted here,
-    with a progress bar, on first use."""
-    store = _fitted()
-    key = (model_key, source, depth, per_class)
-    if key not in store:
-        bar = st.progress(0.0, text=f"Preparing {depth} prototypes (K/C = {per_class})…")
-        try:
-            store[key] = fit_prototypes(model, get_dataset(source, "train"), depth,
-                                        per_class, progress=lambda f, m: bar.progress(f, text=f"{depth}, K/C = {per_class}: {m}"))
-        except ValueError as error:  # too few images for the prototypes asked, an unreadable image, ...
-            bar.empty()
-            st.error(f"Could not fit the {depth} prototypes: {error}")
-            st.stop()
+def explainer(model: ModelSpec, source: str, depth: str, per_class: int) -> PrototypeExplainer:
+    """The explainer fitted on ``source`` (a dataset name or an ImageFolder path), shared with the
+    Saliency page's k-means attribution; a first fit shows a progress bar."""
+    bar = st.empty()
+    try:
+        return fitted(model, depth, per_class, source,
+                      progress=lambda f, m: bar.progress(f, text=f"{depth}, K/C = {per_class}: {m}"))
+    except ValueError as error:  # too few images for the prototypes asked, an unreadable image, ...
+        st.error(f"Could not fit the {depth} prototypes: {error}")
+        st.stop()
+    finally:
         bar.empty()
-    return store[key]
 
 
 @st.cache_data(show_spinner="Embedding the dataset…", max_entries=16)

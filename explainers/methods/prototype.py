@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from ..trace import Trace
 
 PER_CLASS = 5
-_FITTED: dict[tuple[str, str, int], "PrototypeExplainer"] = {}
+_FITTED: dict[tuple[str, str, str, int], "PrototypeExplainer"] = {}
 
 
 def depth_for(block: str, model: "ModelSpec") -> str:
@@ -26,16 +26,19 @@ def depth_for(block: str, model: "ModelSpec") -> str:
     return "B" + "".join(name[1:] for name in names[names.index(block):])
 
 
-def fitted(model: "ModelSpec", depth: str, per_class: int = PER_CLASS, progress=None) -> "PrototypeExplainer":
-    """The explainer of ``model`` at ``depth`` on its training set: in memory, else from disk, else fitted."""
+def fitted(model: "ModelSpec", depth: str, per_class: int = PER_CLASS, source: str | None = None,
+           progress=None) -> "PrototypeExplainer":
+    """The explainer of ``model`` at ``depth`` fitted on ``source`` (a dataset name or an ImageFolder path;
+    default: the model's own training set): in memory, else from the disk cache, else fitted now."""
     from ..data import load_dataset
     from ..prototypes import fit_prototypes
 
-    key = (model.fingerprint, depth, per_class)
+    source = source or model.dataset
+    if source is None:
+        raise ValueError(f"{model.name} has no known training set to fit prototypes on")
+    key = (model.fingerprint, source, depth, per_class)
     if key not in _FITTED:
-        if model.dataset is None:
-            raise ValueError(f"{model.name} has no known training set to fit prototypes on")
-        _FITTED[key] = fit_prototypes(model, load_dataset(model.dataset, "train"), depth, per_class, progress=progress)
+        _FITTED[key] = fit_prototypes(model, load_dataset(source, "train"), depth, per_class, progress=progress)
     return _FITTED[key]
 
 
