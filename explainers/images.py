@@ -49,8 +49,8 @@ def load_image(source: bytes | str | Path, name: str = "the file") -> Image.Imag
             f"{name} is too large{size}; the limit is {MAX_PIXELS / 1e6:.0f} MP. "
             "Downscale it first: the model only sees a few hundred pixels a side."
         ) from error
-    except UnidentifiedImageError as error:
-        raise ImageError(f"{name} is not an image that can be read (PNG, JPEG, BMP, GIF, TIFF, WebP): {error}") from error
+    except UnidentifiedImageError as error:  # PIL's own text only names an in-memory buffer
+        raise ImageError(f"{name} is not an image that can be read: use PNG, JPEG, BMP, GIF, TIFF or WebP.") from error
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"{name} looks like an image but is damaged or truncated: {error}") from error
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):

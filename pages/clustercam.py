@@ -21,7 +21,7 @@ st.caption("The block's feature maps are grouped by k-means into Q clusters; eac
 
 selection = current()
 if selection.model is None or selection.image_data is None:
-    st.info("Choose a model and an image in the sidebar.")
+    st.info("Choose a model and an image in the sidebar; if an upload could not be used, the sidebar says why.")
     st.stop()
 model, block = selection.model, selection.block
 channels = model.block_shapes[block][0]

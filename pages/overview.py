@@ -40,7 +40,7 @@ with right:
     st.subheader("Model card")
     rows = card or {"weights": "random (untrained)"}
     st.dataframe([{"field": k.replace("_", " "), "value": str(v)} for k, v in rows.items()],
-                 hide_index=True, width="stretch")
+                 hide_index=True, width="stretch", height=36 * (len(rows) + 1) + 3)  # every row, no scrolling
     if len(model.classes) <= 20:
         st.markdown("**Classes:** " + ", ".join(model.classes))
 
@@ -48,7 +48,12 @@ st.header("Pages")
 st.markdown("- **Saliency** — maps of where the network looks, side by side, for the chosen class and depth: "
             "the CAM family from one shared forward/backward pass, with each method's cost.\n"
             "- **Cluster-CAM** — the block's channels in k-means clusters, the input masked by each cluster's mean, "
-            "and the best (cognition-base, green) and worst (cognition-scissors, red) combined; Q + 1 forward passes.")
+            "and the best (cognition-base, green) and worst (cognition-scissors, red) combined; Q + 1 forward passes.\n"
+            "- **Segments** — every pixel at the chosen depth assigned to its nearest k-means prototype (B4, B34, "
+            "B234, B1234), the gradient-free attribution, and each segment's nearest training patch (Figure 1 of "
+            "*Post-hoc Self-explanation of CNNs*).\n"
+            "- **Prototypes** — the classifier's own prototypes (its weight columns) against KMEx prototypes on a UMAP "
+            "of the embeddings, with the paper's alignment and accuracy tables (its Figure 2, Tables 1-2).")
 
 st.header("Methods")
 st.dataframe([{"id": n, "method": method_info(n).label, "family": method_info(n).family,

@@ -15,7 +15,7 @@ st.caption("Where does the network look? Each panel is one method's answer for t
 
 selection = current()
 if selection.model is None or selection.image_data is None:
-    st.info("Choose a model and an image in the sidebar.")
+    st.info("Choose a model and an image in the sidebar; if an upload could not be used, the sidebar says why.")
     st.stop()
 model = selection.model
 
@@ -87,6 +87,9 @@ for start in range(0, len(panels), columns_per_row):
         column.markdown(f"**{label}**" + (" · signed" if result.signed else ""))
         if method_info(result.method).family == "classic":
             column.caption("Saliency of the image, not of the model: ignores the network and the class.")
+        if not result.raw.any():
+            column.caption(":orange[Zero everywhere: no location has positive evidence at this depth, "
+                           "so the method's ReLU leaves nothing.]")
         where = "with its own passes" if result.method in own else "on the shared pass"
         column.caption(f"{result.seconds * 1000:.1f} ms {where} · {passes}")
 
