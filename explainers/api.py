@@ -78,7 +78,7 @@ def explain_batch(model: ModelSpec, images: Any, methods: Sequence[str], block: 
                 forwards=shared.forwards + output.forwards,
                 backwards=(shared.backwards if method.needs_gradients else 0) + output.backwards,
                 seconds=seconds / len(results), trace_seconds=shared.seconds / len(results),
-                extras=dict(output.extras),
+                extras=output.extras_of(i),
             )
     return results
 

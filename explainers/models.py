@@ -96,6 +96,7 @@ class ModelSpec:
     _fingerprint: str | None = field(default=None, repr=False)
     _block_shapes: dict[str, tuple[int, int, int]] | None = field(default=None, repr=False)
     _gap_head: bool | None = field(default=None, repr=False)
+    _inference_net: nn.Module | None = field(default=None, repr=False)
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -131,6 +132,19 @@ class ModelSpec:
             self._probe()
         assert self._gap_head is not None
         return self._gap_head
+
+    @property
+    def inference_net(self) -> nn.Module:
+        """The network for batched gradient-free passes (perturbation methods): batch norms folded,
+        channels-last, checked against ``net`` when made (``explainers.inference``). Feed it
+        channels-last inputs under ``torch.inference_mode()``; hooks on ``net`` do not reach it."""
+        if self._inference_net is None:
+            from .inference import inference_copy
+
+            generator = torch.Generator().manual_seed(1)
+            probe = torch.randn(2, len(self.transform.mean), *self.input_size, generator=generator)
+            self._inference_net = inference_copy(self.net, probe)
+        return self._inference_net
 
     def _probe(self) -> None:
         from .trace import trace

@@ -46,7 +46,7 @@ try:
 except (ValueError, RuntimeError, TypeError) as error:  # a model whose layers the methods cannot run through
     st.error(f"Cluster-CAM could not run on {model.name} at {block}: {error}. Try another depth or model.")
     st.stop()
-parts = result.extras["cluster_cam"][0]
+parts = result.extras["cluster_cam"]
 target = model.class_name(result.target)
 size = max(256, model.input_size[0])
 thumb = 160

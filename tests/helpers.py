@@ -81,8 +81,9 @@ class PassCounter:
 
 
 @contextmanager
-def count_passes(net: nn.Module, monkeypatch) -> Iterator[PassCounter]:
-    """Count real forward calls of ``net`` and real backward passes through its output.
+def count_passes(net: nn.Module, monkeypatch, *more: nn.Module) -> Iterator[PassCounter]:
+    """Count real forward calls of ``net`` (and of ``more`` networks, e.g. ``model.inference_net``) and
+    real backward passes through their outputs.
 
     A forward hook on ``net`` counts its calls; when the output is part of an autograd
     graph, a tensor hook on it counts every backward pass that reaches the logits (it fires
@@ -108,8 +109,9 @@ def count_passes(net: nn.Module, monkeypatch) -> Iterator[PassCounter]:
 
     monkeypatch.setattr(torch.autograd, "grad", wrap(torch.autograd.grad))
     monkeypatch.setattr(torch.autograd, "backward", wrap(torch.autograd.backward))
-    handle = net.register_forward_hook(on_forward)
+    handles = [module.register_forward_hook(on_forward) for module in {id(m): m for m in (net, *more)}.values()]
     try:
         yield counter
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()

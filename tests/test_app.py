@@ -195,11 +195,23 @@ ISSUE_4_METHODS = ["scorecam", "ablationcam", "clustercam", "lrp_epsilon", "lrp_
 
 
 def images_through(app: AppTest):
-    """A counter of the images the page's model pushes through its forward from now on, and its hook."""
+    """A counter of the images the page's model pushes through its forward (or through the copy that
+    perturbation methods use) from now on, and a handle that removes its hooks."""
     counted = [0]
     model = app.session_state["_selection"].model
-    handle = model.net.register_forward_hook(lambda _m, inputs, _o: counted.__setitem__(0, counted[0] + len(inputs[0])))
-    return counted, handle
+    nets = {id(net): net for net in (model.net, model.inference_net)}.values()
+    handles = [net.register_forward_hook(lambda _m, inputs, _o: counted.__setitem__(0, counted[0] + len(inputs[0])))
+               for net in nets]
+    return counted, RemovableHandles(handles)
+
+
+class RemovableHandles:
+    def __init__(self, handles: list) -> None:
+        self.handles = handles
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
 
 
 def test_cluster_cam_page_shows_q_maps_and_masked_images_with_base_and_scissors():

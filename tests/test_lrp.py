@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from explainers import explain, explain_many, load_model, method_info
+from explainers import explain, explain_batch, explain_many, load_model, method_info
 from explainers.methods import lrp as L
 from helpers import digits_model, digits_test_batch, hook_counts, one_thread, random_torchvision
 
@@ -150,11 +150,25 @@ def test_lrp_methods_are_registered_signed_at_pixel_resolution_with_their_own_pa
         assert info.family == "propagation" and info.signed and not info.needs_gradients
         assert result.raw.shape == (64, 64) and result.heatmap.shape == (64, 64)
         assert result.forwards == 2 and result.backwards == 1, "the shared trace + LRP's own forward and backward"
-        assert result.extras["block_relevance"].shape == (1, *model.block_shapes["B3"][1:])
-        assert np.isclose(result.extras["relevance_total"][0], result.raw.sum(), rtol=1e-4)
+        assert result.extras["block_relevance"].shape == model.block_shapes["B3"][1:]
+        assert np.isclose(result.extras["relevance_total"], result.raw.sum(), rtol=1e-4)
         assert (result.raw > 0).any() and (result.raw < 0).any()
     assert np.array_equal(explain(model, x, "lrp_gamma", block="B1").raw, maps["lrp_gamma"].raw), \
         "the pixel map does not depend on the block"
+
+
+def test_each_image_of_a_batch_gets_its_own_extras():
+    model = digits_model()
+    images, _ = digits_test_batch(3)
+    results = explain_batch(model, images, ["lrp_epsilon", "clustercam"], block="B3")
+    for result in results:
+        lrp, cluster = result["lrp_epsilon"], result["clustercam"]
+        assert np.isclose(lrp.extras["relevance_total"], lrp.raw.sum(), rtol=1e-4)
+        assert lrp.extras["block_relevance"].shape == model.block_shapes["B3"][1:]
+        assert cluster.extras["cluster_cam"].target == cluster.target
+        assert np.allclose(cluster.extras["cluster_cam"].raw(), cluster.raw, atol=1e-6)
+    totals = [result["lrp_epsilon"].extras["relevance_total"] for result in results]
+    assert len(set(totals)) == 3, "three images, three different relevance sums"
 
 
 def test_lrp_never_touches_the_shared_model_and_removes_its_hooks_on_error():
@@ -199,7 +213,7 @@ def test_a_canonizer_that_does_not_fit_is_detected_and_lrp_runs_without_it():
     result = explain(model, x, "lrp_epsilon", block=list(model.blocks)[-1])
     assert result.extras["canonized"] is False
     assert result.forwards == 1 + 2 and result.backwards == 2, "the misfit pass and the plain one are both counted"
-    assert np.isclose(result.extras["logit"][0], float(model.net(x[None])[0, result.target].detach()), rtol=1e-5)
+    assert np.isclose(result.extras["logit"], float(model.net(x[None])[0, result.target].detach()), rtol=1e-5)
 
 
 def test_densenet_batch_norms_are_merged_only_where_a_convolution_feeds_them():

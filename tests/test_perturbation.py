@@ -53,17 +53,20 @@ def brute_force_drops(model, image: torch.Tensor, block: str, target: int) -> tu
 
 
 class ImageCounter:
-    """Images pushed through a module's forward (a batch of 32 counts 32)."""
+    """Images pushed through the modules' forwards (a batch of 32 counts 32); a module given twice
+    (``model.inference_net`` may be ``model.net`` itself) counts once."""
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, *modules: nn.Module) -> None:
         self.images = 0
-        self.handle = module.register_forward_hook(self.count)
+        distinct = {id(module): module for module in modules}.values()
+        self.handles = [module.register_forward_hook(self.count) for module in distinct]
 
     def count(self, _module, inputs, _output) -> None:
         self.images += inputs[0].shape[0]
 
     def remove(self) -> None:
-        self.handle.remove()
+        for handle in self.handles:
+            handle.remove()
 
 
 # --- Ablation-CAM --------------------------------------------------------------------------------
@@ -109,9 +112,9 @@ def test_ablation_counts_tail_passes_and_skips_dead_channels(model, monkeypatch)
     image = digits_test_batch(1)[0][0]
     recorded = trace(model, image[None], blocks=["B3"])
     alive = int(recorded.activations["B3"][0].flatten(1).ne(0).any(1).sum())
-    tail = ImageCounter(model.net.layer4)
+    tail = ImageCounter(model.inference_net.layer4)
     try:
-        with count_passes(model.net, monkeypatch) as passes:
+        with count_passes(model.net, monkeypatch, model.inference_net) as passes:
             output = P.ablation_cam(recorded, "B3", model)
     finally:
         tail.remove()
@@ -165,7 +168,7 @@ def test_ablation_on_a_vgg_layout_runs_only_the_layers_after_the_block(block, mo
     assert vgg.family == "vgg" and not vgg.gap_head and P.tail_after(vgg, block) is not None
     image = torch.randn(1, 64, 64, generator=torch.Generator().manual_seed(4))
     recorded = trace(vgg, image[None], blocks=[block])
-    with count_passes(vgg.net, monkeypatch) as passes:
+    with count_passes(vgg.net, monkeypatch, vgg.inference_net) as passes:
         drops, scores, _ = P.ablation_drops(recorded, block, vgg)
     assert passes.forwards == 0
     expected, score = brute_force_drops(vgg, image, block, int(recorded.targets[0]))
@@ -206,8 +209,8 @@ def test_score_cam_reports_its_masked_passes(model, monkeypatch):
     image = digits_test_batch(1)[0][0]
     recorded = trace(model, image[None], blocks=["B4"])
     distinct = int(P.distinct_maps(recorded.activations["B4"][0])[1].max()) + 1
-    with count_passes(model.net, monkeypatch):
-        counter = ImageCounter(model.net)
+    with count_passes(model.net, monkeypatch, model.inference_net):
+        counter = ImageCounter(model.net, model.inference_net)
         try:
             explanation = explain(model, image, "scorecam")
         finally:
@@ -221,7 +224,7 @@ def test_score_cam_reports_its_masked_passes(model, monkeypatch):
 def test_cluster_cam_alpha_one_is_the_base_clusters_mean_map(model):
     image = digits_test_batch(4)[0][2]
     explanation = P.explain_cluster_cam(model, image, block="B4", alpha=1.0)
-    parts = explanation.extras["cluster_cam"][0]
+    parts = explanation.extras["cluster_cam"]
     activations = trace(model, image[None], blocks=["B4"]).activations["B4"][0]
     mean = activations[torch.from_numpy(parts.labels == parts.base)].mean(0)  # eq. 18, computed here
     upsampled = F.interpolate(mean[None, None], size=(64, 64), mode="bilinear", align_corners=False)[0, 0]
@@ -234,7 +237,7 @@ def test_cluster_cam_alpha_one_is_the_base_clusters_mean_map(model):
 def test_cluster_cam_base_scores_highest_and_scissors_lowest(model):
     images, _ = digits_test_batch(3)
     for image in images:
-        parts = P.explain_cluster_cam(model, image, block="B3").extras["cluster_cam"][0]
+        parts = P.explain_cluster_cam(model, image, block="B3").extras["cluster_cam"]
         with torch.no_grad():  # the masked scores, one plain forward each
             scores = [model.net((image * torch.from_numpy(m))[None]).softmax(1)[0, parts.target].item()
                       for m in parts.masks]
@@ -246,9 +249,9 @@ def test_cluster_cam_base_scores_highest_and_scissors_lowest(model):
 @pytest.mark.parametrize("q", [6, 3])
 def test_cluster_cam_uses_exactly_q_plus_one_forward_passes(model, q, monkeypatch):
     image = digits_test_batch(1)[0][0]
-    counter = ImageCounter(model.net)
+    counter = ImageCounter(model.net, model.inference_net)
     try:
-        with count_passes(model.net, monkeypatch) as passes:
+        with count_passes(model.net, monkeypatch, model.inference_net) as passes:
             explanation = P.explain_cluster_cam(model, image, q=q) if q != 6 else explain(model, image, "clustercam")
     finally:
         counter.remove()
@@ -259,8 +262,8 @@ def test_cluster_cam_uses_exactly_q_plus_one_forward_passes(model, q, monkeypatc
 
 def test_changing_alpha_recombines_without_any_pass(model, monkeypatch):
     image = digits_test_batch(1)[0][0]
-    parts = P.explain_cluster_cam(model, image).extras["cluster_cam"][0]
-    with count_passes(model.net, monkeypatch) as passes:
+    parts = P.explain_cluster_cam(model, image).extras["cluster_cam"]
+    with count_passes(model.net, monkeypatch, model.inference_net) as passes:
         for alpha in (0.0, 0.3, 0.5, 1.0):
             expected = alpha * parts.masks[parts.base] - (1 - alpha) * parts.masks[parts.scissors]  # eq. 22
             assert close(parts.heatmap(alpha), expected, 1e-5)
@@ -272,10 +275,10 @@ def test_changing_alpha_recombines_without_any_pass(model, monkeypatch):
 
 def test_cluster_cam_is_reproducible_and_offers_spectral_clustering(model):
     image = digits_test_batch(1)[0][0]
-    first = P.explain_cluster_cam(model, image, block="B3").extras["cluster_cam"][0]
-    again = P.explain_cluster_cam(model, image, block="B3").extras["cluster_cam"][0]
+    first = P.explain_cluster_cam(model, image, block="B3").extras["cluster_cam"]
+    again = P.explain_cluster_cam(model, image, block="B3").extras["cluster_cam"]
     assert np.array_equal(first.labels, again.labels) and np.array_equal(first.scores, again.scores)
-    spectral = P.explain_cluster_cam(model, image, block="B3", clustering="spectral").extras["cluster_cam"][0]
+    spectral = P.explain_cluster_cam(model, image, block="B3", clustering="spectral").extras["cluster_cam"]
     assert spectral.clustering == "spectral" and spectral.q == 6
     assert sorted(np.unique(spectral.labels)) == list(range(6))
     with pytest.raises(ValueError, match="clustering must be one of"):

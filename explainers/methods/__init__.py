@@ -19,12 +19,20 @@ FAMILIES = ("gradient", "gradient-free", "perturbation", "propagation", "classic
 
 @dataclass
 class MethodOutput:
-    """Maps (N, h, w) at block resolution plus any passes the method ran beyond the shared trace."""
+    """Maps (N, h, w) at block resolution plus any passes the method ran beyond the shared trace.
+
+    ``extras`` hold what holds for the whole batch; ``per_image`` (one dict per image, or empty)
+    what belongs to one image. Image i's ``Explanation.extras`` merges both.
+    """
 
     maps: torch.Tensor
     forwards: int = 0
     backwards: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
+    per_image: list[dict[str, Any]] = field(default_factory=list)
+
+    def extras_of(self, index: int) -> dict[str, Any]:
+        return {**self.extras, **(self.per_image[index] if self.per_image else {})}
 
 
 Compute = Callable[["Trace", str, "ModelSpec"], Union[torch.Tensor, MethodOutput]]

@@ -204,13 +204,15 @@ def lrp_output(trace: "Trace", block: str, model: "ModelSpec", rule: str) -> Met
         passes, canonized = 1 + (result is not None), False
         result = relevance(model, trace.inputs, trace.targets, rule=rule, block=block, canonize=False)
     pixels = result.pixels.sum(dim=1)
-    extras = {
-        "relevance_total": pixels.sum(dim=(1, 2)).numpy(),
-        "logit": result.logits.gather(1, trace.targets[:, None])[:, 0].numpy(),
-        "block_relevance": result.block.sum(dim=1).numpy() if result.block is not None else None,
-        "canonized": canonized,
-    }
-    return MethodOutput(maps=pixels, forwards=passes, backwards=passes, extras=extras)
+    totals = pixels.sum(dim=(1, 2))
+    logits = result.logits.gather(1, trace.targets[:, None])[:, 0]
+    per_image = [{
+        "relevance_total": float(totals[i]),
+        "logit": float(logits[i]),
+        "block_relevance": result.block[i].sum(dim=0).numpy() if result.block is not None else None,
+    } for i in range(len(pixels))]
+    return MethodOutput(maps=pixels, forwards=passes, backwards=passes, extras={"canonized": canonized},
+                        per_image=per_image)
 
 
 @register_method(

@@ -8,8 +8,9 @@ or the block's output is perturbed. No gradient is used.
   cognition-scissors.
 
 Fast paths, each equal to the plain definition (``*_plain`` below; the tests compare them):
-masked inputs run in batches under ``torch.inference_mode()`` (channels-last memory, which
-only changes the order of floating-point sums); channels whose map is constant have no
+masked inputs run in batches under ``torch.inference_mode()`` through ``model.inference_net``,
+a copy with batch norms folded into the convolutions and channels-last memory (both only
+change the order of floating-point sums; ``explainers.inference``); channels whose map is constant have no
 Score-CAM mask (0/0) and contribute nothing, and channels with the same scaled map share one
 mask and one pass; an ablation runs only the network after the block, and at the last
 block of a GAP + linear head it is closed-form (no pass at all).
@@ -93,7 +94,7 @@ def masked_scores(model: "ModelSpec", image: torch.Tensor, maps: torch.Tensor, t
     for part in _batches(maps.shape[0], batch_size):
         masks, _ = scaled_masks(maps[part], image.shape[-2:])
         batch = (image.unsqueeze(0) * masks.unsqueeze(1)).contiguous(memory_format=torch.channels_last)
-        scores.append(model.net(batch).softmax(dim=1)[:, target])
+        scores.append(model.inference_net(batch).softmax(dim=1)[:, target])
         if steps:
             steps.advance(part.stop - part.start)
     return torch.cat(scores) if scores else torch.zeros(0)
@@ -176,24 +177,26 @@ def tail_after(model: "ModelSpec", block: str) -> Callable[[torch.Tensor], torch
     classifier). None otherwise; callers then use ``substituted_forward``. ``after_block`` checks
     the result against the whole network, so a model that only looks like one of these is caught.
     """
-    net = model.net
+    net, fast = model.net, model.inference_net  # same module names; ``fast`` has its batch norms folded
     if model.family == "resnet":
         stages = [getattr(net, f"layer{i}", None) for i in range(1, 5)]
         if list(model.blocks.values()) != stages or getattr(net, "fc", None) is not model.classifier:
             return None
-        later, head = stages[list(model.blocks).index(block) + 1:], getattr(net, "fc")
+        later = [getattr(fast, f"layer{i}") for i in range(list(model.blocks).index(block) + 2, 5)]
+        head = getattr(fast, "fc")
     elif model.family == "vgg" and isinstance(getattr(net, "classifier", None), torch.nn.Sequential):
         layers = list(net.features)
-        later, head = layers[layers.index(model.blocks[block]) + 1:], net.classifier
+        later, head = list(fast.features)[layers.index(model.blocks[block]) + 1:], fast.classifier
     else:
         return None
     if not hasattr(net, "avgpool"):
         return None
 
     def tail(outputs: torch.Tensor) -> torch.Tensor:
+        outputs = outputs.contiguous(memory_format=torch.channels_last)
         for layer in later:
             outputs = layer(outputs)
-        return head(torch.flatten(net.avgpool(outputs), 1))
+        return head(torch.flatten(fast.avgpool(outputs), 1))
 
     return tail
 
@@ -413,8 +416,8 @@ def cluster_cam(trace: "Trace", block: str, model: "ModelSpec", q: int = CLUSTER
     """Cluster-CAM (Feng et al. 2023, seed 002, eq. 17-22): H = alpha * base - (1 - alpha) * scissors.
 
     Signed: positive where the cognition-base map dominates, negative where the scissors cut.
-    With the shared trace that makes Q + 1 forward passes. ``extras["cluster_cam"]`` holds one
-    ``ClusterCAM`` per image of the batch, from which H is recomputed for any alpha.
+    With the shared trace that makes Q + 1 forward passes. Each image's ``extras["cluster_cam"]``
+    is its ``ClusterCAM``, from which H is recomputed for any alpha.
 
     alpha = 0.5 by default. The paper prints no value, but its Figure 3 bounds it: the base holds
     both dogs, the scissors only the spaniel, and the final map keeps the elkhound alone, so
@@ -424,7 +427,7 @@ def cluster_cam(trace: "Trace", block: str, model: "ModelSpec", q: int = CLUSTER
     """
     parts = cluster_cam_parts(trace, block, model, q, alpha, clustering, seed, batch_size, listener)
     maps = torch.stack([torch.from_numpy(p.raw()).float() for p in parts])
-    return MethodOutput(maps=maps, forwards=max(p.q for p in parts), extras={"cluster_cam": parts})
+    return MethodOutput(maps=maps, forwards=max(p.q for p in parts), per_image=[{"cluster_cam": p} for p in parts])
 
 
 def explain_cluster_cam(model: "ModelSpec", image: object, block: str = "B4", target: int | None = None,
@@ -432,7 +435,7 @@ def explain_cluster_cam(model: "ModelSpec", image: object, block: str = "B4", ta
                         seed: int = 0) -> "Explanation":
     """Cluster-CAM for one image with any Q and clustering (the registry entry uses the defaults).
 
-    ``extras["cluster_cam"][0]`` is the image's ``ClusterCAM``; ``forwards`` = Q + 1.
+    ``extras["cluster_cam"]`` is the image's ``ClusterCAM``; ``forwards`` = Q + 1.
     """
     import time
 
@@ -446,7 +449,7 @@ def explain_cluster_cam(model: "ModelSpec", image: object, block: str = "B4", ta
         method="clustercam", block=block, target=int(shared.targets[0]), raw=output.maps[0].numpy(),
         heatmap=upsample(output.maps, model.input_size)[0].numpy(), signed=True,
         forwards=shared.forwards + output.forwards, backwards=0, seconds=time.perf_counter() - started,
-        trace_seconds=shared.seconds, extras=output.extras)
+        trace_seconds=shared.seconds, extras=output.extras_of(0))
 
 
 def masked_pictures(model: "ModelSpec", image: torch.Tensor, masks: np.ndarray) -> np.ndarray:
