@@ -13,14 +13,19 @@ from PIL import Image, ImageDraw, ImageFont
 from .maps import normalise
 
 DIVERGING = "RdBu_r"
+GHOST_FLOOR = 150.0  # black in the image becomes this grey under a signed map
 SEQUENTIAL = ("jet", "turbo", "inferno", "viridis", "magma")
 
 
 def colorize(heatmap: np.ndarray, signed: bool = False, cmap: str = "jet") -> np.ndarray:
     """RGB uint8 picture of a map: sequential colours on [0, 1], or diverging on [-1, 1] when signed."""
+    return colorize_scaled(normalise(heatmap, signed), signed, cmap)
+
+
+def colorize_scaled(scaled: np.ndarray, signed: bool = False, cmap: str = "jet") -> np.ndarray:
+    """RGB uint8 colours of values already scaled to [0, 1] (or [-1, 1] when signed)."""
     import matplotlib
 
-    scaled = normalise(heatmap, signed)
     if signed:
         colours = matplotlib.colormaps[DIVERGING]((scaled + 1) / 2)
     else:
@@ -32,8 +37,10 @@ def overlay(image: Image.Image, heatmap: np.ndarray, signed: bool = False, cmap:
             opacity: float = 0.5, size: int | None = None) -> Image.Image:
     """The map drawn over the image, both resized (bilinear) to ``size`` pixels a side if given.
 
-    A signed map is laid on with an opacity that grows with |value|: where the evidence is zero
-    the image shows through, instead of being washed out by the colour map's white middle.
+    A sequential map is blended with the image at ``opacity``. A signed map is laid on a faint
+    grey copy of the image with an opacity that grows with |value| (at the default 0.5, the
+    peak's colour is opaque and half the peak half so): where the evidence is zero the image shows through, and the
+    image's own brightness cannot pass for red or blue.
     """
     base = image.convert("RGB")
     if size:
@@ -42,10 +49,19 @@ def overlay(image: Image.Image, heatmap: np.ndarray, signed: bool = False, cmap:
     colours = Image.fromarray(colorize(heatmap, signed, cmap)).resize(base.size, Image.BILINEAR)
     if not signed:
         return Image.blend(base, colours, opacity)
+    grey = np.asarray(base.convert("L"), dtype=np.float32)[..., None]
+    faint = GHOST_FLOOR + (255 - GHOST_FLOOR) * grey / 255
     strength = Image.fromarray(np.abs(normalise(heatmap, signed=True)).astype(np.float32), mode="F")
-    alpha = opacity * np.clip(np.asarray(strength.resize(base.size, Image.BILINEAR)), 0, 1)[..., None]
-    blended = np.asarray(base, dtype=np.float32) * (1 - alpha) + np.asarray(colours, dtype=np.float32) * alpha
+    alpha = np.clip(2 * opacity * np.asarray(strength.resize(base.size, Image.BILINEAR)), 0, 1)[..., None]
+    blended = faint * (1 - alpha) + np.asarray(colours, dtype=np.float32) * alpha
     return Image.fromarray(blended.round().astype(np.uint8))
+
+
+def colour_bar(signed: bool = False, cmap: str = "jet", width: int = 240, height: int = 12) -> Image.Image:
+    """The colour scale as a horizontal bar: 0 -> 1 for sequential maps, -1 -> 0 -> +1 when signed."""
+    ramp = np.linspace(-1 if signed else 0, 1, width, dtype=np.float32)
+    colours = colorize_scaled(ramp, signed, cmap)
+    return Image.fromarray(np.repeat(colours[None], height, axis=0))
 
 
 def cells(heatmap: np.ndarray, signed: bool = False, cmap: str = "jet", size: int = 256) -> Image.Image:

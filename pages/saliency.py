@@ -4,7 +4,7 @@ import io
 import streamlit as st
 
 from explainers import method_info
-from explainers.render import SEQUENTIAL, cells, grid, overlay
+from explainers.render import SEQUENTIAL, cells, colour_bar, grid, overlay
 from ui.cache import explanations
 from ui.progress import progress_bar
 from ui.sidebar import current
@@ -68,6 +68,12 @@ with header[1]:
                                        "panels)." if own else "."))
     for name, reason in skipped:
         st.caption(f"Not shown — {reason}.")
+    kinds = sorted({result.signed for result in maps.values()})
+    scales = st.columns(len(kinds) + 1)
+    for column, signed in zip(scales, kinds):
+        column.image(colour_bar(signed, cmap), width=240)
+        column.caption("signed: blue − · 0 · + red (each panel's 99.5th percentile of |value| = ±1)" if signed
+                       else "0 → 1: each panel scaled to its own min and max")
 
 panels = []
 for name, result in maps.items():

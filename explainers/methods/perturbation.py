@@ -467,7 +467,7 @@ def masked_pictures(model: "ModelSpec", image: torch.Tensor, masks: np.ndarray) 
 @register_method(
     "scorecam", label="Score-CAM", family="perturbation",
     description="Each channel, upsampled and scaled to [0, 1], masks the input; its weight is the target's "
-                "probability for that masked input. One forward per channel (batched).",
+                "probability for that masked input. One batched forward per distinct non-constant channel map.",
     reference="Wang et al. 2020, Score-CAM: Score-Weighted Visual Explanations for CNNs, eq. 3-6",
 )
 def scorecam(trace: "Trace", block: str, model: "ModelSpec") -> MethodOutput:
