@@ -228,8 +228,12 @@ def _choose_block(selection: Selection) -> None:
 def _choose_methods(selection: Selection) -> None:
     options = methods()
     _ensure_many("methods", options, [m for m in DEFAULT_METHODS if m in options])
-    selection.methods = st.multiselect("Methods", options, key="methods",
-                                       format_func=lambda m: f"{method_info(m).label} ({method_info(m).family})")
+    families: dict[str, list[str]] = {}
+    for name in options:
+        families.setdefault(method_info(name).family, []).append(method_info(name).label)
+    shelf = "  \n".join(f"**{family}**: {', '.join(labels)}" for family, labels in families.items())
+    selection.methods = st.multiselect("Methods", options, key="methods", format_func=lambda m: method_info(m).label,
+                                       help=f"Shown side by side on the Saliency page.  \n{shelf}")
 
 
 def _ensure(key: str, options: list, default: object, cast: type | None = None) -> object | None:
