@@ -17,7 +17,8 @@ import torch
 
 from .data import DatasetSpec
 from .models import BLOCK_NAMES, ModelSpec
-from .prototypes import PrototypeExplainer, Progress, batches, depth_blocks
+from .progress import Progress, scaled
+from .prototypes import PrototypeExplainer, batches, depth_blocks
 from .trace import trace
 
 
@@ -64,7 +65,7 @@ def accuracies(model: ModelSpec, dataset: DatasetSpec, explainers: dict[str, Pro
         activations = result.activations
         correct["CNN"] += int((result.logits.argmax(1).numpy() == truth).sum())
         for name, explainer in explainers.items():
-            correct[name] += int((explainer._predict_activations(activations) == truth).sum())
+            correct[name] += int((explainer.predict_activations(activations) == truth).sum())
         if progress:
             progress((start + len(inputs)) / len(dataset), f"scoring {dataset.split} images")
     return {name: count / len(dataset) for name, count in correct.items()}
@@ -73,11 +74,8 @@ def accuracies(model: ModelSpec, dataset: DatasetSpec, explainers: dict[str, Pro
 def accuracy_table(model: ModelSpec, train: DatasetSpec, test: DatasetSpec,
                    explainers: dict[str, PrototypeExplainer], progress: Progress | None = None) -> list[dict[str, object]]:
     """Table 2 rows: train and test accuracy (percent) of the CNN and of every explainer given."""
-    halves = [None, None]
-    if progress:
-        halves = [lambda f, m: progress(f / 2, m), lambda f, m: progress(0.5 + f / 2, m)]
-    on_train = accuracies(model, train, explainers, halves[0])
-    on_test = accuracies(model, test, explainers, halves[1])
+    on_train = accuracies(model, train, explainers, scaled(progress, 0.0, 0.5))
+    on_test = accuracies(model, test, explainers, scaled(progress, 0.5, 1.0))
     return [{"model": name, "train": round(100 * on_train[name], 1), "test": round(100 * on_test[name], 1)}
             for name in on_train]
 
@@ -186,12 +184,5 @@ def projection(train_z: np.ndarray, train_labels: np.ndarray, test_z: np.ndarray
     )
 
 
-def pooled_embeddings(model: ModelSpec, dataset: DatasetSpec, progress: Progress | None = None) -> np.ndarray:
-    """z for every image of a dataset (batched, no gradients)."""
-    from .prototypes import embeddings
-
-    return embeddings(model, dataset, progress=progress)
-
-
 __all__ = ["Projection", "accuracy_table", "accuracies", "alignment_table", "classifier_prototypes",
-           "mean_cosines", "off_manifold", "place_by_distances", "place_prototypes", "pooled_embeddings", "projection", "rescaled_columns"]
+           "mean_cosines", "off_manifold", "place_by_distances", "place_prototypes", "projection", "rescaled_columns"]

@@ -21,7 +21,21 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["conv_bn_pairs", "fold_batch_norms", "inference_copy"]
+__all__ = ["conv_bn_pairs", "fold_batch_norms", "hookless_copy", "inference_copy"]
+
+
+def hookless_copy(net: nn.Module) -> nn.Module:
+    """An eval-mode deep copy of ``net`` without hooks and without gradients for its parameters.
+
+    A copy made while another pass runs (the trace's hooks, a counter in a test) or of a user's
+    hooked model must not inherit hooks that would fire in the copy's passes too.
+    """
+    twin = copy.deepcopy(net).eval()
+    for module in twin.modules():
+        module._forward_hooks.clear()
+        module._forward_pre_hooks.clear()
+        module._backward_hooks.clear()
+    return twin.requires_grad_(False)
 
 
 def conv_bn_pairs(net: nn.Module) -> list[tuple[str, str]]:
@@ -49,9 +63,9 @@ def conv_bn_pairs(net: nn.Module) -> list[tuple[str, str]]:
 
 
 def fold_batch_norms(net: nn.Module) -> nn.Module:
-    """An eval-mode deep copy of ``net`` with each of its ``conv_bn_pairs`` folded into one convolution
+    """A ``hookless_copy`` of ``net`` with each of its ``conv_bn_pairs`` folded into one convolution
     (the BN becomes ``nn.Identity``). Module names and the forward code stay as they were."""
-    folded = copy.deepcopy(net).eval()
+    folded = hookless_copy(net)
     for conv_name, bn_name in conv_bn_pairs(folded):
         conv, bn = folded.get_submodule(conv_name), folded.get_submodule(bn_name)
         folded.set_submodule(conv_name, fuse_conv_bn_eval(conv, bn))
@@ -73,11 +87,8 @@ def inference_copy(net: nn.Module, probe: torch.Tensor) -> nn.Module:
     was_training = net.training
     net.eval()
     try:
-        for make in (fold_batch_norms, lambda module: copy.deepcopy(module).eval()):
-            candidate = make(net).to(memory_format=torch.channels_last).requires_grad_(False)
-            for module in candidate.modules():  # a copied hook (e.g. a user's) must not fire twice
-                module._forward_hooks.clear()
-                module._forward_pre_hooks.clear()
+        for make in (fold_batch_norms, hookless_copy):
+            candidate = make(net).to(memory_format=torch.channels_last)
             if _agrees(candidate, net, probe):
                 return candidate
         return net

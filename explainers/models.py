@@ -65,6 +65,18 @@ class Preprocess:
     def __call__(self, image: Image.Image) -> torch.Tensor:
         return self.to_tensor(self.geometry(image))
 
+    def pixel_values(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Model inputs (N, C, H, W) back to pixel values (0..1 for real images): normalisation undone."""
+        return inputs * self._channel(self.std) + self._channel(self.mean)
+
+    def model_values(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixel values (N, C, H, W) to model inputs: the normalisation ``to_tensor`` applies."""
+        return (pixels - self._channel(self.mean)) / self._channel(self.std)
+
+    @staticmethod
+    def _channel(values: tuple[float, ...]) -> torch.Tensor:
+        return torch.tensor(values).view(1, -1, 1, 1)
+
 
 def flatten_alpha(image: Image.Image, background: int = 255) -> Image.Image:
     """Composite a transparent image over a plain background (black for digits, white for photos)."""
@@ -141,17 +153,18 @@ class ModelSpec:
         if self._inference_net is None:
             from .inference import inference_copy
 
-            generator = torch.Generator().manual_seed(1)
-            probe = torch.randn(2, len(self.transform.mean), *self.input_size, generator=generator)
-            self._inference_net = inference_copy(self.net, probe)
+            self._inference_net = inference_copy(self.net, self.probe_inputs(2))
         return self._inference_net
+
+    def probe_inputs(self, count: int) -> torch.Tensor:
+        """Seeded random inputs of the model's shape, for checks made once when a model is used."""
+        generator = torch.Generator().manual_seed(0)
+        return torch.randn(count, len(self.transform.mean), *self.input_size, generator=generator)
 
     def _probe(self) -> None:
         from .trace import trace
 
-        generator = torch.Generator().manual_seed(0)
-        x = torch.randn(1, len(self.transform.mean), *self.input_size, generator=generator)
-        probe = trace(self, x)
+        probe = trace(self, self.probe_inputs(1))
         self._block_shapes = {name: tuple(a.shape[1:]) for name, a in probe.activations.items()}
         last = probe.activations[BLOCK_NAMES[len(self.blocks) - 1]]
         fits = last.shape[1] == self.classifier.in_features

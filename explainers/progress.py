@@ -29,6 +29,13 @@ def reporting(listener: Progress | None) -> Iterator[None]:
         _LISTENER.reset(token)
 
 
+def scaled(listener: Progress | None, low: float, high: float) -> Progress | None:
+    """A listener for one stage of a longer job: its fractions [0, 1] map to [low, high] of ``listener``."""
+    if listener is None:
+        return None
+    return lambda fraction, text: listener(low + (high - low) * min(max(fraction, 0.0), 1.0), text)
+
+
 def report(done: int, total: int, text: str, listener: Progress | None = None) -> None:
     """Tell ``listener`` (default: the one set by ``reporting``) that ``done`` of ``total`` steps are done."""
     listener = listener or _LISTENER.get()

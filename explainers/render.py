@@ -39,19 +39,20 @@ def overlay(image: Image.Image, heatmap: np.ndarray, signed: bool = False, cmap:
 
     A sequential map is blended with the image at ``opacity``. A signed map is laid on a faint
     grey copy of the image with an opacity that grows with |value| (at the default 0.5, the
-    peak's colour is opaque and half the peak half so): where the evidence is zero the image shows through, and the
-    image's own brightness cannot pass for red or blue.
+    peak's colour is opaque and half the peak's half so): where the evidence is zero the image
+    shows through, and the image's own brightness cannot pass for red or blue.
     """
     base = image.convert("RGB")
     if size:
         base = base.resize((size, size), Image.BILINEAR)
     opacity = float(np.clip(opacity, 0.0, 1.0))
-    colours = Image.fromarray(colorize(heatmap, signed, cmap)).resize(base.size, Image.BILINEAR)
+    scaled = normalise(heatmap, signed)
+    colours = Image.fromarray(colorize_scaled(scaled, signed, cmap)).resize(base.size, Image.BILINEAR)
     if not signed:
         return Image.blend(base, colours, opacity)
     grey = np.asarray(base.convert("L"), dtype=np.float32)[..., None]
     faint = GHOST_FLOOR + (255 - GHOST_FLOOR) * grey / 255
-    strength = Image.fromarray(np.abs(normalise(heatmap, signed=True)).astype(np.float32), mode="F")
+    strength = Image.fromarray(np.abs(scaled).astype(np.float32), mode="F")
     alpha = np.clip(2 * opacity * np.asarray(strength.resize(base.size, Image.BILINEAR)), 0, 1)[..., None]
     blended = faint * (1 - alpha) + np.asarray(colours, dtype=np.float32) * alpha
     return Image.fromarray(blended.round().astype(np.uint8))

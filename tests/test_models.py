@@ -247,3 +247,18 @@ def test_checkpoint_holding_code_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="refused"):
         load_model(path)
     assert UNPICKLED == [], "the checkpoint's code was executed"
+
+
+def test_pixel_values_undo_the_models_normalisation():
+    """pixel_values(transform(image)) is the resized image in [0, 1]; model_values goes back."""
+    import numpy as np
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    model = load_model("resnet18", weights=None)
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (300, 260, 3), dtype=np.uint8))
+    inputs = model.transform(image)[None]
+    expected = TF.to_tensor(model.transform.geometry(image))[None]
+    assert torch.allclose(model.transform.pixel_values(inputs), expected, atol=1e-6)
+    assert torch.allclose(model.transform.model_values(expected), inputs, atol=1e-5)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from explainers.alignment import Projection, accuracy_table, alignment_table, projection
+from explainers.alignment import Projection, accuracy_table, alignment_table, classifier_prototypes, projection
 from explainers.models import ModelSpec
 from explainers.methods.prototype import fitted
 from explainers.prototypes import PrototypeExplainer, embeddings
@@ -57,7 +57,7 @@ def figure2(model_key: str, _model: ModelSpec, source: str, classes: tuple[int, 
             _kmex: PrototypeExplainer) -> Projection:
     train_z, train_y = dataset_embeddings(model_key, _model, source, "train")
     test_z, test_y = dataset_embeddings(model_key, _model, source, "test")
-    columns = _model.classifier.weight.detach().numpy()
+    columns, _ = classifier_prototypes(_model)
     return projection(train_z, train_y, test_z, test_y, columns, _kmex, classes)
 
 

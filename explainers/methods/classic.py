@@ -33,9 +33,7 @@ OUTPUT_LEVEL = 2  # maps are summed at this pyramid level (1/4 of the input side
 
 def pixels(trace: "Trace", model: "ModelSpec") -> np.ndarray:
     """The input images as (N, H, W, C) floats in [0, 1]: the model's normalisation undone."""
-    mean = torch.tensor(model.transform.mean).view(1, -1, 1, 1)
-    std = torch.tensor(model.transform.std).view(1, -1, 1, 1)
-    return (trace.inputs * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy().astype(np.float64)
+    return model.transform.pixel_values(trace.inputs).clamp(0, 1).permute(0, 2, 3, 1).numpy().astype(np.float64)
 
 
 def grey(image: np.ndarray) -> np.ndarray:

@@ -37,8 +37,8 @@ absorbed part is exactly sum over biases of b * df_c/db (Euler's identity for pi
 functions), which the tests check. (zennit turns a merged batch norm into x / sqrt(1 + eps_bn)
 rather than x, so the canonized network's logit differs from the model's by ~5e-6 per batch
 norm.) On the digits model the batch norms' shifts absorb most
-of the logit. ``extras["relevance_total"]`` and ``extras["logit"]`` report both sums (one
-entry per image of the batch).
+of the logit. Each image's ``extras["relevance_total"]`` and ``extras["logit"]`` report both
+sums.
 
 LRP modifies the backward pass, so it cannot share the trace's gradients: it runs its own
 forward and backward pass, on a private copy of the network (canonizers rewrite weights in
@@ -47,7 +47,6 @@ registered in a ``with`` block that removes them whatever happens inside.
 """
 from __future__ import annotations
 
-import copy
 import threading
 import weakref
 from dataclasses import dataclass
@@ -56,6 +55,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from ..inference import hookless_copy
 from . import MethodOutput, register_method
 
 if TYPE_CHECKING:
@@ -102,9 +102,7 @@ def canonizers_for(model: "ModelSpec") -> list:
 
 def input_box(model: "ModelSpec", shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
     """The lowest and highest possible input values: pixels 0 and 1 after the model's normalisation."""
-    mean = torch.tensor(model.transform.mean).view(1, -1, 1, 1)
-    std = torch.tensor(model.transform.std).view(1, -1, 1, 1)
-    return ((0 - mean) / std).expand(shape).clone(), ((1 - mean) / std).expand(shape).clone()
+    return (model.transform.model_values(torch.zeros(shape)), model.transform.model_values(torch.ones(shape)))
 
 
 def composite_for(model: "ModelSpec", rule: str, shape: torch.Size, epsilon: float = EPSILON,
@@ -140,13 +138,7 @@ def _twin(net: nn.Module) -> tuple[nn.Module, threading.Lock]:
     with _TWINS_GUARD:
         entry = _TWINS.get(net)
         if entry is None:
-            twin = copy.deepcopy(net).eval()
-            for module in twin.modules():  # a copy made while another pass runs must not inherit its hooks
-                module._forward_hooks.clear()
-                module._forward_pre_hooks.clear()
-                module._backward_hooks.clear()
-            twin.requires_grad_(False)
-            entry = _TWINS[net] = (twin, threading.Lock())
+            entry = _TWINS[net] = (hookless_copy(net), threading.Lock())
     twin, lock = entry
     with lock:
         twin.load_state_dict(net.state_dict())  # weights changed in place since the copy (e.g. a sanity check)

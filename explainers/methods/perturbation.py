@@ -10,9 +10,9 @@ or the block's output is perturbed. No gradient is used.
 Fast paths, each equal to the plain definition (``*_plain`` below; the tests compare them):
 masked inputs run in batches under ``torch.inference_mode()`` through ``model.inference_net``,
 a copy with batch norms folded into the convolutions and channels-last memory (both only
-change the order of floating-point sums; ``explainers.inference``); channels whose map is constant have no
-Score-CAM mask (0/0) and contribute nothing, and channels with the same scaled map share one
-mask and one pass; an ablation runs only the network after the block, and at the last
+change the order of floating-point sums; ``explainers.inference``); channels whose map is
+constant have no Score-CAM mask (0/0) and contribute nothing, and channels with the same
+scaled map share one mask and one pass; an ablation runs only the network after the block, and at the last
 block of a GAP + linear head it is closed-form (no pass at all).
 
 Forward passes are counted in images, per explained image, beyond the shared trace: a
@@ -456,9 +456,7 @@ def masked_pictures(model: "ModelSpec", image: torch.Tensor, masks: np.ndarray) 
     """What the network saw for each mask: the normalised ``image`` (C, H, W) times the mask, with the
     normalisation undone, as (M, H, W, C) uint8. Masked-out pixels become the normalisation mean
     (x = 0 after normalising), not black."""
-    mean = torch.tensor(model.transform.mean).view(1, -1, 1, 1)
-    std = torch.tensor(model.transform.std).view(1, -1, 1, 1)
-    seen = image.unsqueeze(0) * torch.from_numpy(masks).unsqueeze(1) * std + mean
+    seen = model.transform.pixel_values(image.unsqueeze(0) * torch.from_numpy(masks).unsqueeze(1))
     return (seen.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
 
 
