@@ -9,10 +9,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import compute
 from .maps import upsample
-from .methods import MethodOutput, method_info
+from .methods import Method, MethodOutput, method_info
 from .models import ModelSpec
 from .trace import Trace, trace
+
+
+BATCHED_FAMILIES = ("perturbation", "prototype")  # methods whose own passes are submitted batch by batch
 
 
 class MethodUnavailableError(ValueError):
@@ -66,7 +70,7 @@ def explain_batch(model: ModelSpec, images: Any, methods: Sequence[str], block: 
     results: list[dict[str, Explanation]] = [{} for _ in range(batch.shape[0])]
     for method in chosen:
         started = time.perf_counter()
-        output = method.compute(shared, block, model)
+        output = _compute(method, shared, block, model)
         if not isinstance(output, MethodOutput):
             output = MethodOutput(maps=output)
         heatmaps = upsample(output.maps, model.input_size)
@@ -83,6 +87,15 @@ def explain_batch(model: ModelSpec, images: Any, methods: Sequence[str], block: 
     return results
 
 
+def _compute(method: Method, shared: Trace, block: str, model: ModelSpec) -> MethodOutput | torch.Tensor:
+    """A method's computation: one job of the compute thread (``explainers.compute``), except for the
+    methods that run many passes of their own, which submit one job per batch so that other sessions'
+    passes run between them (and report their progress from the caller's thread)."""
+    if method.family in BATCHED_FAMILIES:
+        return method.compute(shared, block, model)
+    return compute.run(method.compute, shared, block, model)
+
+
 def explain_many(model: ModelSpec, image: Any, methods: Sequence[str], block: str = "B4",
                  target: int | None = None) -> dict[str, Explanation]:
     """Several methods for one image, all from one shared trace."""
@@ -96,10 +109,14 @@ def explain(model: ModelSpec, image: Any, method: str, block: str = "B4", target
 
 def predict(model: ModelSpec, image: Any, top: int = 5) -> list[tuple[int, float]]:
     """The ``top`` classes and their probabilities for one image (one forward pass, no hooks)."""
-    with torch.inference_mode():
-        probabilities = model.net(as_batch(model, image)).softmax(dim=1)[0]
+    probabilities = compute.run(_probabilities, model, as_batch(model, image))[0]
     values, indices = probabilities.topk(min(top, probabilities.numel()))
     return [(int(i), float(v)) for i, v in zip(indices, values)]
+
+
+@torch.inference_mode()
+def _probabilities(model: ModelSpec, inputs: torch.Tensor) -> torch.Tensor:
+    return model.net(inputs).softmax(dim=1)
 
 
 __all__ = ["Explanation", "MethodUnavailableError", "Trace", "explain", "explain_batch", "explain_many", "predict"]

@@ -21,7 +21,7 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["conv_bn_pairs", "fold_batch_norms", "hookless_copy", "inference_copy"]
+__all__ = ["conv_bn_pairs", "fold_batch_norms", "hookless_copy", "inference_copy", "structural_copy"]
 
 
 def hookless_copy(net: nn.Module) -> nn.Module:
@@ -36,6 +36,29 @@ def hookless_copy(net: nn.Module) -> nn.Module:
         module._forward_pre_hooks.clear()
         module._backward_hooks.clear()
     return twin.requires_grad_(False)
+
+
+def structural_copy(net: nn.Module) -> nn.Module:
+    """A copy of ``net``'s modules, without hooks, whose parameters and buffers are new tensor
+    objects over the *same storage* as ``net``'s: no weight is copied.
+
+    For methods that rewrite a network while they run (zennit's canonizers and rules replace
+    ``module.weight`` or its ``.data`` and restore it afterwards): the rewrite happens to the
+    copy's tensor objects, never to the shared model another session is using, while changes
+    made to the model's weights in place are seen by the copy. Cheap enough to make per call.
+    """
+    memo: dict[int, object] = {}
+    for tensor in list(net.parameters()) + list(net.buffers()):
+        if isinstance(tensor, nn.Parameter):
+            memo[id(tensor)] = nn.Parameter(tensor.detach(), requires_grad=tensor.requires_grad)
+        else:
+            memo[id(tensor)] = tensor.detach()
+    twin = copy.deepcopy(net, memo)
+    for module in twin.modules():
+        module._forward_hooks.clear()
+        module._forward_pre_hooks.clear()
+        module._backward_hooks.clear()
+    return twin
 
 
 def conv_bn_pairs(net: nn.Module) -> list[tuple[str, str]]:
@@ -85,7 +108,8 @@ def inference_copy(net: nn.Module, probe: torch.Tensor) -> nn.Module:
     """The fastest of (BN-folded channels-last copy, channels-last copy, ``net`` itself) whose logits
     on ``probe`` (a batch of inputs) agree with ``net``'s. Gradients are not tracked in the copies."""
     was_training = net.training
-    net.eval()
+    if was_training:  # a shared model is in eval mode already: it is never written to then
+        net.eval()
     try:
         for make in (fold_batch_norms, hookless_copy):
             candidate = make(net).to(memory_format=torch.channels_last)
@@ -93,4 +117,5 @@ def inference_copy(net: nn.Module, probe: torch.Tensor) -> nn.Module:
                 return candidate
         return net
     finally:
-        net.train(was_training)
+        if was_training:
+            net.train(True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,9 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import functional as TF
 
+from . import compute
+from .hooks import Tap, tapped
+from .inference import inference_copy
 from .registry import Registry
 from .zoo import DIGITS_CARD, DIGITS_MEAN, DIGITS_STD, DIGITS_WEIGHTS, DigitsResNet
 
@@ -109,6 +113,8 @@ class ModelSpec:
     _block_shapes: dict[str, tuple[int, int, int]] | None = field(default=None, repr=False)
     _gap_head: bool | None = field(default=None, repr=False)
     _inference_net: nn.Module | None = field(default=None, repr=False)
+    # Guards the lazily computed fields above: a ModelSpec is shared by every session of a server.
+    _lazy: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -122,11 +128,13 @@ class ModelSpec:
     def fingerprint(self) -> str:
         """A hash of the weights: keys every cache of anything computed from this model."""
         if self._fingerprint is None:
-            digest = hashlib.sha256(self.name.encode())
-            for key, tensor in self.net.state_dict().items():
-                digest.update(key.encode())
-                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-            self._fingerprint = digest.hexdigest()[:16]
+            with self._lazy:
+                if self._fingerprint is None:
+                    digest = hashlib.sha256(self.name.encode())
+                    for key, tensor in self.net.state_dict().items():
+                        digest.update(key.encode())
+                        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+                    self._fingerprint = digest.hexdigest()[:16]
         return self._fingerprint
 
     @property
@@ -149,11 +157,14 @@ class ModelSpec:
     def inference_net(self) -> nn.Module:
         """The network for batched gradient-free passes (perturbation methods): batch norms folded,
         channels-last, checked against ``net`` when made (``explainers.inference``). Feed it
-        channels-last inputs under ``torch.inference_mode()``; hooks on ``net`` do not reach it."""
-        if self._inference_net is None:
-            from .inference import inference_copy
+        channels-last inputs under ``torch.inference_mode()``; hooks on ``net`` do not reach it.
 
-            self._inference_net = inference_copy(self.net, self.probe_inputs(2))
+        Made once, on the compute thread: torch.fx's tracing patches every module's ``__call__``
+        while it runs, so no other pass may run meanwhile (``explainers.compute``)."""
+        if self._inference_net is None:
+            with self._lazy:
+                if self._inference_net is None:
+                    self._inference_net = compute.run(inference_copy, self.net, self.probe_inputs(2))
         return self._inference_net
 
     def probe_inputs(self, count: int) -> torch.Tensor:
@@ -403,17 +414,20 @@ def _last_module_per_resolution(net: nn.Module, preprocess: Preprocess) -> list[
     """Modules in the order they finish, keeping the last one to output each spatial size (above 1x1)."""
     finished: list[tuple[nn.Module, tuple[int, int]]] = []
 
-    def record(module: nn.Module, _inputs: Any, output: Any) -> None:
-        if isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[-2:] != (1, 1):
-            finished.append((module, tuple(output.shape[-2:])))
+    def recorder(module: nn.Module) -> Tap:
+        def record(output: Any) -> None:
+            if isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[-2:] != (1, 1):
+                finished.append((module, tuple(output.shape[-2:])))
 
-    handles = [m.register_forward_hook(record) for m in net.modules() if m is not net]
-    try:
-        with torch.inference_mode():
+        return record
+
+    @torch.inference_mode()
+    def probe() -> None:
+        # The net is still private to this load, so its dispatchers go again afterwards.
+        with tapped({m: recorder(m) for m in net.modules() if m is not net}, private=True):
             net(torch.zeros(1, len(preprocess.mean), *preprocess.input_size))
-    finally:
-        for handle in handles:
-            handle.remove()
+
+    compute.run(probe)
     last: dict[tuple[int, int], nn.Module] = {}
     order: list[tuple[int, int]] = []
     for module, size in finished:

@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import torch
 from torch import nn
 
+from . import compute
+from .hooks import tapped
+
 if TYPE_CHECKING:
     from .models import ModelSpec
 
@@ -41,29 +44,27 @@ class Trace:
 
 @contextmanager
 def block_hooks(blocks: dict[str, nn.Module]) -> Iterator[dict[str, torch.Tensor]]:
-    """Record each block's output during the ``with`` body; the hooks are removed on exit, also on error.
+    """Record each block's output during the ``with`` body, for the passes of this request only.
 
-    The hook hands the network a clone of the block's output and keeps the original, so an
-    in-place operation downstream (``ReLU(inplace=True)``, ``out += identity``) changes the
-    clone and never what was recorded; gradients still flow through the clone.
+    The recording is a tap (``explainers.hooks``): another session's pass through the same
+    shared modules at the same time records nothing here. The tap hands the network a clone
+    of the block's output and keeps the original, so an in-place operation downstream
+    (``ReLU(inplace=True)``, ``out += identity``) changes the clone and never what was
+    recorded; gradients still flow through the clone.
     """
     captured: dict[str, torch.Tensor] = {}
 
     def recorder(name: str):
-        def hook(_module: nn.Module, _inputs: object, output: object) -> torch.Tensor:
+        def record(output: object) -> torch.Tensor:
             if not isinstance(output, torch.Tensor):
                 raise TypeError(f"block {name} returns {type(output).__name__}, not a tensor; choose another module")
             captured[name] = output
             return output.clone()
 
-        return hook
+        return record
 
-    handles = [module.register_forward_hook(recorder(name)) for name, module in blocks.items()]
-    try:
+    with tapped({module: recorder(name) for name, module in blocks.items()}):
         yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def trace(model: "ModelSpec", inputs: torch.Tensor, targets: int | Sequence[int] | torch.Tensor | None = None,
@@ -73,10 +74,18 @@ def trace(model: "ModelSpec", inputs: torch.Tensor, targets: int | Sequence[int]
     ``targets``: one class for all images, one per image, or None for the predicted class.
     ``gradients``: also run ONE backward pass of the sum of the target logits, giving the
     gradient at every block; parameters' ``.grad`` are left untouched.
+
+    The pass is one job of the shared compute thread (``explainers.compute``); what it records
+    belongs to this call alone, whatever other sessions run on the same model meanwhile.
     """
     if inputs.dim() == 3:
         inputs = inputs.unsqueeze(0)
     chosen = {name: model.blocks[name] for name in (blocks or model.blocks)}
+    return compute.run(_trace_job, model, inputs, targets, gradients, chosen)
+
+
+def _trace_job(model: "ModelSpec", inputs: torch.Tensor, targets: int | Sequence[int] | torch.Tensor | None,
+               gradients: bool, chosen: dict[str, nn.Module]) -> Trace:
     started = time.perf_counter()
     with block_hooks(chosen) as captured, torch.set_grad_enabled(gradients):
         if gradients:
@@ -89,6 +98,9 @@ def trace(model: "ModelSpec", inputs: torch.Tensor, targets: int | Sequence[int]
             names = list(captured)
             values = torch.autograd.grad(score, [captured[n] for n in names])
             grads = {name: value.detach() for name, value in zip(names, values)}
+    missing = [name for name in chosen if name not in captured]
+    if missing:
+        raise RuntimeError(f"block {', '.join(missing)} did not run in the forward pass of {model.name}")
     activations = {name: captured[name].detach() for name in chosen}
     return Trace(inputs=inputs.detach(), logits=logits.detach(), targets=chosen_targets,
                  activations=activations, gradients=grads, forwards=1, backwards=int(gradients),

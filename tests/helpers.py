@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from explainers import load_dataset, load_model
+from explainers.hooks import _dispatch
 from explainers.models import ModelSpec
 
 ALL_METHODS = ("cam", "gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam", "eigengradcam")
@@ -65,9 +66,11 @@ def digits_test_batch(n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def hook_counts(net: nn.Module) -> dict[str, tuple[int, int, int, int]]:
-    """Number of forward / forward-pre / backward / backward-pre hooks on every module."""
+    """Number of forward / forward-pre / backward / backward-pre hooks on every module, not counting
+    the one permanent dispatcher of ``explainers.hooks`` (it acts only for a request that set a tap)."""
     return {
-        name: (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks),
+        name: (sum(hook is not _dispatch for hook in m._forward_hooks.values()), len(m._forward_pre_hooks),
+               len(m._backward_hooks),
                len(getattr(m, "_backward_pre_hooks", {})))
         for name, m in net.named_modules()
     }

@@ -176,12 +176,19 @@ def test_lrp_never_touches_the_shared_model_and_removes_its_hooks_on_error():
     weights = {k: v.clone() for k, v in model.net.state_dict().items()}
     hooks = hook_counts(model.net)
     x = digits_test_batch(1)[0]
-    L.relevance(model, x, torch.tensor([3]), rule="gamma", block="B2")
-    twin, _ = L._twin(model.net)
-    clean = hook_counts(twin)
-    with pytest.raises(RuntimeError):
-        L.relevance(model, x, torch.tensor([99]), rule="epsilon", block="B2")  # fails inside the composite
-    assert hook_counts(twin) == clean, "zennit's hooks survived an error"
+    made = []
+    real_copy = L.structural_copy
+    L.structural_copy = lambda net: made.append(real_copy(net)) or made[-1]
+    try:
+        L.relevance(model, x, torch.tensor([3]), rule="gamma", block="B2")
+        with pytest.raises(RuntimeError):
+            L.relevance(model, x, torch.tensor([99]), rule="epsilon", block="B2")  # fails inside the composite
+    finally:
+        L.structural_copy = real_copy
+    assert len(made) == 2 and all(twin is not model.net for twin in made), "each call ran on a private copy"
+    for twin in made:
+        assert all(counts == (0, 0, 0, 0) for counts in hook_counts(twin).values()), "hooks survived on the copy"
+        assert all(len(m._forward_hooks) == 0 for m in twin.modules()), "the copy's tap was not removed"
     assert hook_counts(model.net) == hooks
     assert all(torch.equal(weights[k], v) for k, v in model.net.state_dict().items())
     before = float(model.net(x)[0, 3].detach())

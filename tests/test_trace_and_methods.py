@@ -8,6 +8,7 @@ from torch import nn
 
 from explainers import (MethodUnavailableError, Trace, explain, explain_batch, explain_many, load_model,
                         method_info, methods, trace)
+from explainers.hooks import dispatcher_installed
 from explainers.methods import cam as cam_methods
 from helpers import (ALL_METHODS, GRADIENT_FREE, count_passes, digits_model, digits_test_batch, hook_counts,
                      one_thread, random_torchvision)
@@ -116,6 +117,8 @@ def test_hooks_are_removed_when_a_pass_raises():
     image = digits_test_batch(1)[0][0]
     before = hook_counts(model.net)
     assert all(counts == (0, 0, 0, 0) for counts in before.values())
+    assert all(dispatcher_installed(module) for module in model.blocks.values())
+    assert all(len(module._forward_hooks) == 1 for module in model.blocks.values()), "one dispatcher, nothing more"
     reference = explain(model, image, "gradcam", block="B3")
 
     def explode(*_args):

@@ -41,21 +41,23 @@ of the logit. Each image's ``extras["relevance_total"]`` and ``extras["logit"]``
 sums.
 
 LRP modifies the backward pass, so it cannot share the trace's gradients: it runs its own
-forward and backward pass, on a private copy of the network (canonizers rewrite weights in
-place; the shared model is never touched, even by another thread), with zennit's hooks
-registered in a ``with`` block that removes them whatever happens inside.
+forward and backward pass, on a private copy of the network's modules made for the call
+(``structural_copy``: the same weight storage, new tensor objects, so canonizers and rules
+that swap weights swap the copy's, and the shared model is never touched, even by another
+thread), with zennit's hooks registered in a ``with`` block that removes them whatever
+happens inside. The pass is a job of the compute thread (``explainers.compute``).
 """
 from __future__ import annotations
 
-import threading
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from ..inference import hookless_copy
+from .. import compute
+from ..hooks import tapped
+from ..inference import structural_copy
 from . import MethodOutput, register_method
 
 if TYPE_CHECKING:
@@ -66,9 +68,6 @@ EPSILON = 0.25
 GAMMA = 0.25
 STABILIZER = 1e-6  # zennit's default for the rules other than epsilon
 RULES = ("epsilon", "gamma")
-
-_TWINS: "weakref.WeakKeyDictionary[nn.Module, tuple[nn.Module, threading.Lock]]" = weakref.WeakKeyDictionary()
-_TWINS_GUARD = threading.Lock()
 
 
 @dataclass
@@ -133,18 +132,6 @@ def model_dtype(model: "ModelSpec") -> torch.dtype:
     return next(model.net.parameters()).dtype
 
 
-def _twin(net: nn.Module) -> tuple[nn.Module, threading.Lock]:
-    """A private copy of ``net`` holding its current weights, and the lock that serialises its use."""
-    with _TWINS_GUARD:
-        entry = _TWINS.get(net)
-        if entry is None:
-            entry = _TWINS[net] = (hookless_copy(net), threading.Lock())
-    twin, lock = entry
-    with lock:
-        twin.load_state_dict(net.state_dict())  # weights changed in place since the copy (e.g. a sanity check)
-    return entry
-
-
 def relevance(model: "ModelSpec", inputs: torch.Tensor, targets: torch.Tensor, rule: str = "epsilon",
               block: str | None = None, epsilon: float = EPSILON, gamma: float = GAMMA,
               stabilizer: float = STABILIZER, canonize: bool = True) -> Relevance:
@@ -153,25 +140,25 @@ def relevance(model: "ModelSpec", inputs: torch.Tensor, targets: torch.Tensor, r
     The initial relevance is the target logit f_c(x) itself (one-hot times the logit), so the
     relevance is in the logit's units.
     """
-    twin, lock = _twin(model.net)
+    return compute.run(_relevance_job, model, inputs, targets, rule, block, epsilon, gamma, stabilizer, canonize)
+
+
+def _relevance_job(model: "ModelSpec", inputs: torch.Tensor, targets: torch.Tensor, rule: str, block: str | None,
+                   epsilon: float, gamma: float, stabilizer: float, canonize: bool) -> Relevance:
+    twin = structural_copy(model.net)
     composite = composite_for(model, rule, inputs.shape, epsilon, gamma, stabilizer, canonize)
     captured: dict[str, torch.Tensor] = {}
 
-    def record(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+    def record(output: torch.Tensor) -> None:
         output.register_hook(lambda grad: captured.__setitem__("block", grad))
 
-    with lock:
-        handle = twin.get_submodule(model.block_paths[block]).register_forward_hook(record) if block else None
-        try:
-            with composite.context(twin) as modified, torch.enable_grad():
-                x = inputs.detach().clone().requires_grad_(True)
-                logits = modified(x)
-                chosen = logits.gather(1, targets[:, None])
-                initial = torch.zeros_like(logits).scatter(1, targets[:, None], chosen.detach())
-                (pixels,) = torch.autograd.grad(logits, x, grad_outputs=initial)
-        finally:
-            if handle is not None:
-                handle.remove()
+    taps = {twin.get_submodule(model.block_paths[block]): record} if block else {}
+    with tapped(taps, private=True), composite.context(twin) as modified, torch.enable_grad():
+        x = inputs.detach().clone().requires_grad_(True)
+        logits = modified(x)
+        chosen = logits.gather(1, targets[:, None])
+        initial = torch.zeros_like(logits).scatter(1, targets[:, None], chosen.detach())
+        (pixels,) = torch.autograd.grad(logits, x, grad_outputs=initial)
     block_relevance = captured.get("block")
     return Relevance(pixels=pixels.detach(), logits=logits.detach(),
                      block=block_relevance.detach() if block_relevance is not None else None)

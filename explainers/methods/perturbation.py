@@ -18,6 +18,9 @@ block of a GAP + linear head it is closed-form (no pass at all).
 Forward passes are counted in images, per explained image, beyond the shared trace: a
 batch of 32 masked inputs counts 32, and a block output pushed through the network after
 the block (the "tail") counts as one forward too, an upper bound of its cost.
+
+Each batch is one job of the shared compute thread (``explainers.compute``): a Score-CAM of
+one session yields to other sessions' passes between its batches.
 """
 from __future__ import annotations
 
@@ -26,7 +29,10 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
+from sklearn.cluster import KMeans, SpectralClustering
 
+from .. import compute
+from ..hooks import tapped
 from ..maps import upsample
 from ..progress import Progress, report
 from . import MethodOutput, register_method
@@ -82,7 +88,6 @@ def scaled_masks(maps: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tenso
     return masks, scaled
 
 
-@torch.inference_mode()
 def masked_scores(model: "ModelSpec", image: torch.Tensor, maps: torch.Tensor, target: int,
                   steps: _Steps | None = None, batch_size: int = BATCH_SIZE) -> torch.Tensor:
     """Softmax probability of ``target`` for ``image`` (C, H, W) masked by s(Up(F)) of each of the
@@ -90,14 +95,20 @@ def masked_scores(model: "ModelSpec", image: torch.Tensor, maps: torch.Tensor, t
 
     Masks are made batch by batch, so memory does not grow with the block's channel count.
     """
+    network = model.inference_net
     scores = []
     for part in _batches(maps.shape[0], batch_size):
-        masks, _ = scaled_masks(maps[part], image.shape[-2:])
-        batch = (image.unsqueeze(0) * masks.unsqueeze(1)).contiguous(memory_format=torch.channels_last)
-        scores.append(model.inference_net(batch).softmax(dim=1)[:, target])
+        scores.append(compute.run(_masked_batch, network, image, maps[part], target))
         if steps:
             steps.advance(part.stop - part.start)
     return torch.cat(scores) if scores else torch.zeros(0)
+
+
+@torch.inference_mode()
+def _masked_batch(network: torch.nn.Module, image: torch.Tensor, maps: torch.Tensor, target: int) -> torch.Tensor:
+    masks, _ = scaled_masks(maps, image.shape[-2:])
+    batch = (image.unsqueeze(0) * masks.unsqueeze(1)).contiguous(memory_format=torch.channels_last)
+    return network(batch).softmax(dim=1)[:, target]
 
 
 def distinct_maps(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,17 +216,13 @@ def substituted_forward(model: "ModelSpec", block: str, image: torch.Tensor, out
     """Logits of the whole network on ``image`` (C, H, W) with ``block``'s output replaced by each of
     ``outputs`` (M, D, h, w): correct for any model, at the price of re-running the layers before the block.
     """
-    def replace(_module: torch.nn.Module, _inputs: object, _output: object) -> torch.Tensor:
+    def replace(_output: object) -> torch.Tensor:
         return outputs.clone()  # later in-place operations must not change the caller's tensor
 
-    handle = model.blocks[block].register_forward_hook(replace)
-    try:
+    with tapped({model.blocks[block]: replace}):  # this call's passes only, not another session's
         return model.net(image.unsqueeze(0).expand(outputs.shape[0], *image.shape))
-    finally:
-        handle.remove()
 
 
-@torch.inference_mode()
 def after_block(model: "ModelSpec", block: str, image: torch.Tensor, outputs: torch.Tensor, reference: torch.Tensor,
                 steps: _Steps | None = None, batch_size: int = BATCH_SIZE) -> torch.Tensor:
     """Logits for modified outputs (M, D, h, w) of ``block``; ``outputs[0]`` must be the unmodified
@@ -227,7 +234,8 @@ def after_block(model: "ModelSpec", block: str, image: torch.Tensor, outputs: to
     """
     tail = tail_after(model, block)
     if tail is not None:
-        logits = torch.cat([tail(outputs[part]) for part in _batches(outputs.shape[0], batch_size)])
+        logits = torch.cat([compute.run(torch.inference_mode()(tail), outputs[part])
+                            for part in _batches(outputs.shape[0], batch_size)])
         tolerance = 1e-4 * float(reference.abs().max().clamp_min(1))
         if torch.allclose(logits[0], reference, rtol=1e-4, atol=tolerance):
             if steps:
@@ -235,7 +243,7 @@ def after_block(model: "ModelSpec", block: str, image: torch.Tensor, outputs: to
             return logits
     parts = []
     for part in _batches(outputs.shape[0], batch_size):
-        parts.append(substituted_forward(model, block, image, outputs[part]))
+        parts.append(compute.run(torch.inference_mode()(substituted_forward), model, block, image, outputs[part]))
         if steps:
             steps.advance(part.stop - part.start)
     return torch.cat(parts)
@@ -295,16 +303,13 @@ def ablation_cam_plain(model: "ModelSpec", image: torch.Tensor, block: str, targ
     drops = torch.zeros(activations.shape[1])
     ablated = range(activations.shape[1])[:channels]
     for k in ablated:
-        def zero(_module: torch.nn.Module, _inputs: object, output: torch.Tensor, k: int = k) -> torch.Tensor:
+        def zero(output: torch.Tensor, k: int = k) -> torch.Tensor:
             output = output.clone()
             output[:, k] = 0
             return output
 
-        handle = model.blocks[block].register_forward_hook(zero)
-        try:
+        with tapped({model.blocks[block]: zero}):
             drops[k] = score - model.net(image.unsqueeze(0))[0, target]
-        finally:
-            handle.remove()
     weights = drops / (score if score != 0 else 1)
     return weighted_sum(activations, weights.unsqueeze(0))[0], 1 + len(ablated)
 
@@ -358,10 +363,12 @@ def cluster_channels(maps: torch.Tensor, q: int, clustering: str = "kmeans", see
     of eq. 17, with distances divided by their median so that the similarity does not depend
     on the block's scale (eq. 14 normalised Laplacian, eq. 16 eigenvectors, then k-means).
     """
-    from sklearn.cluster import KMeans, SpectralClustering
-
     if clustering not in CLUSTERINGS:
         raise ValueError(f"clustering must be one of {', '.join(CLUSTERINGS)}, not {clustering!r}")
+    return compute.run(_cluster_job, maps, q, clustering, seed)
+
+
+def _cluster_job(maps: torch.Tensor, q: int, clustering: str, seed: int) -> np.ndarray:
     features = maps.flatten(1).double().numpy()
     distinct = len(np.unique(features, axis=0))
     q = min(q, distinct)
