@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from explainers.render import GHOST_FLOOR, colour_bar, overlay
+from explainers.render import GHOST_FLOOR, cells, colour_bar, diverging, duration, overlay
 
 
 def test_signed_overlay_shows_a_faint_image_where_the_map_is_zero_and_colour_where_it_peaks():
@@ -30,3 +30,52 @@ def test_colour_bars_run_from_blue_through_white_to_red_and_along_the_sequential
     assert bar[0, 50].min() > 230, "zero is (near) white"
     jet = np.asarray(colour_bar(signed=False, cmap="jet", width=100)).astype(int)
     assert jet[0, 0, 2] > jet[0, 0, 0] and jet[0, -1, 0] > jet[0, -1, 2], "jet: blue (0) to red (1)"
+
+
+def _digit_and_positive_cam():
+    """A dark digit (white stroke on black) and a CAM with no negative part, peaking on the stroke."""
+    image = np.zeros((64, 64), dtype=np.uint8)
+    image[8:56, 28:36] = 255
+    y, x = np.mgrid[0:64, 0:64]
+    cam = (3.0 + 4.0 * np.exp(-((x - 32) ** 2 + (y - 30) ** 2) / 300.0)).astype(np.float32)  # 3 .. 7, all > 0
+    return Image.fromarray(image), cam
+
+
+def test_maps_equal_up_to_scale_look_alike_whether_or_not_they_are_signed():
+    """At B4 of a GAP head Grad-CAM = ReLU(CAM) / (h w): for a CAM with no negative part the two
+    pictures must be the same, not a maroon sheet beside a full-contrast map."""
+    image, cam = _digit_and_positive_cam()
+    gradcam = np.maximum(cam, 0) / 16
+    for cmap in ("jet", "viridis"):
+        signed = np.asarray(overlay(image, cam, signed=True, cmap=cmap, size=128)).astype(int)
+        unsigned = np.asarray(overlay(image, gradcam, signed=False, cmap=cmap, size=128)).astype(int)
+        assert np.abs(signed - unsigned).max() <= 1, cmap
+        assert np.array_equal(np.asarray(cells(cam[::16, ::16], True, cmap)), np.asarray(cells(gradcam[::16, ::16], False, cmap)))
+    picture = np.asarray(overlay(image, cam, signed=True, opacity=0.5)).astype(int)
+    peak, corner = picture[30, 32], picture[2, 2]
+    assert np.abs(peak - corner).sum() > 200, "a positive signed map shows its shape, not one uniform colour"
+    assert not diverging(cam, True) and not diverging(np.zeros_like(cam), True)
+
+
+def test_a_signed_map_with_a_negative_part_keeps_zero_white_and_its_sign():
+    _, cam = _digit_and_positive_cam()
+    mixed = cam - 5.0  # -2 .. +2
+    assert diverging(mixed, True) and not diverging(mixed, False)
+    assert diverging(-cam, True), "all negative: every value argues against the class, drawn blue"
+    assert not diverging(cam - 3.0 - 0.001, True), "a negative part too small to see is no negative part"
+    coloured = np.asarray(cells(mixed, True, size=64)).astype(int)
+    top_left, centre = coloured[0, 0], coloured[30, 32]
+    assert top_left[2] > top_left[0] + 50 and centre[0] > centre[2] + 50, "blue below zero, red above"
+
+
+def test_durations_below_a_millisecond_are_shown_as_such():
+    assert duration(0.0) == "<0.01 ms"
+    assert duration(4e-6) == "<0.01 ms"
+    assert duration(0.00031) == "0.31 ms"
+    assert duration(0.0009996) == "1.00 ms"
+    assert duration(0.0028) == "2.8 ms"
+    assert duration(0.2509) == "251 ms"
+    assert duration(0.9996) == "1.00 s"
+    assert duration(34.587) == "34.6 s"
+    assert duration(125.0) == "2 min 05 s"
+    assert all("0.0 ms" not in duration(s) for s in np.linspace(0, 0.002, 201))
