@@ -6,7 +6,7 @@ from PIL import Image
 
 from explainers import method_info
 from explainers.methods.perturbation import ALPHA, CLUSTERS, masked_pictures
-from explainers.render import cells, outlined, overlay
+from explainers.render import cells, diverging, outlined, overlay
 from ui.cache import cluster_cam, explanations
 from ui.progress import progress_bar
 from ui.sidebar import current
@@ -87,8 +87,10 @@ st.info("The **cognition-base** (green) is the cluster whose mask keeps what the
 
 st.subheader("Final heatmap beside Grad-CAM and Score-CAM of the same block")
 heatmap = parts.heatmap(alpha)
+colours = ("red: base, blue: cut by the scissors" if diverging(heatmap, True) else
+           "nothing negative left to cut, so drawn min to max like the maps beside it")
 panels = [("Cluster-CAM", overlay(display_image, heatmap, signed=True, opacity=OPACITY, size=size), result.forwards, 0,
-           f"H = {alpha:.2f} x base - {1 - alpha:.2f} x scissors; red: base, blue: cut by the scissors")]
+           f"H = {alpha:.2f} x base - {1 - alpha:.2f} x scissors; {colours}")]
 for name in ("gradcam", "scorecam"):
     other = others[name]
     panels.append((method_info(name).label, overlay(display_image, other.heatmap, other.signed, opacity=OPACITY,

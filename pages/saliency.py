@@ -4,7 +4,7 @@ import io
 import streamlit as st
 
 from explainers import method_info
-from explainers.render import SEQUENTIAL, cells, colour_bar, grid, overlay
+from explainers.render import SEQUENTIAL, cells, colour_bar, diverging, duration, grid, overlay
 from ui.cache import explanations
 from ui.progress import progress_bar
 from ui.sidebar import current
@@ -22,7 +22,9 @@ model = selection.model
 controls = st.columns([2, 2, 2, 3])
 opacity = controls[0].slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="opacity")
 cmap = controls[1].selectbox("Colour map", SEQUENTIAL, key="cmap",
-                             help="Signed maps (CAM, HiResCAM, EigenGrad-CAM) always use blue–white–red.")
+                             help="Signed maps with negative values (CAM, HiResCAM, EigenGrad-CAM, LRP, ...) use "
+                                  "blue–white–red; a signed map with no negative part is drawn with this map, "
+                                  "like the unsigned ones.")
 view = controls[2].radio("Show", ["overlay", "cells"], key="view", horizontal=True,
                          format_func=lambda v: {"overlay": "overlay", "cells": "block cells"}[v],
                          help="Block cells: the map at the block's own resolution, before upsampling.")
@@ -62,18 +64,22 @@ with header[1]:
     st.markdown(f"Explaining class {explained} at **{selection.block}** (`{model.block_paths[selection.block]}`, "
                 f"{shape[1]}×{shape[2]} cells of {shape[0]} channels).")
     own = {n for n, e in maps.items() if e.forwards > 1 or (e.backwards and not method_info(n).needs_gradients)}
-    st.markdown(f"Shared pass: **{first.trace_seconds * 1000:.1f} ms**, 1 forward"
+    st.markdown(f"Shared pass: **{duration(first.trace_seconds)}**, 1 forward"
                 f"{' + 1 backward' if any(method_info(n).needs_gradients for n in maps) else ''} for all "
                 f"{len(maps)} maps" + (f"; {len(own)} of them also ran passes of their own (counted on their "
                                        "panels)." if own else "."))
     for name, reason in skipped:
         st.caption(f"Not shown — {reason}.")
-    kinds = sorted({result.signed for result in maps.values()})
+    drawn = {name: diverging(result.raw if view == "cells" else result.heatmap, result.signed)
+             for name, result in maps.items()}  # signed maps with no negative part are drawn 0 -> 1
+    one_signed = [method_info(n).label for n, result in maps.items() if result.signed and not drawn[n]]
+    kinds = sorted(set(drawn.values()))
     scales = st.columns(len(kinds) + 1)
     for column, signed in zip(scales, kinds):
         column.image(colour_bar(signed, cmap), width=240)
         column.caption("signed: blue − · 0 · + red (each panel's 99.5th percentile of |value| = ±1)" if signed
-                       else "0 → 1: each panel scaled to its own min and max")
+                       else "0 → 1: each panel scaled to its own min and max"
+                       + (f" (also {', '.join(one_signed)}: signed, but with no negative part)" if one_signed else ""))
 
 panels = []
 for name, result in maps.items():
@@ -90,14 +96,15 @@ for start in range(0, len(panels), columns_per_row):
     for column, (label, picture, result) in zip(row, panels[start:start + columns_per_row]):
         passes = f"{result.forwards} fwd / {result.backwards} bwd"
         column.image(picture, width=size)
-        column.markdown(f"**{label}**" + (" · signed" if result.signed else ""))
+        column.markdown(f"**{label}**" + ((" · signed" if drawn[result.method] else " · signed, none negative")
+                                          if result.signed else ""))
         if method_info(result.method).family == "classic":
             column.caption("Saliency of the image, not of the model: ignores the network and the class.")
         if not result.raw.any():
             column.caption(":orange[Zero everywhere: no location has positive evidence at this depth, "
                            "so the method's ReLU leaves nothing.]")
         where = "with its own passes" if result.method in own else "on the shared pass"
-        column.caption(f"{result.seconds * 1000:.1f} ms {where} · {passes}")
+        column.caption(f"{duration(result.seconds)} {where} · {passes}")
 
 buffer = io.BytesIO()
 sheet = grid([(f"input: {selection.image_caption}", display_image.resize((size, size)))]
@@ -109,9 +116,10 @@ st.download_button("Download the grid (PNG)", buffer.getvalue(), file_name=f"pro
 with st.expander("What each method computes, and what it cost"):
     st.dataframe(
         [{"method": method_info(n).label, "family": method_info(n).family,
-          "own time (ms)": round(e.seconds * 1000, 2), "forward passes": e.forwards, "backward passes": e.backwards,
+          "own time": duration(e.seconds), "forward passes": e.forwards, "backward passes": e.backwards,
           "what it computes": method_info(n).description, "paper": method_info(n).reference}
          for n, e in maps.items()],
         hide_index=True, width="stretch")
-    st.caption("Signed maps use blue for negative and red for positive evidence, centred on zero; "
-               "the others are scaled to [0, 1] per panel.")
+    st.caption("Signed maps with negative values use blue for negative and red for positive evidence, centred on "
+               "zero; the others, and signed maps with no negative part, are scaled to [0, 1] per panel, so two maps "
+               "equal up to a scale (Grad-CAM and CAM at B4 of a GAP head) look the same.")
