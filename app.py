@@ -2,8 +2,10 @@
 import streamlit as st
 
 from ui.sidebar import sidebar
+from ui.style import style
 
 st.set_page_config(page_title="Protoscope", page_icon=":material/biotech:", layout="wide")
+style()
 
 pages = [
     st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
