@@ -4,6 +4,19 @@ import streamlit as st
 from explainers import method_info, methods
 from ui.sidebar import current
 
+
+def _plain(text: str) -> str:
+    """Text shown as it is in a table cell that reads Markdown (``*``, ``_``, ``|``, ``$`` are not markup)."""
+    for character in "\\*_`|$[]<>~":
+        text = text.replace(character, "\\" + character)
+    return text
+
+
+def _value(value) -> str:
+    """A model-card value as text: a list as its items (64 × 64), anything else as written."""
+    return " × ".join(str(v) for v in value) if isinstance(value, (list, tuple)) else _plain(str(value))
+
+
 st.title("Protoscope")
 st.markdown("Explore how a convolutional image classifier decides: pick a model, an image and a depth in the "
             "sidebar, then open a page.")
@@ -39,8 +52,8 @@ with left:
 with right:
     st.subheader("Model card")
     rows = card or {"weights": "random (untrained)"}
-    st.dataframe([{"field": k.replace("_", " "), "value": str(v)} for k, v in rows.items()],
-                 hide_index=True, width="stretch", height=36 * (len(rows) + 1) + 3)  # every row, no scrolling
+    # A static table: every row, and long values (architecture, command) wrapped, not cut off.
+    st.table([{"field": k.replace("_", " "), "value": _value(v)} for k, v in rows.items()], hide_index=True)
     if len(model.classes) <= 20:
         st.markdown("**Classes:** " + ", ".join(model.classes))
 
@@ -56,6 +69,7 @@ st.markdown("- **Saliency** — maps of where the network looks, side by side, f
             "of the embeddings, with the paper's alignment and accuracy tables (its Figure 2, Tables 1-2).")
 
 st.header("Methods")
-st.dataframe([{"id": n, "method": method_info(n).label, "family": method_info(n).family,
-               "needs gradients": method_info(n).needs_gradients, "what it computes": method_info(n).description,
-               "paper": method_info(n).reference} for n in methods()], hide_index=True, width="stretch")
+st.table([{"method": f"**{method_info(n).label}**  \n`{n}`", "family": method_info(n).family,
+           "needs gradients": "yes" if method_info(n).needs_gradients else "no",
+           "what it computes": _plain(method_info(n).description), "paper": _plain(method_info(n).reference)}
+          for n in methods()], hide_index=True)  # every row, the text wrapped: nothing cut off
