@@ -6,14 +6,15 @@ A dataset is indexable and yields ``(PIL image, int label)``; it also knows its
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from .images import load_image
+from .images import MAX_PIXELS, ImageError, load_image
 from .registry import Registry
 
 DATASETS: Registry = Registry("dataset")
@@ -21,6 +22,11 @@ DATASETS: Registry = Registry("dataset")
 DIGITS_SPLIT_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SIZE = 64
+FOLDER_LAYOUT = "one sub-folder of images per class, e.g. birds/cardinal/001.jpg and birds/sparrow/002.jpg"
+
+
+class SkippedFileWarning(UserWarning):
+    """Files of an image folder that could not be read and were left out of the dataset."""
 
 
 @dataclass
@@ -33,6 +39,7 @@ class DatasetSpec:
     labels: np.ndarray
     _load: Callable[[int], Image.Image] = field(repr=False)
     fingerprint: str = ""
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why) of files left out
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -53,12 +60,23 @@ def load_dataset(name_or_path: str, split: str = "train") -> DatasetSpec:
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
     if name_or_path in DATASETS:
         return DATASETS.build(name_or_path, split=split)
-    path = Path(name_or_path)
+    path = Path(name_or_path).expanduser()
     if path.is_dir():
         return image_folder(path, split)
-    raise ValueError(
-        f"unknown dataset {name_or_path!r}: use one of {DATASETS.names()} or a folder with one sub-folder per class"
-    )
+    raise ValueError(_not_a_dataset(str(name_or_path), path))
+
+
+def _not_a_dataset(given: str, path: Path) -> str:
+    """Why ``given`` is neither a built-in dataset nor a folder, in the words of someone who typed a path."""
+    builtin = ", ".join(DATASETS.names())
+    if path.is_file():
+        return f"{given} is a file, not a folder: give the folder that holds {FOLDER_LAYOUT}."
+    if "/" in given or "\\" in given or given.startswith((".", "~")):
+        resolved = str(path.resolve())
+        where = "" if resolved == given else f" (looked for {resolved})"
+        return f"The folder {given} does not exist{where}. Give a folder that holds {FOLDER_LAYOUT}."
+    return (f"There is no built-in dataset called {given!r} and no folder of that name here: "
+            f"use {builtin}, or the path of a folder that holds {FOLDER_LAYOUT}.")
 
 
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
@@ -129,6 +147,19 @@ def image_folder(root: Path, split: str = "train", test_fraction: float = 0.2, s
 
     If ``root`` holds ``train/`` and ``test/`` sub-folders they are the split; otherwise a
     deterministic stratified split (``test_fraction``, ``seed``) is made.
+
+    Unreadable files are left out, with a ``SkippedFileWarning`` naming them, and listed in
+    ``skipped`` for the dashboard; only when no file of the split is readable is it an
+    error. They are found when the folder is indexed, cheaply, so that a fit over thousands
+    of images does not decode each one an extra time (the fit itself decodes every image
+    once per pass): PIL reads each file's header (format and size, no pixels), and files of
+    formats with an end marker (PNG's IEND, JPEG's EOI, GIF's trailer), the ones a broken
+    download or copy leaves cut off, are checked for it in their last kilobyte. Only a file
+    whose marker is missing is decoded, so one that merely carries data after its end
+    (phones append videos to JPEGs) is still used. Damage that neither check can see (the
+    middle of a file overwritten) is reported, naming the file, when the image is loaded.
+    The split is drawn before the check, so one bad file does not move others between
+    train and test, and each split checks only its own files.
     """
     root = Path(root)
     if (root / "train").is_dir() and (root / "test").is_dir():
@@ -137,19 +168,101 @@ def image_folder(root: Path, split: str = "train", test_fraction: float = 0.2, s
     else:
         files, labels, classes = _scan_classes(root)
         keep = _stratified_split(labels, split, test_fraction, seed)
-    chosen = [files[i] for i in keep]
+    chosen, chosen_labels, skipped = _readable([files[i] for i in keep], [labels[i] for i in keep], f"{root} ({split})")
     return DatasetSpec(
         name=root.name,
         split=split,
         classes=classes,
-        labels=np.asarray([labels[i] for i in keep], dtype=np.int64),
-        _load=lambda i: load_image(chosen[i], name=str(chosen[i])).convert("RGB"),
+        labels=np.asarray(chosen_labels, dtype=np.int64),
+        _load=lambda i: _load_for_dataset(chosen[i]),
         fingerprint=_fingerprint(str(root.resolve()), split, *(f"{p.name}:{p.stat().st_size}" for p in chosen)),
+        skipped=skipped,
     )
 
 
+def _load_for_dataset(path: Path) -> Image.Image:
+    try:
+        return load_image(path, name=str(path)).convert("RGB")
+    except ImageError as error:  # damage the index-time check could not see
+        raise ImageError(f"{error} Remove or replace this file in the training folder, then try again.") from error
+
+
+def _readable(files: list[Path], labels: list[int], where: str) -> tuple[list[Path], list[int], list[tuple[str, str]]]:
+    """The files that pass ``_unreadable`` with their labels, and (path, why) of those that do not."""
+    kept: list[Path] = []
+    kept_labels: list[int] = []
+    skipped: list[tuple[str, str]] = []
+    for path, label in zip(files, labels):
+        reason = _unreadable(path)
+        if reason is None:
+            kept.append(path)
+            kept_labels.append(label)
+        else:
+            skipped.append((str(path), reason))
+    if skipped and not kept:
+        raise ValueError(f"None of the {len(files)} image files in {where} can be read: "
+                         f"{_list_skipped(skipped)}. Check that they are images (PNG, JPEG, ...) and not damaged.")
+    if skipped:
+        warnings.warn(f"{plural(len(skipped), 'unreadable file')} left out of {where}: {_list_skipped(skipped)}",
+                      SkippedFileWarning, stacklevel=3)
+    return kept, kept_labels, skipped
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why ``path`` cannot be used as an image, or None; reads its header and last kilobyte, decodes
+    only a file whose end marker is missing (see ``image_folder``)."""
+    try:
+        if path.stat().st_size == 0:
+            return "the file is empty"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size test below decides
+            with Image.open(path) as image:
+                width, height = image.size
+                kind = image.format
+    except UnidentifiedImageError:
+        return "not an image that can be read"
+    except Image.DecompressionBombError:
+        return f"larger than the {MAX_PIXELS / 1e6:.0f} MP limit"
+    except (OSError, SyntaxError, ValueError):  # PIL's own words name its internals, not the file's problem
+        return "damaged or truncated: its header cannot be read"
+    if width * height > MAX_PIXELS:
+        return f"{width}x{height} pixels, larger than the {MAX_PIXELS / 1e6:.0f} MP limit"
+    if _ends_complete(path, kind):
+        return None
+    try:
+        load_image(path)
+    except ImageError:
+        return "truncated: the file ends before its image data does"
+    return None
+
+
+END_MARKERS = {"PNG": b"IEND", "JPEG": b"\xff\xd9", "GIF": b";"}
+
+
+def _ends_complete(path: Path, kind: str | None) -> bool:
+    """False when a format with an end marker lacks it in the file's last kilobyte."""
+    marker = END_MARKERS.get(kind or "")
+    if marker is None:
+        return True
+    with path.open("rb") as file:
+        file.seek(max(0, path.stat().st_size - 1024))
+        return marker in file.read()
+
+
+def _list_skipped(skipped: list[tuple[str, str]], show: int = 5) -> str:
+    listed = "; ".join(f"{path} ({why})" for path, why in skipped[:show])
+    return listed + (f"; and {len(skipped) - show} more" if len(skipped) > show else "")
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 class``, ``3 classes``: a count with its noun in the right number."""
+    if n == 1:
+        return f"1 {noun}"
+    return f"{n} {noun}es" if noun.endswith(("s", "sh", "ch", "x")) else f"{n} {noun}s"
+
+
 def _scan_classes(root: Path) -> tuple[list[Path], list[int], list[str]]:
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     files: list[Path] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
@@ -158,10 +271,11 @@ def _scan_classes(root: Path) -> tuple[list[Path], list[int], list[str]]:
                 files.append(path)
                 labels.append(label)
     if not files:
-        raise ValueError(
-            f"no images found in {root}: expected one sub-folder per class holding "
-            f"{', '.join(sorted(IMAGE_SUFFIXES))} files"
-        )
+        loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        found = (f"it holds {plural(len(loose), 'image')} but no class sub-folders" if loose and not classes else
+                 f"its {plural(len(classes), 'sub-folder')} hold no image files" if classes else "it is empty")
+        raise ValueError(f"No training images in {root}: {found}. Give a folder that holds {FOLDER_LAYOUT} "
+                         f"({', '.join(sorted(IMAGE_SUFFIXES))} files).")
     return files, labels, classes
 
 

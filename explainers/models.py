@@ -212,15 +212,36 @@ def load_model(model: str | Path | nn.Module, *, weights: str | None = "DEFAULT"
         return from_module(model, name=type(model).__name__, classes=classes, input_size=input_size)
     if isinstance(model, str) and model in MODELS:
         return MODELS.build(model, weights=weights)
-    path = Path(model)
+    path = Path(model).expanduser()
     if path.is_file():
         return from_checkpoint(path, arch=arch, classes=classes)
+    if _looks_like_path(model):
+        raise CheckpointError(_no_checkpoint_at(str(model), path))
     if isinstance(model, str) and _is_torchvision_classifier(model):
         return torchvision_model(model, weights=weights)
     raise ValueError(
         f"unknown model {str(model)!r}: use one of {', '.join(MODELS.names())}, "
         "a torchvision classifier name, a checkpoint file, or an nn.Module"
     )
+
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")
+
+
+def _looks_like_path(model: str | Path) -> bool:
+    """A Path, or a string naming a file rather than a model: it ends like a checkpoint or has a separator."""
+    text = str(model)
+    return (isinstance(model, Path) or text.lower().endswith(CHECKPOINT_SUFFIXES)
+            or "/" in text or "\\" in text or text.startswith("~"))
+
+
+def _no_checkpoint_at(given: str, path: Path) -> str:
+    if path.is_dir():
+        return f"{given} is a folder, not a checkpoint file: give the path of the .pt file saved with torch.save."
+    resolved = str(path.resolve())
+    where = "" if resolved == given else f" (looked for {resolved})"
+    return (f"Checkpoint file not found: {given}{where}. Check the path, or use a built-in model "
+            f"({', '.join(MODELS.names())}).")
 
 
 @MODELS.register("digits", description="compact ResNet trained on scikit-learn's digits (built in, offline)")
@@ -256,17 +277,18 @@ def torchvision_model(name: str, weights: str | None = "DEFAULT") -> ModelSpec:
     """A torchvision ImageNet classifier; its weights come from torchvision's own cache or download."""
     from torchvision import models
 
+    if not _is_torchvision_classifier(name):
+        raise ValueError(f"unknown model {name!r}: use one of {', '.join(MODELS.names())} "
+                         "or another torchvision classifier name (torchvision.models.list_models()).")
     enum = models.get_model_weights(name)
+    if weights not in (None, "DEFAULT") and weights not in enum.__members__:
+        raise ValueError(f"{name} has no weights called {weights!r}: use 'DEFAULT', "
+                         f"{', '.join(repr(m) for m in enum.__members__ if m != 'DEFAULT')}, or None for random weights.")
     chosen = enum.DEFAULT if weights == "DEFAULT" else (enum[weights] if weights else None)
     try:
         net = models.get_model(name, weights=chosen)
     except (urllib.error.URLError, OSError, ConnectionError) as error:
-        cache = Path(torch.hub.get_dir()) / "checkpoints"
-        raise ModelUnavailableError(
-            f"The ImageNet weights of {name} could not be fetched ({error.__class__.__name__}: {error}). "
-            f"Without network access they must already be in torchvision's cache ({cache}). "
-            "Copy the weight file there, or choose random weights (weights=None) or the built-in 'digits' model."
-        ) from error
+        raise ModelUnavailableError(_weights_unavailable(name, chosen, error)) from error  # cause in __cause__
     meta_from = chosen or enum.DEFAULT
     preprocess = Preprocess(input_size=(224, 224), mode="RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=256)
     card = {"weights": str(chosen) if chosen else "random (weights=None)", "dataset": "ImageNet-1k"}
@@ -274,6 +296,17 @@ def torchvision_model(name: str, weights: str | None = "DEFAULT") -> ModelSpec:
     if chosen is not None and metrics:
         card["test_accuracy"] = round(metrics.get("acc@1", 0.0) / 100, 4)
     return _spec(name, net.eval(), preprocess, list(meta_from.meta["categories"]), _family(net), card)
+
+
+def _weights_unavailable(name: str, weights: Any, error: OSError) -> str:
+    """For a person, not a programmer: what failed, where the file would have to be, and what to do instead."""
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    filename = str(weights.url).rsplit("/", 1)[-1] if weights is not None else "the weight file"
+    network = isinstance(error, (urllib.error.URLError, ConnectionError, TimeoutError))
+    why = "no network connection" if network else (error.strerror or "the download failed").lower()
+    return (f"The ImageNet weights of {name} could not be downloaded ({why}) and are not in "
+            f"torchvision's cache ({cache}). Tick \"Random weights\" to explore the untrained architecture, "
+            f"upload a checkpoint of your own, or copy {filename} into that folder from a machine that has it.")
 
 
 def from_checkpoint(path: Path, arch: str | None = None, classes: list[str] | None = None) -> ModelSpec:
@@ -291,6 +324,7 @@ def from_checkpoint(path: Path, arch: str | None = None, classes: list[str] | No
         raise CheckpointError(
             f"{Path(path).name} does not say which architecture it holds: pass arch= one of {', '.join(MODELS.names())}"
         )
+    _check_arch(arch)
     spec = MODELS.build(arch, weights=None) if arch in MODELS else torchvision_model(arch, weights=None)
     head_key = _module_path(spec.net, spec.classifier) + ".weight"
     if head_key in state and state[head_key].shape[0] != spec.num_classes:
@@ -310,6 +344,14 @@ def from_checkpoint(path: Path, arch: str | None = None, classes: list[str] | No
     spec.card = {"checkpoint": str(path), "arch": arch, **{k: v for k, v in meta.items() if k != "classes"}}
     spec._fingerprint = None
     return spec
+
+
+def _check_arch(arch: str) -> None:
+    """Refuse an architecture we cannot build before torchvision answers with its own internal error."""
+    if arch in MODELS or (isinstance(arch, str) and _is_torchvision_classifier(arch)):
+        return
+    raise CheckpointError(f"unknown architecture {arch!r}: use one of {', '.join(MODELS.names())} "
+                          "(or another torchvision classifier name), the one the checkpoint was trained with.")
 
 
 def _split_checkpoint(loaded: Any) -> tuple[Mapping[str, torch.Tensor], dict[str, Any]]:

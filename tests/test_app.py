@@ -299,7 +299,7 @@ def test_your_own_checkpoint_with_its_training_folder(tmp_path):
     app.file_uploader(key="checkpoint_file").upload("shapes.pt", buffer.getvalue(), "application/octet-stream").run()
     assert any("training images" in i.value.lower() for i in app.info)
     app.text_input(key="train_folder").set_value(str(tmp_path / "missing")).run()
-    assert any("unknown dataset" in e.value for e in app.error)
+    assert any("does not exist" in e.value and "one sub-folder of images per class" in e.value for e in app.error)
     app.text_input(key="train_folder").set_value(str(tmp_path)).run()
     app.select_slider(key="per_class").set_value(3).run()
     assert not app.exception and not app.error

@@ -163,3 +163,295 @@ def test_16_bit_greyscale_png_loads():
     assert (np.diff(values.reshape(-1).astype(int)) >= 0).all()  # the ramp survives the rescaling
     for transform, shape in transforms().values():
         assert tuple(transform(image).shape) == shape
+
+
+# --- Issue 9: every failure says what happened and what to do ------------------------------------
+
+def cmyk_jpeg(size: tuple[int, int] = (40, 30), colour: tuple[int, int, int, int] = (0, 255, 255, 0)) -> bytes:
+    """A JPEG saved in CMYK (as print workflows make them); the default colour is pure red."""
+    buffer = io.BytesIO()
+    Image.new("CMYK", size, colour).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def test_a_cmyk_jpeg_loads_as_rgb_that_png_can_hold():
+    data = cmyk_jpeg()
+    assert Image.open(io.BytesIO(data)).mode == "CMYK"  # really a CMYK file
+    with pytest.raises(OSError, match="CMYK"):
+        png_bytes(Image.open(io.BytesIO(data)))  # what broke the sidebar before
+    image = load_image(data, name="print.jpg")
+    assert image.mode == "RGB" and image.size == (40, 30)
+    red, green, blue = image.getpixel((20, 15))
+    assert red > 200 and green < 60 and blue < 60, "C=0 M=Y=255 K=0 is red"
+    assert Image.open(io.BytesIO(png_bytes(image))).mode == "RGB"
+    for transform, shape in transforms().values():
+        assert tuple(transform(image).shape) == shape
+
+
+@pytest.mark.parametrize("mode, expected", [("CMYK", "RGB"), ("YCbCr", "RGB"), ("LAB", "RGB"), ("HSV", "RGB"),
+                                            ("RGBX", "RGB"), ("RGBa", "RGBA"), ("PA", "RGBA"), ("La", "LA"),
+                                            ("I;16", "L"), ("I", "L"), ("F", "L"), ("1", "1"), ("L", "L"),
+                                            ("LA", "LA"), ("P", "P"), ("RGB", "RGB"), ("RGBA", "RGBA")])
+def test_every_mode_becomes_one_png_can_hold(mode, expected):
+    from explainers.images import png_compatible
+
+    image = png_compatible(Image.new(mode, (8, 6)))
+    assert image.mode == expected and image.size == (8, 6)
+    assert Image.open(io.BytesIO(png_bytes(image))).size == (8, 6)
+
+
+def test_a_cmyk_tiff_from_a_path_loads_as_rgb(tmp_path):
+    path = tmp_path / "scan.tif"
+    Image.new("CMYK", (16, 16), (255, 0, 255, 0)).save(path)  # green
+    image = load_image(path)
+    assert image.mode == "RGB" and image.getpixel((8, 8)) == (0, 255, 0)
+
+
+def test_a_missing_path_or_a_folder_says_so(tmp_path):
+    with pytest.raises(ImageError) as caught:
+        load_image(tmp_path / "holiday.jpg")
+    assert "holiday.jpg" in str(caught.value) and "file not found" in str(caught.value)
+    with pytest.raises(ImageError, match="is a folder, not an image file"):
+        load_image(tmp_path)
+
+
+# --- datasets: folders that do not exist, and unreadable files -----------------------------------
+
+def write_images(folder, classes=("cat", "dog"), per_class=6, size=(24, 20)):
+    """PNG and JPEG files of random noise in one sub-folder per class; returns them by class."""
+    rng = np.random.default_rng(0)
+    written = {}
+    for name in classes:
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        written[name] = []
+        for i in range(per_class):
+            image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+            path = folder / name / (f"{i}.png" if i % 2 else f"{i}.jpg")
+            image.save(path)
+            written[name].append(path)
+    return written
+
+
+def test_a_training_folder_that_does_not_exist_says_so(tmp_path):
+    from explainers import load_dataset
+
+    missing = tmp_path / "CUB" / "images"
+    with pytest.raises(ValueError) as caught:
+        load_dataset(str(missing))
+    message = str(caught.value)
+    assert "does not exist" in message and str(missing) in message
+    assert "one sub-folder of images per class" in message
+    assert "unknown dataset" not in message and "['digits'" not in message
+
+    with pytest.raises(ValueError, match="no built-in dataset called 'cub'"):
+        load_dataset("cub")
+    one_file = write_images(tmp_path / "pets")["cat"][0]
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        load_dataset(str(one_file))
+
+
+def test_a_folder_without_class_sub_folders_says_what_it_holds(tmp_path):
+    from explainers import load_dataset
+
+    for i in range(3):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{i}.png")
+    with pytest.raises(ValueError) as caught:
+        load_dataset(str(tmp_path))
+    assert "3 images but no class sub-folders" in str(caught.value)
+    assert "one sub-folder of images per class" in str(caught.value)
+    (tmp_path / "empty_class").mkdir()
+    for path in tmp_path.glob("*.png"):
+        path.unlink()
+    with pytest.raises(ValueError, match="its 1 sub-folder hold"):  # "1 sub-folder", not "1 sub-folders"
+        load_dataset(str(tmp_path))
+
+
+def test_unreadable_files_are_skipped_with_a_warning_naming_them(tmp_path):
+    from explainers.data import SkippedFileWarning, image_folder
+
+    good = write_images(tmp_path)
+    png_data = good["cat"][1].read_bytes()
+    jpeg_data = good["dog"][0].read_bytes()
+    bad = {
+        tmp_path / "cat" / "notes.png": b"my lecture notes, not a picture",
+        tmp_path / "cat" / "empty.jpg": b"",
+        tmp_path / "dog" / "cut.png": png_data[: len(png_data) // 2],
+        tmp_path / "dog" / "cut.jpg": jpeg_data[: len(jpeg_data) // 2],
+    }
+    for path, data in bad.items():
+        path.write_bytes(data)
+    # A JPEG followed by other data (phones append videos) is complete: kept, not skipped.
+    (tmp_path / "dog" / "motion.jpg").write_bytes(jpeg_data + b"\0" * 4096)
+
+    with pytest.warns(SkippedFileWarning) as caught:
+        dataset = image_folder(tmp_path, "train", test_fraction=0.0)
+    message = " ".join(str(w.message) for w in caught)
+    assert "4 unreadable files" in message
+    for path in bad:
+        assert str(path) in message
+    reasons = dict(dataset.skipped)
+    assert set(reasons) == {str(p) for p in bad}
+    assert "not an image" in reasons[str(tmp_path / "cat" / "notes.png")]
+    assert "empty" in reasons[str(tmp_path / "cat" / "empty.jpg")]
+    assert "truncated" in reasons[str(tmp_path / "dog" / "cut.png")]
+    assert "truncated" in reasons[str(tmp_path / "dog" / "cut.jpg")]
+    assert len(dataset) == 13 and dataset.classes == ["cat", "dog"]
+    assert list(np.bincount(dataset.labels)) == [6, 7]
+    for i in range(len(dataset)):  # every image left loads
+        image, _ = dataset[i]
+        assert image.size == (24, 20)
+
+
+def test_indexing_a_folder_decodes_no_complete_image(tmp_path, monkeypatch):
+    """The readability check reads headers and file ends: a fit must not decode every image twice."""
+    from explainers.data import image_folder
+
+    write_images(tmp_path, per_class=10)
+    decoders: list[str] = []
+    real_getdecoder = Image._getdecoder
+    monkeypatch.setattr(Image, "_getdecoder", lambda mode, name, *a, **k: decoders.append(name)
+                        or real_getdecoder(mode, name, *a, **k))
+    dataset = image_folder(tmp_path, "train")
+    assert decoders == [], f"indexing decoded {len(decoders)} images"
+    dataset[0]
+    assert decoders, "the decoder spy is not wired to PIL's decoding"
+
+
+def test_a_folder_with_nothing_readable_is_an_error(tmp_path):
+    from explainers import load_dataset
+
+    (tmp_path / "cat").mkdir()
+    for i in range(3):
+        (tmp_path / "cat" / f"{i}.png").write_text("not an image")
+    with pytest.raises(ValueError) as caught:
+        load_dataset(str(tmp_path))
+    message = str(caught.value)
+    assert "None of the" in message and "can be read" in message
+    assert str(tmp_path / "cat" / "0.png") in message
+
+
+def test_damage_the_index_cannot_see_names_the_file_when_loaded(tmp_path):
+    from explainers.data import image_folder
+
+    written = write_images(tmp_path, classes=("cat",), per_class=2)
+    path = written["cat"][1]  # a PNG: flip a byte inside its pixel data, keeping its header and end
+    data = bytearray(path.read_bytes())
+    start = data.index(b"IDAT") + 20
+    data[start] ^= 0xFF
+    path.write_bytes(bytes(data))
+    dataset = image_folder(tmp_path, "train", test_fraction=0.0)
+    assert len(dataset) == 2 and not dataset.skipped
+    with pytest.raises(ImageError) as caught:
+        dataset[1]
+    assert str(path) in str(caught.value) and "Remove or replace this file" in str(caught.value)
+
+
+# --- models: missing files, unknown architectures, no network -------------------------------------
+
+@pytest.mark.parametrize("given", ["/missing.pt", "checkpoints/mine.pth", "run-3.ckpt", "~/models/best.pt"])
+def test_a_missing_checkpoint_says_file_not_found(given):
+    from explainers import CheckpointError, load_model
+
+    with pytest.raises(CheckpointError) as caught:
+        load_model(given)
+    message = str(caught.value)
+    assert "not found" in message and given in message
+    assert "unknown model" not in message
+
+
+def test_a_missing_checkpoint_path_object_and_a_folder(tmp_path):
+    from explainers import CheckpointError, load_model
+
+    with pytest.raises(CheckpointError, match="not found"):
+        load_model(tmp_path / "weights")  # a Path is a file name, whatever its suffix
+    with pytest.raises(CheckpointError, match="is a folder, not a checkpoint file"):
+        load_model(str(tmp_path))
+
+
+def test_an_unknown_architecture_names_the_known_ones():
+    from explainers import CheckpointError, load_model
+    from explainers.models import MODELS
+    from explainers.zoo import DIGITS_WEIGHTS
+
+    with pytest.raises(CheckpointError) as caught:
+        load_model(DIGITS_WEIGHTS, arch="bogus")
+    message = str(caught.value)
+    assert "'bogus'" in message
+    for name in MODELS.names():
+        assert name in message
+    assert load_model(DIGITS_WEIGHTS, arch="digits").num_classes == 10  # the control
+
+
+def test_unknown_torchvision_names_and_weights_get_our_message():
+    from explainers.models import torchvision_model
+
+    with pytest.raises(ValueError, match="unknown model 'resnet19'.*resnet18"):
+        torchvision_model("resnet19")
+    with pytest.raises(ValueError, match="no weights called 'IMAGENET9K'.*IMAGENET1K_V1"):
+        torchvision_model("resnet18", weights="IMAGENET9K")
+
+
+def test_offline_weights_say_what_to_do_and_keep_the_cause(tmp_path, monkeypatch):
+    """No network and nothing cached: torchvision's loader raises URLError (never a real download)."""
+    import urllib.error
+
+    import torchvision.models._api
+    from explainers import ModelUnavailableError, load_model
+
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    with pytest.raises(ModelUnavailableError) as caught:
+        load_model("resnet18")
+    message = str(caught.value)
+    assert "could not be downloaded" in message and "no network" in message
+    assert str(tmp_path / "hub" / "checkpoints") in message and "resnet18-" in message
+    assert "Random weights" in message and "checkpoint" in message
+    for internal in ("URLError", "weights=None", "Errno", "name resolution"):
+        assert internal not in message
+    assert isinstance(caught.value.__cause__, urllib.error.URLError)
+
+
+# --- explain takes a path, an array, a tensor or a list of them -----------------------------------
+
+def test_explain_takes_a_path_an_array_a_tensor_or_a_list(tmp_path):
+    from explainers import explain, load_dataset
+    from explainers.api import as_batch
+
+    model = digits_model()
+    image, _ = load_dataset("digits", "test")[3]
+    pixels = np.array(image)  # writable: torch.from_numpy below warns on a read-only view
+    image.save(tmp_path / "three.png")
+    expected = explain(model, image, "gradcam").heatmap
+    given = {"str path": str(tmp_path / "three.png"), "Path": tmp_path / "three.png", "uint8 (H,W)": pixels,
+             "uint8 (H,W,1)": pixels[:, :, None], "uint8 (H,W,3)": np.repeat(pixels[:, :, None], 3, axis=2),
+             "float (H,W) in [0,1]": pixels / 255.0, "tensor (C,H,W)": model.transform(image),
+             "tensor (1,C,H,W)": model.transform(image)[None], "uint8 tensor (C,H,W)": torch.from_numpy(pixels)[None]}
+    for what, value in given.items():
+        np.testing.assert_allclose(explain(model, value, "gradcam").heatmap, expected, atol=1e-5, err_msg=what)
+    batch = as_batch(model, [image, str(tmp_path / "three.png"), pixels, model.transform(image)])
+    assert tuple(batch.shape) == (4, 1, 64, 64)
+    torch.testing.assert_close(batch, model.transform(image)[None].expand(4, -1, -1, -1))
+
+
+@pytest.mark.parametrize("value, error, words", [
+    (None, TypeError, ["NoneType", "a PIL image", "numpy array", "tensor"]),
+    (42, TypeError, ["int 42", "dataset[i][0]"]),
+    ({"image": 1}, TypeError, ["dict", "a PIL image"]),
+    (np.zeros((3, 64, 64), np.uint8), ImageError, ["(3, 64, 64)", "channels first", "(H,W,C)"]),
+    (np.zeros((2, 2, 2, 2)), ImageError, ["(2, 2, 2, 2)", "(H,W)"]),
+    (np.full((8, 8), 200.0), ImageError, ["[200, 200]", "[0, 1]"]),
+    (np.full((8, 8), 300, np.int32), ImageError, ["int32", "[300, 300]"]),
+    (torch.zeros(64, 64), ImageError, ["(64, 64)", "(C,H,W)"]),
+    (torch.zeros(3, 64, 64), ImageError, ["3 channels", "digits", "1 channel"]),
+    ([], ImageError, ["no images", "a PIL image"]),
+])
+def test_explain_refuses_other_inputs_naming_what_was_given(value, error, words):
+    from explainers import explain
+
+    with pytest.raises(error) as caught:
+        explain(digits_model(), value, "gradcam")
+    for word in words:
+        assert word in str(caught.value), (word, str(caught.value))

@@ -10,6 +10,7 @@ from PIL import Image
 from explainers import explain_many, load_dataset, load_image, load_model, predict
 from explainers.api import Explanation
 from explainers.data import DatasetSpec
+from explainers.images import png_compatible
 from explainers.models import ModelSpec
 
 
@@ -35,8 +36,10 @@ def get_dataset(name: str, split: str) -> DatasetSpec:
 
 
 def image_bytes(image: Image.Image) -> bytes:
+    """The image as PNG bytes (the key of every cached map); modes PNG cannot hold (CMYK, ...)
+    are converted first, so no image that reached the sidebar can fail here."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    png_compatible(image).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
