@@ -8,9 +8,10 @@ concurrent Saliency pages took a median 10.6 s where one alone took 1-1.5 s). He
 is a *job* run by one long-lived compute thread, first come first served, while the sessions'
 threads do the rest (drawing, encoding, waiting for the browser) in parallel.
 
-Fairness: long methods (Score-CAM, Ablation-CAM, Cluster-CAM, a prototype fit) submit one batch
-per job, so a Grad-CAM of one student waits for at most one batch of another's Score-CAM,
-never for all of it.
+Fairness: long methods (Score-CAM, Ablation-CAM, Cluster-CAM) submit one batch per job with
+``run_batch``, and such jobs wait behind every single-pass job (``run``: a trace, a CAM, an
+LRP pass) already queued. A Grad-CAM of one student waits for at most the one batch of
+another's Score-CAM that is running, never for all of it.
 
 Context: a job runs in a copy of the caller's ``contextvars`` context, so the hooks that record
 for this request only (``explainers.hooks``) and its progress listener are the caller's.
@@ -26,16 +27,19 @@ A job that submits a job runs it inline (no deadlock). Exceptions reach the call
 from __future__ import annotations
 
 import contextvars
+import itertools
 import queue
 import threading
 from concurrent.futures import Future
 from typing import Any, Callable, TypeVar
 
-__all__ = ["on_compute_thread", "run"]
+__all__ = ["on_compute_thread", "run", "run_batch"]
 
 T = TypeVar("T")
+SINGLE_PASS, BATCH = 0, 1  # queue priorities: lower runs first
 
-_JOBS: "queue.SimpleQueue[tuple[Future, contextvars.Context, Callable[[], Any]]]" = queue.SimpleQueue()
+_JOBS: "queue.PriorityQueue[tuple[int, int, Future, contextvars.Context, Callable[[], Any]]]" = queue.PriorityQueue()
+_ORDER = itertools.count()  # first come, first served within a priority
 _STARTED = threading.Lock()
 _worker: threading.Thread | None = None
 _local = threading.local()
@@ -49,10 +53,19 @@ def on_compute_thread() -> bool:
 def run(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run ``function(*args, **kwargs)`` on the compute thread, in the caller's context, and return
     its result (or raise its exception). Called from a job, it runs inline."""
+    return _submit(SINGLE_PASS, function, args, kwargs)
+
+
+def run_batch(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Like ``run``, for one batch of a long method: it waits behind the single-pass jobs already queued."""
+    return _submit(BATCH, function, args, kwargs)
+
+
+def _submit(priority: int, function: Callable[..., T], args: tuple, kwargs: dict) -> T:
     if on_compute_thread():
         return function(*args, **kwargs)
     future: Future = Future()
-    _JOBS.put((future, contextvars.copy_context(), lambda: function(*args, **kwargs)))
+    _JOBS.put((priority, next(_ORDER), future, contextvars.copy_context(), lambda: function(*args, **kwargs)))
     _ensure_worker()
     return future.result()
 
@@ -70,7 +83,7 @@ def _ensure_worker() -> None:
 def _serve() -> None:
     _local.inside = True
     while True:
-        future, context, job = _JOBS.get()
+        _priority, _order, future, context, job = _JOBS.get()
         if not future.set_running_or_notify_cancel():
             continue
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -78,22 +79,26 @@ def test_a_long_job_yields_to_a_short_one_between_its_batches():
     explain_many(model, image, ["scorecam", "gradcam"], block="B4")  # warm: inference copy made
     order: list[str] = []
     started = threading.Event()
-    real_run = compute.run
+    real = {"run": compute.run, "run_batch": compute.run_batch}
 
-    def watched(function, *args, **kwargs):
-        name = getattr(function, "__name__", "")
+    def watched(kind: str):
+        def submit(function, *args, **kwargs):
+            name = getattr(function, "__name__", "")
 
-        def job():  # runs on the compute thread: ``order`` is the order in which jobs really ran
-            if name == "_masked_batch":
-                started.set()
-                order.append("score-cam batch")
-            elif name == "_trace_job" and started.is_set():
-                order.append("grad-cam trace")
-            return function(*args, **kwargs)
+            def job():  # runs on the compute thread: ``order`` is the order in which jobs really ran
+                if name == "_masked_batch":
+                    started.set()
+                    order.append("score-cam batch")
+                elif name == "_trace_job" and started.is_set():
+                    order.append("grad-cam trace")
+                return function(*args, **kwargs)
 
-        return real_run(job)
+            return real[kind](job)
 
-    compute.run = watched  # every module calls ``compute.run`` through the module, so this reaches all
+        return submit
+
+    for kind in real:  # every module calls ``compute.run`` through the module, so this reaches all
+        setattr(compute, kind, watched(kind))
     try:
         with ThreadPoolExecutor(max_workers=2) as pool:
             long = pool.submit(explain_many, model, image, ["scorecam"], "B4", None)
@@ -102,7 +107,8 @@ def test_a_long_job_yields_to_a_short_one_between_its_batches():
             short.result(timeout=60)
             long.result(timeout=120)
     finally:
-        compute.run = real_run
+        for kind, function in real.items():
+            setattr(compute, kind, function)
     assert "grad-cam trace" in order
     assert order.index("grad-cam trace") < len(order) - 1, "the Grad-CAM waited for the whole Score-CAM"
 
@@ -147,3 +153,25 @@ def test_memory_stays_flat_over_repeated_concurrent_rounds():
     after = resident_mb()
     print(f"\nresident memory after warm-up {warm:.0f} MB, after 60 more rounds of 4 sessions {after:.0f} MB")
     assert after <= warm * 1.10, f"memory grew from {warm:.0f} MB to {after:.0f} MB over 60 rounds"
+
+
+def test_single_pass_jobs_go_before_queued_batches():
+    """While the compute thread is busy, a batch job queued first still runs after a single pass queued later."""
+    release, busy = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def hold() -> None:
+        busy.set()
+        release.wait(timeout=30)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        holding = pool.submit(compute.run, hold)
+        busy.wait(timeout=30)
+        batch = pool.submit(compute.run_batch, ran.append, "batch")
+        time.sleep(0.05)  # the batch is queued first
+        single = pool.submit(compute.run, ran.append, "single pass")
+        time.sleep(0.05)
+        release.set()
+        for future in (holding, batch, single):
+            future.result(timeout=30)
+    assert ran == ["single pass", "batch"]

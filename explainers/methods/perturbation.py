@@ -98,7 +98,7 @@ def masked_scores(model: "ModelSpec", image: torch.Tensor, maps: torch.Tensor, t
     network = model.inference_net
     scores = []
     for part in _batches(maps.shape[0], batch_size):
-        scores.append(compute.run(_masked_batch, network, image, maps[part], target))
+        scores.append(compute.run_batch(_masked_batch, network, image, maps[part], target))
         if steps:
             steps.advance(part.stop - part.start)
     return torch.cat(scores) if scores else torch.zeros(0)
@@ -234,7 +234,7 @@ def after_block(model: "ModelSpec", block: str, image: torch.Tensor, outputs: to
     """
     tail = tail_after(model, block)
     if tail is not None:
-        logits = torch.cat([compute.run(torch.inference_mode()(tail), outputs[part])
+        logits = torch.cat([compute.run_batch(torch.inference_mode()(tail), outputs[part])
                             for part in _batches(outputs.shape[0], batch_size)])
         tolerance = 1e-4 * float(reference.abs().max().clamp_min(1))
         if torch.allclose(logits[0], reference, rtol=1e-4, atol=tolerance):
@@ -243,7 +243,8 @@ def after_block(model: "ModelSpec", block: str, image: torch.Tensor, outputs: to
             return logits
     parts = []
     for part in _batches(outputs.shape[0], batch_size):
-        parts.append(compute.run(torch.inference_mode()(substituted_forward), model, block, image, outputs[part]))
+        parts.append(compute.run_batch(torch.inference_mode()(substituted_forward), model, block, image,
+                                      outputs[part]))
         if steps:
             steps.advance(part.stop - part.start)
     return torch.cat(parts)
