@@ -79,3 +79,21 @@ def test_durations_below_a_millisecond_are_shown_as_such():
     assert duration(34.587) == "34.6 s"
     assert duration(125.0) == "2 min 05 s"
     assert all("0.0 ms" not in duration(s) for s in np.linspace(0, 0.002, 201))
+
+
+def test_the_page_css_hooks_exist_in_this_streamlit():
+    """ui/style.py keys its CSS on names in Streamlit's front end (the app root's websocket state and
+    the multiselect's chip container): an upgrade that renames them would silently drop the
+    lost-connection banner or clip the chosen methods again."""
+    from pathlib import Path
+
+    import streamlit
+
+    from ui.style import BANNER, CHIPS
+
+    bundle = "".join(path.read_text(errors="replace")
+                     for path in (Path(streamlit.__file__).parent / "static" / "static" / "js").glob("index.*.js"))
+    for hook in ("data-test-connection-state", "stMultiSelectTagsContainer", "PINGING_SERVER", "CONNECTING",
+                 "DISCONNECTED_FOREVER"):
+        assert hook in bundle, hook
+        assert hook in BANNER + CHIPS, hook

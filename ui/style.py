@@ -12,20 +12,22 @@ CHIPS = """
 """
 
 # The app's root carries the websocket's state (data-test-connection-state); while it is not
-# CONNECTED, Streamlit only greys the stale page and shows a small "Connecting" in a corner.
-# A banner across the top says what happened and what to do. (This style arrives with the first
+# CONNECTED, Streamlit greys the stale page, shows a small "Connecting" in a corner and, after a
+# while, a dismissable dialog telling a developer to restart it in a terminal. A banner along the
+# bottom (clear of that dialog) says to the user what happened and what to do, for as long as the
+# connection is down. (This style arrives with the first
 # run, so the very first connection of a page, before any content, is not covered: nothing is
 # shown then that could be mistaken for a live page.)
 LOST = '[data-testid="stApp"][data-test-connection-state="{state}"]::before'
 BANNER = """
 {reconnecting}, {lost} {{
-  position: fixed; top: 0; left: 0; right: 0; z-index: 1000000; padding: 0.9rem 1.5rem;
+  position: fixed; bottom: 0; left: 0; right: 0; z-index: 1000000; padding: 0.9rem 1.5rem; pointer-events: none;
   font-size: 1.05rem; font-weight: 600; line-height: 1.4; text-align: center; white-space: pre-wrap;
-  color: #ffffff; background: #b42318; box-shadow: 0 2px 8px rgba(0, 0, 0, 0.3);
+  color: #ffffff; background: #b42318; box-shadow: 0 -2px 8px rgba(0, 0, 0, 0.3);
 }}
 {reconnecting} {{
-  content: "Connection to the Protoscope server lost: trying to reconnect. What is shown below may be out of date \\
-and cannot change until it is back.\\A If this message stays, reload the page; if that fails, the server has stopped \\
+  content: "Connection to the Protoscope server lost: trying to reconnect. The page may be out of date and cannot \\
+change until it is back.\\A If this message stays, reload the page; if that fails, the server has stopped \\
 — ask whoever runs it.";
 }}
 {lost} {{
