@@ -92,7 +92,7 @@ def test_the_page_css_hooks_exist_in_this_streamlit():
     from ui.style import BANNER, CHIPS
 
     bundle = "".join(path.read_text(errors="replace")
-                     for path in (Path(streamlit.__file__).parent / "static" / "static" / "js").glob("index.*.js"))
+                     for path in (Path(streamlit.__file__).parent / "static" / "static" / "js").glob("*.js"))
     for hook in ("data-test-connection-state", "stMultiSelectTagsContainer", "PINGING_SERVER", "CONNECTING",
                  "DISCONNECTED_FOREVER"):
         assert hook in bundle, hook
