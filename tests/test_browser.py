@@ -262,3 +262,47 @@ def test_page_renders(browser, streamlit_url, page, spec: Page):
             print("page errors:", *errors, sep="\n  ")
         raise
     full_page_screenshot(page, SCREENSHOTS / f"{spec.name}.png")
+
+
+# Four students at once, each with a view of their own (digits: class, block and methods differ).
+CLASSROOM = [
+    ("3", "B3", ["scorecam", "gradcam"]),
+    ("7", "B4", ["gradcam", "eigencam", "cam"]),
+    ("1", "B2", ["scorecam", "layercam"]),
+    ("9", "B4", ["lrp_epsilon", "gradcampp"]),
+]
+LABELS = {"scorecam": "Score-CAM", "gradcam": "Grad-CAM", "eigencam": "Eigen-CAM", "cam": "CAM",
+          "layercam": "LayerCAM", "lrp_epsilon": "LRP-ε", "gradcampp": "Grad-CAM++"}
+
+
+def test_four_sessions_at_once_each_see_their_own_view(browser, streamlit_url):
+    """Four browser sessions open the Saliency page at the same moment, with different views; each page
+    must show its own image, depth and methods, and every map it asked for."""
+    contexts = [browser.new_context(viewport=VIEWPORT) for _ in CLASSROOM]
+    try:
+        pages = [context.new_page() for context in contexts]
+        for page, (cls, block, chosen) in zip(pages, CLASSROOM):  # all four requests go out before any is read
+            page.goto(f"{streamlit_url}/saliency?model=digits&source=dataset&split=test&cls={cls}&index=0"
+                      f"&block={block}&methods={','.join(chosen)}", wait_until="commit", timeout=60_000)
+        for number, (page, (cls, block, chosen)) in enumerate(zip(pages, CLASSROOM)):
+            try:
+                page.locator('[data-testid="stApp"]').wait_for(timeout=60_000)
+                wait_idle(page)
+                check_no_exception(page)
+                check_images_loaded(page, minimum=1 + len(chosen))
+                text = page.locator('[data-testid="stMain"]').inner_text()
+                assert f"true class {cls}" in text, f"session {number} shows another image:\n{text[:400]}"
+                assert f"at {block}" in text, f"session {number} shows another depth"
+                shown = [LABELS[m] for m in chosen]
+                assert all(label in text for label in shown), f"session {number} misses one of {shown}"
+                others = {LABELS[m] for _, _, c in CLASSROOM for m in c} - set(shown)
+                panels = page.locator('[data-testid="stMain"] [data-testid="stMarkdownContainer"] strong')
+                labels = {panels.nth(i).inner_text().strip() for i in range(panels.count())}
+                assert not labels & others, f"session {number} shows another session's methods: {labels & others}"
+            except BaseException:
+                ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / f"classroom-{number}-failure.png"), full_page=True)
+                raise
+    finally:
+        for context in contexts:
+            context.close()

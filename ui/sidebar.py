@@ -55,12 +55,19 @@ def _hand_over_to_the_entry_script() -> None:
     request in its legacy multipage mode until ``st.navigation`` has run once: a deep link
     such as ``/segments?block=B2`` would run that page without app.py, hence without the
     sidebar, and the server would stay in that mode. Leaving it and rerunning costs one
-    extra run, once per server.
+    extra run, once per session that came in while the server was in that mode: when a
+    classroom opens a link on a fresh server at once, several sessions start in it before the
+    first one leaves it, so the test is whether *this run* went through app.py's sidebar, not
+    the server-wide flag. One rerun at most in a row, so a page run alone cannot loop.
     """
     from streamlit.runtime.pages_manager import PagesManager
 
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
+    if st.session_state.pop("_through_entry", False):
+        st.session_state.pop("_handed_over", None)
+        return
+    PagesManager.uses_pages_directory = False
+    if not st.session_state.get("_handed_over"):
+        st.session_state["_handed_over"] = True
         st.rerun()
 
 
@@ -78,6 +85,7 @@ def sidebar() -> Selection:
             _choose_methods(selection)
     _write_query()
     st.session_state["_selection"] = selection
+    st.session_state["_through_entry"] = True  # this run went through app.py (see current())
     return selection
 
 
