@@ -55,6 +55,8 @@ def check_overview(page) -> None:
     heading = page.locator('[data-testid="stMain"]').locator("h1, h2, h3").first
     heading.wait_for(state="visible", timeout=10_000)
     assert heading.inner_text().strip(), "Overview heading is empty"
+    # The model card and the method table, rendered (a screenshot taken earlier shows empty placeholders).
+    page.locator('[data-testid="stTable"] td').first.wait_for(state="visible", timeout=60_000)
 
 
 def check_saliency(page) -> None:
