@@ -258,7 +258,7 @@ def plural(n: int, noun: str) -> str:
     """``1 class``, ``3 classes``: a count with its noun in the right number."""
     if n == 1:
         return f"1 {noun}"
-    return f"{n} {noun}es" if noun.endswith(("s", "sh", "ch", "x")) else f"{n} {noun}s"
+    return f"{n:,} {noun}es" if noun.endswith(("s", "sh", "ch", "x")) else f"{n:,} {noun}s"
 
 
 def _scan_classes(root: Path) -> tuple[list[Path], list[int], list[str]]:

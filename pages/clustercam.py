@@ -21,7 +21,10 @@ st.caption("The block's feature maps are grouped by k-means into Q clusters; eac
 
 selection = current()
 if selection.model is None or selection.image_data is None:
-    st.info("Choose a model and an image in the sidebar; if an upload could not be used, the sidebar says why.")
+    if selection.load_failure:  # chosen, but it failed: say so instead of asking to choose one
+        st.warning(selection.load_failure)
+    else:
+        st.info("Choose a model and an image in the sidebar; if an upload could not be used, the sidebar says why.")
     st.stop()
 model, block = selection.model, selection.block
 channels = model.block_shapes[block][0]

@@ -24,7 +24,10 @@ st.markdown("Explore how a convolutional image classifier decides: pick a model,
 selection = current()
 model = selection.model
 if model is None:
-    st.info("Choose a model in the sidebar.")
+    if selection.load_failure:  # chosen, but it failed: say so instead of asking to choose one
+        st.warning(selection.load_failure)
+    else:
+        st.info("Choose a model in the sidebar.")
     st.stop()
 
 st.header(f"Model: {model.name}")

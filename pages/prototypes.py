@@ -14,7 +14,7 @@ st.caption("A CNN with a global-average-pooling + linear head is a prototype mod
            "k-means prototypes (KMEx) sit among the data and classify as well.")
 
 selection = current()
-problem = unavailable(selection)
+problem = selection.load_failure or unavailable(selection)
 if problem:
     st.info(problem)
     st.stop()

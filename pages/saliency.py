@@ -15,7 +15,10 @@ st.caption("Where does the network look? Each panel is one method's answer for t
 
 selection = current()
 if selection.model is None or selection.image_data is None:
-    st.info("Choose a model and an image in the sidebar; if an upload could not be used, the sidebar says why.")
+    if selection.load_failure:  # chosen, but it failed: say so instead of asking to choose one
+        st.warning(selection.load_failure)
+    else:
+        st.info("Choose a model and an image in the sidebar; if an upload could not be used, the sidebar says why.")
     st.stop()
 model = selection.model
 

@@ -16,7 +16,7 @@ st.caption("Every pixel of the chosen depth goes to its nearest k-means prototyp
            "its nearest training patch, framed in the segment's colour.")
 
 selection = current()
-problem = unavailable(selection) or (None if selection.image else
+problem = selection.load_failure or unavailable(selection) or (None if selection.image else
                                       "Choose an image in the sidebar; if an upload could not be used, the sidebar says why.")
 if problem:
     st.info(problem)

@@ -175,7 +175,7 @@ def test_a_checkpoint_of_another_architecture_gets_a_message():
     app.file_uploader(key="checkpoint_file").upload("resnet18.pt", buffer.getvalue(), "application/octet-stream").run()
     assert not app.exception
     assert any("does not fit the digits architecture" in e.value for e in app.error)
-    assert any("Choose a model" in i.value for i in app.info)
+    assert any(w.value.startswith("The model could not be loaded: ") for w in app.warning)  # not "Choose a model"
 
 
 def test_a_fitting_checkpoint_is_explained():
@@ -304,3 +304,75 @@ def test_your_own_checkpoint_with_its_training_folder(tmp_path):
     app.select_slider(key="per_class").set_value(3).run()
     assert not app.exception and not app.error
     assert [s.value for s in app.subheader] == ["B4 · 4×4 cells"]
+
+
+# --- Issue 9, item 4: every failure says what happened and what to do ------------------------------
+
+def cmyk_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("CMYK", (48, 40), (0, 255, 255, 0)).save(buffer, format="JPEG", quality=95)  # red
+    return buffer.getvalue()
+
+
+def test_image_bytes_takes_a_cmyk_image():
+    image = Image.open(io.BytesIO(cmyk_jpeg()))
+    assert image.mode == "CMYK"
+    stored = Image.open(io.BytesIO(ui.cache.image_bytes(image)))
+    assert stored.format == "PNG" and stored.mode == "RGB" and stored.size == (48, 40)
+
+
+def test_a_cmyk_jpeg_upload_renders_every_page():
+    app = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    app.query_params["source"] = "upload"
+    app.run()
+    app.file_uploader(key="upload").upload("print.jpg", cmyk_jpeg(), "image/jpeg").run()
+    for path in PAGES:
+        app.switch_page(path).run()
+        assert not app.exception, (path, app.exception)
+        assert not app.error, (path, [e.value for e in app.error])
+        selection = app.session_state["_selection"]
+        assert selection.image_caption == "uploaded: print.jpg (48×40, RGB)", path
+        assert not any("Choose a model and an image" in i.value for i in app.info), path
+    app.switch_page("pages/saliency.py").run()
+    assert len(panel_labels(app)) == 8
+
+
+def failed_load_messages(app: AppTest) -> list[str]:
+    """The pages' message for a model that failed to load (a warning, or the prototype pages' info)."""
+    return [m.value for m in [*app.warning, *app.info] if m.value.startswith("The model could not be loaded: ")]
+
+
+def test_a_model_that_failed_to_load_is_named_on_every_page_not_choose_a_model():
+    from torchvision.models import resnet18
+
+    buffer = io.BytesIO()
+    torch.save(resnet18(num_classes=10).state_dict(), buffer)
+    for path in PAGES:
+        app = page(path, model="checkpoint")
+        app.file_uploader(key="checkpoint_file").upload("resnet18.pt", buffer.getvalue(),
+                                                        "application/octet-stream").run()
+        assert not app.exception, (path, app.exception)
+        assert any("does not fit the digits architecture" in e.value for e in app.error), path  # the sidebar
+        shown = failed_load_messages(app)
+        assert len(shown) == 1 and "does not fit the digits architecture" in shown[0], path
+        assert shown[0].endswith("— see the sidebar."), shown[0]
+        texts = [m.value for m in [*app.info, *app.warning]]
+        assert not any(t.startswith("Choose a model") for t in texts), (path, texts)
+
+
+def test_offline_imagenet_weights_say_what_to_do_in_the_sidebar_and_on_the_page(monkeypatch):
+    import urllib.error
+
+    import torchvision.models._api
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    app = page("pages/overview.py", model="resnet18")
+    sidebar = [e.value for e in app.error]
+    assert len(sidebar) == 1 and "could not be downloaded (no network connection)" in sidebar[0]
+    assert 'Tick "Random weights"' in sidebar[0] and "checkpoint" in sidebar[0]
+    assert not any(word in sidebar[0] for word in ("URLError", "weights=None", "Errno"))
+    assert failed_load_messages(app) and "resnet18" in failed_load_messages(app)[0]
+    assert not any(i.value.startswith("Choose a model") for i in app.info)

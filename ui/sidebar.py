@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pathlib import Path
 import streamlit as st
 from PIL import Image
 
 from explainers import CheckpointError, ImageError, ModelUnavailableError, load_image, method_info, methods
+from explainers.data import plural
 from explainers.models import MODELS, ModelSpec
 
 from .cache import get_checkpoint_model, get_dataset, get_model, image_bytes, top_classes
@@ -40,6 +42,14 @@ class Selection:
     block: str = "B4"
     methods: list[str] = field(default_factory=list)
     train_source: str | None = None  # dataset name or ImageFolder path the prototype pages fit on
+    problem: str | None = None  # why the chosen model could not be loaded (the sidebar shows it in full)
+
+    @property
+    def load_failure(self) -> str | None:
+        """What a page says instead of its content when the chosen model failed to load, else None."""
+        if self.model is not None or not self.problem:
+            return None
+        return f"The model could not be loaded: {self.problem.rstrip('.')} — see the sidebar."
 
 
 def current() -> Selection:
@@ -105,9 +115,15 @@ def _choose_model(selection: Selection) -> None:
                                          help="An untrained network: useful to see what architecture alone does.")
         selection.model = get_model(name, random_weights)
         selection.model_key = f"{name}:{'random' if random_weights else 'trained'}:{selection.model.fingerprint}"
-    except ModelUnavailableError as error:
-        st.error(str(error))
-        st.caption("Tick *Random weights* to explore the architecture without its ImageNet weights.")
+    except (ModelUnavailableError, ValueError) as error:  # the message says what to do (Random weights, ...)
+        _refuse_model(selection, error)
+
+
+def _refuse_model(selection: Selection, error: Exception) -> None:
+    """Say in the sidebar why the model did not load, and keep the reason for the pages."""
+    selection.model = None
+    selection.problem = str(error)
+    st.error(str(error))
 
 
 def _model_label(name: str) -> str:
@@ -125,7 +141,7 @@ def _load_checkpoint(selection: Selection) -> None:
     try:
         selection.model = get_checkpoint_model(upload.getvalue(), upload.name, arch)
     except CheckpointError as error:
-        st.error(str(error))
+        _refuse_model(selection, error)
         return
     selection.model_key = f"checkpoint:{selection.model.fingerprint}"
 
@@ -148,10 +164,15 @@ def _choose_training_images(selection: Selection) -> None:
             st.error(str(error))
             return
         if len(dataset.classes) != model.num_classes:
-            st.error(f"{folder} has {len(dataset.classes)} classes but {model.name} has {model.num_classes}; "
-                     "give the folder the model was trained on.")
+            st.error(f"{folder} has {plural(len(dataset.classes), 'class')} but {model.name} has "
+                     f"{model.num_classes}; give the folder the model was trained on.")
             return
-        st.caption(f"{len(dataset)} training images in {len(dataset.classes)} classes.")
+        if dataset.skipped:
+            shown = ", ".join(Path(path).name for path, _ in dataset.skipped[:5])
+            more = f" and {len(dataset.skipped) - 5} more" if len(dataset.skipped) > 5 else ""
+            st.warning(f"{plural(len(dataset.skipped), 'unreadable file')} left out: {shown}{more} "
+                       f"(e.g. {dataset.skipped[0][1]}). Remove or replace them to use them.")
+        st.caption(f"{plural(len(dataset), 'training image')} in {plural(len(dataset.classes), 'class')}.")
         selection.train_source = folder
 
 
