@@ -10,6 +10,7 @@ from .data import DatasetSpec, load_dataset
 from .images import ImageError, load_image
 from .methods import method_info, methods
 from .models import CheckpointError, ModelSpec, ModelUnavailableError, load_model
+from . import imagenet  # noqa: E402,F401  (registers the built-in ImageNet model, efficientnet_lite0)
 from .trace import Trace, trace
 
 __all__ = [

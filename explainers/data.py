@@ -1,4 +1,4 @@
-"""Datasets by name: the built-in ``digits`` and ``samples``, and any ImageFolder.
+"""Datasets by name: the built-in ``digits`` and ``photos``, and any ImageFolder.
 
 A dataset is indexable and yields ``(PIL image, int label)``; it also knows its
 ``classes`` and a ``fingerprint`` that keys caches of anything fitted on it.
@@ -40,6 +40,7 @@ class DatasetSpec:
     _load: Callable[[int], Image.Image] = field(repr=False)
     fingerprint: str = ""
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why) of files left out
+    names: list[str] = field(default_factory=list)  # what each image is called, when the dataset names them
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -55,7 +56,7 @@ class DatasetSpec:
 
 
 def load_dataset(name_or_path: str, split: str = "train") -> DatasetSpec:
-    """Build a dataset by registered name (``digits``, ``samples``) or from an ImageFolder path."""
+    """Build a dataset by registered name (``digits``, ``photos``) or from an ImageFolder path."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
     if name_or_path in DATASETS:
@@ -118,24 +119,77 @@ def digits(split: str = "train") -> DatasetSpec:
     )
 
 
-SAMPLE_IMAGES = ("chelsea", "coffee", "astronaut", "rocket", "camera")
+@dataclass(frozen=True)
+class Photo:
+    """One photograph inside scikit-image's wheel: the ``skimage.data`` function that reads it,
+    and its ImageNet-1k class (torchvision's name) where the photo obviously shows one."""
+
+    name: str
+    imagenet: str | None = None
+    read: Callable[[], np.ndarray] | None = None  # instead of skimage.data.<name>, for a photo of a pair
+
+    def load(self) -> Image.Image:
+        from skimage import data as skdata
+
+        pixels = self.read() if self.read is not None else getattr(skdata, self.name)()
+        return Image.fromarray(pixels)  # RGB or greyscale (L), as stored; models convert to their own mode
 
 
-@DATASETS.register("samples", description="photographs bundled with scikit-image, for ImageNet models")
-def samples(split: str = "train") -> DatasetSpec:
+def _motorcycle_left() -> np.ndarray:
     from skimage import data as skdata
 
-    def load(i: int) -> Image.Image:
-        image = Image.fromarray(getattr(skdata, SAMPLE_IMAGES[i])())
-        return image.convert("RGB")
+    return skdata.stereo_motorcycle()[0]
 
+
+# The photographs that ship inside scikit-image's wheel (skimage/data/*.png, *.jpg): every one of
+# them is read without pooch or a network. Left out: the drawings and synthetic images (logo,
+# colorwheel, horse's silhouette, checkerboard, binary_blobs, shepp_logan_phantom), lfw_subset
+# (an array of 200 tiny face crops), cat (chelsea again), and those skimage downloads on demand
+# (brain, cells3d, eagle, kidney, lily, skin, ...). Everyday scenes first, then textures and
+# scientific images.
+PHOTOS = (
+    Photo("chelsea", "tabby"),
+    Photo("coffee", "espresso"),
+    Photo("rocket", "missile"),
+    Photo("astronaut"),
+    Photo("camera", "tripod"),
+    Photo("motorcycle", read=_motorcycle_left),
+    Photo("clock", "wall clock"),
+    Photo("coins"),
+    Photo("moon"),
+    Photo("page"),
+    Photo("text"),
+    Photo("brick"),
+    Photo("grass"),
+    Photo("gravel"),
+    Photo("hubble_deep_field"),
+    Photo("retina"),
+    Photo("immunohistochemistry"),
+    Photo("cell"),
+    Photo("microaneurysms"),
+)
+UNLABELLED = -1
+
+
+@DATASETS.register("photos", description="photographs inside scikit-image's wheel (offline), ImageNet classes")
+def photos(split: str = "train") -> DatasetSpec:
+    """scikit-image's bundled photos (one set: ``split`` is ignored), in ``PHOTOS`` order.
+
+    ``classes`` are the 1,000 ImageNet-1k names (torchvision's order, as ImageNet models have
+    them); a photo's label is its ImageNet class, or ``UNLABELLED`` (-1) when it shows none.
+    ``names`` holds each photo's name.
+    """
+    from .imagenet import imagenet_classes
+
+    classes = list(imagenet_classes())
     return DatasetSpec(
-        name="samples",
+        name="photos",
         split=split,
-        classes=["unlabelled"],
-        labels=np.zeros(len(SAMPLE_IMAGES), dtype=np.int64),
-        _load=load,
-        fingerprint=_fingerprint("samples", *SAMPLE_IMAGES),
+        classes=classes,
+        labels=np.array([classes.index(p.imagenet) if p.imagenet else UNLABELLED for p in PHOTOS], dtype=np.int64),
+        _load=lambda i: PHOTOS[i].load(),
+        fingerprint=_fingerprint("photos", *(f"{p.name}:{p.imagenet}" for p in PHOTOS)),
+        names=[p.name for p in PHOTOS],
     )
 
 

@@ -195,7 +195,7 @@ def _choose_image(selection: Selection) -> None:
             return
         _set_image(selection, image, f"uploaded: {upload.name} ({image.width}×{image.height}, {image.mode})")
         return
-    dataset_name = "digits" if model.transform.mode == "L" else "samples"
+    dataset_name = "digits" if model.transform.mode == "L" else "photos"
     _ensure("split", ["test", "train"], "test")
     split = st.radio("Split", ["test", "train"], key="split", horizontal=True) if dataset_name == "digits" else "train"
     dataset = get_dataset(dataset_name, split)
