@@ -30,7 +30,7 @@ class Timer:
         self._phase, self._since = None, time.perf_counter()
 
     def __call__(self, _fraction: float, message: str) -> None:
-        phase = message.split(" at ")[0]
+        phase = message.split(",")[0]  # "stage 2 of 3, k-means at B34: class 4 of 10" -> "stage 2 of 3"
         if phase != self._phase:
             self.stop()
             self._phase, self._since = phase, time.perf_counter()
@@ -68,8 +68,8 @@ def main() -> None:
         phases = timer.phases
         levels = "pooled" if depth == "pooled" else "+".join(suffix_depths(depth))
         target = "fit < 60 s: " + ("PASS" if total < 60 else "MISS") if depth == "B234" else ""
-        print(f"{depth:7} {levels:12} {phases.get('extracting features', 0):8.1f}s {phases.get('k-means', 0):7.1f}s "
-              f"{phases.get('finding the nearest training patches', 0):7.1f}s {total:9.1f}s {explain_ms:>12} {target:>18}")
+        print(f"{depth:7} {levels:12} {phases.get('stage 1 of 3', 0):8.1f}s {phases.get('stage 2 of 3', 0):7.1f}s "
+              f"{phases.get('stage 3 of 3', 0):7.1f}s {total:9.1f}s {explain_ms:>12} {target:>18}")
     print("\nfeatures: one batched forward pass over the training set without gradients; patches: a second pass "
           "that scans every training pixel for each prototype's nearest one. explain: median over 50 test images "
           "(one forward pass, the assignment and the attribution chain); target < 100 ms.")

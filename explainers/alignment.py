@@ -6,11 +6,20 @@
 - ``accuracy_table`` (Table 2): train and test accuracy of the CNN, KMEx, B4 and B234.
 - ``projection`` (Figure 2): a 2-D map of train and test embeddings with the classifier
   columns (raw and rescaled to the class-mean norm) and the KMEx prototypes.
+
+``stored_alignment_table``, ``stored_accuracy_table`` and ``stored_projection`` are the same
+with the disk cache of ``fit_prototypes`` (this machine's ``.cache/prototypes/``, then the
+files shipped in ``assets/prototypes/``), keyed by the model's and the datasets' fingerprints
+and the fitted prototypes' ``digest_``: the Prototypes page's default view of the built-in
+model is read, not computed (no UMAP to import and compile, no pass over the data).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+import hashlib
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -18,8 +27,11 @@ import torch
 from .data import DatasetSpec
 from .models import BLOCK_NAMES, ModelSpec
 from .progress import Progress, scaled
-from .prototypes import PrototypeExplainer, batches, depth_blocks
+from .prototypes import (PrototypeExplainer, batches, cache_dir, depth_blocks, embeddings, find_stored, model_labels,
+                         temporary_path)
 from .trace import trace
+
+RESULTS_VERSION = 1  # bump when a table or the projection is computed differently: stored ones are then ignored
 
 
 def mean_cosines(prototypes: np.ndarray, labels: np.ndarray, embeddings: np.ndarray,
@@ -58,8 +70,9 @@ def accuracies(model: ModelSpec, dataset: DatasetSpec, explainers: dict[str, Pro
     """Accuracy of the CNN and of each explainer on a dataset, from ONE pass per batch through all blocks."""
     needed = sorted({b for e in explainers.values() for b in depth_blocks(e.depth)} | {BLOCK_NAMES[-1]})
     correct = {name: 0 for name in ["CNN", *explainers]}
+    labels = model_labels(model, dataset)  # a folder's classes as the model's
     for start, inputs in batches(model, dataset, batch_size):
-        truth = dataset.labels[start:start + len(inputs)]
+        truth = labels[start:start + len(inputs)]
         with torch.inference_mode():
             result = trace(model, inputs, blocks=needed)
         activations = result.activations
@@ -67,15 +80,17 @@ def accuracies(model: ModelSpec, dataset: DatasetSpec, explainers: dict[str, Pro
         for name, explainer in explainers.items():
             correct[name] += int((explainer.predict_activations(activations) == truth).sum())
         if progress:
-            progress((start + len(inputs)) / len(dataset), f"scoring {dataset.split} images")
+            done = start + len(inputs)
+            progress(done / len(dataset), f"scoring {dataset.split} images: {done:,} / {len(dataset):,}")
     return {name: count / len(dataset) for name, count in correct.items()}
 
 
 def accuracy_table(model: ModelSpec, train: DatasetSpec, test: DatasetSpec,
                    explainers: dict[str, PrototypeExplainer], progress: Progress | None = None) -> list[dict[str, object]]:
     """Table 2 rows: train and test accuracy (percent) of the CNN and of every explainer given."""
-    on_train = accuracies(model, train, explainers, scaled(progress, 0.0, 0.5))
-    on_test = accuracies(model, test, explainers, scaled(progress, 0.5, 1.0))
+    share = len(train) / max(1, len(train) + len(test))  # progress in proportion to the images scored
+    on_train = accuracies(model, train, explainers, scaled(progress, 0.0, share))
+    on_test = accuracies(model, test, explainers, scaled(progress, share, 1.0))
     return [{"model": name, "train": round(100 * on_train[name], 1), "test": round(100 * on_test[name], 1)}
             for name in on_train]
 
@@ -184,5 +199,122 @@ def projection(train_z: np.ndarray, train_labels: np.ndarray, test_z: np.ndarray
     )
 
 
+# --- stored results (the disk cache of the prototype pages) -------------------------------------
+
+def _key(kind: str, *parts: object) -> str:
+    text = json.dumps([RESULTS_VERSION, *parts], sort_keys=True, default=str)
+    return f"{kind}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def _write(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_path(path)
+    try:
+        write(temporary)
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_rows(path: Path, rows: list[dict[str, object]]) -> None:
+    """A table as JSON, written atomically."""
+    _write(path, lambda temporary: temporary.write_text(json.dumps({"rows": rows}, indent=1) + "\n"))
+
+
+def alignment_models(kmex1: PrototypeExplainer, kmex: PrototypeExplainer) -> dict[str, PrototypeExplainer]:
+    """The KMEx rows of Table 1 as the Prototypes page names them: K/C = 1 and the chosen K/C."""
+    return {"KMEx (K/C=1)": kmex1} | {f"KMEx (K/C={kmex.per_class})": kmex}
+
+
+def accuracy_models(kmex: PrototypeExplainer, b4: PrototypeExplainer, b234: PrototypeExplainer) -> dict[str, PrototypeExplainer]:
+    """The explainer rows of Table 2 as the Prototypes page names them."""
+    return {f"KMEx (K/C={kmex.per_class})": kmex, "B4": b4, "B234": b234}
+
+
+def alignment_filename(model: ModelSpec, train: DatasetSpec, kmex: dict[str, PrototypeExplainer]) -> str:
+    return _key("table1", model.fingerprint, train.fingerprint, [(name, e.digest_) for name, e in kmex.items()]) + ".json"
+
+
+def accuracy_filename(model: ModelSpec, train: DatasetSpec, test: DatasetSpec,
+                      explainers: dict[str, PrototypeExplainer]) -> str:
+    return _key("table2", model.fingerprint, train.fingerprint, test.fingerprint,
+                [(name, e.digest_) for name, e in explainers.items()]) + ".json"
+
+
+def _stored_rows(filename: str, compute: Callable[[], list[dict[str, object]]], cache: bool) -> list[dict[str, object]]:
+    found = find_stored(filename) if cache else None
+    if found is not None:
+        try:
+            return json.loads(found.read_text())["rows"]
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable: computed again below
+    rows = compute()
+    if cache:
+        write_rows(cache_dir() / "prototypes" / filename, rows)
+    return rows
+
+
+def _embedder(model: ModelSpec, embed: Callable[[DatasetSpec], np.ndarray] | None) -> Callable[[DatasetSpec], np.ndarray]:
+    return embed or (lambda dataset: embeddings(model, dataset))
+
+
+def stored_alignment_table(model: ModelSpec, train: DatasetSpec, kmex: dict[str, PrototypeExplainer],
+                           embed: Callable[[DatasetSpec], np.ndarray] | None = None,
+                           cache: bool = True) -> list[dict[str, object]]:
+    """``alignment_table`` on ``train``'s embeddings (``embed``, default ``embeddings``: only called when not stored)."""
+    return _stored_rows(alignment_filename(model, train, kmex), lambda: alignment_table(model, _embedder(model, embed)(train),
+                                                          model_labels(model, train), kmex), cache)
+
+
+def stored_accuracy_table(model: ModelSpec, train: DatasetSpec, test: DatasetSpec,
+                          explainers: dict[str, PrototypeExplainer], progress: Progress | None = None,
+                          cache: bool = True) -> list[dict[str, object]]:
+    """``accuracy_table``, stored."""
+    return _stored_rows(accuracy_filename(model, train, test, explainers), lambda: accuracy_table(model, train, test, explainers, progress), cache)
+
+
+def projection_filename(model: ModelSpec, train: DatasetSpec, test: DatasetSpec, kmex: PrototypeExplainer,
+                        classes: Sequence[int], seed: int = 0, n_neighbors: int = 15) -> str:
+    return _key("figure2", model.fingerprint, train.fingerprint, test.fingerprint, kmex.digest_,
+                sorted(int(c) for c in classes), seed, n_neighbors) + ".npz"
+
+
+def save_projection(placed: Projection, path: Path) -> None:
+    arrays = {f.name: getattr(placed, f.name) for f in fields(Projection) if f.name != "off_manifold"}
+    arrays |= {f"off_manifold_{kind}": flags for kind, flags in placed.off_manifold.items()}
+    _write(path, lambda temporary: np.savez(temporary, **arrays))
+
+
+def load_projection(path: Path) -> Projection:
+    with np.load(path, allow_pickle=False) as data:
+        values = {name: data[name] for name in data.files if not name.startswith("off_manifold_")}
+        off = {name.removeprefix("off_manifold_"): data[name] for name in data.files if name.startswith("off_manifold_")}
+    return Projection(**values, off_manifold=off)
+
+
+def stored_projection(model: ModelSpec, train: DatasetSpec, test: DatasetSpec, kmex: PrototypeExplainer,
+                      classes: Sequence[int], seed: int = 0, n_neighbors: int = 15,
+                      embed: Callable[[DatasetSpec], np.ndarray] | None = None, cache: bool = True) -> Projection:
+    """``projection`` of ``train`` and ``test`` (Figure 2), stored. UMAP with a fixed ``seed`` (and
+    ``n_jobs=1``) gives the same layout on every run, so a stored layout is the one a fit would draw."""
+    filename = projection_filename(model, train, test, kmex, classes, seed, n_neighbors)
+    found = find_stored(filename) if cache else None
+    if found is not None:
+        try:
+            return load_projection(found)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    embed = _embedder(model, embed)
+    columns, _ = classifier_prototypes(model)
+    placed = projection(embed(train), model_labels(model, train), embed(test), model_labels(model, test), columns,
+                        kmex, classes, seed=seed, n_neighbors=n_neighbors)
+    if cache:
+        save_projection(placed, cache_dir() / "prototypes" / filename)
+    return placed
+
+
 __all__ = ["Projection", "accuracy_table", "accuracies", "alignment_table", "classifier_prototypes",
-           "mean_cosines", "off_manifold", "place_by_distances", "place_prototypes", "projection", "rescaled_columns"]
+           "accuracy_filename", "accuracy_models", "alignment_filename", "alignment_models",
+           "load_projection", "mean_cosines", "off_manifold", "place_by_distances", "place_prototypes", "projection",
+           "projection_filename", "rescaled_columns", "save_projection", "stored_accuracy_table",
+           "stored_alignment_table", "stored_projection", "write_rows"]

@@ -7,9 +7,11 @@ set around the call instead of passed through it:
         explain(model, image, "scorecam")
 
 The dashboard turns the calls into ``st.progress``; with no listener, reporting costs nothing.
+``with_eta`` adds the time left, extrapolated from the time spent so far, to every message.
 """
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Callable, Iterator, Optional
@@ -41,3 +43,46 @@ def report(done: int, total: int, text: str, listener: Progress | None = None) -
     listener = listener or _LISTENER.get()
     if listener is not None and total > 0:
         listener(min(1.0, done / total), text)
+
+
+def duration(seconds: float) -> str:
+    """A time span as a person says it: "8 s", "1 min 20 s", "2 h 5 min"."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s" if seconds else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
+def with_eta(listener: Progress | None, clock: Callable[[], float] = time.monotonic,
+             settle: float = 1.0) -> Progress | None:
+    """``listener`` with "· about 12 s left" appended to every message but the last.
+
+    The time left is the time spent so far times (1 - fraction) / fraction: it assumes the
+    fractions a job reports grow in proportion to its work, so a job should weight its stages
+    by their expected cost. Nothing is promised before ``settle`` seconds or 2% of the work
+    ("estimating the time left" is shown instead), when the estimate would be noise.
+    """
+    if listener is None:
+        return None
+    started = clock()
+
+    def update(fraction: float, text: str) -> None:
+        fraction = min(max(fraction, 0.0), 1.0)
+        elapsed = clock() - started
+        if fraction >= 1.0:
+            listener(fraction, text)
+        elif elapsed < settle or fraction < 0.02:
+            listener(fraction, f"{text} · estimating the time left")
+        else:
+            listener(fraction, f"{text} · about {duration(elapsed * (1 - fraction) / fraction)} left")
+
+    return update
+
+
+def current_listener() -> Progress | None:
+    """The listener ``reporting`` set for this context, if any (for work that reports from elsewhere)."""
+    return _LISTENER.get()

@@ -16,13 +16,23 @@
 
 ``fit_prototypes`` returns a fitted ``PrototypeExplainer`` (scikit-learn style: settings in
 ``__init__``, learned attributes end with ``_``), cached on disk by model and dataset
-fingerprints and settings.
+fingerprints and settings. Two tiers are read: ``.cache/prototypes/`` (written by fits on
+this machine), then ``assets/prototypes/`` (read-only: the built-in digits model's fits at the
+pages' default settings, shipped so that the prototype pages open in seconds on a fresh
+machine; ``python -m explainers.zoo prototypes digits`` reproduces them). Both are keyed by the
+same fingerprints, so a shipped file is simply never found once the weights, the data or the
+fitting code (``CACHE_VERSION``) change.
+
+A dataset's classes are matched to the model's by name (``class_map``): a folder with
+sub-folders "3" and "7" fits the digits model's classes 3 and 7; a folder whose class names
+the model does not have is refused, naming both lists.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -39,6 +49,8 @@ from .trace import trace
 DEPTHS = ("pooled", "B4", "B34", "B234", "B1234")
 CACHE_VERSION = 2
 EPSILON = 1e-12
+# Read-only second tier of the disk cache: fitted files shipped with Protoscope (see the module docstring).
+SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "prototypes"
 
 
 class NotFittedError(RuntimeError):
@@ -49,6 +61,102 @@ def cache_dir() -> Path:
     """Where fitted prototypes are kept: ``$PROTOSCOPE_CACHE`` or ``.cache/`` beside the project."""
     root = os.environ.get("PROTOSCOPE_CACHE")
     return Path(root) if root else Path(__file__).resolve().parent.parent / ".cache"
+
+
+def store_dirs() -> list[Path]:
+    """Where fitted files are looked up, in order: this machine's cache, then the shipped files."""
+    return [cache_dir() / "prototypes", SHIPPED]
+
+
+def find_stored(filename: str) -> Path | None:
+    """The first tier of ``store_dirs`` that holds ``filename``, or None."""
+    for folder in store_dirs():
+        if (folder / filename).is_file():
+            return folder / filename
+    return None
+
+
+def temporary_path(path: Path) -> Path:
+    """A name to write ``path`` under before renaming it into place: unique per process and thread,
+    so that two writers of the same file never write into one temporary file."""
+    return path.with_name(f".{path.stem}.{os.getpid()}-{threading.get_ident()}.tmp{path.suffix}")
+
+
+# --- classes ------------------------------------------------------------------------------------
+
+def quoted(names: Sequence[str], limit: int = 12) -> str:
+    """'a', 'b', 'c' ... (N in all): class names for a message."""
+    shown = ", ".join(f"'{name}'" for name in names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _nameless(model: ModelSpec) -> bool:
+    """A model whose class names are only its indices ("0", "1", ...) and that has no known
+    training set: a checkpoint saved without names. Its classes are the folder's in sorted order."""
+    return model.dataset is None and list(model.classes) == [str(i) for i in range(model.num_classes)]
+
+
+def class_map(model: ModelSpec, dataset: DatasetSpec) -> np.ndarray:
+    """The model's class of each of the dataset's classes (index: the dataset's label).
+
+    By name when every class of the dataset is one of the model's (all of them or a subset:
+    a folder "3", "7" for the digits model gives [3, 7]); by position when the model has no
+    class names (a checkpoint saved without them) and the counts agree (torchvision's
+    ImageFolder convention: classes are the sub-folders in sorted order). Anything else is
+    refused with both class lists, as fitting would silently give the folder's classes the
+    wrong labels.
+    """
+    names = list(dataset.classes)
+    index = {name: i for i, name in enumerate(model.classes)}
+    if all(name in index for name in names):
+        return np.array([index[name] for name in names], dtype=np.int64)
+    if _nameless(model) and len(names) == model.num_classes:
+        return np.arange(len(names), dtype=np.int64)
+    unknown = [name for name in names if name not in index]
+    hint = (f"{len(names)} classes for {model.num_classes}" if _nameless(model) else
+            f"{model.name} has no class {quoted(unknown, 5)}")
+    raise ValueError(
+        f"The classes of {dataset.name} ({quoted(names)}) are not the classes of {model.name} "
+        f"({quoted(list(model.classes))}): {hint}. Give a folder with one sub-folder per class named as the "
+        f"model's classes (all of them, or some)" + ("; or the one the model was trained on." if _nameless(model) else ".")
+    )
+
+
+def model_labels(model: ModelSpec, dataset: DatasetSpec) -> np.ndarray:
+    """The dataset's labels as the model's class indices (see ``class_map``)."""
+    mapping = class_map(model, dataset)
+    return mapping[dataset.labels] if len(dataset.labels) else dataset.labels.copy()
+
+
+def check_classes(model: ModelSpec, dataset: DatasetSpec, per_class: int, pooled_embedding: bool) -> np.ndarray:
+    """The dataset's labels in the model's classes, after checking that every class of the
+    dataset has images, and (KMEx: one embedding per image) at least ``per_class`` of them."""
+    labels = model_labels(model, dataset)
+    images = np.bincount(dataset.labels, minlength=len(dataset.classes))
+    empty = [dataset.classes[i] for i in np.flatnonzero(images == 0)]
+    if empty:
+        skipped = getattr(dataset, "skipped", None)
+        why = f" ({len(skipped)} unreadable files were left out)" if skipped else ""
+        raise ValueError(
+            f"{'Class' if len(empty) == 1 else 'Classes'} {quoted(empty)} of {dataset.name} "
+            f"{'has' if len(empty) == 1 else 'have'} no {dataset.split} images{why}: add images to "
+            f"{'its sub-folder' if len(empty) == 1 else 'their sub-folders'}, or remove "
+            f"{'it' if len(empty) == 1 else 'them'} from the folder.")
+    if pooled_embedding:
+        few = [i for i in range(len(dataset.classes)) if images[i] < per_class]
+        if few:
+            listed = ", ".join(f"'{dataset.classes[i]}' ({plural(int(images[i]), 'image')})" for i in few[:8])
+            most = int(min(images[i] for i in few))
+            raise ValueError(
+                f"{'Class' if len(few) == 1 else 'Classes'} {listed}{', ...' if len(few) > 8 else ''} "
+                f"{'has' if len(few) == 1 else 'have'} fewer training images than the {per_class} prototypes per "
+                f"class asked (KMEx gives each prototype at least one image): choose at most {most} prototypes "
+                f"per class (K/C), or add images to {'that class' if len(few) == 1 else 'those classes'}.")
+    return labels
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 def depth_blocks(depth: str, model: ModelSpec | None = None) -> tuple[str, ...]:
@@ -115,7 +223,8 @@ def embeddings(model: ModelSpec, dataset: DatasetSpec, batch_size: int = 128,
     out = []
     for start, inputs in batches(model, dataset, batch_size):
         out.append(pooled(block_activations(model, inputs, [BLOCK_NAMES[-1]])).numpy())
-        _report(progress, (start + len(inputs)) / len(dataset), "embedding images")
+        done = start + len(inputs)
+        _report(progress, done / len(dataset), f"embedding images: {done:,} / {len(dataset):,}")
     return np.concatenate(out).astype(np.float32)
 
 
@@ -181,39 +290,47 @@ class PrototypeExplainer:
 
     # ---- fitting ----
     def fit(self, model: ModelSpec, dataset: DatasetSpec, progress: Progress | None = None) -> "PrototypeExplainer":
+        """Fit on ``dataset``, whose classes are matched to the model's by name (``class_map``).
+
+        ``progress`` gets (fraction, "stage i of 3, what: done / total") in three stages, weighted
+        by their usual share of the time so that an ETA extrapolated from them is fair:
+        feature extraction (a pass over the images), k-means (class by class, level by level;
+        most of the time for multi-depth explainers) and the nearest-patch scan (a second pass).
+        """
+        if self.__dict__.get("_frozen"):
+            raise AttributeError("this explainer is shared (frozen) and cannot be refitted: fit a new PrototypeExplainer")
         depth_blocks(self.depth, model)
-        counts = np.bincount(dataset.labels, minlength=model.num_classes)
-        if self.depth == "pooled":
-            too_few = [c for c in np.flatnonzero(counts) if counts[c] < self.per_class]
-            if too_few:
-                raise ValueError(f"classes {too_few} have fewer images than the {self.per_class} prototypes asked per class")
+        labels = check_classes(model, dataset, self.per_class, self.depth == "pooled")
         self.model_ = model  # kept for predict/explain; not saved (the cache key holds its fingerprint)
         self.model_name_ = model.name
         self.num_classes_ = model.num_classes
         self.classifier_ = (model.classifier.weight.detach().numpy().copy(), model.classifier.bias.detach().numpy().copy())
         depths = ["pooled"] if self.depth == "pooled" else suffix_depths(self.depth)
-        samples = self._collect_samples(model, dataset, depths, scaled(progress, 0.0, 0.45))
+        features, clustering = (0.45, 0.1) if len(depths) == 1 else (0.2, 0.65)  # measured shares on digits
+        samples = self._collect_samples(model, dataset, labels, depths, scaled(progress, 0.0, features))
         self.levels_: dict[str, Level] = {}
+        work = np.array([samples[d][0].size for d in depths], dtype=float)  # rows x dims, a proxy for k-means time
+        edges = features + clustering * np.concatenate([[0.0], np.cumsum(work) / work.sum()])
         for i, depth in enumerate(depths):
-            _report(progress, 0.45 + 0.15 * i / len(depths), f"k-means at {depth}")
-            prototypes, labels = self._kmeans(*samples[depth])
-            self.levels_[depth] = Level(depth, prototypes, labels, samples[depth][2], [])
-        self._find_patches(model, dataset, scaled(progress, 0.6, 1.0))
+            stage = scaled(progress, edges[i], edges[i + 1])
+            prototypes, owners = self._kmeans(*samples[depth], depth=depth, progress=stage)
+            self.levels_[depth] = Level(depth, prototypes, owners, samples[depth][2], [])
+        self._find_patches(model, dataset, scaled(progress, features + clustering, 1.0))
         _report(progress, 1.0, "done")
         return self
 
-    def _collect_samples(self, model: ModelSpec, dataset: DatasetSpec, depths: list[str],
+    def _collect_samples(self, model: ModelSpec, dataset: DatasetSpec, dataset_labels: np.ndarray, depths: list[str],
                          progress: Progress | None) -> dict[str, tuple[np.ndarray, np.ndarray, tuple[int, int]]]:
-        """Rows for k-means per depth: (rows, their labels, R')."""
+        """Rows for k-means per depth: (rows, their labels, R'). ``dataset_labels``: in the model's classes."""
         rng = np.random.default_rng(self.seed)
-        counts = np.bincount(dataset.labels, minlength=self.num_classes_)
+        counts = np.bincount(dataset_labels, minlength=self.num_classes_)
         rows: dict[str, list[np.ndarray]] = {d: [] for d in depths}
         labels: dict[str, list[np.ndarray]] = {d: [] for d in depths}
         resolution: dict[str, tuple[int, int]] = {}
         blocks = sorted({b for d in depths for b in depth_blocks(d)})
         for start, inputs in batches(model, dataset, self.batch_size):
             activations = block_activations(model, inputs, blocks)
-            batch_labels = dataset.labels[start:start + len(inputs)]
+            batch_labels = dataset_labels[start:start + len(inputs)]
             for depth in depths:
                 features = self._features(activations, depth)
                 resolution[depth] = features.shape[1:3] if features.dim() == 4 else (1, 1)
@@ -223,7 +340,8 @@ class PrototypeExplainer:
                     chosen = image_rows if keep >= len(image_rows) else image_rows[rng.choice(len(image_rows), keep, replace=False)]
                     rows[depth].append(chosen)
                     labels[depth].append(np.full(len(chosen), label))
-            _report(progress, (start + len(inputs)) / len(dataset), "extracting features")
+            done = start + len(inputs)
+            _report(progress, done / len(dataset), f"stage 1 of 3, extracting features: {done:,} / {len(dataset):,} images")
         return {d: (np.concatenate(rows[d]), np.concatenate(labels[d]), tuple(resolution[d])) for d in depths}
 
     def _rows_per_image(self, pixels: int, images_in_class: int) -> int:
@@ -233,21 +351,36 @@ class PrototypeExplainer:
     def _features(activations: dict[str, torch.Tensor], depth: str) -> torch.Tensor:
         return pooled(activations) if depth == "pooled" else hcheck(activations, depth_blocks(depth))
 
-    def _kmeans(self, rows: np.ndarray, labels: np.ndarray, _resolution: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """Class-wise k-means (scikit-learn), K/C prototypes per class, ordered by class."""
+    def _kmeans(self, rows: np.ndarray, labels: np.ndarray, _resolution: tuple[int, int], depth: str = "",
+                progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Class-wise k-means (scikit-learn), K/C prototypes per class, ordered by class.
+
+        Classes with no rows (a folder with some of the model's classes) get no prototypes.
+        scikit-learn's k-means sums its chunks in an order that depends on the number of OpenMP
+        threads, so it runs on one (set for the calling thread only: other threads keep theirs):
+        the prototypes are then the same whatever a machine's thread count, as the shipped files
+        are checked to be, and a fit leaves the other cores to the other sessions of a server.
+        """
         from sklearn.cluster import KMeans
+        from threadpoolctl import threadpool_limits
 
         prototypes, owners = [], []
-        for label in range(self.num_classes_):
-            members = rows[labels == label]
-            if len(members) == 0:
-                continue
-            k = min(self.per_class, len(np.unique(members, axis=0)))
-            if k < self.per_class:
-                raise ValueError(f"class {label} has only {k} distinct feature vectors for {self.per_class} prototypes")
-            fitted = KMeans(n_clusters=k, n_init=3, random_state=self.seed).fit(members.astype(np.float32))
-            prototypes.append(fitted.cluster_centers_.astype(np.float32))
-            owners.append(np.full(k, label))
+        present = [label for label in range(self.num_classes_) if (labels == label).any()]
+        with threadpool_limits(limits=1, user_api="openmp"):
+            for done, label in enumerate(present):
+                _report(progress, done / len(present),
+                        f"stage 2 of 3, k-means at {depth}: class {done + 1} of {len(present)}")
+                members = rows[labels == label]
+                k = min(self.per_class, len(np.unique(members, axis=0)))
+                if k < self.per_class:
+                    raise ValueError(
+                        f"Class '{self.model_.class_name(label)}' has only {k} distinct feature vectors at {depth} "
+                        f"for the {self.per_class} prototypes per class asked: choose at most {max(k, 1)} prototypes "
+                        f"per class (K/C), or add images to that class.")
+                fitted = KMeans(n_clusters=k, n_init=3, random_state=self.seed).fit(members.astype(np.float32))
+                prototypes.append(fitted.cluster_centers_.astype(np.float32))
+                owners.append(np.full(k, label))
+        _report(progress, 1.0, f"stage 2 of 3, k-means at {depth}: {len(present)} classes done")
         return np.concatenate(prototypes), np.concatenate(owners)
 
     def _find_patches(self, model: ModelSpec, dataset: DatasetSpec, progress: Progress | None) -> None:
@@ -271,7 +404,9 @@ class PrototypeExplainer:
                                   rows % (len(flat) // len(inputs)), distances[rows].argmin(axis=1)], axis=1)
                 closer = found[:, 0] < best[depth][:, 0]
                 best[depth][closer] = found[closer]
-            _report(progress, (start + len(inputs)) / len(dataset), "finding the nearest training patches")
+            done = start + len(inputs)
+            _report(progress, done / len(dataset),
+                    f"stage 3 of 3, finding the nearest training patches: {done:,} / {len(dataset):,} images")
         for depth in depths:
             self.levels_[depth].patches = self._patches(model, self.levels_[depth], best[depth])
 
@@ -340,7 +475,7 @@ class PrototypeExplainer:
     @staticmethod
     def _assign(rows: torch.Tensor, level: Level) -> np.ndarray:
         """Eq. 9: the nearest prototype of every row."""
-        return torch.cdist(rows, torch.from_numpy(level.prototypes)).argmin(dim=1).numpy()
+        return torch.cdist(rows, torch.tensor(level.prototypes)).argmin(dim=1).numpy()  # a copy: may be read-only
 
     def explain(self, image: object, target: int | None = None, model: ModelSpec | None = None) -> PrototypeExplanation:
         """Segments (eq. 9), class counts and prediction (eq. 10), and the attribution (eq. 11 + steps 1-3)."""
@@ -366,7 +501,7 @@ class PrototypeExplainer:
         """Eq. 11 at the last block, then upsample and average within each segment of every
         shallower explanation map of the chain (the three steps after eq. 11)."""
         weights, _bias = self.classifier_
-        column = torch.from_numpy(weights[target])
+        column = torch.tensor(weights[target])
         last = activations[BLOCK_NAMES[-1]][0]
         current = torch.einsum("dhw,d->hw", last, column) / column.dot(column)
         maps = {BLOCK_NAMES[-1]: current.numpy()}
@@ -392,9 +527,12 @@ class PrototypeExplainer:
             meta["levels"][depth] = {"resolution": list(level.resolution),
                                      "patches": [p.__dict__ | {"box": list(p.box)} for p in level.patches]}
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".tmp.npz")
-        np.savez(temporary, meta=np.array(json.dumps(meta)), **arrays)
-        temporary.replace(path)  # atomic: a half-written file is never read back
+        temporary = temporary_path(path)
+        try:
+            np.savez(temporary, meta=np.array(json.dumps(meta)), **arrays)
+            temporary.replace(path)  # atomic: a half-written file is never read back
+        finally:
+            temporary.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: Path) -> "PrototypeExplainer":
@@ -410,6 +548,36 @@ class PrototypeExplainer:
                 explainer.levels_[depth] = Level(depth, data[f"{depth}_prototypes"], data[f"{depth}_labels"],
                                                  tuple(info["resolution"]), patches)
         return explainer
+
+    @property
+    def digest_(self) -> str:
+        """A hash of what was fitted (settings, prototypes, their classes): keys anything computed from them."""
+        self._check_fitted()
+        digest = hashlib.sha256(json.dumps(self.get_params(), sort_keys=True).encode())
+        for depth, level in self.levels_.items():
+            digest.update(depth.encode())
+            digest.update(np.ascontiguousarray(level.prototypes).tobytes())
+            digest.update(np.ascontiguousarray(level.labels).tobytes())
+        return digest.hexdigest()[:16]
+
+    def freeze(self) -> "PrototypeExplainer":
+        """Make this fitted explainer read-only, for sharing between sessions and threads: its arrays
+        cannot be written, its attributes not set, its patches are tuples, and ``fit`` refuses.
+        Using it (``predict``, ``explain``, ``attribution``) is unaffected: none of them writes."""
+        self._check_fitted()
+        for level in self.levels_.values():
+            level.prototypes.setflags(write=False)
+            level.labels.setflags(write=False)
+            level.patches = tuple(level.patches)  # type: ignore[assignment]
+        for array in self.classifier_:
+            array.setflags(write=False)
+        object.__setattr__(self, "_frozen", True)
+        return self
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if self.__dict__.get("_frozen"):
+            raise AttributeError(f"this explainer is shared (frozen): {name} cannot be set; fit a new PrototypeExplainer")
+        object.__setattr__(self, name, value)
 
     def get_params(self) -> dict[str, object]:
         return {"depth": self.depth, "per_class": self.per_class, "seed": self.seed,
@@ -442,17 +610,24 @@ def receptive_box(row: int, col: int, grid: tuple[int, int], image: tuple[int, i
 def fit_prototypes(model: ModelSpec, dataset: DatasetSpec, depth: str = "B234", per_class: int = 5, seed: int = 0,
                    progress: Progress | None = None, max_pixels_per_class: int = 20_000,
                    cache: bool = True) -> PrototypeExplainer:
-    """Fit (or reload from the disk cache) the prototype explainer of ``model`` on ``dataset``."""
+    """Fit (or reload from the disk cache) the prototype explainer of ``model`` on ``dataset``.
+
+    The cache is read in two tiers (``store_dirs``): this machine's ``.cache/prototypes/``, then
+    the files shipped in ``assets/prototypes/``; a fit is written to the first only.
+    """
     explainer = PrototypeExplainer(depth, per_class, seed, max_pixels_per_class)
-    path = cache_dir() / "prototypes" / f"{cache_key(model, dataset, explainer)}.npz"
-    if cache and path.exists():
+    filename = f"{cache_key(model, dataset, explainer)}.npz"
+    path = cache_dir() / "prototypes" / filename
+    for found in [folder / filename for folder in store_dirs() if (folder / filename).is_file()] if cache else []:
         try:
-            loaded = PrototypeExplainer.load(path)
-            loaded.model_ = model
-            _report(progress, 1.0, "loaded from the cache")
-            return loaded
+            loaded = PrototypeExplainer.load(found)
         except (OSError, ValueError, KeyError):
-            path.unlink(missing_ok=True)  # unreadable: refit below
+            if found == path:
+                path.unlink(missing_ok=True)  # unreadable: the next tier, else a fit (a shipped file is never deleted)
+            continue
+        loaded.model_ = model
+        _report(progress, 1.0, "loaded from the cache" if found == path else "loaded (shipped with Protoscope)")
+        return loaded
     explainer.fit(model, dataset, progress)
     if cache:
         explainer.save(path)
@@ -462,6 +637,9 @@ def fit_prototypes(model: ModelSpec, dataset: DatasetSpec, depth: str = "B234", 
 def cache_key(model: ModelSpec, dataset: DatasetSpec, explainer: PrototypeExplainer) -> str:
     settings = json.dumps(explainer.get_params(), sort_keys=True)
     text = f"{CACHE_VERSION}|{model.fingerprint}|{dataset.fingerprint}|{settings}"
+    mapping = class_map(model, dataset)
+    if not np.array_equal(mapping, np.arange(model.num_classes)):  # the usual case keeps its key
+        text += f"|classes={mapping.tolist()}"
     return f"{explainer.depth}-k{explainer.per_class}-" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

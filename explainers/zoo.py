@@ -1,6 +1,7 @@
 """Built-in models whose weights ship in ``assets/``, and the command that trains them.
 
-    python -m explainers.zoo train digits      # reproduces assets/digits_resnet.pt
+    python -m explainers.zoo train digits        # reproduces assets/digits_resnet.pt
+    python -m explainers.zoo prototypes digits   # reproduces assets/prototypes/ from those weights
 
 The ``digits`` model is a compact ResNet: the usual stem (conv, batch norm, ReLU, max
 pool) and four residual stages of torchvision ``BasicBlock`` s, so ``B1..B4`` mean what
@@ -24,6 +25,13 @@ from torchvision.models.resnet import BasicBlock
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DIGITS_WEIGHTS = ASSETS / "digits_resnet.pt"
 DIGITS_CARD = ASSETS / "digits_resnet.json"
+PROTOTYPES = ASSETS / "prototypes"
+# What the prototype pages and the k-means attribution ask for by default (K/C = 5 except KMEx's
+# K/C = 1 row of Table 1): Segments at B4 (or B34, B234, B1234 by the sidebar's depth), Figure 1's
+# B4 + B234, the Prototypes page's KMEx K/C = 1 and 5, B4, B234, and Figure 2 of classes 0-4.
+SHIPPED_FITS = (("pooled", 1), ("pooled", 5), ("B4", 5), ("B34", 5), ("B234", 5), ("B1234", 5))
+SHIPPED_PER_CLASS = 5
+SHIPPED_FIGURE2_CLASSES = (0, 1, 2, 3, 4)
 DIGITS_WIDTHS = (16, 32, 64, 128)
 DIGITS_DEPTHS = (2, 2, 2, 2)
 # Pixel statistics of the digits training images (ink is high), used to normalise input.
@@ -148,6 +156,61 @@ def train_digits(epochs: int = 40, seed: int = 0, batch_size: int = 64, lr: floa
     return summary
 
 
+def _terminal(label: str):
+    """A progress listener printing one updating line (the fit's stage, images and time left)."""
+    def update(fraction: float, text: str) -> None:
+        percent = f"{int(fraction * 100):3d}%"  # floored: 100% only when done
+        print(f"\r{label:14} {percent} {text[:90]:90}", end="\n" if fraction >= 1 else "", flush=True)
+    return update
+
+
+def ship_prototypes(model_name: str = "digits", out: Path = PROTOTYPES) -> list[Path]:
+    """Fit the prototype explainers the pages ask for by default, compute Figure 2 of the default
+    classes and Tables 1-2, and write them to ``out`` under the keys the disk cache looks up
+    (``fit_prototypes``, ``alignment.stored_*``); files there from earlier weights are removed.
+    Nothing is read from any cache: this is what a fresh machine would compute."""
+    from .alignment import (accuracy_filename, accuracy_models, accuracy_table, alignment_filename, alignment_models,
+                            alignment_table, projection_filename, save_projection, stored_projection, write_rows)
+    from .data import load_dataset
+    from .models import load_model
+    from .progress import with_eta
+    from .prototypes import cache_key, embeddings, fit_prototypes, model_labels
+
+    model = load_model(model_name)
+    train, test = load_dataset(model.dataset, "train"), load_dataset(model.dataset, "test")
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    fitted = {}
+    for depth, per_class in SHIPPED_FITS:
+        label = f"{depth}, K/C={per_class}"
+        explainer = fit_prototypes(model, train, depth, per_class, cache=False, progress=with_eta(_terminal(label)))
+        path = out / f"{cache_key(model, train, explainer)}.npz"
+        explainer.save(path)
+        fitted[depth, per_class] = explainer
+        written.append(path)
+    kmex1, kmex = fitted["pooled", 1], fitted["pooled", SHIPPED_PER_CLASS]
+    train_z = embeddings(model, train, progress=_terminal("embeddings"))
+    table1 = alignment_models(kmex1, kmex)
+    written.append(out / alignment_filename(model, train, table1))
+    write_rows(written[-1], alignment_table(model, train_z, model_labels(model, train), table1))
+    table2 = accuracy_models(kmex, fitted["B4", SHIPPED_PER_CLASS], fitted["B234", SHIPPED_PER_CLASS])
+    written.append(out / accuracy_filename(model, train, test, table2))
+    write_rows(written[-1], accuracy_table(model, train, test, table2, progress=with_eta(_terminal("Table 2"))))
+    print("Figure 2: UMAP of classes", ", ".join(map(str, SHIPPED_FIGURE2_CLASSES)), flush=True)
+    placed = stored_projection(model, train, test, kmex, SHIPPED_FIGURE2_CLASSES, cache=False,
+                               embed=lambda dataset: train_z if dataset is train else embeddings(model, dataset))
+    written.append(out / projection_filename(model, train, test, kmex, SHIPPED_FIGURE2_CLASSES))
+    save_projection(placed, written[-1])
+    for stale in sorted((set(out.glob("*.npz")) | set(out.glob("*.json"))) - set(written)):
+        print(f"removed {stale.name} (not written by this run: earlier weights or settings)")
+        stale.unlink()
+    total = sum(path.stat().st_size for path in written)
+    for path in written:
+        print(f"{path.stat().st_size / 1024:8.1f} KB  {path.relative_to(ASSETS.parent)}")
+    print(f"{total / 1024:8.1f} KB  in all")
+    return written
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m explainers.zoo", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -155,7 +218,13 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("model", choices=["digits"])
     train.add_argument("--epochs", type=int, default=40)
     train.add_argument("--seed", type=int, default=0)
+    shipped = commands.add_parser("prototypes", help="fit the prototype pages' defaults and write them to "
+                                                     "assets/prototypes/ (read there on a fresh machine)")
+    shipped.add_argument("model", choices=["digits"])
     args = parser.parse_args(argv)
+    if args.command == "prototypes":
+        ship_prototypes(args.model)
+        return
     torch.set_num_threads(max(1, torch.get_num_threads()))
     np.random.seed(args.seed)
     train_digits(epochs=args.epochs, seed=args.seed)

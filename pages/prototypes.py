@@ -4,8 +4,9 @@ import streamlit as st
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from explainers.alignment import accuracy_models, alignment_models
 from ui.cache import get_dataset
-from ui.prototype_cache import explainer, figure2, table1, table2, unavailable
+from ui.prototype_cache import explainer, figure2, per_class_control, table1, table2, unavailable
 from ui.sidebar import current
 
 st.title("Classifier prototypes vs KMEx")
@@ -20,20 +21,23 @@ if problem:
     st.stop()
 model = selection.model
 
-classes = st.multiselect("Classes to project", list(range(model.num_classes)), default=list(range(min(5, model.num_classes))),
-                         format_func=model.class_name, key="proto_classes")
+controls = st.columns([3, 1])
+classes = controls[0].multiselect("Classes to project", list(range(model.num_classes)),
+                                  default=list(range(min(5, model.num_classes))), format_func=model.class_name,
+                                  key="proto_classes")
+per_class = per_class_control(controls[1])
 if len(classes) < 2:
     st.info("Choose at least two classes.")
     st.stop()
 
 kmex1 = explainer(model, selection.train_source, "pooled", 1)
-kmex5 = explainer(model, selection.train_source, "pooled", 5)
-placed = figure2(selection.model_key, model, selection.train_source, tuple(sorted(classes)), kmex5)
+kmex = kmex1 if per_class == 1 else explainer(model, selection.train_source, "pooled", per_class)
+placed = figure2(selection.model_key, model, selection.train_source, tuple(sorted(classes)), kmex)
 
 palette = qualitative.D3 + qualitative.Set3
 figure = make_subplots(1, 2, shared_xaxes=True, shared_yaxes=True, horizontal_spacing=0.03,
                        subplot_titles=("classifier columns: raw (×), rescaled to the class norm (▲)",
-                                       "KMEx prototypes, K/C = 5 (■)"))
+                                       f"KMEx prototypes, K/C = {per_class} (■)"))
 for position, column in ((0, 1), (1, 2)):
     for index, label in enumerate(placed.classes):
         colour = palette[index % len(palette)]
@@ -78,14 +82,15 @@ if points:
 left, right = st.columns(2)
 with left:
     st.subheader("Table 1 · alignment")
-    st.dataframe(table1(selection.model_key, model, selection.train_source, {"KMEx (K/C=1)": kmex1, "KMEx (K/C=5)": kmex5}),
+    st.dataframe(table1(selection.model_key, model, selection.train_source, alignment_models(kmex1, kmex)),
                  hide_index=True, width="stretch")
     st.caption("Mean cosine between each prototype and the training embeddings of its class (class) and of all "
                "other classes (out). Seed 000 reports about 0.5 for c_j against 0.8–0.9 for KMEx.")
 with right:
     st.subheader("Table 2 · accuracy (%)")
-    b4 = explainer(model, selection.train_source, "B4", 5)
-    b234 = explainer(model, selection.train_source, "B234", 5)
-    st.dataframe(table2(selection.model_key, model, selection.train_source, {"KMEx (K/C=5)": kmex5, "B4": b4, "B234": b234}),
+    b4 = explainer(model, selection.train_source, "B4", per_class)
+    b234 = explainer(model, selection.train_source, "B234", per_class)
+    st.dataframe(table2(selection.model_key, model, selection.train_source, accuracy_models(kmex, b4, b234)),
                  hide_index=True, width="stretch")
-    st.caption("KMEx: nearest prototype of the pooled embedding. B4, B234: the class owning most pixels (eq. 10).")
+    st.caption(f"KMEx: nearest prototype of the pooled embedding. B4, B234: the class owning most pixels (eq. 10); "
+               f"all with K/C = {per_class}.")

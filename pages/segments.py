@@ -6,7 +6,7 @@ from PIL import Image
 from explainers.methods.prototype import depth_for
 from explainers.render import DIVERGING, colorize, framed_patch, segment_overlay, segment_palette
 from ui.cache import get_dataset
-from ui.prototype_cache import explainer, unavailable
+from ui.prototype_cache import explainer, per_class_control, unavailable
 from ui.sidebar import current
 
 st.title("Prototype segments")
@@ -24,7 +24,7 @@ if problem:
 model = selection.model
 
 controls = st.columns([2, 3, 3])
-per_class = controls[0].select_slider("Prototypes per class (K/C)", [1, 3, 5, 10], value=5, key="per_class")
+per_class = per_class_control(controls[0])
 figure1 = controls[1].toggle("B4 and B234 side by side (Figure 1)", key="figure1")
 if figure1:
     depths = ["B4", "B234"]

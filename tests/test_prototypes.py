@@ -2,17 +2,28 @@
 real digits model: identities from the paper, agreement with brute force, and the tables."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import threading
+import time
+
 from explainers import load_dataset, load_model
-from explainers.alignment import accuracy_table, alignment_table, projection
+from explainers.alignment import (accuracy_filename, accuracy_models, accuracy_table, alignment_filename,
+                                  alignment_models, alignment_table, load_projection, projection,
+                                  projection_filename)
 from explainers.data import image_folder
-from explainers.prototypes import (NotFittedError, PrototypeExplainer, embeddings, fit_prototypes, hcheck,
-                                   receptive_box, suffix_depths)
+from explainers.methods import prototype as memo
+from explainers.progress import duration, with_eta
+from explainers.prototypes import (SHIPPED, NotFittedError, PrototypeExplainer, cache_key, class_map, embeddings,
+                                   fit_prototypes, hcheck, receptive_box, suffix_depths)
 from explainers.trace import trace
+from explainers.zoo import SHIPPED_FIGURE2_CLASSES, SHIPPED_FITS, SHIPPED_PER_CLASS
 
 
 @pytest.fixture(scope="module")
@@ -228,5 +239,276 @@ def test_image_folder_dataset(tmp_path):
     image, label = test[0]
     assert image.mode == "RGB" and image.size == (20, 16)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no images found"):
+    with pytest.raises(ValueError, match="(?i)no (training )?images"):
         image_folder(tmp_path / "empty")
+
+
+# --- the files shipped in assets/prototypes/ (python -m explainers.zoo prototypes digits) -------------
+
+REPRODUCE = "run `.venv/bin/python -m explainers.zoo prototypes digits` and commit assets/prototypes/"
+
+
+def shipped(model, train, depth, per_class):
+    path = SHIPPED / f"{cache_key(model, train, PrototypeExplainer(depth, per_class))}.npz"
+    assert path.is_file(), f"no shipped {depth} K/C={per_class} for these weights: {REPRODUCE}"
+    return PrototypeExplainer.load(path)
+
+
+def test_the_shipped_files_are_those_of_the_current_weights_and_small(model, train, test_set):
+    for depth, per_class in SHIPPED_FITS:
+        shipped(model, train, depth, per_class)
+    kmex1, kmex = shipped(model, train, "pooled", 1), shipped(model, train, "pooled", SHIPPED_PER_CLASS)
+    b4, b234 = (shipped(model, train, d, SHIPPED_PER_CLASS) for d in ("B4", "B234"))
+    for name in (alignment_filename(model, train, alignment_models(kmex1, kmex)),
+                 accuracy_filename(model, train, test_set, accuracy_models(kmex, b4, b234)),
+                 projection_filename(model, train, test_set, kmex, SHIPPED_FIGURE2_CLASSES)):
+        assert (SHIPPED / name).is_file(), f"{name} is missing: {REPRODUCE}"
+    files = list(SHIPPED.iterdir())
+    assert len(files) == len(SHIPPED_FITS) + 3, f"stale files in {SHIPPED}: {REPRODUCE}"
+    assert sum(f.stat().st_size for f in files) < 2_000_000
+
+
+@pytest.mark.parametrize("depth", ["pooled", "B4"])
+def test_a_fresh_fit_equals_the_shipped_file(model, train, depth):
+    """Same seed, same prototypes to the bit (k-means runs on one OpenMP thread: the thread count does not matter)."""
+    fresh = fit_prototypes(model, train, depth, SHIPPED_PER_CLASS, cache=False)
+    stored = shipped(model, train, depth, SHIPPED_PER_CLASS)
+    assert fresh.digest_ == stored.digest_, REPRODUCE
+    for level in fresh.levels_:
+        np.testing.assert_array_equal(fresh.levels_[level].prototypes, stored.levels_[level].prototypes)
+        np.testing.assert_array_equal(fresh.levels_[level].labels, stored.levels_[level].labels)
+        assert [(p.image, p.row, p.col, p.segment, p.box) for p in fresh.levels_[level].patches] == \
+               [(p.image, p.row, p.col, p.segment, p.box) for p in stored.levels_[level].patches]
+
+
+def test_the_shipped_tables_and_figure2_equal_fresh_ones(model, train, test_set, embedded):
+    kmex1, kmex = shipped(model, train, "pooled", 1), shipped(model, train, "pooled", SHIPPED_PER_CLASS)
+    b4, b234 = (shipped(model, train, d, SHIPPED_PER_CLASS) for d in ("B4", "B234"))
+    rows = alignment_models(kmex1, kmex)
+    stored = json.loads((SHIPPED / alignment_filename(model, train, rows)).read_text())["rows"]
+    assert stored == alignment_table(model, embedded[0], train.labels, rows)
+    rows = accuracy_models(kmex, b4, b234)
+    stored = json.loads((SHIPPED / accuracy_filename(model, train, test_set, rows)).read_text())["rows"]
+    assert stored == accuracy_table(model, train, test_set, rows)
+    layout = load_projection(SHIPPED / projection_filename(model, train, test_set, kmex, SHIPPED_FIGURE2_CLASSES))
+    fresh = projection(embedded[0], train.labels, embedded[1], test_set.labels,
+                       model.classifier.weight.detach().numpy(), kmex, SHIPPED_FIGURE2_CLASSES)
+    for name in ("train_xy", "test_xy", "columns_xy", "rescaled_xy", "kmex_xy"):  # UMAP, seeded, n_jobs=1
+        np.testing.assert_allclose(getattr(layout, name), getattr(fresh, name), rtol=0, atol=1e-4, err_msg=name)
+    for name in ("train_index", "test_index", "kmex_labels", "classes"):
+        np.testing.assert_array_equal(getattr(layout, name), getattr(fresh, name))
+    for kind, flags in fresh.off_manifold.items():
+        np.testing.assert_array_equal(layout.off_manifold[kind], flags)
+
+
+def test_the_shipped_tier_is_read_after_the_cache_and_never_written(model, train, tmp_path, monkeypatch):
+    monkeypatch.setenv("PROTOSCOPE_CACHE", str(tmp_path))
+    before = {f: f.stat().st_mtime for f in SHIPPED.iterdir()}
+    monkeypatch.setattr(PrototypeExplainer, "fit", lambda *a, **k: pytest.fail("fitted instead of reading the shipped file"))
+    reports = []
+    loaded = fit_prototypes(model, train, "B4", SHIPPED_PER_CLASS, progress=lambda f, m: reports.append(m))
+    assert reports == ["loaded (shipped with Protoscope)"]
+    assert not (tmp_path / "prototypes").exists() or not any((tmp_path / "prototypes").iterdir())
+    # a file in this machine's cache comes first
+    own = tmp_path / "prototypes" / f"{cache_key(model, train, loaded)}.npz"
+    loaded.save(own)
+    reports.clear()
+    fit_prototypes(model, train, "B4", SHIPPED_PER_CLASS, progress=lambda f, m: reports.append(m))
+    assert reports == ["loaded from the cache"]
+    # an unreadable one is deleted and the shipped file read instead
+    own.write_bytes(b"not an npz")
+    reports.clear()
+    fit_prototypes(model, train, "B4", SHIPPED_PER_CLASS, progress=lambda f, m: reports.append(m))
+    assert reports == ["loaded (shipped with Protoscope)"] and not own.exists()
+    assert {f: f.stat().st_mtime for f in SHIPPED.iterdir()} == before
+
+
+def test_the_prototypes_page_opens_from_the_shipped_files(tmp_path, monkeypatch):
+    """No fit, no embedding, no UMAP: everything the default view shows is read."""
+    from streamlit.testing.v1 import AppTest
+
+    import explainers.alignment as alignment
+
+    monkeypatch.setenv("PROTOSCOPE_CACHE", str(tmp_path))
+    monkeypatch.setattr(PrototypeExplainer, "fit", lambda *a, **k: pytest.fail("fitted"))
+    import ui.prototype_cache
+
+    for module, name in ((alignment, "embeddings"), (alignment, "projection"), (alignment, "accuracy_table"),
+                         (alignment, "alignment_table"), (ui.prototype_cache, "embeddings")):
+        monkeypatch.setattr(module, name, lambda *a, _name=name, **k: pytest.fail(f"computed {_name}"))
+    monkeypatch.setattr(memo, "_FITTED", {})
+    script = ("import runpy\nfrom ui.sidebar import sidebar\nsidebar()\n"
+              f"runpy.run_path({str(Path(__file__).resolve().parents[1] / 'pages/prototypes.py')!r}, run_name='__main__')\n")
+    app = AppTest.from_string(script, default_timeout=60)
+    app.query_params["model"] = "digits"
+    started = time.perf_counter()
+    app.run()
+    assert not app.exception and not app.error, (app.exception, app.error)
+    assert [s.value for s in app.subheader] == ["Table 1 · alignment", "Table 2 · accuracy (%)"]
+    assert app.select_slider(key="per_class").value == SHIPPED_PER_CLASS
+    print(f"\nPrototypes page from the shipped files: {time.perf_counter() - started:.1f} s")
+
+
+# --- classes of a folder against the model's ----------------------------------------------------------
+
+def digit_folder(root, train, classes, count=6, empty=()):
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in train.indices_of(int(name))[:count] if name.isdigit() else range(count):
+            train[int(i)][0].save(root / name / f"{i}.png")
+    for name in empty:
+        (root / name).mkdir(parents=True)
+    return root
+
+
+def test_a_folder_of_some_of_the_models_classes_is_mapped_by_name(model, train, tmp_path, monkeypatch):
+    monkeypatch.setenv("PROTOSCOPE_CACHE", str(tmp_path / "cache"))
+    folder = image_folder(digit_folder(tmp_path / "digits", train, ["3", "7"], count=10), "train")
+    assert folder.classes == ["3", "7"]
+    np.testing.assert_array_equal(class_map(model, folder), [3, 7])
+    fitted = fit_prototypes(model, folder, "B4", per_class=2)
+    assert sorted(set(fitted.prototype_labels_.tolist())) == [3, 7]
+    images = [train[int(i)][0] for i in (*train.indices_of(3)[20:25], *train.indices_of(7)[20:25])]
+    assert set(fitted.predict(images).tolist()) <= {3, 7}
+    assert (fitted.predict(images) == [3] * 5 + [7] * 5).mean() >= 0.8
+    kmex = fit_prototypes(model, folder, "pooled", per_class=2)
+    assert kmex.prototype_labels_.tolist() == [3, 3, 7, 7]
+    # another key than a fit on the model's own classes would have
+    assert "classes=" not in cache_key(model, train, fitted) and cache_key(model, folder, fitted) != cache_key(model, train, fitted)
+
+
+def test_a_folder_of_other_classes_is_refused_with_both_lists(model, train, tmp_path):
+    folder = image_folder(digit_folder(tmp_path, train, ["3", "cat"], count=5), "train")
+    with pytest.raises(ValueError) as refused:
+        fit_prototypes(model, folder, "B4", per_class=1, cache=False)
+    message = str(refused.value)
+    assert "'3', 'cat'" in message and "'0', '1', '2'" in message and "no class 'cat'" in message
+    assert "np." not in message
+
+
+def test_a_class_without_images_is_named(model, train, tmp_path):
+    folder = image_folder(digit_folder(tmp_path, train, ["3", "7"], count=5, empty=["8"]), "train")
+    with pytest.raises(ValueError, match="'8' of .* has no train images"):
+        fit_prototypes(model, folder, "B4", per_class=1, cache=False)
+
+
+def test_too_few_images_says_which_classes_by_name_and_what_to_do(model, train, tmp_path):
+    root = digit_folder(tmp_path, train, ["2", "5"], count=10)
+    for extra in sorted((root / "2").iterdir())[3:]:
+        extra.unlink()
+    folder = image_folder(root, "train")
+    with pytest.raises(ValueError) as refused:
+        fit_prototypes(model, folder, "pooled", per_class=5, cache=False)
+    message = str(refused.value)
+    assert message.startswith("Class '2' (")
+    assert "choose at most" in message and "prototypes per class (K/C)" in message and "np." not in message
+
+
+# --- one fit for many sessions ----------------------------------------------------------------------
+
+def test_fitted_is_single_flight_and_each_waiter_gets_its_own_progress(model, train, monkeypatch):
+    """Eight threads ask for the same fit at once: one fit; each listener is called only in its own
+    thread; the joiners are told another session started it; the result is shared and frozen."""
+    import explainers.prototypes as prototypes
+
+    calls = []
+    loaded = shipped(model, train, "B4", SHIPPED_PER_CLASS)
+    loaded.model_ = model  # as fit_prototypes attaches it
+
+    def slow_fit(model, dataset, depth, per_class, progress=None, **_):
+        calls.append(threading.get_ident())
+        for step in range(1, 6):
+            time.sleep(0.15)
+            progress(step / 6, f"stage {step} of 5")
+        return loaded
+
+    monkeypatch.setattr(prototypes, "fit_prototypes", slow_fit)
+    monkeypatch.setattr(memo, "_FITTED", {})
+    results, seen, errors = {}, {}, []
+
+    def session(i):
+        me = threading.get_ident()
+        seen[i] = []
+        try:
+            results[i] = memo.fitted(model, "B4", 9, "digits", progress=lambda f, m: seen[i].append((threading.get_ident() == me, m)))
+        except Exception as error:  # noqa: BLE001
+            errors.append(error)
+
+    threads = [threading.Thread(target=session, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.01)
+    for thread in threads:
+        thread.join(10)
+    assert not errors and len(calls) == 1
+    assert len({id(r) for r in results.values()}) == 1
+    for i, reports in seen.items():
+        assert reports and all(own_thread for own_thread, _ in reports)
+        assert any("stage" in m for _, m in reports)
+    assert sum(any("another session" in m for _, m in reports) for reports in seen.values()) == 7
+    shared = results[0]
+    with pytest.raises(ValueError):
+        shared.level_.prototypes[0, 0] = 1.0
+    with pytest.raises(AttributeError, match="shared"):
+        shared.per_class = 3
+    with pytest.raises(AttributeError, match="shared"):
+        shared.fit(model, train)
+    assert shared.explain(train[0][0]).segments.shape == (4, 4)  # using it is unaffected
+    assert memo.fitted(model, "B4", 9, "digits") is shared  # memoised: no second fit
+    assert len(calls) == 1
+
+
+def test_a_failed_fit_reaches_every_waiter_and_is_not_remembered(model, monkeypatch):
+    import explainers.prototypes as prototypes
+
+    calls = []
+
+    def failing_fit(*_a, **_k):
+        calls.append(1)
+        time.sleep(0.3)
+        raise ValueError("Class '2' has 3 training images")
+
+    monkeypatch.setattr(prototypes, "fit_prototypes", failing_fit)
+    monkeypatch.setattr(memo, "_FITTED", {})
+    raised = []
+
+    def session():
+        try:
+            memo.fitted(model, "B4", 9, "digits")
+        except ValueError as error:
+            raised.append(str(error))
+
+    threads = [threading.Thread(target=session) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert raised == ["Class '2' has 3 training images"] * 3 and len(calls) == 1
+    with pytest.raises(ValueError):
+        memo.fitted(model, "B4", 9, "digits")
+    assert len(calls) == 2 and not memo._FLIGHTS
+
+
+def test_progress_says_the_time_left_from_the_time_spent():
+    now = [0.0]
+    messages = []
+    listener = with_eta(lambda f, m: messages.append(m), clock=lambda: now[0])
+    listener(0.01, "stage 1 of 3, extracting features: 14 / 1,437 images")
+    now[0] = 10.0
+    listener(0.25, "stage 2 of 3, k-means at B234: class 3 of 10")
+    now[0] = 40.0
+    listener(1.0, "done")
+    assert messages == ["stage 1 of 3, extracting features: 14 / 1,437 images · estimating the time left",
+                        "stage 2 of 3, k-means at B234: class 3 of 10 · about 30 s left", "done"]
+    assert [duration(s) for s in (0.4, 59, 80, 3600, 7380)] == ["0 s", "59 s", "1 min 20 s", "1 h", "2 h 3 min"]
+
+
+def test_a_fit_reports_its_stages_with_images_done(model, train, tmp_path):
+    reports = []
+    PrototypeExplainer("B4", per_class=1).fit(model, train, progress=lambda f, m: reports.append((f, m)))
+    fractions = [f for f, _ in reports]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    texts = [m for _, m in reports]
+    assert "stage 1 of 3, extracting features: 1,437 / 1,437 images" in texts
+    assert any(m.startswith("stage 2 of 3, k-means at B4: class 10 of 10") for m in texts)
+    assert "stage 3 of 3, finding the nearest training patches: 1,437 / 1,437 images" in texts

@@ -1,20 +1,27 @@
 """Fitted prototype explainers (memoised in the library) and the Figure 2 / Table 1-2 computations, cached for the session.
 
-A first fit shows a progress bar; the fitted explainer is then kept in memory, and on disk
-by ``fit_prototypes`` so that later sessions load it instantly.
+A first fit shows a progress bar with its stage, images done and time left; the fitted
+explainer is then kept in memory (shared by every session: one fit however many sessions
+ask at once), and on disk by ``fit_prototypes``. The built-in digits model's fits, Figure 2
+layout and tables at the pages' defaults ship in ``assets/prototypes/``, so on a fresh
+machine they are read, not computed.
 """
 from __future__ import annotations
 
 import numpy as np
 import streamlit as st
 
-from explainers.alignment import Projection, accuracy_table, alignment_table, classifier_prototypes, projection
+from explainers.alignment import Projection, stored_accuracy_table, stored_alignment_table, stored_projection
 from explainers.models import ModelSpec
-from explainers.methods.prototype import fitted
-from explainers.prototypes import PrototypeExplainer, embeddings
+from explainers.methods.prototype import PER_CLASS, fitted
+from explainers.progress import current_listener, with_eta
+from explainers.prototypes import PrototypeExplainer, embeddings, model_labels
 
 from .cache import get_dataset
+from .progress import progress_bar
 from .sidebar import Selection
+
+PER_CLASS_OPTIONS = list(range(1, 11))
 
 
 def unavailable(selection: Selection) -> str | None:
@@ -31,14 +38,24 @@ def unavailable(selection: Selection) -> str | None:
     return None
 
 
+def per_class_control(container: object = st) -> int:
+    """The "Prototypes per class (K/C)" control (key ``per_class``, mirrored in the URL), shared by both pages."""
+    if st.session_state.get("per_class") not in PER_CLASS_OPTIONS:  # unset, or a URL's value out of range
+        st.session_state["per_class"] = PER_CLASS
+    return container.select_slider(  # type: ignore[attr-defined]
+        "Prototypes per class (K/C)", PER_CLASS_OPTIONS, key="per_class",
+        help=f"k-means prototypes per class. {PER_CLASS} (the default) opens at once on the built-in model; "
+             "another value is fitted on first use (a progress bar says how long).")
+
+
 def explainer(model: ModelSpec, source: str, depth: str, per_class: int) -> PrototypeExplainer:
     """The explainer fitted on ``source`` (a dataset name or an ImageFolder path), shared with the
-    Saliency page's k-means attribution; a first fit shows a progress bar."""
+    Saliency page's k-means attribution; a first fit shows a progress bar (stage, images, time left)."""
     bar = st.empty()
+    label = f"Fitting the {depth} prototypes, K/C = {per_class} (once; kept for every session)"
     try:
-        return fitted(model, depth, per_class, source,
-                      progress=lambda f, m: bar.progress(f, text=f"{depth}, K/C = {per_class}: {m}"))
-    except ValueError as error:  # too few images for the prototypes asked, an unreadable image, ...
+        return fitted(model, depth, per_class, source, progress=lambda f, m: bar.progress(f, text=f"{label}: {m}"))
+    except ValueError as error:  # classes that do not match, too few images for the prototypes asked, ...
         st.error(f"Could not fit the {depth} prototypes: {error}")
         st.stop()
     finally:
@@ -48,26 +65,54 @@ def explainer(model: ModelSpec, source: str, depth: str, per_class: int) -> Prot
 @st.cache_data(show_spinner="Embedding the dataset…", max_entries=16)
 def dataset_embeddings(model_key: str, _model: ModelSpec, source: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     dataset = get_dataset(source, split)
-    return embeddings(_model, dataset), dataset.labels
+    return embeddings(_model, dataset), model_labels(_model, dataset)
 
 
-@st.cache_data(show_spinner="Projecting with UMAP (the first map of a session takes a few seconds more)…",
-               max_entries=32)
-def figure2(model_key: str, _model: ModelSpec, source: str, classes: tuple[int, ...],
-            _kmex: PrototypeExplainer) -> Projection:
-    train_z, train_y = dataset_embeddings(model_key, _model, source, "train")
-    test_z, test_y = dataset_embeddings(model_key, _model, source, "test")
-    columns, _ = classifier_prototypes(_model)
-    return projection(train_z, train_y, test_z, test_y, columns, _kmex, classes)
+def _embedder(model_key: str, model: ModelSpec, source: str):
+    """Embeddings by split, through the session cache above (called only when a result is not stored)."""
+    return lambda dataset: dataset_embeddings(model_key, model, source, dataset.split)[0]
+
+
+# The cached functions below are keyed by the prototypes' digest, not by the explainer objects
+# (left out of the key with a leading underscore), so another K/C is another entry.
+@st.cache_data(show_spinner="Projecting with UMAP (the first projection after the server starts loads and compiles "
+                            "UMAP: up to half a minute; later ones take seconds)…", max_entries=32)
+def _figure2(model_key: str, _model: ModelSpec, source: str, classes: tuple[int, ...], kmex_digest: str,
+             _kmex: PrototypeExplainer) -> Projection:
+    return stored_projection(_model, get_dataset(source, "train"), get_dataset(source, "test"), _kmex, classes,
+                             embed=_embedder(model_key, _model, source))
 
 
 @st.cache_data(show_spinner="Computing Table 1…", max_entries=16)
-def table1(model_key: str, _model: ModelSpec, source: str, _kmex: dict[str, PrototypeExplainer]) -> list[dict]:
-    train_z, train_y = dataset_embeddings(model_key, _model, source, "train")
-    return alignment_table(_model, train_z, train_y, _kmex)
+def _table1(model_key: str, _model: ModelSpec, source: str, digests: tuple[str, ...],
+            _kmex: dict[str, PrototypeExplainer]) -> list[dict]:
+    return stored_alignment_table(_model, get_dataset(source, "train"), _kmex, embed=_embedder(model_key, _model, source))
 
 
 @st.cache_data(show_spinner="Computing Table 2 (every train and test image through every explainer)…",
                max_entries=16)
-def table2(model_key: str, _model: ModelSpec, source: str, _explainers: dict[str, PrototypeExplainer]) -> list[dict]:
-    return accuracy_table(_model, get_dataset(source, "train"), get_dataset(source, "test"), _explainers)
+def _table2(model_key: str, _model: ModelSpec, source: str, digests: tuple[str, ...],
+            _explainers: dict[str, PrototypeExplainer]) -> list[dict]:
+    # progress goes to the bar of ui.progress.progress_bar() around the call, if any (none on a cache hit)
+    return stored_accuracy_table(_model, get_dataset(source, "train"), get_dataset(source, "test"), _explainers,
+                                 progress=with_eta(current_listener()))
+
+
+def figure2(model_key: str, model: ModelSpec, source: str, classes: tuple[int, ...], kmex: PrototypeExplainer) -> Projection:
+    """Figure 2 of the chosen classes with the KMEx prototypes of ``kmex``."""
+    return _figure2(model_key, model, source, classes, kmex.digest_, kmex)
+
+
+def table1(model_key: str, model: ModelSpec, source: str, kmex: dict[str, PrototypeExplainer]) -> list[dict]:
+    """Table 1: the classifier columns and each KMEx of ``kmex`` (name -> explainer)."""
+    return _table1(model_key, model, source, _digests(kmex), kmex)
+
+
+def table2(model_key: str, model: ModelSpec, source: str, explainers: dict[str, PrototypeExplainer]) -> list[dict]:
+    """Table 2: train and test accuracy of the CNN and of each explainer (name -> explainer)."""
+    with progress_bar():
+        return _table2(model_key, model, source, _digests(explainers), explainers)
+
+
+def _digests(explainers: dict[str, PrototypeExplainer]) -> tuple[str, ...]:
+    return tuple(f"{name}={e.digest_}" for name, e in explainers.items())
