@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explainers import explain, explain_many, load_model, method_info, trace
+from explainers import batching, explain, explain_many, load_model, method_info, trace
 from explainers.methods import perturbation as P
 from explainers.progress import reporting
 from explainers.zoo import DigitsResNet
@@ -168,6 +168,7 @@ def test_ablation_on_a_vgg_layout_runs_only_the_layers_after_the_block(block, mo
     assert vgg.family == "vgg" and not vgg.gap_head and P.tail_after(vgg, block) is not None
     image = torch.randn(1, 64, 64, generator=torch.Generator().manual_seed(4))
     recorded = trace(vgg, image[None], blocks=[block])
+    batching.timings(vgg)  # the batch-size measurement runs once per network, before any count
     with count_passes(vgg.net, monkeypatch, vgg.inference_net) as passes:
         drops, scores, _ = P.ablation_drops(recorded, block, vgg)
     assert passes.forwards == 0
@@ -309,3 +310,15 @@ def test_the_perturbation_methods_are_registered_and_report_progress(model):
         fractions = [f for f, text in reports if text.startswith(method)]
         assert fractions and fractions == sorted(fractions) and fractions[-1] == 1.0, method
     assert all(e.forwards > 1 for e in maps.values())
+
+
+# --- batch size ----------------------------------------------------------------------------------
+
+def test_the_batch_size_is_the_smallest_within_five_percent_of_the_fastest_per_image():
+    assert batching.choose({1: 10.0, 2: 6.0, 4: 5.1, 8: 5.0, 16: 5.2, 32: 7.0}) == 4
+    assert batching.choose({1: 1.0, 2: 1.2}) == 1
+    model = digits_model()
+    measured = batching.timings(model)
+    assert list(measured) == list(batching.CANDIDATES[:len(measured)]) and all(t > 0 for t in measured.values())
+    assert batching.batch_size(model) == batching.choose(measured)
+    assert batching.timings(model) == measured, "measured once per network, then remembered"

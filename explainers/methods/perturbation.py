@@ -8,7 +8,8 @@ or the block's output is perturbed. No gradient is used.
   cognition-scissors.
 
 Fast paths, each equal to the plain definition (``*_plain`` below; the tests compare them):
-masked inputs run in batches under ``torch.inference_mode()`` through ``model.inference_net``,
+masked inputs run in batches (of the size measured fastest for the network, ``explainers.batching``)
+under ``torch.inference_mode()`` through ``model.inference_net``,
 a copy with batch norms folded into the convolutions and channels-last memory (both only
 change the order of floating-point sums; ``explainers.inference``); channels whose map is
 constant have no Score-CAM mask (0/0) and contribute nothing, and channels with the same
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 from sklearn.cluster import KMeans, SpectralClustering
 
-from .. import compute
+from .. import batching, compute
 from ..hooks import tapped
 from ..maps import upsample
 from ..progress import Progress, report
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
     from ..models import ModelSpec
     from ..trace import Trace
 
-BATCH_SIZE = 32
 CLUSTERS = 6  # Q: the paper's Table 2 setting ("Here Q = 6 in Cluster-CAM")
 # alpha of eq. 22. The paper prints no value; its figures fix a range. In Fig. 3 the base
 # holds both dogs and the scissors only the spaniel, yet the final map keeps only the
@@ -89,13 +89,14 @@ def scaled_masks(maps: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tenso
 
 
 def masked_scores(model: "ModelSpec", image: torch.Tensor, maps: torch.Tensor, target: int,
-                  steps: _Steps | None = None, batch_size: int = BATCH_SIZE) -> torch.Tensor:
+                  steps: _Steps | None = None, batch_size: int | None = None) -> torch.Tensor:
     """Softmax probability of ``target`` for ``image`` (C, H, W) masked by s(Up(F)) of each of the
     (M, h, w) ``maps``: the Hadamard product X * H of Score-CAM (eq. 3-4) and Cluster-CAM (eq. 19).
 
     Masks are made batch by batch, so memory does not grow with the block's channel count.
     """
     network = model.inference_net
+    batch_size = batch_size or batching.batch_size(model)
     scores = []
     for part in _batches(maps.shape[0], batch_size):
         scores.append(compute.run_batch(_masked_batch, network, image, maps[part], target))
@@ -129,7 +130,7 @@ def distinct_maps(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 # --- Score-CAM ----------------------------------------------------------------------------------
 
-def score_cam(trace: "Trace", block: str, model: "ModelSpec", batch_size: int = BATCH_SIZE,
+def score_cam(trace: "Trace", block: str, model: "ModelSpec", batch_size: int | None = None,
               listener: Progress | None = None) -> MethodOutput:
     """Score-CAM (Wang et al. 2020, eq. 3-6, as in the authors' code): for each channel k with a
     non-constant map, H_k = s(Up(A_k)) (eq. 4), alpha_k = softmax(f(X * H_k))_c, the target's
@@ -183,33 +184,15 @@ def score_cam_plain(model: "ModelSpec", image: torch.Tensor, block: str, target:
 # --- Ablation-CAM -------------------------------------------------------------------------------
 
 def tail_after(model: "ModelSpec", block: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The network after ``block`` as a function of the block's output, for the torchvision layouts:
-    ResNet (later stages, avgpool, flatten, fc) and VGG (later feature layers, avgpool, flatten,
-    classifier). None otherwise; callers then use ``substituted_forward``. ``after_block`` checks
-    the result against the whole network, so a model that only looks like one of these is caught.
+    """The network after ``block`` as a function of the block's output, as the model's family adapter
+    gives it (``explainers.families``: the forward traced with torch.fx and cut at the block's output,
+    on the BN-folded channels-last inference copy). None when the network has no such cut; callers
+    then use ``substituted_forward``. ``after_block`` checks the result against the whole network,
+    so a tail that does not reproduce the model is never used.
     """
-    net, fast = model.net, model.inference_net  # same module names; ``fast`` has its batch norms folded
-    if model.family == "resnet":
-        stages = [getattr(net, f"layer{i}", None) for i in range(1, 5)]
-        if list(model.blocks.values()) != stages or getattr(net, "fc", None) is not model.classifier:
-            return None
-        later = [getattr(fast, f"layer{i}") for i in range(list(model.blocks).index(block) + 2, 5)]
-        head = getattr(fast, "fc")
-    elif model.family == "vgg" and isinstance(getattr(net, "classifier", None), torch.nn.Sequential):
-        layers = list(net.features)
-        later, head = list(fast.features)[layers.index(model.blocks[block]) + 1:], fast.classifier
-    else:
-        return None
-    if not hasattr(net, "avgpool"):
-        return None
+    from ..families import family_of
 
-    def tail(outputs: torch.Tensor) -> torch.Tensor:
-        outputs = outputs.contiguous(memory_format=torch.channels_last)
-        for layer in later:
-            outputs = layer(outputs)
-        return head(torch.flatten(fast.avgpool(outputs), 1))
-
-    return tail
+    return family_of(model).tail(model, block)
 
 
 def substituted_forward(model: "ModelSpec", block: str, image: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
@@ -224,7 +207,7 @@ def substituted_forward(model: "ModelSpec", block: str, image: torch.Tensor, out
 
 
 def after_block(model: "ModelSpec", block: str, image: torch.Tensor, outputs: torch.Tensor, reference: torch.Tensor,
-                steps: _Steps | None = None, batch_size: int = BATCH_SIZE) -> torch.Tensor:
+                steps: _Steps | None = None, batch_size: int | None = None) -> torch.Tensor:
     """Logits for modified outputs (M, D, h, w) of ``block``; ``outputs[0]`` must be the unmodified
     output, whose logits ``reference`` the whole network gave for ``image`` (C, H, W).
 
@@ -233,6 +216,7 @@ def after_block(model: "ModelSpec", block: str, image: torch.Tensor, outputs: to
     otherwise every row goes through the whole network with the block's output substituted.
     """
     tail = tail_after(model, block)
+    batch_size = batch_size or batching.batch_size(model)
     if tail is not None:
         logits = torch.cat([compute.run_batch(torch.inference_mode()(tail), outputs[part])
                             for part in _batches(outputs.shape[0], batch_size)])
@@ -250,7 +234,7 @@ def after_block(model: "ModelSpec", block: str, image: torch.Tensor, outputs: to
     return torch.cat(parts)
 
 
-def ablation_drops(trace: "Trace", block: str, model: "ModelSpec", batch_size: int = BATCH_SIZE,
+def ablation_drops(trace: "Trace", block: str, model: "ModelSpec", batch_size: int | None = None,
                    listener: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """S_c - S_c,k for every channel k (N, K), the scores S_c (N,) and the forwards used per image.
 
@@ -276,7 +260,7 @@ def ablation_drops(trace: "Trace", block: str, model: "ModelSpec", batch_size: i
     return drops, scores, max(len(c) + 1 for c in active)
 
 
-def ablation_cam(trace: "Trace", block: str, model: "ModelSpec", batch_size: int = BATCH_SIZE,
+def ablation_cam(trace: "Trace", block: str, model: "ModelSpec", batch_size: int | None = None,
                  listener: Progress | None = None) -> MethodOutput:
     """Ablation-CAM (Desai & Ramaswamy 2020, eq. 3-4): w_k = (S_c - S_c,k) / S_c with S_c the target
     logit and S_c,k the logit with channel k of the block's output zeroed; L = ReLU(sum_k w_k A_k).
@@ -389,7 +373,7 @@ def _cluster_job(maps: torch.Tensor, q: int, clustering: str, seed: int) -> np.n
 
 
 def cluster_cam_parts(trace: "Trace", block: str, model: "ModelSpec", q: int = CLUSTERS, alpha: float = ALPHA,
-                      clustering: str = "kmeans", seed: int = 0, batch_size: int = BATCH_SIZE,
+                      clustering: str = "kmeans", seed: int = 0, batch_size: int | None = None,
                       listener: Progress | None = None) -> list[ClusterCAM]:
     """Cluster-CAM's steps for every image of the trace (seed 002, eq. 18-21): clusters, their
     means, the masked inputs and their scores, base and scissors. Q masked forwards per image.
@@ -419,7 +403,7 @@ def cluster_cam_parts(trace: "Trace", block: str, model: "ModelSpec", q: int = C
 
 
 def cluster_cam(trace: "Trace", block: str, model: "ModelSpec", q: int = CLUSTERS, alpha: float = ALPHA,
-                clustering: str = "kmeans", seed: int = 0, batch_size: int = BATCH_SIZE,
+                clustering: str = "kmeans", seed: int = 0, batch_size: int | None = None,
                 listener: Progress | None = None) -> MethodOutput:
     """Cluster-CAM (Feng et al. 2023, seed 002, eq. 17-22): H = alpha * base - (1 - alpha) * scissors.
 

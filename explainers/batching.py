@@ -1,0 +1,82 @@
+"""How many masked inputs to push through a network at once: measured, once per network.
+
+Score-CAM, Cluster-CAM and Ablation-CAM run hundreds of gradient-free passes in batches. The
+best batch size depends on the network and the machine: a ResNet on two CPU cores runs a
+batch of 32 at its best speed per image, while a depthwise network such as EfficientNet-Lite0
+slows down beyond a few images, its activations no longer fitting the caches (issue 10
+measured 26 ms per masked pass at batches of 32 against 15 ms at its best batch size).
+
+``batch_size(model)`` times the model's inference copy on a few batch sizes (seeded random
+inputs, under ``torch.inference_mode``, each timing a job of the compute thread) and keeps,
+among the sizes within 5% of the best time per image, the smallest: the same throughput with
+the shortest jobs, so that other sessions wait least between batches (``explainers.compute``).
+Sizes whose one batch takes longer than ``JOB_SECONDS`` are not tried further. The choice is
+kept per network for the life of the process; ``timings(model)`` shows what was measured.
+"""
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from . import compute
+
+if TYPE_CHECKING:
+    from .models import ModelSpec
+
+CANDIDATES = (1, 2, 4, 8, 16, 32, 64)
+NEAR_BEST = 1.05  # sizes within this factor of the best time per image count as equally fast
+JOB_SECONDS = 0.5  # a batch slower than this is not grown further (other sessions wait for it)
+REPEATS = 3
+
+_MEASURED: "weakref.WeakKeyDictionary[nn.Module, dict[int, float]]" = weakref.WeakKeyDictionary()
+_MEASURING = threading.Lock()
+
+__all__ = ["batch_size", "choose", "timings"]
+
+
+def batch_size(model: "ModelSpec") -> int:
+    """The batch size for ``model``'s masked passes, measured on first use (see the module docstring)."""
+    return choose(timings(model))
+
+
+def timings(model: "ModelSpec") -> dict[int, float]:
+    """Seconds per image at each batch size tried, for ``model.inference_net`` (measured once)."""
+    network = model.inference_net
+    found = _MEASURED.get(network)
+    if found is None:
+        with _MEASURING:
+            found = _MEASURED.get(network)
+            if found is None:
+                found = _MEASURED[network] = _measure(network, model.probe_inputs(1))
+    return dict(found)
+
+
+def choose(per_image: dict[int, float]) -> int:
+    """The smallest batch size whose time per image is within ``NEAR_BEST`` of the best."""
+    best = min(per_image.values())
+    return min(size for size, seconds in per_image.items() if seconds <= best * NEAR_BEST)
+
+
+def _measure(network: nn.Module, probe: torch.Tensor) -> dict[int, float]:
+    per_image: dict[int, float] = {}
+    for size in CANDIDATES:
+        batch = probe.expand(size, *probe.shape[1:]).contiguous(memory_format=torch.channels_last)
+        compute.run_batch(_timed, network, batch)  # warm-up: allocator and kernels for this shape
+        seconds = statistics.median(compute.run_batch(_timed, network, batch) for _ in range(REPEATS))
+        per_image[size] = seconds / size
+        if seconds > JOB_SECONDS:
+            break
+    return per_image
+
+
+@torch.inference_mode()
+def _timed(network: nn.Module, batch: torch.Tensor) -> float:
+    started = time.perf_counter()
+    network(batch)
+    return time.perf_counter() - started
