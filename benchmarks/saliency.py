@@ -321,6 +321,44 @@ def perturbation_case(case: Case, settings: Settings, quick: bool) -> None:
     print(decomposition)
 
 
+# ---------------------------------------------------------------------------- the built-in ImageNet model
+
+
+def imagenet_case(settings: Settings, names: list[str]) -> None:
+    """efficientnet_lite0 (real ImageNet weights) on the cat photo, at B4 and B3: every CAM-family map
+    that applies at the block (CAM is defined at B4 only) from one ``explain_many`` call, against one
+    Grad-CAM (target <= 1.5x); and the dashboard's pass of a view (``ui.cache.view_trace``: every
+    block recorded, one backward of the predicted class to every block) with the same maps from it."""
+    from explainers import explain_trace, method_info, trace
+    from explainers.data import PHOTOS
+
+    model = load_model("efficientnet_lite0")
+    image = model.transform(PHOTOS[0].load())  # chelsea, preprocessed once: preprocessing excluded
+    print(f"\n== efficientnet_lite0 (ImageNet-1k weights, 224x224, scikit-image's cat photo, predicted class)")
+    for block in ("B4", "B3"):
+        chosen = [name for name in names if method_info(name).available(model, block) is None]
+        runs = {
+            "one": lambda block=block: explain(model, image, "gradcam", block=block),
+            "many": lambda block=block, chosen=chosen: explain_many(model, image, chosen, block=block),
+            "view": lambda block=block, chosen=chosen: explain_trace(
+                model, trace(model, image[None], gradients=True), chosen, block),
+        }
+        timed = median_ms(runs, settings.repeats, settings.warmup)
+        one, many, view = timed["one"], timed["many"], timed["view"]
+        verdict = "PASS" if many / one <= TARGET_RATIO else "MISS"
+        shape = model.block_shapes[block]
+        print(f"  {block} = {model.block_paths[block]} ({shape[0]} x {shape[1]} x {shape[2]}), "
+              f"{len(chosen)} methods: {', '.join(chosen)}")
+        for label, value, note in (
+            ("one Grad-CAM explain", f"{one:9.1f} ms", "1 fwd + 1 bwd to the block"),
+            (f"explain_many, all {len(chosen)}", f"{many:9.1f} ms", "1 fwd + 1 bwd to the block"),
+            ("ratio shared / one Grad-CAM", f"{many / one:9.2f} x", f"target <= {TARGET_RATIO}: {verdict}"),
+            (f"app's view pass + {len(chosen)} maps", f"{view:9.1f} ms",
+             f"1 fwd + 1 bwd to B1 (every depth at once); {view / one:.2f}x one Grad-CAM"),
+        ):
+            print(f"  {label:<30} {value:>12}   {note}")
+
+
 # ---------------------------------------------------------------------------- main
 
 
@@ -342,8 +380,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="few repeats and images: a smoke run")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
-    parser.add_argument("--only", choices=["cam", "perturbation"], help="run one part: the CAM family's shared "
-                        "trace and memory, or the perturbation methods' fast paths")
+    parser.add_argument("--only", choices=["cam", "perturbation", "imagenet"], help="run one part: the CAM family's "
+                        "shared trace and memory, the perturbation methods' fast paths, or the built-in ImageNet model")
     args = parser.parse_args()
     settings = QUICK if args.quick else FULL
     torch.set_num_threads(args.threads)
@@ -352,6 +390,10 @@ def main() -> None:
     if missing:
         sys.exit(f"methods missing from the registry: {', '.join(missing)}")
     header(settings, args.quick, args.only)
+    if args.only in (None, "cam", "imagenet"):
+        imagenet_case(settings, names)
+    if args.only == "imagenet":
+        return
     for build, loop in ((digits_case, settings.digits_loop), (resnet_case, settings.resnet_loop)):
         case = build()
         if args.only != "perturbation":

@@ -5,7 +5,7 @@
     image, label = load_dataset("digits", "test")[0]
     maps = explain_many(model, image, ["gradcam", "cam"], block="B4")
 """
-from .api import Explanation, MethodUnavailableError, explain, explain_batch, explain_many, predict
+from .api import Explanation, MethodUnavailableError, explain, explain_batch, explain_many, explain_trace, predict
 from .data import DatasetSpec, load_dataset
 from .images import ImageError, load_image
 from .methods import method_info, methods
@@ -15,6 +15,6 @@ from .trace import Trace, trace
 
 __all__ = [
     "CheckpointError", "DatasetSpec", "Explanation", "ImageError", "MethodUnavailableError", "ModelSpec",
-    "ModelUnavailableError", "Trace", "explain", "explain_batch", "explain_many", "load_dataset", "load_image",
-    "load_model", "method_info", "methods", "predict", "trace",
+    "ModelUnavailableError", "Trace", "explain", "explain_batch", "explain_many", "explain_trace", "load_dataset",
+    "load_image", "load_model", "method_info", "methods", "predict", "trace",
 ]

@@ -147,6 +147,14 @@ def _describe(item: Any) -> str:
 def explain_batch(model: ModelSpec, images: Any, methods: Sequence[str], block: str = "B4",
                   target: int | Sequence[int] | None = None) -> list[dict[str, Explanation]]:
     """Explain N images with several methods from ONE forward (and at most one backward) pass."""
+    chosen = _available(model, methods, block)
+    batch = as_batch(model, images)
+    blocks = list(model.blocks) if any(m.needs_all_blocks for m in chosen) else [block]
+    shared = trace(model, batch, target, gradients=any(m.needs_gradients for m in chosen), blocks=blocks)
+    return explain_trace(model, shared, methods, block)
+
+
+def _available(model: ModelSpec, methods: Sequence[str], block: str) -> list[Method]:
     chosen = [method_info(name) for name in methods]
     if block not in model.blocks:
         raise ValueError(f"block {block!r} not in this model; it has {', '.join(model.blocks)}")
@@ -154,10 +162,26 @@ def explain_batch(model: ModelSpec, images: Any, methods: Sequence[str], block: 
         reason = method.available(model, block)
         if reason:
             raise MethodUnavailableError(reason)
-    batch = as_batch(model, images)
-    blocks = list(model.blocks) if any(m.needs_all_blocks for m in chosen) else [block]
-    shared = trace(model, batch, target, gradients=any(m.needs_gradients for m in chosen), blocks=blocks)
-    results: list[dict[str, Explanation]] = [{} for _ in range(batch.shape[0])]
+    return chosen
+
+
+def explain_trace(model: ModelSpec, shared: Trace, methods: Sequence[str],
+                  block: str = "B4") -> list[dict[str, Explanation]]:
+    """Several methods for the images of a trace already taken, one dict per image: no pass of its
+    own beyond those a method runs itself (perturbation, LRP), which its counts include.
+
+    ``shared`` comes from ``trace(model, inputs, targets, gradients=..., blocks=...)``: it must hold
+    ``block`` (every block for the prototype attribution) and, for gradient methods, its gradients.
+    One trace of every block with gradients serves every depth and method of its images and targets.
+    """
+    chosen = _available(model, methods, block)
+    needed = list(model.blocks) if any(m.needs_all_blocks for m in chosen) else [block]
+    absent = [name for name in needed if name not in shared.activations]
+    if absent:
+        raise ValueError(f"the trace did not record {', '.join(absent)}: trace with blocks={needed}")
+    if any(m.needs_gradients for m in chosen) and (shared.gradients is None or block not in shared.gradients):
+        raise ValueError(f"gradient methods need the trace's gradients at {block}: trace with gradients=True")
+    results: list[dict[str, Explanation]] = [{} for _ in range(shared.inputs.shape[0])]
     for method in chosen:
         started = time.perf_counter()
         output = _compute(method, shared, block, model)
@@ -209,4 +233,5 @@ def _probabilities(model: ModelSpec, inputs: torch.Tensor) -> torch.Tensor:
     return model.net(inputs).softmax(dim=1)
 
 
-__all__ = ["Explanation", "MethodUnavailableError", "Trace", "explain", "explain_batch", "explain_many", "predict"]
+__all__ = ["Explanation", "MethodUnavailableError", "Trace", "explain", "explain_batch", "explain_many",
+           "explain_trace", "predict"]

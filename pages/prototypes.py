@@ -6,7 +6,7 @@ from plotly.subplots import make_subplots
 
 from explainers.alignment import accuracy_models, alignment_models
 from ui.cache import get_dataset
-from ui.prototype_cache import explainer, figure2, per_class_control, table1, table2, unavailable
+from ui.prototype_cache import explainer, figure2, offer_digits, per_class_control, table1, table2, unavailable
 from ui.sidebar import current
 
 st.title("Classifier prototypes vs KMEx")
@@ -18,6 +18,7 @@ selection = current()
 problem = selection.load_failure or unavailable(selection)
 if problem:
     st.info(problem)
+    offer_digits(selection)
     st.stop()
 model = selection.model
 

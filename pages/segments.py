@@ -6,7 +6,7 @@ from PIL import Image
 from explainers.methods.prototype import depth_for
 from explainers.render import DIVERGING, colorize, framed_patch, segment_overlay, segment_palette
 from ui.cache import get_dataset
-from ui.prototype_cache import explainer, per_class_control, unavailable
+from ui.prototype_cache import explainer, offer_digits, per_class_control, unavailable
 from ui.sidebar import current
 
 st.title("Prototype segments")
@@ -20,6 +20,7 @@ problem = selection.load_failure or unavailable(selection) or (None if selection
                                       "Choose an image in the sidebar; if an upload could not be used, the sidebar says why.")
 if problem:
     st.info(problem)
+    offer_digits(selection)
     st.stop()
 model = selection.model
 

@@ -1,4 +1,5 @@
-"""The dashboard driven headless by Streamlit's AppTest on the embedded default (digits).
+"""The dashboard driven headless by Streamlit's AppTest, on the built-in models: the app opens on
+efficientnet_lite0 and the cat photo; a test written for the digits model says ``model="digits"``.
 
 The real ``app.py`` is checked page by page; interactions go through ``page()``: the same
 sidebar and page scripts without ``st.navigation``, so each test drives exactly one page.
@@ -72,6 +73,7 @@ def upload(name: str, data: bytes) -> AppTest:
 @pytest.mark.parametrize("path", PAGES)
 def test_the_real_app_renders_every_page_without_exception(path):
     app = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    app.query_params["model"] = "digits"
     app.run()
     if path != PAGES[0]:
         app.switch_page(path).run()
@@ -81,7 +83,7 @@ def test_the_real_app_renders_every_page_without_exception(path):
 
 
 def test_overview_shows_the_model_card_and_blocks():
-    app = page("pages/overview.py")
+    app = page("pages/overview.py", model="digits")
     assert app.title[0].value == "Protoscope"
     blocks = app.dataframe[0].value
     assert list(blocks["block"]) == ["B1", "B2", "B3", "B4"]
@@ -100,8 +102,8 @@ def test_saliency_renders_one_panel_per_default_method():
 def test_display_controls_do_not_recompute(monkeypatch):
     st.cache_data.clear()
     calls = []
-    original = ui.cache.explain_many
-    monkeypatch.setattr(ui.cache, "explain_many", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = ui.cache.explain_trace
+    monkeypatch.setattr(ui.cache, "explain_trace", lambda *a, **k: calls.append(1) or original(*a, **k))
     app = page("pages/saliency.py")
     assert len(calls) == 1
     app.slider(key="opacity").set_value(0.8).run()
@@ -114,7 +116,7 @@ def test_display_controls_do_not_recompute(monkeypatch):
 
 
 def test_the_url_sets_the_view_and_the_view_sets_the_url():
-    app = page("pages/saliency.py", block="B2", methods="gradcam,layercam", index="7", split="test")
+    app = page("pages/saliency.py", model="digits", block="B2", methods="gradcam,layercam", index="7", split="test")
     assert app.radio(key="block").value == "B2"
     assert any("at **B2**" in m.value for m in app.markdown)
     assert panel_labels(app) == ["Grad-CAM", "LayerCAM"]
@@ -132,12 +134,12 @@ def test_cam_off_the_last_block_is_explained_not_failed():
 
 
 def test_another_target_class_is_explained():
-    app = page("pages/saliency.py", target_mode="other", target="3")
+    app = page("pages/saliency.py", model="digits", target_mode="other", target="3")
     assert any("Explaining class **3**" in m.value for m in app.markdown)
 
 
 def test_target_out_of_range_gets_a_message():
-    app = page("pages/saliency.py", target_mode="other", target="99")
+    app = page("pages/saliency.py", model="digits", target_mode="other", target="99")
     assert any("out of range" in w.value for w in app.warning)
     predicted = app.session_state["_selection"].top[0][0]
     assert any(f"Explaining class **{predicted}**" in m.value for m in app.markdown)
@@ -215,7 +217,7 @@ class RemovableHandles:
 
 
 def test_cluster_cam_page_shows_q_maps_and_masked_images_with_base_and_scissors():
-    app = page("pages/clustercam.py")
+    app = page("pages/clustercam.py", model="digits")
     assert not app.error
     assert app.slider(key="cc_q").value == 6 and app.slider(key="cc_alpha").value == 0.5
     clusters = [m.value for m in app.markdown if m.value.startswith("cluster ")]
@@ -233,7 +235,7 @@ def test_cluster_cam_page_shows_q_maps_and_masked_images_with_base_and_scissors(
 
 def test_cluster_cam_alpha_runs_no_forward_pass_and_q_runs_q_more():
     st.cache_data.clear()  # Q = 4 must not be cached by an earlier test
-    app = page("pages/clustercam.py")
+    app = page("pages/clustercam.py", model="digits")
     counted, handle = images_through(app)
     try:
         app.slider(key="cc_alpha").set_value(0.8).run()
@@ -248,7 +250,7 @@ def test_cluster_cam_alpha_runs_no_forward_pass_and_q_runs_q_more():
 
 
 def test_cluster_cam_page_at_another_depth_and_with_spectral_clustering():
-    app = page("pages/clustercam.py", block="B2")
+    app = page("pages/clustercam.py", model="digits", block="B2")
     assert any("at **B2**" in m.value for m in app.markdown)
     app.radio(key="cc_clustering").set_value("spectral").run()
     assert not app.exception and not app.error
@@ -257,7 +259,7 @@ def test_cluster_cam_page_at_another_depth_and_with_spectral_clustering():
 
 def test_saliency_page_offers_every_method_of_issue_4():
     assert set(ISSUE_4_METHODS) <= set(methods())
-    app = page("pages/saliency.py", methods=",".join(["gradcam", *ISSUE_4_METHODS]))
+    app = page("pages/saliency.py", model="digits", methods=",".join(["gradcam", *ISSUE_4_METHODS]))
     assert not app.error
     assert panel_labels(app) == [method_info(m).label for m in ["gradcam", *ISSUE_4_METHODS]]
     notes = [c.value for c in app.caption if c.value.startswith("Saliency of the image, not of the model")]
@@ -265,7 +267,7 @@ def test_saliency_page_offers_every_method_of_issue_4():
 
 
 def test_segments_page_shows_figure1_for_the_sidebar_depth():
-    app = page("pages/segments.py", block="B2")
+    app = page("pages/segments.py", model="digits", block="B2")
     assert not app.error
     assert [s.value for s in app.subheader] == ["B234 · 16×16 cells"]
     app.toggle(key="figure1").set_value(True).run()
@@ -274,7 +276,7 @@ def test_segments_page_shows_figure1_for_the_sidebar_depth():
 
 
 def test_prototypes_page_shows_figure2_and_both_tables():
-    app = page("pages/prototypes.py")
+    app = page("pages/prototypes.py", model="digits")
     assert not app.error
     assert [s.value for s in app.subheader] == ["Table 1 · alignment", "Table 2 · accuracy (%)"]
     table1, table2 = app.dataframe[0].value, app.dataframe[1].value
@@ -323,6 +325,7 @@ def test_image_bytes_takes_a_cmyk_image():
 
 def test_a_cmyk_jpeg_upload_renders_every_page():
     app = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    app.query_params["model"] = "digits"
     app.query_params["source"] = "upload"
     app.run()
     app.file_uploader(key="upload").upload("print.jpg", cmyk_jpeg(), "image/jpeg").run()
@@ -376,3 +379,96 @@ def test_offline_imagenet_weights_say_what_to_do_in_the_sidebar_and_on_the_page(
     assert not any(word in sidebar[0] for word in ("URLError", "weights=None", "Errno"))
     assert failed_load_messages(app) and "resnet18" in failed_load_messages(app)[0]
     assert not any(i.value.startswith("Choose a model") for i in app.info)
+
+
+# --- Issue 10: the app opens on a real network and a real photo; one pass per view ----------------
+
+CATS = {"tabby", "tiger cat", "Egyptian cat"}
+
+
+def test_the_app_opens_on_the_imagenet_model_and_the_cat_photo():
+    app = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    app.run()
+    assert not app.exception, app.exception
+    selection = app.session_state["_selection"]
+    assert app.session_state["model"] == "efficientnet_lite0" and selection.model.name == "efficientnet_lite0"
+    assert selection.image_caption == "chelsea (scikit-image), ImageNet class tabby"
+    assert app.selectbox(key="index").value == 0 and "chelsea" in app.selectbox(key="index").format_func(0)
+    assert selection.model.class_name(selection.top[0][0]) in CATS, selection.top
+    assert any("Top-5 prediction" in m.value and "cat`" in m.value for m in app.sidebar.markdown)
+    assert app.header[0].value == "Model: efficientnet_lite0"
+    app.switch_page("pages/saliency.py").run()
+    assert not app.exception and not app.error
+    assert len(panel_labels(app)) == 8
+    predicted = next(m.value for m in app.markdown if m.value.startswith("#### Predicted"))
+    assert predicted.split("**")[1] in CATS, predicted
+    assert "digits" in app.selectbox(key="model").options  # one click away
+
+
+@pytest.mark.parametrize("path", ["pages/segments.py", "pages/prototypes.py"])
+def test_prototype_pages_on_the_imagenet_model_say_why_and_switch_to_digits_in_one_click(path):
+    app = page(path)
+    assert not app.error
+    (message,) = [i.value for i in app.info]
+    assert "efficientnet_lite0 comes without them" in message and "digits" in message and "folder" in message
+    app.button(key="switch_to_digits").click().run()
+    assert not app.exception and not app.error
+    assert app.session_state["model"] == "digits" and app.session_state["_selection"].model.name == "digits"
+    assert app.subheader, "the page shows its content on digits"
+
+
+def test_photos_are_offered_by_name_for_colour_models_and_digits_by_number():
+    app = page("pages/saliency.py", index="2")
+    photo = app.selectbox(key="index")
+    assert photo.label == "Photo" and photo.value == 2 and photo.format_func(2) == "rocket — missile"
+    assert app.session_state["_selection"].image_caption == "rocket (scikit-image), ImageNet class missile"
+    app.selectbox(key="model").set_value("digits").run()
+    assert not app.exception
+    assert app.number_input(key="index").value == 2  # the same number, now a digit of the test split
+    assert app.session_state["_selection"].image_caption.startswith("digits test #2, true class ")
+
+
+def test_one_forward_pass_per_view_and_one_decode_per_selection(monkeypatch):
+    """The sidebar's top-5 and the Saliency page's eight maps come from one forward (and one backward)
+    pass, on an image decoded and preprocessed once; a new depth or other methods run no pass,
+    another class one, on the same preprocessed input."""
+    from explainers.data import Photo
+    from explainers.models import Preprocess
+    from helpers import count_passes
+
+    app = page("pages/saliency.py")  # loads the model (its load-time probe is not a view's pass)
+    model = app.session_state["_selection"].model
+    st.cache_data.clear()  # a fresh selection: nothing of it cached
+    counts = {"decoded": 0, "preprocessed": 0}
+
+    def counted(key, function):
+        def wrapper(*args, **kwargs):
+            counts[key] += 1
+            return function(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(Photo, "load", counted("decoded", Photo.load))
+    monkeypatch.setattr(ui.cache, "load_image", counted("decoded", ui.cache.load_image))
+    monkeypatch.setattr(Preprocess, "to_tensor", counted("preprocessed", Preprocess.to_tensor))
+    with count_passes(model.net, monkeypatch) as passes:
+        app.run()
+        assert not app.exception and len(panel_labels(app)) == 8
+        assert (passes.forwards, passes.backwards) == (1, 1)
+        assert counts == {"decoded": 1, "preprocessed": 1}
+        selection = app.session_state["_selection"]
+        predicted = next(m.value for m in app.markdown if m.value.startswith("#### Predicted"))
+        assert predicted == f"#### Predicted **{model.class_name(selection.top[0][0])}** ({selection.top[0][1]:.1%})"
+
+        app.slider(key="opacity").set_value(0.8).run()
+        app.radio(key="block").set_value("B3").run()
+        app.multiselect(key="methods").set_value(["gradcam", "layercam", "eigencam"]).run()
+        assert not app.exception and panel_labels(app) == ["Grad-CAM", "LayerCAM", "Eigen-CAM"]
+        assert (passes.forwards, passes.backwards) == (1, 1), "a depth or methods of the same view ran a pass"
+        assert counts == {"decoded": 1, "preprocessed": 1}
+
+        app.radio(key="target_mode").set_value("other").run()  # the predicted class still: no pass
+        assert (passes.forwards, passes.backwards) == (1, 1)
+        app.selectbox(key="target").set_value(281).run()  # tabby
+        assert any("Explaining class **tabby**" in m.value for m in app.markdown)
+        assert (passes.forwards, passes.backwards) == (2, 2)
+        assert counts == {"decoded": 1, "preprocessed": 1}, "another class decoded or preprocessed again"

@@ -72,6 +72,20 @@ def check_segments(page) -> None:
     page.locator('[data-testid="stPlotlyChart"]').first.wait_for(state="visible", timeout=60_000)  # class counts
 
 
+CATS = ("tabby", "tiger cat", "Egyptian cat")
+
+
+def check_opens_on_the_cat(page) -> None:
+    """The app's first view: the built-in ImageNet model on the cat photo, and a cat as its top-1."""
+    check_overview(page)
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    sidebar.get_by_text("Top-5 prediction").wait_for(state="visible", timeout=60_000)
+    text = sidebar.inner_text()
+    assert "efficientnet_lite0" in text and "chelsea" in text, f"not on Lite0 and the cat:\n{text[:600]}"
+    first = text.split("Top-5 prediction", 1)[1].strip().splitlines()[0]
+    assert any(cat in first for cat in CATS), f"top-1 is not a cat: {first!r}"
+
+
 def check_prototypes(page) -> None:
     check_no_exception(page)
     page.locator('[data-testid="stPlotlyChart"]').first.wait_for(state="visible", timeout=60_000)
@@ -109,10 +123,10 @@ class Page(NamedTuple):
 
 PAGES = [
     Page("saliency?block=B4", "saliency", check_saliency),  # first: a deep link on a fresh server
-    Page("", "overview", check_overview),
-    Page("clustercam", "clustercam", check_clustercam),
-    Page("segments?figure1=1", "segments", check_segments),
-    Page("prototypes", "prototypes", check_prototypes),
+    Page("", "overview", check_opens_on_the_cat),  # the default view: efficientnet_lite0 on the cat photo
+    Page("clustercam?model=digits", "clustercam", check_clustercam),
+    Page("segments?model=digits&figure1=1", "segments", check_segments),
+    Page("prototypes?model=digits", "prototypes", check_prototypes),
 ]
 
 

@@ -33,9 +33,23 @@ def unavailable(selection: Selection) -> str | None:
         return (f"Prototype explanations need a global-average-pooling + linear head right after the last block; "
                 f"{model.name} has more layers there. ResNets, DenseNets' blocks and the digits model qualify.")
     if selection.train_source is None:
-        return ("Prototypes are fitted on the model's labelled training images: give their folder (one sub-folder "
-                "per class) under *Training images* in the sidebar. The built-in digits model has its own.")
+        return (f"Prototypes are fitted on the model's labelled training images, and {model.name} comes without "
+                "them. Switch to the built-in digits model, which has its own, or give a folder of labelled images "
+                "(one sub-folder per class, named like the model's classes) under *Training images* in the sidebar.")
     return None
+
+
+def offer_digits(selection: Selection) -> None:
+    """A one-click switch to the built-in digits model, for a model without a training set of its own."""
+    if selection.model is None or selection.train_source is not None:
+        return
+    st.button("Switch to the digits model", key="switch_to_digits", icon=":material/swap_horiz:",
+              on_click=_switch_to_digits, help="digits has its training images: the prototype pages open at once.")
+
+
+def _switch_to_digits() -> None:
+    # A callback runs before the script, so the sidebar's model box can still be set.
+    st.session_state["model"] = "digits"
 
 
 def per_class_control(container: object = st) -> int:

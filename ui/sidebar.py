@@ -12,11 +12,12 @@ from pathlib import Path
 import streamlit as st
 from PIL import Image
 
-from explainers import CheckpointError, ImageError, ModelUnavailableError, load_image, method_info, methods
-from explainers.data import plural
+from explainers import CheckpointError, ImageError, ModelUnavailableError, method_info, methods
+from explainers.data import DatasetSpec, plural
 from explainers.models import MODELS, ModelSpec
 
-from .cache import get_checkpoint_model, get_dataset, get_model, image_bytes, top_classes
+from .cache import (dataset_image, get_checkpoint_model, get_dataset, get_model, image_bytes, top_classes,
+                    uploaded_image)
 
 CHECKPOINT = "checkpoint"
 DEFAULT_METHODS = ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "cam", "eigencam", "eigengradcam"]
@@ -101,10 +102,10 @@ def sidebar() -> Selection:
 
 def _choose_model(selection: Selection) -> None:
     names = MODELS.names() + [CHECKPOINT]
-    _ensure("model", names, "digits")
+    _ensure("model", names, "efficientnet_lite0")  # the built-in ImageNet model: a photo, a real network
     name = st.selectbox("Model", names, key="model", format_func=lambda n: _model_label(n),
-                        help="The built-in digits model works offline; ImageNet models need their weights "
-                             "in torchvision's cache or a network.")
+                        help="The built-in efficientnet_lite0 (ImageNet) and digits models work offline; "
+                             "torchvision's need their weights in torchvision's cache or a network.")
     try:
         if name == CHECKPOINT:
             _load_checkpoint(selection)
@@ -189,32 +190,57 @@ def _choose_image(selection: Selection) -> None:
             st.info("Upload an image, or pick one from the dataset.")
             return
         try:
-            image = load_image(upload.getvalue(), name=upload.name)
+            image, data = uploaded_image(upload.getvalue(), upload.name)  # decoded once, not on every rerun
         except ImageError as error:
             st.error(str(error))
             return
-        _set_image(selection, image, f"uploaded: {upload.name} ({image.width}×{image.height}, {image.mode})")
+        _set_image(selection, image, f"uploaded: {upload.name} ({image.width}×{image.height}, {image.mode})", data)
         return
-    dataset_name = "digits" if model.transform.mode == "L" else "photos"
+    if model.transform.mode != "L":
+        _choose_photo(selection)
+        return
+    dataset_name = "digits"
     _ensure("split", ["test", "train"], "test")
-    split = st.radio("Split", ["test", "train"], key="split", horizontal=True) if dataset_name == "digits" else "train"
+    split = st.radio("Split", ["test", "train"], key="split", horizontal=True)
     dataset = get_dataset(dataset_name, split)
-    class_options = ["any"] + (dataset.classes if dataset_name == "digits" else [])
+    class_options = ["any"] + dataset.classes
     _ensure("cls", class_options, "any")
-    chosen_class = st.selectbox("Class", class_options, key="cls") if len(class_options) > 1 else "any"
+    chosen_class = st.selectbox("Class", class_options, key="cls")
     pool = list(range(len(dataset))) if chosen_class == "any" else dataset.indices_of(
         dataset.classes.index(chosen_class)).tolist()
     _ensure("index", list(range(len(pool))), 0, cast=int)  # a class switch or a URL may point past the end
     position = st.number_input(f"Image number (0–{len(pool) - 1})", 0, len(pool) - 1, key="index", step=1)
-    image, label = dataset[pool[int(position)]]
-    selection.true_label = label if dataset_name == "digits" else None
-    truth = f", true class {dataset.classes[label]}" if selection.true_label is not None else ""
-    _set_image(selection, image, f"{dataset_name} {split} #{pool[int(position)]}{truth}")
+    image, data, label = dataset_image(dataset_name, split, pool[int(position)])
+    selection.true_label = label
+    _set_image(selection, image, f"{dataset_name} {split} #{pool[int(position)]}, true class {dataset.classes[label]}",
+               data)
 
 
-def _set_image(selection: Selection, image: Image.Image, caption: str) -> None:
+def _choose_photo(selection: Selection) -> None:
+    """A colour model's image: one of the photos inside scikit-image's wheel, by name (key ``index``)."""
+    model = selection.model
+    assert model is not None
+    photos = get_dataset("photos", "train")
+    _ensure("index", list(range(len(photos))), 0, cast=int)  # a digits number or a URL may point past the end
+    index = int(st.selectbox("Photo", list(range(len(photos))), key="index",
+                             format_func=lambda i: _photo_label(photos, i),
+                             help="The photographs inside scikit-image's wheel (no download), with their "
+                                  "ImageNet class where the photo obviously shows one."))
+    image, data, label = dataset_image("photos", "train", index)
+    named = label >= 0 and list(model.classes) == photos.classes  # an ImageNet model: the label is one of its classes
+    selection.true_label = label if named else None
+    truth = f", ImageNet class {photos.classes[label]}" if label >= 0 else ""
+    _set_image(selection, image, f"{photos.names[index]} (scikit-image){truth}", data)
+
+
+def _photo_label(photos: DatasetSpec, index: int) -> str:
+    label = int(photos.labels[index])
+    return photos.names[index] + (f" — {photos.classes[label]}" if label >= 0 else "")
+
+
+def _set_image(selection: Selection, image: Image.Image, caption: str, data: bytes | None = None) -> None:
     selection.image = image
-    selection.image_data = image_bytes(image)
+    selection.image_data = data if data is not None else image_bytes(image)
     selection.image_caption = caption
 
 
@@ -222,7 +248,7 @@ def _choose_target(selection: Selection) -> None:
     model = selection.model
     if model is None or selection.image_data is None:
         return
-    selection.top = top_classes(selection.model_key, model, selection.image_data)
+    selection.top = top_classes(selection.model_key, model, selection.image_data, image=selection.image)
     st.divider()
     lines = [f"`{model.class_name(c)[:28]}` {p:6.1%}" for c, p in selection.top]
     st.markdown("**Top-5 prediction**  \n" + "  \n".join(lines))
