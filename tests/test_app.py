@@ -381,6 +381,61 @@ def test_offline_imagenet_weights_say_what_to_do_in_the_sidebar_and_on_the_page(
     assert not any(i.value.startswith("Choose a model") for i in app.info)
 
 
+def named_checkpoint(classes: list[str]) -> bytes:
+    from explainers.zoo import DigitsResNet
+
+    torch.manual_seed(0)
+    buffer = io.BytesIO()
+    torch.save({"state_dict": DigitsResNet(num_classes=len(classes)).state_dict(), "arch": "digits",
+                "classes": classes}, buffer)
+    return buffer.getvalue()
+
+
+def class_folders(root: Path, names: list[str], per_class: int = 4) -> Path:
+    rng = np.random.default_rng(0)
+    for name in names:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def with_training_folder(checkpoint: bytes, folder: Path) -> AppTest:
+    app = page("pages/segments.py", model="checkpoint")
+    app.file_uploader(key="checkpoint_file").upload("named.pt", checkpoint, "application/octet-stream").run()
+    app.text_input(key="train_folder").set_value(str(folder)).run()
+    assert not app.exception, app.exception
+    return app
+
+
+def test_a_folder_whose_class_names_match_in_another_order_is_accepted(tmp_path):
+    folder = class_folders(tmp_path / "birds", ["cat", "dog", "owl"])  # sorted: not the model's order
+    (folder / "dog" / "broken.png").write_text("not an image")
+    app = with_training_folder(named_checkpoint(["owl", "cat", "dog"]), folder)
+    assert not app.error, [e.value for e in app.error]
+    assert app.session_state["_selection"].train_source == str(folder)
+    # 4 images a class, 1 of each drawn for the test split (20%); broken.png was drawn for train and left out.
+    assert any("9 training images in 3 classes, matched to" in c.value and "classes by name" in c.value
+               for c in app.caption), [c.value for c in app.caption]
+    warnings = [w.value for w in app.warning]
+    assert any("1 unreadable file left out: broken.png" in w and "not an image" in w for w in warnings), warnings
+
+
+def test_a_folder_whose_classes_are_not_the_models_is_refused_with_both_lists(tmp_path):
+    folder = class_folders(tmp_path / "zoo", ["cat", "dog", "zebra"], per_class=1)
+    app = with_training_folder(named_checkpoint(["owl", "cat", "dog"]), folder)
+    errors = [e.value for e in app.error]
+    assert len(errors) == 1 and all(f"'{name}'" in errors[0] for name in ("cat", "dog", "zebra", "owl")), errors
+    assert app.session_state["_selection"].train_source is None
+    assert "has 1 classes" not in errors[0]
+
+    many = [f"species {i:02d}" for i in range(30)]  # long lists are shortened, with the count
+    folder = class_folders(tmp_path / "many", [f"kind {i:02d}" for i in range(30)], per_class=1)
+    app = with_training_folder(named_checkpoint(many), folder)
+    errors = [e.value for e in app.error]
+    assert len(errors) == 1 and "(30 in all)" in errors[0] and "species 29" not in errors[0], errors
+
+
 # --- Issue 10: the app opens on a real network and a real photo; one pass per view ----------------
 
 CATS = {"tabby", "tiger cat", "Egyptian cat"}

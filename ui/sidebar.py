@@ -7,14 +7,16 @@ reproduces the view.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
 from pathlib import Path
+from typing import Sequence
+
 import streamlit as st
 from PIL import Image
 
 from explainers import CheckpointError, ImageError, ModelUnavailableError, method_info, methods
 from explainers.data import DatasetSpec, plural
 from explainers.models import MODELS, ModelSpec
+from explainers.prototypes import class_map
 
 from .cache import (dataset_image, get_checkpoint_model, get_dataset, get_model, image_bytes, top_classes,
                     uploaded_image)
@@ -161,20 +163,29 @@ def _choose_training_images(selection: Selection) -> None:
             return
         try:
             dataset = get_dataset(folder, "train")
+            mapping = class_map(model, dataset)  # the rule the fit uses: by name, or by position if nameless
         except (ValueError, OSError) as error:
             st.error(str(error))
-            return
-        if len(dataset.classes) != model.num_classes:
-            st.error(f"{folder} has {plural(len(dataset.classes), 'class')} but {model.name} has "
-                     f"{model.num_classes}; give the folder the model was trained on.")
             return
         if dataset.skipped:
             shown = ", ".join(Path(path).name for path, _ in dataset.skipped[:5])
             more = f" and {len(dataset.skipped) - 5} more" if len(dataset.skipped) > 5 else ""
             st.warning(f"{plural(len(dataset.skipped), 'unreadable file')} left out: {shown}{more} "
                        f"(e.g. {dataset.skipped[0][1]}). Remove or replace them to use them.")
-        st.caption(f"{plural(len(dataset), 'training image')} in {plural(len(dataset.classes), 'class')}.")
+        st.caption(f"{plural(len(dataset), 'training image')} in {plural(len(dataset.classes), 'class')}"
+                   f"{_matching_note(model, dataset.classes, mapping)}.")
         selection.train_source = folder
+
+
+def _matching_note(model: ModelSpec, classes: list[str], mapping: Sequence[int]) -> str:
+    """How the folder's classes were matched to the model's, when it is not one to one in order."""
+    if list(classes) == list(model.classes):
+        return ""
+    if [model.classes[i] for i in mapping] != list(classes):
+        return (f"; {model.name} has no class names, so its classes 0–{model.num_classes - 1} are the folder's "
+                "sub-folders in alphabetical order")
+    subset = f" ({len(classes)} of its {model.num_classes})" if len(classes) < model.num_classes else ""
+    return f", matched to {model.name}'s classes by name{subset}"
 
 
 def _choose_image(selection: Selection) -> None:
