@@ -512,3 +512,20 @@ def test_a_fit_reports_its_stages_with_images_done(model, train, tmp_path):
     assert "stage 1 of 3, extracting features: 1,437 / 1,437 images" in texts
     assert any(m.startswith("stage 2 of 3, k-means at B4: class 10 of 10") for m in texts)
     assert "stage 3 of 3, finding the nearest training patches: 1,437 / 1,437 images" in texts
+
+
+def test_the_kc_control_keeps_its_value_across_pages_and_mends_a_url(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("PROTOSCOPE_CACHE", str(tmp_path))
+    app = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120)
+    app.query_params["model"] = "digits"
+    app.query_params["per_class"] = "99"
+    app.run()
+    app.switch_page("pages/prototypes.py").run()
+    app.multiselect(key="proto_classes").set_value([0]).run()  # one class: the page stops before any fit
+    assert app.select_slider(key="per_class").value == SHIPPED_PER_CLASS
+    app.select_slider(key="per_class").set_value(3).run()
+    app.switch_page("pages/segments.py").run()
+    assert not app.exception and not app.error
+    assert app.select_slider(key="per_class").value == 3 and app.query_params["per_class"] == "3"

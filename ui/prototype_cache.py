@@ -54,8 +54,11 @@ def _switch_to_digits() -> None:
 
 def per_class_control(container: object = st) -> int:
     """The "Prototypes per class (K/C)" control (key ``per_class``, mirrored in the URL), shared by both pages."""
-    if st.session_state.get("per_class") not in PER_CLASS_OPTIONS:  # unset, or a URL's value out of range
-        st.session_state["per_class"] = PER_CLASS
+    value = st.session_state.get("per_class")
+    # Set on every run, even to the value it has: a widget of another page is another widget to Streamlit,
+    # which would start this one at its first option; a value set here carries over (and mends a URL's
+    # value out of range).
+    st.session_state["per_class"] = value if value in PER_CLASS_OPTIONS else PER_CLASS
     return container.select_slider(  # type: ignore[attr-defined]
         "Prototypes per class (K/C)", PER_CLASS_OPTIONS, key="per_class",
         help=f"k-means prototypes per class. {PER_CLASS} (the default) opens at once on the built-in model; "
