@@ -296,3 +296,17 @@ def test_cam_is_unavailable_off_the_last_block_and_without_gap_head():
         explain(vgg, torch.zeros(3, 224, 224), "cam", block="B4")
     with pytest.raises(ValueError, match="not in this model"):
         explain(model, image, "gradcam", block="B5")
+
+
+@pytest.mark.parametrize("shape", [(2, 64, 3, 3), (2, 5, 6, 7)])
+def test_first_component_equals_the_svd_projection(shape):
+    """Eigen-CAM's A V_1 from the smaller Gram matrix equals the SVD's, up to the sign fixed afterwards."""
+    matrix = torch.randn(*shape, generator=torch.Generator().manual_seed(5)).relu()
+    n, k, h, w = shape
+    rows = matrix.permute(0, 2, 3, 1).reshape(n, h * w, k).double()
+    _, _, vh = torch.linalg.svd(rows, full_matrices=False)
+    expected = (rows @ vh[:, 0, :, None]).reshape(n, h, w).float()
+    found = cam_methods.first_component(matrix, matrix.sum(dim=1))
+    for one, reference in zip(found, expected):
+        sign = 1.0 if float((one * reference).sum()) >= 0 else -1.0
+        torch.testing.assert_close(one, sign * reference, atol=1e-5, rtol=1e-5)
