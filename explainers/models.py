@@ -1,9 +1,9 @@
 """Models by name, path or module: ``load_model`` returns a ``ModelSpec``.
 
-A ModelSpec knows the network (eval mode), its blocks ``B1..B4`` (ResNet ``layer1..4``,
-VGG conv stages, DenseNet dense blocks, otherwise the last module at each spatial
-resolution), its final linear classifier, how to turn a PIL image into its input, and
-its classes.
+A ModelSpec knows the network (eval mode), its family (``explainers.families``: the adapter
+that knows where its stages are, its tail after a block, its LRP canonizers, how to rebuild it),
+its blocks ``B1..B4`` (the outputs of its four deepest stages, as the adapter names them), its
+final linear classifier, how to turn a PIL image into its input, and its classes.
 """
 from __future__ import annotations
 
@@ -13,24 +13,24 @@ import threading
 import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from PIL import Image
 from torch import nn
 from torchvision.transforms import functional as TF
 
-from . import compute
-from .hooks import Tap, tapped
+from . import compute, families
 from .inference import inference_copy
 from .registry import Registry
 from .zoo import DIGITS_CARD, DIGITS_MEAN, DIGITS_STD, DIGITS_WEIGHTS, DigitsResNet
 
 MODELS: Registry = Registry("model")
-BLOCK_NAMES = ("B1", "B2", "B3", "B4")
+BLOCK_NAMES = families.BLOCK_NAMES
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TORCHVISION_MODELS = ("resnet18", "resnet34", "resnet50", "vgg16_bn", "densenet121")
+TIMM_PREFIX = "timm:"
 
 
 class ModelUnavailableError(RuntimeError):
@@ -203,6 +203,8 @@ def load_model(model: str | Path | nn.Module, *, weights: str | None = "DEFAULT"
     - ``"digits"`` (built in, offline) or a torchvision classifier name such as ``"resnet18"``;
       ``weights="DEFAULT"`` fetches ImageNet weights through torchvision's cache, ``None``
       gives random weights.
+    - ``"timm:<name>"``, any timm model (``timm.list_models()``): pretrained weights only from the
+      local cache (never downloaded), ``weights=None`` for random ones.
     - A checkpoint file: a state dict, or ``{"state_dict", "arch", "classes"}``; read with
       ``torch.load(..., weights_only=True)``, never unpickling code. ``arch`` names the
       architecture when the file does not.
@@ -217,11 +219,13 @@ def load_model(model: str | Path | nn.Module, *, weights: str | None = "DEFAULT"
         return from_checkpoint(path, arch=arch, classes=classes)
     if _looks_like_path(model):
         raise CheckpointError(_no_checkpoint_at(str(model), path))
+    if isinstance(model, str) and model.startswith(TIMM_PREFIX):
+        return timm_model(model[len(TIMM_PREFIX):], weights=weights)
     if isinstance(model, str) and _is_torchvision_classifier(model):
         return torchvision_model(model, weights=weights)
     raise ValueError(
         f"unknown model {str(model)!r}: use one of {', '.join(MODELS.names())}, "
-        "a torchvision classifier name, a checkpoint file, or an nn.Module"
+        "a torchvision classifier name, timm:<name> for a timm model, a checkpoint file, or an nn.Module"
     )
 
 
@@ -251,7 +255,7 @@ def digits(weights: str | None = "DEFAULT") -> ModelSpec:
     if weights is not None:
         net.load_state_dict(torch.load(DIGITS_WEIGHTS, map_location="cpu", weights_only=True))
         card = json.loads(DIGITS_CARD.read_text()) if DIGITS_CARD.exists() else {}
-    spec = _spec("digits", net.eval(), digits_transform(), [str(d) for d in range(10)], "resnet", card)
+    spec = _spec("digits", net.eval(), digits_transform(), [str(d) for d in range(10)], "digits", card)
     spec.dataset = "digits"
     return spec
 
@@ -295,7 +299,91 @@ def torchvision_model(name: str, weights: str | None = "DEFAULT") -> ModelSpec:
     metrics = meta_from.meta.get("_metrics", {}).get("ImageNet-1K", {})
     if chosen is not None and metrics:
         card["test_accuracy"] = round(metrics.get("acc@1", 0.0) / 100, 4)
-    return _spec(name, net.eval(), preprocess, list(meta_from.meta["categories"]), _family(net), card)
+    return _spec(name, net.eval(), preprocess, list(meta_from.meta["categories"]), None, card)
+
+
+def timm_model(name: str, weights: str | None = "DEFAULT", input_size: tuple[int, int] | None = None) -> ModelSpec:
+    """A timm model by name (``timm.create_model``), with the preprocessing of its pretrained config
+    (mean, std, input size, crop). ``weights="DEFAULT"`` reads its pretrained weights from the local
+    cache (Hugging Face's or torch's) and never downloads; offline and uncached it raises
+    ``ModelUnavailableError`` saying what to do. ``input_size`` overrides the config's."""
+    import timm
+    from timm.data import resolve_data_config
+
+    base = name.split(".")[0]
+    if not timm.list_models(base) and not timm.list_models(base, pretrained=True):
+        close = timm.list_models(f"*{base.split('_')[0]}*")[:8]
+        raise ValueError(f"unknown timm model {name!r}" + (f"; similar names: {', '.join(close)}" if close else "")
+                         + " (timm.list_models() lists them all).")
+    if weights not in (None, "DEFAULT"):
+        raise ValueError(f"timm models take weights='DEFAULT' (pretrained, from the local cache) or None (random), "
+                         f"not {weights!r}; name a pretrained tag in the name instead (timm:{base}.<tag>).")
+    if weights is None:
+        net = timm.create_model(name, pretrained=False)
+        card = {"weights": "random (weights=None)"}
+    else:
+        state, where = _timm_cached_weights(name)
+        net = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"state_dict": state})
+        card = {"weights": f"pretrained ({where})", "dataset": str(net.pretrained_cfg.get("tag") or "")}
+    config = resolve_data_config({}, model=net)
+    height, width = input_size or tuple(config["input_size"][1:])
+    crop = float(config.get("crop_pct") or 1.0)
+    preprocess = Preprocess(input_size=(height, width), mode="RGB", mean=tuple(config["mean"]),
+                            std=tuple(config["std"]), resize=None if input_size else round(min(height, width) / crop))
+    return _spec(f"{TIMM_PREFIX}{name}", net.eval(), preprocess, _imagenet_classes(net.num_classes), None, card)
+
+
+def _imagenet_classes(count: int) -> list[str]:
+    """ImageNet-1k class names from torchvision's metadata for a 1000-way head, else numbers."""
+    if count == 1000:
+        from torchvision.models import ResNet18_Weights
+
+        return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+    return [str(i) for i in range(count)]
+
+
+def _timm_cached_weights(name: str) -> tuple[dict[str, torch.Tensor], str]:
+    """The pretrained state dict of a timm model from the local caches only (Hugging Face hub cache, then
+    torch hub's checkpoints), read as weights only; ``ModelUnavailableError`` when neither holds it."""
+    import os
+
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name) or get_pretrained_cfg(name.split(".")[0])
+    if cfg is None:
+        raise ModelUnavailableError(f"timm has no pretrained weights for {name}. Tick \"Random weights\" to explore "
+                                    "the untrained architecture, or load a checkpoint of your own.")
+    hf_home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
+    hf_cache = Path(os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE") or hf_home / "hub")
+    torch_cache = Path(torch.hub.get_dir()) / "checkpoints"
+    found: Path | None = None
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+        for filename in names:
+            hit = try_to_load_from_cache(repo, filename, cache_dir=str(hf_cache), revision=revision or None)
+            if isinstance(hit, str) and Path(hit).is_file():
+                found = Path(hit)
+                break
+    if found is None and cfg.url:
+        candidate = torch_cache / cfg.url.rsplit("/", 1)[-1].split("?")[0]
+        found = candidate if candidate.is_file() else None
+    if found is None:
+        where = f"Hugging Face's cache ({hf_cache})" + (f" or torch's ({torch_cache})" if cfg.url else "")
+        source = f" (repository {cfg.hf_hub_id})" if cfg.hf_hub_id else ""
+        raise ModelUnavailableError(
+            f"The pretrained weights of timm's {name}{source} are not in {where}, and Protoscope never downloads "
+            f"while it runs. Tick \"Random weights\" to explore the untrained architecture, load a checkpoint of your "
+            f"own (a state dict saved with torch.save), or download the weights once on a machine with a network "
+            f"(timm.create_model({name!r}, pretrained=True)) and copy that cache here.")
+    if found.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(found), device="cpu"), str(found)
+    return torch.load(found, map_location="cpu", weights_only=True), str(found)
 
 
 def _weights_unavailable(name: str, weights: Any, error: OSError) -> str:
@@ -374,14 +462,11 @@ def _guess_arch(state: Mapping[str, torch.Tensor]) -> str | None:
 
 
 def _rebuild_with_classes(arch: str, num_classes: int) -> ModelSpec:
-    if arch == "digits":
-        net: nn.Module = DigitsResNet(num_classes=num_classes)
-        return _spec("digits", net.eval(), digits_transform(), [str(i) for i in range(num_classes)], "resnet", {})
-    from torchvision import models
-
-    net = models.get_model(arch, weights=None, num_classes=num_classes)
-    preprocess = Preprocess(input_size=(224, 224), mode="RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=256)
-    return _spec(arch, net.eval(), preprocess, [str(i) for i in range(num_classes)], _family(net), {})
+    """The architecture ``arch`` (random weights) with a ``num_classes``-way classifier, as its family
+    adapter rebuilds it; same preprocessing and blocks."""
+    base = MODELS.build(arch, weights=None) if arch in MODELS else load_model(arch, weights=None)
+    net = families.family_of(base).with_classes(base.net, num_classes)
+    return _spec(base.name, net.eval(), base.transform, [str(i) for i in range(num_classes)], base.family, {})
 
 
 def _shape_mismatches(net: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
@@ -404,80 +489,70 @@ def _misfit_message(filename: str, arch: str, missing: list[str], unexpected: li
 
 
 def from_module(net: nn.Module, name: str, classes: list[str] | None = None,
-                input_size: tuple[int, int] = (224, 224), channels: int | None = None) -> ModelSpec:
-    """Wrap any classifier module whose last linear layer gives the logits."""
+                input_size: tuple[int, int] = (224, 224), channels: int | None = None,
+                blocks: Sequence[str] | Mapping[str, str] | None = None) -> ModelSpec:
+    """Wrap any classifier module whose last linear layer gives the logits.
+
+    ``blocks`` names B1..B4 by module path (a list, shallow to deep, or ``{"B1": path, ...}``)
+    instead of the family adapter's choice; each must run once per forward pass.
+    """
     channels = channels or _input_channels(net)
     mode = "L" if channels == 1 else "RGB"
     mean, std = ((0.5,), (0.5,)) if channels == 1 else (IMAGENET_MEAN, IMAGENET_STD)
     preprocess = Preprocess(input_size=input_size, mode=mode, mean=mean, std=std)
     classifier = _last_linear(net)
     names = classes or [str(i) for i in range(classifier.out_features)]
-    return _spec(name, net.eval(), preprocess, names, _family(net), {})
+    return _spec(name, net.eval(), preprocess, names, None, {}, blocks=blocks)
 
 
-def _spec(name: str, net: nn.Module, preprocess: Preprocess, classes: list[str], family: str,
-          card: dict[str, Any]) -> ModelSpec:
-    blocks = find_blocks(net, family, preprocess)
-    paths = {block: _module_path(net, module) for block, module in blocks.items()}
-    spec = ModelSpec(name=name, net=net, blocks=blocks, block_paths=paths, classifier=_last_linear(net),
-                     transform=preprocess, classes=classes, family=family, card=card)
+def _spec(name: str, net: nn.Module, preprocess: Preprocess, classes: list[str], family: str | None,
+          card: dict[str, Any], blocks: Sequence[str] | Mapping[str, str] | None = None) -> ModelSpec:
+    """The ModelSpec of ``net``: its family adapter (``family`` names one, else the first that matches),
+    its blocks (checked: each runs once per forward, at decreasing resolutions), and one probe pass."""
+    adapter = families.family_named(family) if family in families.FAMILIES else _family(net)
+    modules = find_blocks(net, adapter.name, preprocess, blocks)
+    paths = {block: _module_path(net, module) for block, module in modules.items()}
+    spec = ModelSpec(name=name, net=net, blocks=modules, block_paths=paths, classifier=_last_linear(net),
+                     transform=preprocess, classes=classes, family=adapter.name, card=card)
     spec._probe()  # once, at load: explanations then run exactly one forward pass each
     return spec
 
 
-def _family(net: nn.Module) -> str:
-    if all(hasattr(net, f"layer{i}") for i in range(1, 5)):
-        return "resnet"
-    features = getattr(net, "features", None)
-    if features is not None and hasattr(features, "denseblock4"):
-        return "densenet"
-    if isinstance(features, nn.Sequential) and any(isinstance(m, nn.MaxPool2d) for m in features):
-        return "vgg"
-    return "generic"
+def _family(net: nn.Module) -> families.Family:
+    """The family adapter of ``net`` (``explainers.families``: the first registered one that matches)."""
+    return families.family_for(net)
 
 
-def find_blocks(net: nn.Module, family: str, preprocess: Preprocess) -> dict[str, nn.Module]:
-    """B1..B4 of a network: its four deepest stages, from shallow to deep."""
-    if family == "resnet":
-        modules = [getattr(net, f"layer{i}") for i in range(1, 5)]
-    elif family == "densenet":
-        modules = [getattr(net.features, f"denseblock{i}") for i in range(1, 5)]
-    elif family == "vgg":
-        # A VGG conv stage ends with its max pool; the last four stages are B1..B4.
-        modules = [m for m in net.features if isinstance(m, nn.MaxPool2d)][-4:]
+def find_blocks(net: nn.Module, family: str, preprocess: Preprocess,
+                chosen: Sequence[str] | Mapping[str, str] | None = None) -> dict[str, nn.Module]:
+    """B1..B4 of a network: its four deepest stages, from shallow to deep, as its family's adapter names
+    them (or as ``chosen`` names them). One probe forward counts each module's calls: a module that runs
+    more than once per forward is refused (``families.BlockError`` says why)."""
+    observed = families.probe(net, len(preprocess.mean), preprocess.input_size)
+    if chosen is None:
+        paths = families.family_named(family).block_paths(net, observed)
+    elif isinstance(chosen, Mapping):
+        paths = [chosen[name] for name in BLOCK_NAMES if name in chosen]
     else:
-        modules = _last_module_per_resolution(net, preprocess)[-4:]
-    if not modules:
+        paths = list(chosen)
+    if not paths:
         raise ValueError("found no convolutional stage (a module with a spatial output) in this model")
-    return dict(zip(BLOCK_NAMES, modules))
+    if len(paths) > len(BLOCK_NAMES):
+        raise ValueError(f"at most {len(BLOCK_NAMES)} blocks, got {len(paths)}: {', '.join(paths)}")
+    known = dict(net.named_modules())
+    missing = [path for path in paths if path not in known or not path]
+    if missing:
+        raise families.BlockError(f"no module called {', '.join(map(repr, missing))} in this network")
+    families.check_blocks(net, paths, observed)
+    return dict(zip(BLOCK_NAMES, (known[path] for path in paths)))
 
 
 def _last_module_per_resolution(net: nn.Module, preprocess: Preprocess) -> list[nn.Module]:
-    """Modules in the order they finish, keeping the last one to output each spatial size (above 1x1)."""
-    finished: list[tuple[nn.Module, tuple[int, int]]] = []
-
-    def recorder(module: nn.Module) -> Tap:
-        def record(output: Any) -> None:
-            if isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[-2:] != (1, 1):
-                finished.append((module, tuple(output.shape[-2:])))
-
-        return record
-
-    @torch.inference_mode()
-    def probe() -> None:
-        # The net is still private to this load, so its dispatchers go again afterwards.
-        with tapped({m: recorder(m) for m in net.modules() if m is not net}, private=True):
-            net(torch.zeros(1, len(preprocess.mean), *preprocess.input_size))
-
-    compute.run(probe)
-    last: dict[tuple[int, int], nn.Module] = {}
-    order: list[tuple[int, int]] = []
-    for module, size in finished:
-        if size in last:
-            order.remove(size)
-        last[size] = module
-        order.append(size)
-    return [last[size] for size in order]
+    """The generic rule (``families.graph_blocks``): stage outputs found in the traced graph, the last
+    per spatial size, each run once; the top-level children when the forward cannot be traced."""
+    observed = families.probe(net, len(preprocess.mean), preprocess.input_size)
+    paths = families.family_named("generic").block_paths(net, observed)
+    return [net.get_submodule(path) for path in paths]
 
 
 def _last_linear(net: nn.Module) -> nn.Linear:

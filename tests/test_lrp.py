@@ -198,19 +198,21 @@ def test_lrp_never_touches_the_shared_model_and_removes_its_hooks_on_error():
 
 
 class MisleadingOrder(nn.Module):
-    """A batch norm that follows a residual sum, declared right after the convolution: zennit's
-    sequential merge pairs them (same width, no error) and would silently change the function."""
+    """A batch norm that follows a second convolution, declared right after the first: zennit's
+    sequential merge pairs it with the first (same width, no error) and would silently change the
+    function. (Every operation has a rule, so LRP is offered: a residual sum would not be.)"""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 3, 3, padding=1)
         self.norm = nn.BatchNorm2d(3)
+        self.conv2 = nn.Conv2d(3, 3, 3, padding=1)
         self.head = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))
         self.norm.running_mean.fill_(0.5)
         self.norm.running_var.fill_(4.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.norm(self.conv(x) + x))
+        return self.head(self.norm(self.conv2(self.conv(x))))
 
 
 def test_a_canonizer_that_does_not_fit_is_detected_and_lrp_runs_without_it():
@@ -234,8 +236,9 @@ def test_densenet_batch_norms_are_merged_only_where_a_convolution_feeds_them():
             module.running_var.uniform_(0.5, 2.0)
     model = load_model(net, classes=["a", "b", "c"], input_size=(64, 64))
     assert model.family == "densenet"
-    (canonizer,) = L.canonizers_for(model)
+    canonizer, head = L.canonizers_for(model)
     assert len(canonizer.name_map) == 1 + 8, "conv0/norm0 and conv1/norm2 of each of the 8 dense layers"
+    assert type(head).__name__ == "DenseNetHeadCanonizer", "the functional ReLU and pooling of the head as modules"
     x = torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(9))
     for name in ("lrp_epsilon", "lrp_gamma"):
         result = explain(model, x, name)

@@ -184,33 +184,15 @@ def score_cam_plain(model: "ModelSpec", image: torch.Tensor, block: str, target:
 # --- Ablation-CAM -------------------------------------------------------------------------------
 
 def tail_after(model: "ModelSpec", block: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The network after ``block`` as a function of the block's output, for the torchvision layouts:
-    ResNet (later stages, avgpool, flatten, fc) and VGG (later feature layers, avgpool, flatten,
-    classifier). None otherwise; callers then use ``substituted_forward``. ``after_block`` checks
-    the result against the whole network, so a model that only looks like one of these is caught.
+    """The network after ``block`` as a function of the block's output, as the model's family adapter
+    gives it (``explainers.families``: the forward traced with torch.fx and cut at the block's output,
+    on the BN-folded channels-last inference copy). None when the network has no such cut; callers
+    then use ``substituted_forward``. ``after_block`` checks the result against the whole network,
+    so a tail that does not reproduce the model is never used.
     """
-    net, fast = model.net, model.inference_net  # same module names; ``fast`` has its batch norms folded
-    if model.family == "resnet":
-        stages = [getattr(net, f"layer{i}", None) for i in range(1, 5)]
-        if list(model.blocks.values()) != stages or getattr(net, "fc", None) is not model.classifier:
-            return None
-        later = [getattr(fast, f"layer{i}") for i in range(list(model.blocks).index(block) + 2, 5)]
-        head = getattr(fast, "fc")
-    elif model.family == "vgg" and isinstance(getattr(net, "classifier", None), torch.nn.Sequential):
-        layers = list(net.features)
-        later, head = list(fast.features)[layers.index(model.blocks[block]) + 1:], fast.classifier
-    else:
-        return None
-    if not hasattr(net, "avgpool"):
-        return None
+    from ..families import family_of
 
-    def tail(outputs: torch.Tensor) -> torch.Tensor:
-        outputs = outputs.contiguous(memory_format=torch.channels_last)
-        for layer in later:
-            outputs = layer(outputs)
-        return head(torch.flatten(fast.avgpool(outputs), 1))
-
-    return tail
+    return family_of(model).tail(model, block)
 
 
 def substituted_forward(model: "ModelSpec", block: str, image: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
