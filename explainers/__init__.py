@@ -7,6 +7,7 @@
 """
 from .api import Explanation, MethodUnavailableError, explain, explain_batch, explain_many, explain_trace, predict
 from .data import DatasetSpec, load_dataset
+from .errors import UserInputError
 from .images import ImageError, load_image
 from .methods import method_info, methods
 from .models import CheckpointError, ModelSpec, ModelUnavailableError, load_model
@@ -16,5 +17,5 @@ from .trace import Trace, trace
 __all__ = [
     "CheckpointError", "DatasetSpec", "Explanation", "ImageError", "MethodUnavailableError", "ModelSpec",
     "ModelUnavailableError", "Trace", "explain", "explain_batch", "explain_many", "explain_trace", "load_dataset",
-    "load_image", "load_model", "method_info", "methods", "predict", "trace",
+    "load_image", "load_model", "method_info", "methods", "predict", "trace", "UserInputError",
 ]

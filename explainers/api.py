@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from . import compute
+from .errors import MethodUnavailableError
 from .images import ImageError, load_image
 from .maps import upsample
 from .methods import Method, MethodOutput, method_info
@@ -19,10 +20,6 @@ from .trace import Trace, trace
 
 
 BATCHED_FAMILIES = ("perturbation", "prototype")  # methods whose own passes are submitted batch by batch
-
-
-class MethodUnavailableError(ValueError):
-    """A method that does not apply to this model or block (the message says why)."""
 
 
 @dataclass

@@ -44,6 +44,7 @@ from torch import fx, nn
 from zennit.canonizers import AttributeCanonizer
 
 from . import compute
+from .errors import BlockError
 from .hooks import tapped
 
 if TYPE_CHECKING:
@@ -53,10 +54,6 @@ BLOCK_NAMES = ("B1", "B2", "B3", "B4")
 
 __all__ = ["BLOCK_NAMES", "BlockError", "FAMILIES", "Family", "Probe", "check_blocks", "families", "family_for",
            "family_named", "family_of", "graph_blocks", "lrp_gap_in_graph", "probe", "register_family", "tail_module"]
-
-
-class BlockError(ValueError):
-    """A module that cannot serve as a block (it runs twice per forward, or returns no feature map)."""
 
 
 # --- the probe: one forward with a counting tap on every module ----------------------------------

@@ -8,12 +8,10 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from .errors import ImageError
+
 MAX_PIXELS = 40_000_000  # 40 megapixels: larger photos are refused before they are decoded
 MAX_BYTES = 50 * 1024 * 1024
-
-
-class ImageError(ValueError):
-    """An uploaded file that cannot be used as an image; the message is meant for the user."""
 
 
 def load_image(source: bytes | str | Path, name: str | None = None) -> Image.Image:

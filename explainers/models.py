@@ -21,6 +21,7 @@ from torch import nn
 from torchvision.transforms import functional as TF
 
 from . import compute, families
+from .errors import CheckpointError, ModelUnavailableError
 from .inference import inference_copy
 from .registry import Registry
 from .zoo import DIGITS_CARD, DIGITS_MEAN, DIGITS_STD, DIGITS_WEIGHTS, DigitsResNet
@@ -31,14 +32,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TORCHVISION_MODELS = ("resnet18", "resnet34", "resnet50", "vgg16_bn", "densenet121")
 TIMM_PREFIX = "timm:"
-
-
-class ModelUnavailableError(RuntimeError):
-    """The weights of a model cannot be had here (no network and nothing cached)."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read, or that does not fit the architecture."""
 
 
 @dataclass
