@@ -419,9 +419,13 @@ def lrp_gap_in_graph(net: nn.Module, extra_leaves: tuple[type, ...] = ()) -> str
     from zennit.types import Activation, AvgPool, BatchNorm, Linear, MaxPool
 
     covered = (Linear, BatchNorm, Activation, AvgPool, MaxPool, nn.Flatten, nn.Dropout, nn.Dropout2d, nn.Identity,
-               Sum, *extra_leaves)
+               nn.ZeroPad2d, nn.ConstantPad2d, Sum, *extra_leaves)
+
+    def leaf(module: nn.Module, _name: str) -> bool | None:
+        return True if isinstance(module, covered) else None  # zennit's rule sees the whole module
+
     try:
-        graph = trace_graph(net)
+        graph = trace_graph(net, leaf)
     except Exception as error:  # noqa: BLE001 - an untraceable forward cannot be checked
         return (f"its forward could not be traced by torch.fx ({type(error).__name__}), so which operations it "
                 "applies between its layers is unknown")
