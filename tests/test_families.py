@@ -12,6 +12,7 @@ import copy
 import functools
 import socket
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -485,3 +486,31 @@ def test_every_family_is_registered_once_with_generic_last():
     assert {"digits", "resnet", "vgg", "densenet", "efficientnet", "mobilenet", "convnext", "regnet",
             "timm"} <= set(names)
     assert FAM.family_for(nn.Sequential(nn.Conv2d(1, 1, 1))).name == "generic"
+
+
+# --- the sidebar's model box ------------------------------------------------------------------------
+
+def test_the_sidebar_takes_any_timm_or_torchvision_name_typed_in_its_model_box(empty_caches):
+    from streamlit.testing.v1 import AppTest
+
+    repo = Path(__file__).resolve().parents[1]
+    script = ("import runpy\nfrom ui.sidebar import sidebar\nsidebar()\n"
+              f"runpy.run_path({str(repo / 'pages/saliency.py')!r}, run_name='__main__')\n")
+    app = AppTest.from_string(script, default_timeout=120)
+    app.run()
+    assert not app.exception, app.exception
+    app.text_input(key="model_name").set_value("timm:resnet18").run()
+    assert not app.exception, app.exception
+    errors = " ".join(e.value for e in app.sidebar.error)
+    assert "never downloads" in errors and "Random weights" in errors, "offline and uncached: say what to do"
+    app.checkbox(key="random_weights").check().run()
+    assert not app.exception, app.exception
+    assert not app.sidebar.error
+    assert any("Using **timm:resnet18**" in c.value for c in app.sidebar.caption)
+    app.sidebar.multiselect(key="methods").set_value(["gradcam", "lrp_epsilon"]).run()
+    assert not app.exception, app.exception
+    shown = " ".join(c.value for c in app.caption)
+    assert "LRP is not available for timm:resnet18 (timm family)" in shown, "refused with the reason, no map"
+    assert any("Grad-CAM" in m.value for m in app.markdown)
+    app.text_input(key="model_name").set_value("../weights/model.pt").run()
+    assert "is not a model name" in " ".join(e.value for e in app.sidebar.error), "a path typed there is refused"

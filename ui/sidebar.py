@@ -103,13 +103,30 @@ def sidebar() -> Selection:
 
 
 def _choose_model(selection: Selection) -> None:
+    import re
+
+    from explainers.models import CHECKPOINT_SUFFIXES
+
     names = MODELS.names() + [CHECKPOINT]
     _ensure("model", names, "efficientnet_lite0")  # the built-in ImageNet model: a photo, a real network
     name = st.selectbox("Model", names, key="model", format_func=lambda n: _model_label(n),
                         help="The built-in efficientnet_lite0 (ImageNet) and digits models work offline; "
                              "torchvision's need their weights in torchvision's cache or a network.")
+    typed = st.text_input("or any torchvision / timm:name", key="model_name",
+                          placeholder="convnext_tiny, timm:resnet50",
+                          help="Any torchvision classifier (torchvision.models.list_models()) or timm model "
+                               "(timm:<name>, timm.list_models()). timm's pretrained weights are read from the local "
+                               "cache only; tick Random weights for the untrained architecture. Clear the box to "
+                               "use the list above.").strip()
     try:
-        if name == CHECKPOINT:
+        if typed:
+            if not re.fullmatch(r"(timm:)?[A-Za-z0-9_.\-]+", typed) or typed.lower().endswith(CHECKPOINT_SUFFIXES):
+                raise ValueError(f"{typed!r} is not a model name: type a torchvision classifier such as "
+                                 "convnext_tiny or a timm model as timm:resnet50 (a checkpoint is uploaded through "
+                                 f"the list's \"{_model_label(CHECKPOINT)}\").")
+            name = typed
+            st.caption(f"Using **{typed}**; clear the box to use the list.")
+        elif name == CHECKPOINT:
             _load_checkpoint(selection)
             return
         random_weights = False
