@@ -74,7 +74,7 @@ TORCHVISION = {
 TIMM = {
     "timm:resnet18": ("timm", ["layer1", "layer2", "layer3", "layer4"], False),
     "timm:convnext_atto": ("timm", ["stages.0", "stages.1", "stages.2", "stages.3"], False),
-    "timm:tf_efficientnet_lite0": ("efficientnet", ["blocks.1", "blocks.2", "blocks.4", "bn2"], False),
+    "timm:tf_efficientnet_lite0": ("efficientnet", ["blocks.1", "blocks.2", "blocks.4", "bn2"], True),
 }
 FAMILY_CASES = ["digits", *TORCHVISION, *TIMM]
 
@@ -253,15 +253,42 @@ def test_lrp_conserves_or_says_why_not(case):
         assert abs(total + absorbed - logit) <= L.LEAK * (abs(total) + abs(absorbed) + abs(logit)), (method, case)
 
 
-def test_lrp_forced_on_an_uncovered_family_is_caught_by_the_conservation_check():
-    """The static refusal is not the only guard: LRP run anyway through Lite0's residual sums makes
-    relevance outside the rules, and the check on every call says so."""
-    model = built("timm:tf_efficientnet_lite0")[0]
+@pytest.mark.parametrize("case", ["timm:resnet18", "timm:tf_efficientnet_lite0"])
+def test_lrp_forced_through_residual_sums_without_canonizers_is_caught_by_the_conservation_check(case):
+    """The static refusal is not the only guard: LRP run anyway through residual sums written in forward
+    (timm's ResNet; Lite0 without its canonizers) makes relevance outside the rules, and the check on
+    every call says so."""
+    model = built(case)[0]
     x = inputs_for(model, 2)
     targets = model.net(x).argmax(1)
+    canonize = case == "timm:resnet18"  # the family's own canonizers (a batch-norm merge only)
     for rule in ("epsilon", "gamma"):
-        problems = L.conservation(L.relevance(model, x, targets, rule=rule), targets)
+        result = L.relevance(model, x, targets, rule=rule, canonize=canonize)
+        problems = L.conservation(result, targets)
         assert all(p and ("outside the rules" in p or "blew up" in p) for p in problems), problems
+
+
+def test_lite0_canonizers_keep_the_function_exactly_and_make_its_residual_sums_modules():
+    """The merged batch norms of a tf_ model (eps = 1e-3) are exact identities, so the canonized network
+    is the model (zennit's own merge would be off by 2% on Lite0); each block with a skip adds through
+    zennit's Sum module."""
+    from zennit.layer import Sum
+
+    model = built("timm:tf_efficientnet_lite0")[0]
+    x = inputs_for(model, 2)
+    twin = L.structural_copy(model.net)
+    applied = [c for canonizer in L.canonizers_for(model) for c in canonizer.apply(twin)]
+    try:
+        sums = [m for m in twin.modules() if isinstance(m, Sum)]
+        skips = [m for m in model.net.modules() if getattr(m, "has_skip", False)]
+        assert len(sums) == len(skips) > 0
+        with torch.no_grad():
+            torch.testing.assert_close(twin(x), model.net(x), rtol=1e-5, atol=1e-5)
+    finally:
+        for canonizer in applied:
+            canonizer.remove()
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), model.net(x), rtol=0, atol=0)  # undone
 
 
 def test_conservation_check_fails_a_blow_up_and_non_finite_values_and_passes_a_conserving_result():
