@@ -8,13 +8,19 @@ from __future__ import annotations
 import hashlib
 import warnings
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from skimage import data as skdata
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from torchvision.models import ResNet18_Weights
 
-from .images import MAX_PIXELS, ImageError, load_image
+from .errors import DatasetError, ImageError
+from .images import MAX_PIXELS, load_image
 from .registry import Registry
 
 DATASETS: Registry = Registry("dataset")
@@ -54,17 +60,38 @@ class DatasetSpec:
         """Positions of the images of one class."""
         return np.flatnonzero(self.labels == label)
 
+    def class_of(self, index: int) -> str | None:
+        """The class name of image ``index``, or None when the dataset does not know it (label ``UNLABELLED``)."""
+        label = int(self.labels[index])
+        return None if label == UNLABELLED else self.classes[label]
+
+    def label_among(self, index: int, classes: Sequence[str]) -> int | None:
+        """Image ``index``'s true class as an index into ``classes`` (a model's, matched by name), or None
+        when the image has no label or its class is not one of them."""
+        name = self.class_of(index)
+        names = list(classes)
+        return names.index(name) if name is not None and name in names else None
+
+
+UNLABELLED = -1  # the label of an image whose class the dataset does not know
+
+
+@lru_cache(maxsize=1)
+def imagenet_classes() -> tuple[str, ...]:
+    """The 1,000 ImageNet-1k class names, in torchvision's order (its metadata; no download)."""
+    return tuple(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
 
 def load_dataset(name_or_path: str, split: str = "train") -> DatasetSpec:
     """Build a dataset by registered name (``digits``, ``photos``) or from an ImageFolder path."""
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+        raise DatasetError(f"There is no split {split!r}: use 'train' or 'test'.")
     if name_or_path in DATASETS:
         return DATASETS.build(name_or_path, split=split)
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return image_folder(path, split)
-    raise ValueError(_not_a_dataset(str(name_or_path), path))
+    raise DatasetError(_not_a_dataset(str(name_or_path), path))
 
 
 def _not_a_dataset(given: str, path: Path) -> str:
@@ -81,16 +108,12 @@ def _not_a_dataset(given: str, path: Path) -> str:
 
 
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-
     bunch = load_digits()
     return bunch.images.astype(np.float32), bunch.target.astype(np.int64)
 
 
 def digits_split(split: str) -> np.ndarray:
     """Indices of scikit-learn's digits in our fixed, stratified train/test split."""
-    from sklearn.model_selection import train_test_split
-
     _, labels = _digits_arrays()
     train, test = train_test_split(
         np.arange(len(labels)), test_size=DIGITS_TEST_FRACTION, stratify=labels, random_state=DIGITS_SPLIT_SEED
@@ -129,15 +152,11 @@ class Photo:
     read: Callable[[], np.ndarray] | None = None  # instead of skimage.data.<name>, for a photo of a pair
 
     def load(self) -> Image.Image:
-        from skimage import data as skdata
-
         pixels = self.read() if self.read is not None else getattr(skdata, self.name)()
         return Image.fromarray(pixels)  # RGB or greyscale (L), as stored; models convert to their own mode
 
 
 def _motorcycle_left() -> np.ndarray:
-    from skimage import data as skdata
-
     return skdata.stereo_motorcycle()[0]
 
 
@@ -168,7 +187,6 @@ PHOTOS = (
     Photo("cell"),
     Photo("microaneurysms"),
 )
-UNLABELLED = -1
 
 
 @DATASETS.register("photos", description="photographs inside scikit-image's wheel (offline), ImageNet classes")
@@ -179,8 +197,6 @@ def photos(split: str = "train") -> DatasetSpec:
     them); a photo's label is its ImageNet class, or ``UNLABELLED`` (-1) when it shows none.
     ``names`` holds each photo's name.
     """
-    from .imagenet import imagenet_classes
-
     classes = list(imagenet_classes())
     return DatasetSpec(
         name="photos",
@@ -216,12 +232,16 @@ def image_folder(root: Path, split: str = "train", test_fraction: float = 0.2, s
     train and test, and each split checks only its own files.
     """
     root = Path(root)
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        files, labels, classes = _scan_classes(root / split)
-        keep: Sequence[int] = range(len(files))
-    else:
-        files, labels, classes = _scan_classes(root)
-        keep = _stratified_split(labels, split, test_fraction, seed)
+    try:
+        if (root / "train").is_dir() and (root / "test").is_dir():
+            files, labels, classes = _scan_classes(root / split)
+            keep: Sequence[int] = range(len(files))
+        else:
+            files, labels, classes = _scan_classes(root)
+            keep = _stratified_split(labels, split, test_fraction, seed)
+    except OSError as error:  # a folder that cannot be listed (permissions, a network drive gone)
+        raise DatasetError(f"The folder {error.filename or root} cannot be read ({error.strerror or error}): "
+                           "check that it exists and that you may read it.") from error
     chosen, chosen_labels, skipped = _readable([files[i] for i in keep], [labels[i] for i in keep], f"{root} ({split})")
     return DatasetSpec(
         name=root.name,
@@ -254,7 +274,7 @@ def _readable(files: list[Path], labels: list[int], where: str) -> tuple[list[Pa
         else:
             skipped.append((str(path), reason))
     if skipped and not kept:
-        raise ValueError(f"None of the {len(files)} image files in {where} can be read: "
+        raise DatasetError(f"None of the {len(files)} image files in {where} can be read: "
                          f"{_list_skipped(skipped)}. Check that they are images (PNG, JPEG, ...) and not damaged.")
     if skipped:
         warnings.warn(f"{plural(len(skipped), 'unreadable file')} left out of {where}: {_list_skipped(skipped)}",
@@ -328,7 +348,7 @@ def _scan_classes(root: Path) -> tuple[list[Path], list[int], list[str]]:
         loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
         found = (f"it holds {plural(len(loose), 'image')} but no class sub-folders" if loose and not classes else
                  f"its {plural(len(classes), 'sub-folder')} hold no image files" if classes else "it is empty")
-        raise ValueError(f"No training images in {root}: {found}. Give a folder that holds {FOLDER_LAYOUT} "
+        raise DatasetError(f"No training images in {root}: {found}. Give a folder that holds {FOLDER_LAYOUT} "
                          f"({', '.join(sorted(IMAGE_SUFFIXES))} files).")
     return files, labels, classes
 

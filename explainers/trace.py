@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from . import compute
+from .errors import BlockError, UserInputError
 from .hooks import tapped
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ def block_hooks(blocks: dict[str, nn.Module]) -> Iterator[dict[str, torch.Tensor
     def recorder(name: str):
         def record(output: object) -> torch.Tensor:
             if not isinstance(output, torch.Tensor):
-                raise TypeError(f"block {name} returns {type(output).__name__}, not a tensor; choose another module")
+                raise BlockError(f"Block {name} returns {type(output).__name__}, not a tensor: choose another module.")
             captured[name] = output
             return output.clone()
 
@@ -109,6 +110,8 @@ def _trace_job(model: "ModelSpec", inputs: torch.Tensor, targets: int | Sequence
 
 def _resolve_targets(model: "ModelSpec", logits: torch.Tensor,
                      targets: int | Sequence[int] | torch.Tensor | None) -> torch.Tensor:
+    """The class to explain for each image: the predicted one, or those given (checked against the model's
+    classes: ``UserInputError`` for a count that does not fit or a class out of range)."""
     n = logits.shape[0]
     if targets is None:
         return logits.detach().argmax(dim=1)
@@ -116,7 +119,8 @@ def _resolve_targets(model: "ModelSpec", logits: torch.Tensor,
     if values.numel() == 1:
         values = values.expand(n)
     if values.numel() != n:
-        raise ValueError(f"got {values.numel()} targets for {n} images")
+        raise UserInputError(f"{values.numel()} target classes were given for {n} images: give one class for all "
+                             "of them, one per image, or None for each image's predicted class.")
     for value in values.unique().tolist():
         model.check_target(value)
     return values.clone()

