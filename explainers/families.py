@@ -34,14 +34,22 @@ from __future__ import annotations
 
 import copy
 import operator
+import sys
 import threading
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
-from zennit.canonizers import AttributeCanonizer, NamedMergeBatchNorm
+from torchvision.models import VGG, ConvNeXt, DenseNet, EfficientNet, MobileNetV2, MobileNetV3, RegNet, ResNet
+from torchvision.models.densenet import _DenseLayer
+from torchvision.models.resnet import BasicBlock, Bottleneck
+from zennit.canonizers import AttributeCanonizer, NamedMergeBatchNorm, SequentialMergeBatchNorm
+from zennit.layer import Sum
+from zennit.torchvision import ResNetCanonizer, VGGCanonizer
+from zennit.types import Activation, AvgPool, BatchNorm, Linear, MaxPool
 
 from . import compute
 from .errors import BlockError
@@ -145,8 +153,6 @@ def _not_a_block(module: nn.Module) -> bool:
 
 
 def _timm_loaded() -> bool:
-    import sys
-
     return "timm" in sys.modules
 
 
@@ -395,8 +401,6 @@ def _tail_job(net: nn.Module, path: str) -> nn.Module | None:
 # --- LRP coverage from the graph ---------------------------------------------------------------------
 
 def _relevance_neutral_functions() -> set:
-    import torch.nn.functional as F
-
     return {torch.flatten, torch.cat, torch.relu, F.relu, F.max_pool2d, F.dropout, operator.getitem, getattr,
             torch.nn.functional.relu_}
 
@@ -415,9 +419,6 @@ def lrp_gap_in_graph(net: nn.Module, extra_leaves: tuple[type, ...] = ()) -> str
     gives its whole relevance to both terms (counted twice), a product of two signals (a
     squeeze-and-excitation gate, a layer scale) has no rule.
     """
-    from zennit.layer import Sum
-    from zennit.types import Activation, AvgPool, BatchNorm, Linear, MaxPool
-
     covered = (Linear, BatchNorm, Activation, AvgPool, MaxPool, nn.Flatten, nn.Dropout, nn.Dropout2d, nn.Identity,
                nn.ZeroPad2d, nn.ConstantPad2d, Sum, *extra_leaves)
 
@@ -489,8 +490,6 @@ class Family:
         return run
 
     def canonizers(self, net: nn.Module) -> list:
-        from zennit.canonizers import SequentialMergeBatchNorm
-
         return [SequentialMergeBatchNorm()]
 
     def lrp_gap(self, net: nn.Module) -> str | None:
@@ -565,16 +564,14 @@ class DigitsFamily(Family):
     description = "the built-in DigitsResNet (torchvision BasicBlocks): B1..B4 = layer1..layer4"
 
     def matches(self, net: nn.Module) -> bool:
-        from .digits import DigitsResNet
-
-        return isinstance(net, DigitsResNet)
+        # By name along the class hierarchy: the built-in model's module imports this one (no import circle).
+        return any(cls.__name__ == "DigitsResNet" and cls.__module__.startswith("explainers.")
+                   for cls in type(net).__mro__)
 
     def block_paths(self, net: nn.Module, probe_result: Probe) -> list[str]:
         return [f"layer{i}" for i in range(1, 5)]
 
     def canonizers(self, net: nn.Module) -> list:
-        from zennit.torchvision import ResNetCanonizer
-
         return [ResNetCanonizer()]
 
     def lrp_gap(self, net: nn.Module) -> str | None:
@@ -583,8 +580,6 @@ class DigitsFamily(Family):
 
 def _torchvision_blocks_only(net: nn.Module) -> str | None:
     """ResNetCanonizer rewrites torchvision's BasicBlock and Bottleneck only: stages of other blocks are not covered."""
-    from torchvision.models.resnet import BasicBlock, Bottleneck
-
     for i in range(1, 5):
         for name, block in getattr(net, f"layer{i}").named_children():
             if not isinstance(block, (BasicBlock, Bottleneck)):
@@ -599,8 +594,6 @@ class ResNetFamily(Family):
     description = "torchvision ResNet, ResNeXt, Wide ResNet (and networks laid out like them): B1..B4 = layer1..layer4"
 
     def matches(self, net: nn.Module) -> bool:
-        from torchvision.models import ResNet
-
         if isinstance(net, ResNet):
             return True
         return (not _is_timm(net) and all(isinstance(getattr(net, f"layer{i}", None), nn.Module) for i in range(1, 5))
@@ -610,8 +603,6 @@ class ResNetFamily(Family):
         return [f"layer{i}" for i in range(1, 5)]
 
     def canonizers(self, net: nn.Module) -> list:
-        from zennit.torchvision import ResNetCanonizer
-
         return [ResNetCanonizer()]
 
     def lrp_gap(self, net: nn.Module) -> str | None:
@@ -624,8 +615,6 @@ class VGGFamily(Family):
     description = "torchvision VGG (and features/classifier stacks with max pools): B1..B4 = the last four max pools"
 
     def matches(self, net: nn.Module) -> bool:
-        from torchvision.models import VGG
-
         if isinstance(net, VGG):
             return True
         features = getattr(net, "features", None)
@@ -638,8 +627,6 @@ class VGGFamily(Family):
         return [f"features.{i}" for i, m in enumerate(net.features) if isinstance(m, nn.MaxPool2d)][-4:]
 
     def canonizers(self, net: nn.Module) -> list:
-        from zennit.torchvision import VGGCanonizer
-
         return [VGGCanonizer()]
 
 
@@ -649,8 +636,6 @@ class DenseNetFamily(Family):
     description = "torchvision DenseNet: B1..B4 = features.denseblock1..4"
 
     def matches(self, net: nn.Module) -> bool:
-        from torchvision.models import DenseNet
-
         return isinstance(net, DenseNet)
 
     def block_paths(self, net: nn.Module, probe_result: Probe) -> list[str]:
@@ -661,9 +646,6 @@ class DenseNetFamily(Family):
         they cannot be merged: only the pairs of a convolution followed by its batch norm are merged
         (``conv0``/``norm0`` and each dense layer's ``conv1``/``norm2``); the other batch norms pass
         relevance on unchanged."""
-        from torchvision.models.densenet import _DenseLayer
-        from zennit.canonizers import NamedMergeBatchNorm
-
         pairs = [(["features.conv0"], "features.norm0")]
         pairs += [([f"{name}.conv1"], f"{name}.norm2") for name, module in net.named_modules()
                   if isinstance(module, _DenseLayer)]
@@ -688,8 +670,6 @@ class DenseNetHeadCanonizer(AttributeCanonizer):
 
     @classmethod
     def _attribute_map(cls, name: str, module: nn.Module) -> dict | None:
-        from torchvision.models import DenseNet
-
         if isinstance(module, DenseNet):
             return {"forward": cls.forward.__get__(module), "canonizer_relu": nn.ReLU(),
                     "canonizer_pool": nn.AdaptiveAvgPool2d((1, 1))}
@@ -708,8 +688,6 @@ class EfficientNetFamily(Family):
                    "last stage at 1/4, 1/8, 1/16 and the 1x1 head convolution at 1/32")
 
     def matches(self, net: nn.Module) -> bool:
-        from torchvision.models import EfficientNet
-
         if isinstance(net, EfficientNet):
             return True
         return _is_timm(net) and type(net).__name__ == "EfficientNet"
@@ -794,8 +772,6 @@ class TimmResidualCanonizer(AttributeCanonizer):
 
     @classmethod
     def _attribute_map(cls, name: str, module: nn.Module) -> dict | None:
-        from zennit.layer import Sum
-
         separable, inverted = _timm_block_types()
         if isinstance(module, (separable, inverted)) and module.has_skip:
             body = cls.separable if isinstance(module, separable) else cls.inverted
@@ -822,16 +798,12 @@ class MobileNetFamily(Family):
     description = "torchvision MobileNet v2 and v3: B1..B4 = the last block at 1/4, 1/8, 1/16 and the head conv at 1/32"
 
     def matches(self, net: nn.Module) -> bool:
-        from torchvision.models import MobileNetV2, MobileNetV3
-
         return isinstance(net, (MobileNetV2, MobileNetV3))
 
     def block_paths(self, net: nn.Module, probe_result: Probe) -> list[str]:
         return _last_child_per_level(net, "features", probe_result)
 
     def lrp_gap(self, net: nn.Module) -> str | None:
-        from torchvision.models import MobileNetV3
-
         gated = " and gate channels by squeeze-and-excitation" if isinstance(net, MobileNetV3) else ""
         return _residual_reason(f"its inverted residual blocks add their input back in their forward code{gated}")
 
@@ -842,8 +814,6 @@ class ConvNeXtFamily(Family):
     description = "torchvision ConvNeXt: B1..B4 = features.1, .3, .5, .7 (the four stages)"
 
     def matches(self, net: nn.Module) -> bool:
-        from torchvision.models import ConvNeXt
-
         return isinstance(net, ConvNeXt)
 
     def block_paths(self, net: nn.Module, probe_result: Probe) -> list[str]:
@@ -861,8 +831,6 @@ class RegNetFamily(Family):
     description = "torchvision RegNet X and Y: B1..B4 = trunk_output.block1..block4"
 
     def matches(self, net: nn.Module) -> bool:
-        from torchvision.models import RegNet
-
         return isinstance(net, RegNet)
 
     def block_paths(self, net: nn.Module, probe_result: Probe) -> list[str]:
