@@ -4,7 +4,7 @@ best (cognition-base) and worst (cognition-scissors) masks combined (seed 002, e
 import streamlit as st
 from PIL import Image
 
-from explainers import method_info
+from explainers import UserInputError, method_info
 from explainers.methods.perturbation import ALPHA, CLUSTERS, masked_pictures
 from explainers.render import cells, diverging, outlined, overlay
 from ui.cache import cluster_cam, explanations
@@ -46,7 +46,7 @@ try:
         result = cluster_cam(selection.model_key, model, selection.image_data, block, selection.target, q, clustering)
         others = explanations(selection.model_key, model, selection.image_data, ("gradcam", "scorecam"), block,
                               selection.target)
-except (ValueError, RuntimeError, TypeError) as error:  # a model whose layers the methods cannot run through
+except UserInputError as error:  # a model or block the methods cannot run through, says why
     st.error(f"Cluster-CAM could not run on {model.name} at {block}: {error}. Try another depth or model.")
     st.stop()
 parts = result.extras["cluster_cam"]
