@@ -35,7 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `make bench` 
 
 from explainers import Explanation, ModelSpec, explain, explain_many, load_dataset, load_model, methods  # noqa: E402
 from explainers.maps import upsample  # noqa: E402
-from explainers.methods import perturbation  # noqa: E402
+from explainers.methods.ablation_cam import ablation_cam_plain  # noqa: E402
+from explainers.methods.masking import scaled_masks  # noqa: E402
+from explainers.methods.score_cam import score_cam_plain  # noqa: E402
 
 CAM_FAMILY = ("cam", "gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam", "eigengradcam")
 BLOCK = "B4"
@@ -224,7 +226,7 @@ def score_cam_batched_naive(model: ModelSpec, image: torch.Tensor, block: str, t
 
     activations = trace(model, image[None], target, blocks=[block]).activations[block][0][:channels]
     for start in range(0, len(activations), 32):
-        masks, _ = perturbation.scaled_masks(activations[start:start + 32], model.input_size)
+        masks, _ = scaled_masks(activations[start:start + 32], model.input_size)
         model.net(image[None] * masks[:, None]).softmax(dim=1)[:, target]
     return 1 + len(activations)
 
@@ -283,12 +285,12 @@ def perturbation_case(case: Case, settings: Settings, quick: bool) -> None:
     rows = []
     for block in ("B4", "B3"):
         fast, result = seconds(lambda: explain(model, image, "ablationcam", block=block), repeats)
-        plain, passes, note = plain_seconds(perturbation.ablation_cam_plain, model, image, block, target, quick)
+        plain, passes, note = plain_seconds(ablation_cam_plain, model, image, block, target, quick)
         verdict = f"target >= {ABLATION_TARGET:.0f}x: {'PASS' if plain / fast >= ABLATION_TARGET else 'MISS'}" \
             if block == "B4" else "(no target)"
         rows.append((f"Ablation-CAM {block}", fast, result.forwards, plain, passes, verdict + note))
     fast, result = seconds(lambda: explain(model, image, "scorecam"), repeats)
-    plain, passes, note = plain_seconds(perturbation.score_cam_plain, model, image, "B4", target, quick)
+    plain, passes, note = plain_seconds(score_cam_plain, model, image, "B4", target, quick)
     rows.append(("Score-CAM B4", fast, result.forwards, plain, passes,
                  "vs one forward per channel, one at a time (the authors' code)" + note))
     total = model.block_shapes["B4"][0]

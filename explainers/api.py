@@ -1,10 +1,17 @@
-"""The public API: ``explain`` one method, ``explain_many`` methods from one shared trace."""
+"""The public API: ``explain`` one method, ``explain_many`` methods from one shared trace.
+
+Methods with settings of their own take them through ``method_settings``, a mapping
+method name -> {setting: value} checked against each method's declaration (``method_info(name).settings``;
+an unknown name or a value out of range raises a ``SettingError``, a ``UserInputError``):
+
+    explain(model, image, "clustercam", method_settings={"clustercam": {"q": 4, "alpha": 0.3}})
+"""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -16,7 +23,10 @@ from .images import ImageError, load_image
 from .maps import upsample
 from .methods import Method, MethodOutput, method_info
 from .models import ModelSpec
+from .settings import UnknownSettingError
 from .trace import Trace, trace
+
+MethodSettings = Mapping[str, Mapping[str, Any]]  # method name -> {setting name: value}
 
 
 BATCHED_FAMILIES = ("perturbation", "prototype")  # methods whose own passes are submitted batch by batch
@@ -29,6 +39,7 @@ class Explanation:
     ``raw`` is at the block's resolution, ``heatmap`` at the input's (bilinear upsampling).
     ``forwards``/``backwards`` count the passes this map needed (shared ones included);
     ``seconds`` is the method's own time, ``trace_seconds`` the shared pass it used.
+    ``settings`` are the values of the method's declared settings it was made with (defaults included).
     """
 
     method: str
@@ -42,6 +53,7 @@ class Explanation:
     seconds: float
     trace_seconds: float
     extras: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 ImageLike = Image.Image | str | Path | np.ndarray | torch.Tensor
@@ -142,13 +154,15 @@ def _describe(item: Any) -> str:
 
 
 def explain_batch(model: ModelSpec, images: Any, methods: Sequence[str], block: str = "B4",
-                  target: int | Sequence[int] | None = None) -> list[dict[str, Explanation]]:
+                  target: int | Sequence[int] | None = None,
+                  method_settings: MethodSettings | None = None) -> list[dict[str, Explanation]]:
     """Explain N images with several methods from ONE forward (and at most one backward) pass."""
     chosen = _available(model, methods, block)
+    _resolved(chosen, method_settings)  # refused before the pass, not after
     batch = as_batch(model, images)
     blocks = list(model.blocks) if any(m.needs_all_blocks for m in chosen) else [block]
     shared = trace(model, batch, target, gradients=any(m.needs_gradients for m in chosen), blocks=blocks)
-    return explain_trace(model, shared, methods, block)
+    return explain_trace(model, shared, methods, block, method_settings)
 
 
 def _available(model: ModelSpec, methods: Sequence[str], block: str) -> list[Method]:
@@ -162,16 +176,30 @@ def _available(model: ModelSpec, methods: Sequence[str], block: str) -> list[Met
     return chosen
 
 
-def explain_trace(model: ModelSpec, shared: Trace, methods: Sequence[str],
-                  block: str = "B4") -> list[dict[str, Explanation]]:
+def _resolved(chosen: Sequence[Method], method_settings: MethodSettings | None) -> dict[str, dict[str, Any]]:
+    """Each chosen method's settings, validated against its declaration, defaults filled in."""
+    given = dict(method_settings or {})
+    names = [m.name for m in chosen]
+    stray = [name for name in given if name not in names]
+    if stray:
+        raise UnknownSettingError(f"settings were given for {', '.join(repr(n) for n in stray)}, which "
+                                  f"{'is' if len(stray) == 1 else 'are'} not among the methods explained "
+                                  f"({', '.join(names)})")
+    return {method.name: method.resolve(given.get(method.name)) for method in chosen}
+
+
+def explain_trace(model: ModelSpec, shared: Trace, methods: Sequence[str], block: str = "B4",
+                  method_settings: MethodSettings | None = None) -> list[dict[str, Explanation]]:
     """Several methods for the images of a trace already taken, one dict per image: no pass of its
     own beyond those a method runs itself (perturbation, LRP), which its counts include.
 
     ``shared`` comes from ``trace(model, inputs, targets, gradients=..., blocks=...)``: it must hold
     ``block`` (every block for the prototype attribution) and, for gradient methods, its gradients.
     One trace of every block with gradients serves every depth and method of its images and targets.
+    ``method_settings`` (method name -> {setting: value}) go to the methods that declare them.
     """
     chosen = _available(model, methods, block)
+    settings = _resolved(chosen, method_settings)
     needed = list(model.blocks) if any(m.needs_all_blocks for m in chosen) else [block]
     absent = [name for name in needed if name not in shared.activations]
     if absent:
@@ -181,7 +209,7 @@ def explain_trace(model: ModelSpec, shared: Trace, methods: Sequence[str],
     results: list[dict[str, Explanation]] = [{} for _ in range(shared.inputs.shape[0])]
     for method in chosen:
         started = time.perf_counter()
-        output = _compute(method, shared, block, model)
+        output = _compute(method, shared, block, model, settings[method.name])
         if not isinstance(output, MethodOutput):
             output = MethodOutput(maps=output)
         heatmaps = upsample(output.maps, model.input_size)
@@ -193,29 +221,55 @@ def explain_trace(model: ModelSpec, shared: Trace, methods: Sequence[str],
                 forwards=shared.forwards + output.forwards,
                 backwards=(shared.backwards if method.needs_gradients else 0) + output.backwards,
                 seconds=seconds / len(results), trace_seconds=shared.seconds / len(results),
-                extras=output.extras_of(i),
+                extras=output.extras_of(i), settings=dict(settings[method.name]),
             )
     return results
 
 
-def _compute(method: Method, shared: Trace, block: str, model: ModelSpec) -> MethodOutput | torch.Tensor:
+def _compute(method: Method, shared: Trace, block: str, model: ModelSpec,
+             settings: Mapping[str, Any]) -> MethodOutput | torch.Tensor:
     """A method's computation: one job of the compute thread (``explainers.compute``), except for the
     methods that run many passes of their own, which submit one job per batch so that other sessions'
     passes run between them (and report their progress from the caller's thread)."""
     if method.family in BATCHED_FAMILIES:
-        return method.compute(shared, block, model)
-    return compute.run(method.compute, shared, block, model)
+        return method.compute(shared, block, model, **settings)
+    return compute.run(method.compute, shared, block, model, **settings)
+
+
+def recombine(model: ModelSpec, explanation: Explanation, settings: Mapping[str, Any]) -> Explanation:
+    """``explanation`` with its method's display-only ``settings`` applied (Cluster-CAM's alpha): no pass.
+
+    Equal to explaining with those settings from the start; the other settings must be given to
+    ``explain`` (``SettingError`` otherwise). A cache of explanations keys on the other settings only
+    and recombines for these.
+    """
+    method = method_info(explanation.method)
+    display = method.display_only()
+    others = [name for name in settings if name not in display]
+    if others:
+        raise UnknownSettingError(f"{method.label}: only {', '.join(display) or 'no setting'} can be changed "
+                                  f"without recomputing, not {', '.join(others)}")
+    values = {name: value for name, value in method.resolve({**explanation.settings, **settings}).items()
+              if name in settings}
+    if not values:
+        return explanation
+    assert method.recombine is not None  # checked when the method was registered
+    raw, extras = method.recombine(explanation.extras, **values)
+    heatmap = upsample(torch.from_numpy(raw).unsqueeze(0), model.input_size)[0].numpy()
+    return replace(explanation, raw=raw, heatmap=heatmap, extras=extras, settings={**explanation.settings, **values})
 
 
 def explain_many(model: ModelSpec, image: Any, methods: Sequence[str], block: str = "B4",
-                 target: int | None = None) -> dict[str, Explanation]:
+                 target: int | None = None, method_settings: MethodSettings | None = None) -> dict[str, Explanation]:
     """Several methods for one image, all from one shared trace."""
-    return explain_batch(model, image, methods, block, target)[0]
+    return explain_batch(model, image, methods, block, target, method_settings)[0]
 
 
-def explain(model: ModelSpec, image: Any, method: str, block: str = "B4", target: int | None = None) -> Explanation:
-    """One method for one image (``image``: PIL image or transformed tensor)."""
-    return explain_many(model, image, [method], block, target)[method]
+def explain(model: ModelSpec, image: Any, method: str, block: str = "B4", target: int | None = None,
+            method_settings: MethodSettings | None = None) -> Explanation:
+    """One method for one image (``image``: PIL image or transformed tensor). ``method_settings``:
+    ``{method: {setting: value}}``, as for ``explain_many``."""
+    return explain_many(model, image, [method], block, target, method_settings)[method]
 
 
 def predict(model: ModelSpec, image: Any, top: int = 5) -> list[tuple[int, float]]:
@@ -231,4 +285,4 @@ def _probabilities(model: ModelSpec, inputs: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = ["Explanation", "MethodUnavailableError", "Trace", "explain", "explain_batch", "explain_many",
-           "explain_trace", "predict"]
+           "explain_trace", "predict", "recombine"]

@@ -4,11 +4,12 @@ best (cognition-base) and worst (cognition-scissors) masks combined (seed 002, e
 import streamlit as st
 from PIL import Image
 
-from explainers import UserInputError, method_info
-from explainers.methods.perturbation import ALPHA, CLUSTERS, masked_pictures
+from explainers import method_info
+from explainers.methods.cluster_cam import masked_pictures
 from explainers.render import cells, diverging, outlined, overlay
-from ui.cache import cluster_cam, explanations
+from ui.cache import explanations
 from ui.progress import progress_bar
+from ui.settings import method_controls
 from ui.sidebar import current
 
 BASE, SCISSORS = "#2e9d40", "#d62728"  # green and red frames, as in the paper's Figures 3-4
@@ -29,26 +30,17 @@ if selection.model is None or selection.image_data is None:
 model, block = selection.model, selection.block
 channels = model.block_shapes[block][0]
 
-controls = st.columns([3, 3, 2])
-q = controls[0].slider("Clusters Q", 2, max(3, min(12, channels)), min(CLUSTERS, max(3, channels)), key="cc_q",
-                       help="The paper uses Q = 6; too few clusters mix object and background, "
-                            "too many split the object.")
-alpha = controls[1].slider("alpha (balance of base and scissors)", 0.0, 1.0, ALPHA, 0.05, key="cc_alpha",
-                           help="H = alpha x base - (1 - alpha) x scissors (eq. 22). "
-                                "Changing alpha runs no network pass.")
-clustering = controls[2].radio("Clustering", ["kmeans", "spectral"], key="cc_clustering", horizontal=True,
-                               format_func=lambda c: {"kmeans": "k-means", "spectral": "spectral"}[c],
-                               help="Spectral clustering on exp(-distance) similarities (eq. 17), "
-                                    "as the paper discusses.")
+settings = method_controls("clustercam", st.columns([3, 3, 2]), prefix="cc_")  # Q, alpha, clustering
+q, alpha = settings["q"], settings["alpha"]
 
 try:
-    with progress_bar():
-        result = cluster_cam(selection.model_key, model, selection.image_data, block, selection.target, q, clustering)
-        others = explanations(selection.model_key, model, selection.image_data, ("gradcam", "scorecam"), block,
-                              selection.target)
-except UserInputError as error:  # a model or block the methods cannot run through, says why
+    with progress_bar():  # alpha recombines the cached parts: only Q and the clustering run passes
+        found = explanations(selection.model_key, model, selection.image_data, ("clustercam", "gradcam", "scorecam"),
+                             block, selection.target, {"clustercam": settings})
+except (ValueError, RuntimeError, TypeError) as error:  # a model whose layers the methods cannot run through
     st.error(f"Cluster-CAM could not run on {model.name} at {block}: {error}. Try another depth or model.")
     st.stop()
+result, others = found["clustercam"], found
 parts = result.extras["cluster_cam"]
 target = model.class_name(result.target)
 size = max(256, model.input_size[0])
@@ -89,7 +81,7 @@ st.info("The **cognition-base** (green) is the cluster whose mask keeps what the
         "the class, so the final map subtracts it, cutting those regions away.")
 
 st.subheader("Final heatmap beside Grad-CAM and Score-CAM of the same block")
-heatmap = parts.heatmap(alpha)
+heatmap = result.heatmap  # H for this alpha, recombined from the stored parts
 colours = ("red: base, blue: cut by the scissors" if diverging(heatmap, True) else
            "nothing negative left to cut, so drawn min to max like the maps beside it")
 panels = [("Cluster-CAM", overlay(display_image, heatmap, signed=True, opacity=OPACITY, size=size), result.forwards, 0,

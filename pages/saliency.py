@@ -3,10 +3,11 @@ import io
 
 import streamlit as st
 
-from explainers import UserInputError, method_info
+from explainers import method_info
 from explainers.render import SEQUENTIAL, cells, colour_bar, diverging, duration, grid, overlay
 from ui.cache import explanations
 from ui.progress import progress_bar
+from ui.settings import method_controls
 from ui.sidebar import current
 
 st.title("Saliency maps")
@@ -45,11 +46,19 @@ if not runnable:
         st.caption(f"{method_info(name).label}: {reason}.")
     st.stop()
 
+tunable = [name for name in runnable if method_info(name).settings]  # methods that declare settings of their own
+settings = {}
+if tunable:
+    with st.expander("Settings of " + ", ".join(method_info(name).label for name in tunable)):
+        for name in tunable:
+            st.markdown(f"###### {method_info(name).label}")
+            settings[name] = method_controls(name, st.columns(3))
+
 try:
     with progress_bar():  # filled by the perturbation methods (one masked input per channel)
         maps = explanations(selection.model_key, model, selection.image_data, tuple(runnable), selection.block,
-                            selection.target)
-except UserInputError as error:  # a method that does not apply here, says why; anything else is a bug
+                            selection.target, settings)
+except (ValueError, RuntimeError) as error:  # a model or image a method cannot handle: say so, keep the page
     st.error(f"The maps could not be computed: {error}")
     st.stop()
 first = next(iter(maps.values()))

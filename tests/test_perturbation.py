@@ -8,8 +8,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from explainers import batching, explain, explain_many, load_model, method_info, trace
-from explainers.methods import perturbation as P
+from explainers.methods import ablation_cam as A
+from explainers.methods import cluster_cam as C
+from explainers.methods import masking as M
+from explainers.methods import score_cam as S
 from explainers.progress import reporting
+from explainers.settings import SettingValueError
 from explainers.zoo import DigitsResNet
 from helpers import count_passes, digits_model, digits_test_batch, hook_counts, one_thread
 
@@ -79,8 +83,8 @@ def test_ablation_fast_path_equals_brute_force(model, block):
     other = trace(model, images, targets=[(t + 4) % 10 for t in targets], blocks=[block])
     saw_positive_map = False
     for recorded in (batch, other):
-        drops, scores, passes = P.ablation_drops(recorded, block, model)
-        maps = P.ablation_cam(recorded, block, model).maps
+        drops, scores, passes = A.ablation_drops(recorded, block, model)
+        maps = A.ablation_cam(recorded, block, model).maps
         for i, image in enumerate(images):
             target = int(recorded.targets[i])
             expected, score = brute_force_drops(model, image, block, target)
@@ -103,7 +107,7 @@ def test_ablation_at_b4_is_exactly_the_head_contribution(model):
     image = digits_test_batch(1)[0][0]
     explanation = explain(model, image, "ablationcam", block="B4")
     assert explanation.forwards == 1, "the shared trace only"
-    plain, passes = P.ablation_cam_plain(model, image, "B4", explanation.target)
+    plain, passes = A.ablation_cam_plain(model, image, "B4", explanation.target)
     assert passes == 1 + model.block_shapes["B4"][0]
     assert close(explanation.raw, plain.numpy(), 1e-5)
 
@@ -115,7 +119,7 @@ def test_ablation_counts_tail_passes_and_skips_dead_channels(model, monkeypatch)
     tail = ImageCounter(model.inference_net.layer4)
     try:
         with count_passes(model.net, monkeypatch, model.inference_net) as passes:
-            output = P.ablation_cam(recorded, "B3", model)
+            output = A.ablation_cam(recorded, "B3", model)
     finally:
         tail.remove()
     assert passes.forwards == 0, "the tail runs without the layers before B3"
@@ -134,11 +138,11 @@ def test_ablation_falls_back_to_a_substituted_forward_when_the_tail_does_not_fit
     net.load_state_dict(model.net.state_dict())
     doubled = load_model(net, classes=[str(d) for d in range(10)], input_size=(64, 64))
     doubled.transform = model.transform
-    assert P.tail_after(doubled, "B3") is not None, "the layout looks like a ResNet, so the check must catch it"
+    assert A.tail_after(doubled, "B3") is not None, "the layout looks like a ResNet, so the check must catch it"
     image = digits_test_batch(1)[0][0]
     recorded = trace(doubled, image[None], blocks=["B3"])
     before = hook_counts(doubled.net)
-    drops, scores, _ = P.ablation_drops(recorded, "B3", doubled)
+    drops, scores, _ = A.ablation_drops(recorded, "B3", doubled)
     expected, score = brute_force_drops(doubled, image, "B3", int(recorded.targets[0]))
     assert close(drops[0], expected) and torch.isclose(scores[0], score, rtol=1e-5)
     assert hook_counts(doubled.net) == before, "the substitution hook was left behind"
@@ -165,12 +169,12 @@ class TinyVGG(nn.Module):
 def test_ablation_on_a_vgg_layout_runs_only_the_layers_after_the_block(block, monkeypatch):
     torch.manual_seed(3)
     vgg = load_model(TinyVGG().eval(), classes=["a", "b", "c"], input_size=(64, 64))
-    assert vgg.family == "vgg" and not vgg.gap_head and P.tail_after(vgg, block) is not None
+    assert vgg.family == "vgg" and not vgg.gap_head and A.tail_after(vgg, block) is not None
     image = torch.randn(1, 64, 64, generator=torch.Generator().manual_seed(4))
     recorded = trace(vgg, image[None], blocks=[block])
     batching.timings(vgg)  # the batch-size measurement runs once per network, before any count
     with count_passes(vgg.net, monkeypatch, vgg.inference_net) as passes:
-        drops, scores, _ = P.ablation_drops(recorded, block, vgg)
+        drops, scores, _ = A.ablation_drops(recorded, block, vgg)
     assert passes.forwards == 0
     expected, score = brute_force_drops(vgg, image, block, int(recorded.targets[0]))
     assert close(drops[0], expected) and torch.isclose(scores[0], score, rtol=1e-5)
@@ -184,7 +188,7 @@ def test_score_cam_fast_path_equals_the_plain_definition(model, block):
     images, _ = digits_test_batch(2)
     for image in images:
         fast = explain(model, image, "scorecam", block=block)
-        plain, plain_passes = P.score_cam_plain(model, image, block, fast.target)
+        plain, plain_passes = S.score_cam_plain(model, image, block, fast.target)
         assert float(plain.max()) > 0
         assert close(fast.raw, plain.numpy(), 1e-4)
         assert fast.forwards <= plain_passes
@@ -194,10 +198,10 @@ def test_score_cam_masks_are_scaled_upsampled_maps_and_duplicates_share_one():
     maps = torch.rand(5, 4, 4)
     maps[1] = 3.0  # constant: no mask
     maps[3] = 4 * maps[0]  # a scaled copy of channel 0 (exactly, in floating point): the same mask
-    channels, group = P.distinct_maps(maps)
+    channels, group = M.distinct_maps(maps)
     assert channels.tolist() == [0, 2, 3, 4]
     assert group[0] == group[2] and len(set(group.tolist())) == 3
-    masks, scaled = P.scaled_masks(maps, (16, 16))
+    masks, scaled = M.scaled_masks(maps, (16, 16))
     upsampled = F.interpolate(maps[:, None], size=(16, 16), mode="bilinear", align_corners=False)[:, 0]
     expected = (upsampled[0] - upsampled[0].min()) / (upsampled[0].max() - upsampled[0].min())
     assert torch.allclose(masks[0], expected, atol=1e-6) and torch.allclose(masks[3], expected, atol=1e-6)
@@ -209,7 +213,7 @@ def test_score_cam_masks_are_scaled_upsampled_maps_and_duplicates_share_one():
 def test_score_cam_reports_its_masked_passes(model, monkeypatch):
     image = digits_test_batch(1)[0][0]
     recorded = trace(model, image[None], blocks=["B4"])
-    distinct = int(P.distinct_maps(recorded.activations["B4"][0])[1].max()) + 1
+    distinct = int(M.distinct_maps(recorded.activations["B4"][0])[1].max()) + 1
     with count_passes(model.net, monkeypatch, model.inference_net):
         counter = ImageCounter(model.net, model.inference_net)
         try:
@@ -222,9 +226,14 @@ def test_score_cam_reports_its_masked_passes(model, monkeypatch):
 
 # --- Cluster-CAM ---------------------------------------------------------------------------------
 
+def cluster_cam(model, image, block="B4", **settings):
+    """Cluster-CAM through the API's settings door (Q, alpha, clustering)."""
+    return explain(model, image, "clustercam", block=block, method_settings={"clustercam": settings})
+
+
 def test_cluster_cam_alpha_one_is_the_base_clusters_mean_map(model):
     image = digits_test_batch(4)[0][2]
-    explanation = P.explain_cluster_cam(model, image, block="B4", alpha=1.0)
+    explanation = cluster_cam(model, image, block="B4", alpha=1.0)
     parts = explanation.extras["cluster_cam"]
     activations = trace(model, image[None], blocks=["B4"]).activations["B4"][0]
     mean = activations[torch.from_numpy(parts.labels == parts.base)].mean(0)  # eq. 18, computed here
@@ -238,7 +247,7 @@ def test_cluster_cam_alpha_one_is_the_base_clusters_mean_map(model):
 def test_cluster_cam_base_scores_highest_and_scissors_lowest(model):
     images, _ = digits_test_batch(3)
     for image in images:
-        parts = P.explain_cluster_cam(model, image, block="B3").extras["cluster_cam"]
+        parts = cluster_cam(model, image, block="B3").extras["cluster_cam"]
         with torch.no_grad():  # the masked scores, one plain forward each
             scores = [model.net((image * torch.from_numpy(m))[None]).softmax(1)[0, parts.target].item()
                       for m in parts.masks]
@@ -253,7 +262,7 @@ def test_cluster_cam_uses_exactly_q_plus_one_forward_passes(model, q, monkeypatc
     counter = ImageCounter(model.net, model.inference_net)
     try:
         with count_passes(model.net, monkeypatch, model.inference_net) as passes:
-            explanation = P.explain_cluster_cam(model, image, q=q) if q != 6 else explain(model, image, "clustercam")
+            explanation = cluster_cam(model, image, q=q) if q != 6 else explain(model, image, "clustercam")
     finally:
         counter.remove()
     assert counter.images == q + 1 == explanation.forwards
@@ -263,7 +272,7 @@ def test_cluster_cam_uses_exactly_q_plus_one_forward_passes(model, q, monkeypatc
 
 def test_changing_alpha_recombines_without_any_pass(model, monkeypatch):
     image = digits_test_batch(1)[0][0]
-    parts = P.explain_cluster_cam(model, image).extras["cluster_cam"]
+    parts = cluster_cam(model, image).extras["cluster_cam"]
     with count_passes(model.net, monkeypatch, model.inference_net) as passes:
         for alpha in (0.0, 0.3, 0.5, 1.0):
             expected = alpha * parts.masks[parts.base] - (1 - alpha) * parts.masks[parts.scissors]  # eq. 22
@@ -276,22 +285,24 @@ def test_changing_alpha_recombines_without_any_pass(model, monkeypatch):
 
 def test_cluster_cam_is_reproducible_and_offers_spectral_clustering(model):
     image = digits_test_batch(1)[0][0]
-    first = P.explain_cluster_cam(model, image, block="B3").extras["cluster_cam"]
-    again = P.explain_cluster_cam(model, image, block="B3").extras["cluster_cam"]
+    first = cluster_cam(model, image, block="B3").extras["cluster_cam"]
+    again = cluster_cam(model, image, block="B3").extras["cluster_cam"]
     assert np.array_equal(first.labels, again.labels) and np.array_equal(first.scores, again.scores)
-    spectral = P.explain_cluster_cam(model, image, block="B3", clustering="spectral").extras["cluster_cam"]
+    spectral = cluster_cam(model, image, block="B3", clustering="spectral").extras["cluster_cam"]
     assert spectral.clustering == "spectral" and spectral.q == 6
     assert sorted(np.unique(spectral.labels)) == list(range(6))
-    with pytest.raises(ValueError, match="clustering must be one of"):
-        P.explain_cluster_cam(model, image, clustering="dbscan")
-    with pytest.raises(ValueError, match="at least one cluster"):
-        P.explain_cluster_cam(model, image, q=0)
+    with pytest.raises(SettingValueError, match="clustering must be one of 'kmeans', 'spectral', not 'dbscan'"):
+        cluster_cam(model, image, clustering="dbscan")
+    with pytest.raises(SettingValueError, match=r"q must be an integer in \[2, 16\], not 0"):
+        cluster_cam(model, image, q=0)
+    with pytest.raises(ValueError, match="clustering must be one of"):  # the helper itself, called directly
+        C.cluster_channels(torch.rand(8, 2, 2), 3, "dbscan")
 
 
 def test_cluster_cam_with_more_clusters_than_distinct_maps_uses_what_there_is():
     maps = torch.zeros(8, 2, 2)
     maps[:4, 0, 0] = 1.0  # only two distinct maps
-    labels = P.cluster_channels(maps, 6)
+    labels = C.cluster_channels(maps, 6)
     assert sorted(set(labels.tolist())) == [0, 1]
 
 

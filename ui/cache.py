@@ -6,17 +6,22 @@ pass, recording every block, with one backward of the predicted class to every b
 sidebar's top-5 reads its probabilities and the Saliency page derives every map from it
 (``explain_trace``): opening the page, changing the depth or the methods runs no further pass.
 Only another target class needs a pass of its own, on the same preprocessed input.
+
+Maps are cached one method at a time (``explanation``), keyed by that method's settings except the
+display-only ones (Cluster-CAM's alpha), which ``explanations`` applies to the cached result
+without a pass: a new LRP epsilon reruns LRP alone, a new alpha reruns nothing.
 """
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import streamlit as st
 from PIL import Image
 
 from explainers import Trace, explain_trace, load_dataset, load_image, load_model, trace
-from explainers.api import Explanation, as_batch
+from explainers import method_info
+from explainers.api import Explanation, as_batch, recombine
 from explainers.data import DatasetSpec
 from explainers.images import png_compatible
 from explainers.models import ModelSpec
@@ -98,23 +103,38 @@ def top_classes(model_key: str, model: ModelSpec, data: bytes, top: int = 5,
     return [(int(i), float(v)) for i, v in zip(indices, values)]
 
 
-@st.cache_data(show_spinner="Computing the maps (one shared pass)…", max_entries=256)
+Frozen = tuple[tuple[str, Any], ...]  # a method's settings as a hashable key: sorted (name, value) pairs
+
+
 def explanations(model_key: str, _model: ModelSpec, data: bytes, methods: Sequence[str], block: str,
-                 target: int | None) -> dict[str, Explanation]:
-    """All maps of one view from the view's pass (``shared_trace``); keyed by model, image bytes,
-    methods, block and target. Passes of their own (Score-CAM, LRP, ...) are what this cache saves.
+                 target: int | None, settings: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Explanation]:
+    """All maps of one view from the view's pass (``shared_trace``): each method's map is cached on
+    its own (``explanation``), keyed by model, image bytes, method, block, target and the method's
+    settings (``settings``: method -> {setting: value}, as ``explain`` takes them) other than the
+    display-only ones, which are applied here to the cached map without a pass.
 
-    Display settings (opacity, colours) are not arguments, so changing them never recomputes.
+    Display settings of the page (opacity, colours) are not arguments, so changing them never recomputes.
     """
-    return explain_trace(_model, shared_trace(model_key, _model, data, target), list(methods), block)[0]
+    settings = settings or {}
+    found = {}
+    for name in methods:
+        method = method_info(name)
+        values = method.resolve(settings.get(name))  # checked, defaults filled in: one key per computation
+        display = {k: v for k, v in values.items() if k in method.display_only()}
+        computed = frozen({k: v for k, v in values.items() if k not in display})
+        found[name] = recombine(_model, explanation(model_key, _model, data, name, block, target, computed), display)
+    return found
 
 
-@st.cache_data(show_spinner="Clustering the channels and scoring the masked inputs…", max_entries=64)
-def cluster_cam(model_key: str, _model: ModelSpec, data: bytes, block: str, target: int | None, q: int,
-                clustering: str = "kmeans") -> Explanation:
-    """Cluster-CAM of one view; keyed by model, image, block, target, Q and clustering, never by alpha:
-    H for another alpha is recombined from ``extras["cluster_cam"]`` without a forward pass."""
-    from explainers.methods.perturbation import explain_cluster_cam
+def frozen(settings: Mapping[str, Any]) -> Frozen:
+    """One method's settings as a hashable cache key (the order they were given in does not matter)."""
+    return tuple(sorted(settings.items()))
 
-    inputs = view_trace(model_key, _model, data).inputs[0]  # the selection's preprocessed input, not a new decode
-    return explain_cluster_cam(_model, inputs, block=block, target=target, q=q, clustering=clustering)
+
+@st.cache_data(show_spinner="Computing the maps (from the shared pass)…", max_entries=512)
+def explanation(model_key: str, _model: ModelSpec, data: bytes, method: str, block: str, target: int | None,
+                settings: Frozen = ()) -> Explanation:
+    """One method's map of one view from the view's pass, with ``settings`` (its own, frozen); keyed by
+    all of these. Passes of its own (Score-CAM, LRP, ...) are what this cache saves."""
+    shared = shared_trace(model_key, _model, data, target)
+    return explain_trace(_model, shared, [method], block, {method: dict(settings)} if settings else None)[0][method]

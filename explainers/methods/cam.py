@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import register_method
+from .base import register_method
 
 if TYPE_CHECKING:
     from ..models import ModelSpec

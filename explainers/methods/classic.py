@@ -17,8 +17,11 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 from scipy import ndimage
+from skimage.filters.rank import entropy
+from skimage.morphology import disk
+from skimage.transform import pyramid_gaussian, resize
 
-from . import register_method
+from .base import register_method
 
 if TYPE_CHECKING:
     from ..models import ModelSpec
@@ -47,8 +50,6 @@ def spectral_residual(image: np.ndarray, width: int = SPECTRAL_WIDTH, sigma: flo
     L = log|F(I)|, R = L - h_3 * L (3 x 3 mean), S = g * |F^-1(exp(R + i P))|^2 with P the
     phase and g a Gaussian. Returns S at the working resolution (``width`` pixels wide).
     """
-    from skimage.transform import resize
-
     height = max(1, round(image.shape[0] * width / image.shape[1]))
     small = resize(image, (height, width), anti_aliasing=True)
     spectrum = np.fft.fft2(small)
@@ -61,9 +62,6 @@ def spectral_residual(image: np.ndarray, width: int = SPECTRAL_WIDTH, sigma: flo
 def local_entropy(image: np.ndarray, radius: int | None = None) -> np.ndarray:
     """H(x) = -sum_i p_i log2 p_i over the 256-level histogram of a disk around each pixel
     (scikit-image's rank entropy). ``radius`` defaults to 1/32 of the shorter side (at least 2)."""
-    from skimage.filters.rank import entropy
-    from skimage.morphology import disk
-
     radius = radius or max(2, round(min(image.shape) / 32))
     return entropy((np.clip(image, 0, 1) * 255).round().astype(np.uint8), disk(radius)).astype(np.float64)
 
@@ -81,16 +79,12 @@ def itti_normalise(feature: np.ndarray) -> np.ndarray:
 
 
 def _pyramid(channel: np.ndarray, levels: int) -> list[np.ndarray]:
-    from skimage.transform import pyramid_gaussian
-
     return list(pyramid_gaussian(channel, max_layer=levels, downscale=2))
 
 
 def _across_scales(channel: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Sum over (center, surround) pairs of N(|I(c) - I(s)|), surround upsampled to the center's
     size, every term resized to ``size`` (Itti et al. eq. 1-2 and the across-scale sum)."""
-    from skimage.transform import resize
-
     levels = _pyramid(channel, max(CENTERS) + max(DELTAS))
     total = np.zeros(size)
     for center in CENTERS:

@@ -65,11 +65,17 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+from zennit.composites import EpsilonGammaBox, LayerMapComposite, layer_map_base
+from zennit.rules import Epsilon
+from zennit.types import Convolution
 
 from .. import compute
+from ..errors import MethodUnavailableError
+from ..families import family_of
 from ..hooks import tapped
 from ..inference import structural_copy
-from . import MethodOutput, register_method
+from ..settings import Setting
+from .base import MethodOutput, register_method
 
 if TYPE_CHECKING:
     from ..models import ModelSpec
@@ -95,8 +101,6 @@ class Relevance:
 
 def canonizers_for(model: "ModelSpec") -> list:
     """zennit's canonizers for the model, as its family adapter names them (``explainers.families``)."""
-    from ..families import family_of
-
     return family_of(model).canonizers(model.net)
 
 
@@ -107,8 +111,6 @@ _GAPS_LOCK = threading.Lock()
 def coverage_gap(model: "ModelSpec") -> str | None:
     """None when zennit's rules and the family's canonizers cover every layer and operation of the
     network, else what they do not cover (found once per network, then kept)."""
-    from ..families import family_of
-
     with _GAPS_LOCK:
         if model.net in _GAPS:
             return _GAPS[model.net]
@@ -140,10 +142,6 @@ def composite_for(model: "ModelSpec", rule: str, shape: torch.Size, epsilon: flo
     ``stabilizer`` guards the denominators of the rules other than epsilon (residual sums,
     average pooling, gamma, box); it must go to zero with epsilon for LRP-0 = gradient x input.
     """
-    from zennit.composites import EpsilonGammaBox, LayerMapComposite, layer_map_base
-    from zennit.rules import Epsilon
-    from zennit.types import Convolution
-
     canonizers = canonizers_for(model) if canonize else []
     if rule == "epsilon":
         layer_map = layer_map_base(stabilizer) + [(Convolution, Epsilon(epsilon=epsilon)),
@@ -262,23 +260,23 @@ def conservation(result: Relevance, targets: torch.Tensor) -> list[str | None]:
     return problems
 
 
-def lrp_output(trace: "Trace", block: str, model: "ModelSpec", rule: str) -> MethodOutput:
+def lrp_output(trace: "Trace", block: str, model: "ModelSpec", rule: str, epsilon: float = EPSILON,
+               gamma: float = GAMMA) -> MethodOutput:
     """Pixel relevance summed over colour channels as the map; the block's relevance and the sums as extras.
 
     If the canonizers do not fit the model, LRP runs again without them (two passes of each kind).
     Relevance that is not conserved (``conservation``) raises ``MethodUnavailableError`` instead of
     giving a map that would look valid.
     """
-    from ..api import MethodUnavailableError
-
     passes, canonized = 1, True
     try:
-        result = relevance(model, trace.inputs, trace.targets, rule=rule, block=block)
+        result = relevance(model, trace.inputs, trace.targets, rule=rule, block=block, epsilon=epsilon, gamma=gamma)
     except RuntimeError:  # a batch norm merged into a layer of another width: the canonizer does not fit
         result = None
     if result is None or not faithful(result, trace.logits):
         passes, canonized = 1 + (result is not None), False
-        result = relevance(model, trace.inputs, trace.targets, rule=rule, block=block, canonize=False)
+        result = relevance(model, trace.inputs, trace.targets, rule=rule, block=block, epsilon=epsilon, gamma=gamma,
+                           canonize=False)
     problems = [p for p in conservation(result, trace.targets) if p]
     if problems:
         raise MethodUnavailableError(f"LRP gives no valid map for {model.name}: {problems[0]}. The map is not "
@@ -296,23 +294,33 @@ def lrp_output(trace: "Trace", block: str, model: "ModelSpec", rule: str) -> Met
                         per_image=per_image)
 
 
+EPSILON_SETTING = Setting(
+    "epsilon", float, EPSILON, "The epsilon rule's stabiliser, in the units of each layer's outputs: larger values "
+    "absorb more of the weak, contradictory contributions (sparser, less noisy maps); towards 0 it becomes LRP-0, "
+    "gradient x input.", low=1e-6, high=10.0, label="epsilon")
+GAMMA_SETTING = Setting(
+    "gamma", float, GAMMA, "How much the gamma rule favours positive contributions in the convolutions after the "
+    "first (0: plain LRP-0 there).", low=0.0, high=10.0, label="gamma")
+
+
 @register_method(
     "lrp_epsilon", label="LRP-ε", family="propagation", signed=True,
     description="The logit redistributed layer by layer in proportion to each input's contribution (epsilon rule, "
-                "eps = 0.25); pixel resolution at any depth. Own forward + backward pass.",
+                f"eps = {EPSILON} by default); pixel resolution at any depth. Own forward + backward pass.",
     reference="Bach et al. 2015, On Pixel-Wise Explanations by LRP, eq. 58 (epsilon rule); zennit (Anders et al.)",
-    check=lrp_unavailable,
+    check=lrp_unavailable, settings=(EPSILON_SETTING,),
 )
-def lrp_epsilon(trace: "Trace", block: str, model: "ModelSpec") -> MethodOutput:
-    return lrp_output(trace, block, model, "epsilon")
+def lrp_epsilon(trace: "Trace", block: str, model: "ModelSpec", *, epsilon: float = EPSILON) -> MethodOutput:
+    return lrp_output(trace, block, model, "epsilon", epsilon=epsilon)
 
 
 @register_method(
     "lrp_gamma", label="LRP-γ (composite)", family="propagation", signed=True,
-    description="zennit's EpsilonGammaBox: box rule on the first convolution, gamma = 0.25 on the others, epsilon "
-                "on linear layers; pixel resolution at any depth. Own forward + backward pass.",
+    description=f"zennit's EpsilonGammaBox: box rule on the first convolution, gamma = {GAMMA} (by default) on the "
+                "others, epsilon on linear layers; pixel resolution at any depth. Own forward + backward pass.",
     reference="Montavon et al. 2019, Layer-Wise Relevance Propagation: An Overview, sec. 10.2 (gamma, z^B rules)",
-    check=lrp_unavailable,
+    check=lrp_unavailable, settings=(GAMMA_SETTING, EPSILON_SETTING),
 )
-def lrp_gamma(trace: "Trace", block: str, model: "ModelSpec") -> MethodOutput:
-    return lrp_output(trace, block, model, "gamma")
+def lrp_gamma(trace: "Trace", block: str, model: "ModelSpec", *, gamma: float = GAMMA,
+              epsilon: float = EPSILON) -> MethodOutput:
+    return lrp_output(trace, block, model, "gamma", epsilon=epsilon, gamma=gamma)
