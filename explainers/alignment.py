@@ -8,8 +8,8 @@
   columns (raw and rescaled to the class-mean norm) and the KMEx prototypes.
 
 ``stored_alignment_table``, ``stored_accuracy_table`` and ``stored_projection`` are the same
-with the disk cache of ``fit_prototypes`` (this machine's ``.cache/prototypes/``, then the
-files shipped in ``assets/prototypes/``), keyed by the model's and the datasets' fingerprints
+with the disk tiers of the prototypes (``explainers.store``: this machine's ``.cache/prototypes/``,
+then the files shipped in ``assets/prototypes/``), keyed by the model's and the datasets' fingerprints
 and the fitted prototypes' ``digest_``: the Prototypes page's default view of the built-in
 model is read, not computed (no UMAP to import and compile, no pass over the data).
 """
@@ -23,12 +23,16 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from scipy.optimize import least_squares
+from scipy.spatial.distance import pdist
+from sklearn.neighbors import NearestNeighbors
 
 from .data import DatasetSpec
+from .errors import UserInputError
 from .models import BLOCK_NAMES, ModelSpec
 from .progress import Progress, scaled
-from .prototypes import (PrototypeExplainer, batches, cache_dir, depth_blocks, embeddings, find_stored, model_labels,
-                         temporary_path)
+from .prototypes import KIND, PrototypeExplainer, batches, depth_blocks, embeddings, model_labels
+from .store import cache_dir, find, write_atomically
 from .trace import trace
 
 RESULTS_VERSION = 1  # bump when a table or the projection is computed differently: stored ones are then ignored
@@ -123,9 +127,6 @@ def rescaled_columns(columns: np.ndarray, embeddings: np.ndarray, labels: np.nda
 def place_by_distances(points: np.ndarray, anchors: np.ndarray, anchors_xy: np.ndarray) -> np.ndarray:
     """2-D positions whose distances to the anchors' 2-D positions match their true distances,
     with one global scale taken from the anchors' own high-D vs 2-D distances (least squares)."""
-    from scipy.optimize import least_squares
-    from scipy.spatial.distance import pdist
-
     high, low = pdist(anchors), pdist(anchors_xy)
     scale = float(np.median(low / high.clip(1e-12))) if len(high) else 1.0
     placed = []
@@ -141,8 +142,6 @@ def place_by_distances(points: np.ndarray, anchors: np.ndarray, anchors_xy: np.n
 def off_manifold(points: np.ndarray, data: np.ndarray, n_neighbors: int = 15, quantile: float = 0.99) -> np.ndarray:
     """True for points farther from every data point than data points are from their
     ``n_neighbors``-th neighbour (the ``quantile`` of that distance): UMAP cannot place them."""
-    from sklearn.neighbors import NearestNeighbors
-
     search = NearestNeighbors(n_neighbors=min(n_neighbors + 1, len(data))).fit(data)
     reach = np.quantile(search.kneighbors(data)[0][:, -1], quantile)
     return search.kneighbors(points, n_neighbors=1)[0][:, 0] > reach
@@ -178,7 +177,7 @@ def projection(train_z: np.ndarray, train_labels: np.ndarray, test_z: np.ndarray
 
     classes = np.asarray(sorted(classes))
     if len(classes) < 2:
-        raise ValueError("choose at least two classes to project")
+        raise UserInputError("choose at least two classes to project")
     train_keep = np.flatnonzero(np.isin(train_labels, classes))
     test_keep = np.flatnonzero(np.isin(test_labels, classes))
     data, data_labels = train_z[train_keep], train_labels[train_keep]
@@ -206,19 +205,9 @@ def _key(kind: str, *parts: object) -> str:
     return f"{kind}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
-def _write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_path(path)
-    try:
-        write(temporary)
-        temporary.replace(path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def write_rows(path: Path, rows: list[dict[str, object]]) -> None:
     """A table as JSON, written atomically."""
-    _write(path, lambda temporary: temporary.write_text(json.dumps({"rows": rows}, indent=1) + "\n"))
+    write_atomically(path, lambda temporary: temporary.write_text(json.dumps({"rows": rows}, indent=1) + "\n"))
 
 
 def alignment_models(kmex1: PrototypeExplainer, kmex: PrototypeExplainer) -> dict[str, PrototypeExplainer]:
@@ -242,7 +231,7 @@ def accuracy_filename(model: ModelSpec, train: DatasetSpec, test: DatasetSpec,
 
 
 def _stored_rows(filename: str, compute: Callable[[], list[dict[str, object]]], cache: bool) -> list[dict[str, object]]:
-    found = find_stored(filename) if cache else None
+    found = find(KIND, filename) if cache else None
     if found is not None:
         try:
             return json.loads(found.read_text())["rows"]
@@ -250,7 +239,7 @@ def _stored_rows(filename: str, compute: Callable[[], list[dict[str, object]]], 
             pass  # unreadable: computed again below
     rows = compute()
     if cache:
-        write_rows(cache_dir() / "prototypes" / filename, rows)
+        write_rows(cache_dir() / KIND / filename, rows)
     return rows
 
 
@@ -282,7 +271,7 @@ def projection_filename(model: ModelSpec, train: DatasetSpec, test: DatasetSpec,
 def save_projection(placed: Projection, path: Path) -> None:
     arrays = {f.name: getattr(placed, f.name) for f in fields(Projection) if f.name != "off_manifold"}
     arrays |= {f"off_manifold_{kind}": flags for kind, flags in placed.off_manifold.items()}
-    _write(path, lambda temporary: np.savez(temporary, **arrays))
+    write_atomically(path, lambda temporary: np.savez(temporary, **arrays))
 
 
 def load_projection(path: Path) -> Projection:
@@ -298,7 +287,7 @@ def stored_projection(model: ModelSpec, train: DatasetSpec, test: DatasetSpec, k
     """``projection`` of ``train`` and ``test`` (Figure 2), stored. UMAP with a fixed ``seed`` (and
     ``n_jobs=1``) gives the same layout on every run, so a stored layout is the one a fit would draw."""
     filename = projection_filename(model, train, test, kmex, classes, seed, n_neighbors)
-    found = find_stored(filename) if cache else None
+    found = find(KIND, filename) if cache else None
     if found is not None:
         try:
             return load_projection(found)
@@ -309,7 +298,7 @@ def stored_projection(model: ModelSpec, train: DatasetSpec, test: DatasetSpec, k
     placed = projection(embed(train), model_labels(model, train), embed(test), model_labels(model, test), columns,
                         kmex, classes, seed=seed, n_neighbors=n_neighbors)
     if cache:
-        save_projection(placed, cache_dir() / "prototypes" / filename)
+        save_projection(placed, cache_dir() / KIND / filename)
     return placed
 
 

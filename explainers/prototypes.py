@@ -14,14 +14,16 @@
   att(h_wh, c_j) = h_wh . c_j / ||c_j||^2; one block shallower, upsample the map and give
   each pixel the mean over its segment of the explanation map at that depth.
 
-``fit_prototypes`` returns a fitted ``PrototypeExplainer`` (scikit-learn style: settings in
-``__init__``, learned attributes end with ``_``), cached on disk by model and dataset
-fingerprints and settings. Two tiers are read: ``.cache/prototypes/`` (written by fits on
-this machine), then ``assets/prototypes/`` (read-only: the built-in digits model's fits at the
-pages' default settings, shipped so that the prototype pages open in seconds on a fresh
-machine; ``python -m explainers.zoo prototypes digits`` reproduces them). Both are keyed by the
-same fingerprints, so a shipped file is simply never found once the weights, the data or the
-fitting code (``CACHE_VERSION``) change.
+``fit_prototypes`` returns a fitted ``PrototypeExplainer`` (scikit-learn style: ``__init__``
+only stores the settings, ``fit`` validates them and the model and data, learned attributes end
+with ``_``), cached on disk by model and dataset fingerprints and settings. Two tiers are read
+(``explainers.store``): ``.cache/prototypes/`` (written by fits on this machine), then
+``assets/prototypes/`` (read-only: the built-in digits model's fits at the pages' default
+settings, shipped so that the prototype pages open in seconds on a fresh machine;
+``python -m explainers.zoo prototypes digits`` reproduces them). Both are keyed by the same
+fingerprints, so a shipped file is simply never found once the weights, the data or the fitting
+code (``CACHE_VERSION``) change. ``PrototypeRecipe`` is how the store keeps one fitted explainer
+in memory for every session and page (``explainers.methods.prototype.fitted``).
 
 A dataset's classes are matched to the model's by name (``class_map``): a folder with
 sub-folders "3" and "7" fits the digits model's classes 3 and 7; a folder whose class names
@@ -31,55 +33,35 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import threading
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+from sklearn.cluster import KMeans
+from threadpoolctl import threadpool_limits
 
 from .data import DatasetSpec
+from .errors import DatasetError, UserInputError
 from .maps import upsample
 from .models import BLOCK_NAMES, ModelSpec
 from .progress import Progress, scaled
+from .store import ASSETS, Key, made, write_atomically
 from .trace import trace
 
 DEPTHS = ("pooled", "B4", "B34", "B234", "B1234")
 CACHE_VERSION = 2
 EPSILON = 1e-12
+PATCH_BYTES = 400  # a Patch in memory (a dataclass of 7 fields and a tuple), for the store's bound
+KIND = "prototypes"  # the store's kind, and the folder of the disk tiers: .cache/prototypes/, assets/prototypes/
 # Read-only second tier of the disk cache: fitted files shipped with Protoscope (see the module docstring).
-SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "prototypes"
+SHIPPED = ASSETS / KIND
 
 
 class NotFittedError(RuntimeError):
     """``predict`` or ``explain`` called before ``fit``."""
-
-
-def cache_dir() -> Path:
-    """Where fitted prototypes are kept: ``$PROTOSCOPE_CACHE`` or ``.cache/`` beside the project."""
-    root = os.environ.get("PROTOSCOPE_CACHE")
-    return Path(root) if root else Path(__file__).resolve().parent.parent / ".cache"
-
-
-def store_dirs() -> list[Path]:
-    """Where fitted files are looked up, in order: this machine's cache, then the shipped files."""
-    return [cache_dir() / "prototypes", SHIPPED]
-
-
-def find_stored(filename: str) -> Path | None:
-    """The first tier of ``store_dirs`` that holds ``filename``, or None."""
-    for folder in store_dirs():
-        if (folder / filename).is_file():
-            return folder / filename
-    return None
-
-
-def temporary_path(path: Path) -> Path:
-    """A name to write ``path`` under before renaming it into place: unique per process and thread,
-    so that two writers of the same file never write into one temporary file."""
-    return path.with_name(f".{path.stem}.{os.getpid()}-{threading.get_ident()}.tmp{path.suffix}")
 
 
 # --- classes ------------------------------------------------------------------------------------
@@ -115,7 +97,7 @@ def class_map(model: ModelSpec, dataset: DatasetSpec) -> np.ndarray:
     unknown = [name for name in names if name not in index]
     hint = (f"{len(names)} classes for {model.num_classes}" if _nameless(model) else
             f"{model.name} has no class {quoted(unknown, 5)}")
-    raise ValueError(
+    raise DatasetError(
         f"The classes of {dataset.name} ({quoted(names)}) are not the classes of {model.name} "
         f"({quoted(list(model.classes))}): {hint}. Give a folder with one sub-folder per class named as the "
         f"model's classes (all of them, or some)" + ("; or the one the model was trained on." if _nameless(model) else ".")
@@ -137,7 +119,7 @@ def check_classes(model: ModelSpec, dataset: DatasetSpec, per_class: int, pooled
     if empty:
         skipped = getattr(dataset, "skipped", None)
         why = f" ({len(skipped)} unreadable files were left out)" if skipped else ""
-        raise ValueError(
+        raise DatasetError(
             f"{'Class' if len(empty) == 1 else 'Classes'} {quoted(empty)} of {dataset.name} "
             f"{'has' if len(empty) == 1 else 'have'} no {dataset.split} images{why}: add images to "
             f"{'its sub-folder' if len(empty) == 1 else 'their sub-folders'}, or remove "
@@ -147,7 +129,7 @@ def check_classes(model: ModelSpec, dataset: DatasetSpec, per_class: int, pooled
         if few:
             listed = ", ".join(f"'{dataset.classes[i]}' ({plural(int(images[i]), 'image')})" for i in few[:8])
             most = int(min(images[i] for i in few))
-            raise ValueError(
+            raise DatasetError(
                 f"{'Class' if len(few) == 1 else 'Classes'} {listed}{', ...' if len(few) > 8 else ''} "
                 f"{'has' if len(few) == 1 else 'have'} fewer training images than the {per_class} prototypes per "
                 f"class asked (KMEx gives each prototype at least one image): choose at most {most} prototypes "
@@ -163,13 +145,16 @@ def depth_blocks(depth: str, model: ModelSpec | None = None) -> tuple[str, ...]:
     """``"B234"`` -> ``("B2", "B3", "B4")``; ``"pooled"`` -> ``("B4",)`` (z is B4 averaged)."""
     if depth == "pooled":
         return (BLOCK_NAMES[-1],)
-    if not depth.startswith("B") or not depth[1:].isdigit() or depth[1:] != "".join(sorted(set(depth[1:]))):
-        raise ValueError(f"depth must be 'pooled' or blocks such as B4, B34, B234, B1234, not {depth!r}")
+    if (not isinstance(depth, str) or not depth.startswith("B") or not depth[1:].isdigit()
+            or depth[1:] != "".join(sorted(set(depth[1:])))):
+        raise UserInputError(f"depth must be 'pooled' or blocks in increasing order such as {', '.join(DEPTHS[1:])}, "
+                             f"not {depth!r}")
     blocks = tuple(f"B{digit}" for digit in depth[1:])
     if model is not None:
         missing = [b for b in blocks if b not in model.blocks]
         if missing:
-            raise ValueError(f"{model.name} has no block {', '.join(missing)} (it has {', '.join(model.blocks)})")
+            raise UserInputError(f"{model.name} has no block {', '.join(missing)} (it has {', '.join(model.blocks)}): "
+                                 f"choose a depth of its blocks, such as {', '.join(DEPTHS)}")
     return blocks
 
 
@@ -278,10 +263,7 @@ class PrototypeExplainer:
 
     def __init__(self, depth: str = "B234", per_class: int = 5, seed: int = 0,
                  max_pixels_per_class: int = 20_000, batch_size: int = 128) -> None:
-        if depth not in DEPTHS and not depth.startswith("B"):
-            raise ValueError(f"depth must be one of {DEPTHS}, not {depth!r}")
-        if per_class < 1:
-            raise ValueError(f"per_class must be at least 1, not {per_class}")
+        # Settings are only stored here (scikit-learn's contract): ``fit`` checks them, with the model and data.
         self.depth = depth
         self.per_class = per_class
         self.seed = seed
@@ -299,8 +281,7 @@ class PrototypeExplainer:
         """
         if self.__dict__.get("_frozen"):
             raise AttributeError("this explainer is shared (frozen) and cannot be refitted: fit a new PrototypeExplainer")
-        depth_blocks(self.depth, model)
-        labels = check_classes(model, dataset, self.per_class, self.depth == "pooled")
+        labels = self._validate(model, dataset)
         self.model_ = model  # kept for predict/explain; not saved (the cache key holds its fingerprint)
         self.model_name_ = model.name
         self.num_classes_ = model.num_classes
@@ -318,6 +299,24 @@ class PrototypeExplainer:
         self._find_patches(model, dataset, scaled(progress, features + clustering, 1.0))
         _report(progress, 1.0, "done")
         return self
+
+    def _validate(self, model: ModelSpec, dataset: DatasetSpec) -> np.ndarray:
+        """Check the settings, the model and the data at the door (a ``UserInputError`` or ``DatasetError``
+        that says what was expected and what to do); return the data's labels as the model's classes."""
+        for name, low in (("per_class", 1), ("seed", 0), ("max_pixels_per_class", 1), ("batch_size", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or not low <= value < 2 ** 32:
+                raise UserInputError(f"{name} must be a whole number of at least {low}, not {value!r}")
+        if not isinstance(model, ModelSpec):
+            raise UserInputError(f"model must be a ModelSpec (explainers.load_model gives one), not a {type(model).__name__}")
+        depth_blocks(self.depth, model)
+        if not isinstance(dataset, DatasetSpec):
+            raise UserInputError(f"dataset must be a DatasetSpec (explainers.load_dataset(name or folder) gives one), "
+                                 f"not a {type(dataset).__name__}")
+        if len(dataset) == 0:
+            raise DatasetError(f"{dataset.name} has no {dataset.split} images to fit prototypes on: give a folder with "
+                               "one sub-folder of images per class")
+        return check_classes(model, dataset, self.per_class, self.depth == "pooled")
 
     def _collect_samples(self, model: ModelSpec, dataset: DatasetSpec, dataset_labels: np.ndarray, depths: list[str],
                          progress: Progress | None) -> dict[str, tuple[np.ndarray, np.ndarray, tuple[int, int]]]:
@@ -361,9 +360,6 @@ class PrototypeExplainer:
         the prototypes are then the same whatever a machine's thread count, as the shipped files
         are checked to be, and a fit leaves the other cores to the other sessions of a server.
         """
-        from sklearn.cluster import KMeans
-        from threadpoolctl import threadpool_limits
-
         prototypes, owners = [], []
         present = [label for label in range(self.num_classes_) if (labels == label).any()]
         with threadpool_limits(limits=1, user_api="openmp"):
@@ -373,7 +369,7 @@ class PrototypeExplainer:
                 members = rows[labels == label]
                 k = min(self.per_class, len(np.unique(members, axis=0)))
                 if k < self.per_class:
-                    raise ValueError(
+                    raise DatasetError(
                         f"Class '{self.model_.class_name(label)}' has only {k} distinct feature vectors at {depth} "
                         f"for the {self.per_class} prototypes per class asked: choose at most {max(k, 1)} prototypes "
                         f"per class (K/C), or add images to that class.")
@@ -483,7 +479,7 @@ class PrototypeExplainer:
 
         model = self._model(model)
         if self.depth == "pooled":
-            raise ValueError("KMEx explains the pooled embedding, which has no pixels: use a block depth such as B4")
+            raise UserInputError("KMEx explains the pooled embedding, which has no pixels: use a block depth such as B4")
         inputs = as_batch(model, image)[:1]
         with torch.inference_mode():
             result = trace(model, inputs, blocks=list(model.blocks))
@@ -526,13 +522,7 @@ class PrototypeExplainer:
             arrays[f"{depth}_labels"] = level.labels
             meta["levels"][depth] = {"resolution": list(level.resolution),
                                      "patches": [p.__dict__ | {"box": list(p.box)} for p in level.patches]}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = temporary_path(path)
-        try:
-            np.savez(temporary, meta=np.array(json.dumps(meta)), **arrays)
-            temporary.replace(path)  # atomic: a half-written file is never read back
-        finally:
-            temporary.unlink(missing_ok=True)
+        write_atomically(path, lambda temporary: np.savez(temporary, meta=np.array(json.dumps(meta)), **arrays))
 
     @classmethod
     def load(cls, path: Path) -> "PrototypeExplainer":
@@ -559,6 +549,14 @@ class PrototypeExplainer:
             digest.update(np.ascontiguousarray(level.prototypes).tobytes())
             digest.update(np.ascontiguousarray(level.labels).tobytes())
         return digest.hexdigest()[:16]
+
+    @property
+    def nbytes_(self) -> int:
+        """The memory its fitted state holds: prototypes, their labels, the classifier, the patches."""
+        self._check_fitted()
+        arrays = [*self.classifier_, *(a for level in self.levels_.values() for a in (level.prototypes, level.labels))]
+        patches = sum(len(level.patches) for level in self.levels_.values())
+        return int(sum(a.nbytes for a in arrays)) + PATCH_BYTES * patches
 
     def freeze(self) -> "PrototypeExplainer":
         """Make this fitted explainer read-only, for sharing between sessions and threads: its arrays
@@ -610,37 +608,69 @@ def receptive_box(row: int, col: int, grid: tuple[int, int], image: tuple[int, i
 def fit_prototypes(model: ModelSpec, dataset: DatasetSpec, depth: str = "B234", per_class: int = 5, seed: int = 0,
                    progress: Progress | None = None, max_pixels_per_class: int = 20_000,
                    cache: bool = True) -> PrototypeExplainer:
-    """Fit (or reload from the disk cache) the prototype explainer of ``model`` on ``dataset``.
+    """Fit (or read from the disk cache) the prototype explainer of ``model`` on ``dataset``.
 
-    The cache is read in two tiers (``store_dirs``): this machine's ``.cache/prototypes/``, then
-    the files shipped in ``assets/prototypes/``; a fit is written to the first only.
+    The disk cache has two tiers (``explainers.store.tiers``): this machine's ``.cache/prototypes/``,
+    then the files shipped in ``assets/prototypes/``; a fit is written to the first only. Nothing is
+    kept in memory here: ``explainers.methods.prototype.fitted`` is the shared, single-flight way.
     """
-    explainer = PrototypeExplainer(depth, per_class, seed, max_pixels_per_class)
-    filename = f"{cache_key(model, dataset, explainer)}.npz"
-    path = cache_dir() / "prototypes" / filename
-    for found in [folder / filename for folder in store_dirs() if (folder / filename).is_file()] if cache else []:
-        try:
-            loaded = PrototypeExplainer.load(found)
-        except (OSError, ValueError, KeyError):
-            if found == path:
-                path.unlink(missing_ok=True)  # unreadable: the next tier, else a fit (a shipped file is never deleted)
-            continue
-        loaded.model_ = model
-        _report(progress, 1.0, "loaded from the cache" if found == path else "loaded (shipped with Protoscope)")
-        return loaded
-    explainer.fit(model, dataset, progress)
-    if cache:
-        explainer.save(path)
-    return explainer
+    return made(PrototypeRecipe(model, dataset, PrototypeExplainer(depth, per_class, seed, max_pixels_per_class)),
+                progress, cache)
+
+
+def _mapping_note(model: ModelSpec, dataset: DatasetSpec) -> str:
+    """The classes of a dataset that are not the model's, in order, as a key part ("" in the usual case)."""
+    mapping = class_map(model, dataset)
+    return "" if np.array_equal(mapping, np.arange(model.num_classes)) else f"|classes={mapping.tolist()}"
+
+
+def _plain(value: object) -> object:
+    """A numpy scalar as the Python number it is, for a key (so that 5 and np.int64(5) key alike)."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def cache_key(model: ModelSpec, dataset: DatasetSpec, explainer: PrototypeExplainer) -> str:
-    settings = json.dumps(explainer.get_params(), sort_keys=True)
-    text = f"{CACHE_VERSION}|{model.fingerprint}|{dataset.fingerprint}|{settings}"
-    mapping = class_map(model, dataset)
-    if not np.array_equal(mapping, np.arange(model.num_classes)):  # the usual case keeps its key
-        text += f"|classes={mapping.tolist()}"
+    settings = json.dumps(explainer.get_params(), sort_keys=True, default=_plain)
+    text = f"{CACHE_VERSION}|{model.fingerprint}|{dataset.fingerprint}|{settings}" + _mapping_note(model, dataset)
     return f"{explainer.depth}-k{explainer.per_class}-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class PrototypeRecipe:
+    """A ``PrototypeExplainer`` with the settings of ``explainer``, fitted for ``model`` on ``dataset``: what
+    ``explainers.store`` needs to find it (in memory, then in the disk tiers), fit it, keep and share it.
+
+    The settings, the model and the data are checked here, before any key is computed from them, with
+    the messages of ``PrototypeExplainer.fit``.
+    """
+
+    def __init__(self, model: ModelSpec, dataset: DatasetSpec, explainer: PrototypeExplainer) -> None:
+        explainer._validate(model, dataset)
+        self.model, self.dataset, self.settings = model, dataset, explainer.get_params()
+        self.key = Key.of(KIND, model.fingerprint, dataset.fingerprint + _mapping_note(model, dataset),
+                          version=CACHE_VERSION, **{name: _plain(value) for name, value in self.settings.items()})
+        self.filename = f"{cache_key(model, dataset, explainer)}.npz"
+        self.title = (f"Fitting the {explainer.depth} prototypes, K/C = {explainer.per_class} "
+                      "(once; kept for every session)")
+
+    def fit(self, progress: Progress | None) -> PrototypeExplainer:
+        return PrototypeExplainer(**self.settings).fit(self.model, self.dataset, progress)  # type: ignore[arg-type]
+
+    def load(self, path: Path) -> PrototypeExplainer:
+        loaded = PrototypeExplainer.load(path)
+        loaded.model_ = self.model  # a file holds no model: its key holds the model's fingerprint
+        return loaded
+
+    @staticmethod
+    def save(value: PrototypeExplainer, path: Path) -> None:
+        value.save(path)
+
+    @staticmethod
+    def share(value: PrototypeExplainer) -> PrototypeExplainer:
+        return value.freeze()
+
+    @staticmethod
+    def nbytes(value: PrototypeExplainer) -> int:
+        return value.nbytes_
 
 
 def _report(progress: Progress | None, fraction: float, message: str) -> None:

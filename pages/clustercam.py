@@ -4,7 +4,7 @@ best (cognition-base) and worst (cognition-scissors) masks combined (seed 002, e
 import streamlit as st
 from PIL import Image
 
-from explainers import method_info
+from explainers import UserInputError, method_info
 from explainers.methods.cluster_cam import masked_pictures
 from explainers.render import cells, diverging, outlined, overlay
 from ui.cache import explanations
@@ -37,7 +37,7 @@ try:
     with progress_bar():  # alpha recombines the cached parts: only Q and the clustering run passes
         found = explanations(selection.model_key, model, selection.image_data, ("clustercam", "gradcam", "scorecam"),
                              block, selection.target, {"clustercam": settings})
-except (ValueError, RuntimeError, TypeError) as error:  # a model whose layers the methods cannot run through
+except UserInputError as error:  # a model or block the methods cannot run through, says why
     st.error(f"Cluster-CAM could not run on {model.name} at {block}: {error}. Try another depth or model.")
     st.stop()
 result, others = found["clustercam"], found

@@ -3,7 +3,7 @@ import io
 
 import streamlit as st
 
-from explainers import method_info
+from explainers import UserInputError, method_info
 from explainers.render import SEQUENTIAL, cells, colour_bar, diverging, duration, grid, overlay
 from ui.cache import explanations
 from ui.progress import progress_bar
@@ -58,7 +58,7 @@ try:
     with progress_bar():  # filled by the perturbation methods (one masked input per channel)
         maps = explanations(selection.model_key, model, selection.image_data, tuple(runnable), selection.block,
                             selection.target, settings)
-except (ValueError, RuntimeError) as error:  # a model or image a method cannot handle: say so, keep the page
+except UserInputError as error:  # a method that does not apply here, says why; anything else is a bug
     st.error(f"The maps could not be computed: {error}")
     st.stop()
 first = next(iter(maps.values()))

@@ -599,3 +599,18 @@ def test_a_dataset_says_which_true_class_it_knows():
     assert digits.label_among(5, [str(d) for d in range(10)]) == label
     assert digits.label_among(5, [str(label), "x"]) == 0  # by name, whatever the model's order
 
+
+# --- the URL: a hand-edited link keeps the defaults ------------------------------------------------
+
+@pytest.mark.parametrize("kind, text, value", [
+    ("int", "3", 3), ("int", "-2", -2), ("int", "abc", None), ("int", "3.5", None), ("int", "", None),
+    ("float", "0.25", 0.25), ("float", "1e-3", 1e-3), ("float", "x", None),
+    ("bool", "1", True), ("bool", "0", False), ("list", "gradcam,cam,", ["gradcam", "cam"]), ("str", "B4", "B4"),
+])
+def test_url_values_decode_or_are_left_out(kind, text, value):
+    from ui.url_state import decode, encode
+
+    assert decode(kind, text) == value
+    if value is not None and kind != "float":
+        assert decode(kind, encode(kind, value)) == value
+

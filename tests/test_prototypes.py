@@ -13,15 +13,17 @@ from PIL import Image
 import threading
 import time
 
-from explainers import load_dataset, load_model
+from explainers import explain, load_dataset, load_model, store
 from explainers.alignment import (accuracy_filename, accuracy_models, accuracy_table, alignment_filename,
                                   alignment_models, alignment_table, load_projection, projection,
                                   projection_filename)
 from explainers.data import image_folder
+from explainers.errors import DatasetError, MethodUnavailableError, UserInputError
 from explainers.methods import prototype as memo
-from explainers.progress import duration, with_eta
-from explainers.prototypes import (SHIPPED, NotFittedError, PrototypeExplainer, cache_key, class_map, embeddings,
-                                   fit_prototypes, hcheck, receptive_box, suffix_depths)
+from explainers.progress import duration, reporting, with_eta
+from explainers.prototypes import (SHIPPED, NotFittedError, PrototypeExplainer, PrototypeRecipe, cache_key, class_map,
+                                   embeddings, fit_prototypes, hcheck, receptive_box, suffix_depths)
+from explainers.store import Store, training_data
 from explainers.trace import trace
 from explainers.zoo import SHIPPED_FIGURE2_CLASSES, SHIPPED_FITS, SHIPPED_PER_CLASS
 
@@ -190,8 +192,53 @@ def test_the_disk_cache_reloads_without_fitting(model, train, tmp_path, monkeypa
 def test_unfitted_and_impossible_requests_say_so(model, train):
     with pytest.raises(NotFittedError, match="fit"):
         PrototypeExplainer("B4").predict(train[0][0])
-    with pytest.raises(ValueError, match="no block B5"):
+    with pytest.raises(UserInputError, match="no block B5"):
         PrototypeExplainer("B45").fit(model, train)
+
+
+def test_init_only_stores_and_fit_validates_at_the_door(model, train):
+    """scikit-learn's contract: any settings construct (and print, and key), ``fit`` refuses the bad ones
+    with a UserInputError that says what is accepted, before any work."""
+    b9 = PrototypeExplainer(depth="B9")
+    assert b9.get_params()["depth"] == "B9" and repr(b9).startswith("PrototypeExplainer(depth='B9'")
+    with pytest.raises(UserInputError, match=r"digits has no block B9 \(it has B1, B2, B3, B4\): choose a depth"):
+        b9.fit(model, train)
+    with pytest.raises(UserInputError, match="no block B9"):  # the shared store refuses it before any key or fit
+        memo.fitted(model, "B9", data=train)
+    refused = {
+        PrototypeExplainer("B43"): "blocks in increasing order such as B4, B34, B234, B1234, not 'B43'",
+        PrototypeExplainer(None): "depth must be 'pooled' or blocks",
+        PrototypeExplainer("B4", per_class=0): "per_class must be a whole number of at least 1, not 0",
+        PrototypeExplainer("B4", per_class="5"): "per_class must be a whole number of at least 1, not '5'",
+        PrototypeExplainer("B4", per_class=True): "per_class must be a whole number",
+        PrototypeExplainer("B4", seed=-1): "seed must be a whole number of at least 0",
+        PrototypeExplainer("B4", batch_size=2.5): "batch_size must be a whole number",
+    }
+    for explainer, message in refused.items():
+        with pytest.raises(UserInputError) as error:
+            explainer.fit(model, train)
+        assert message in str(error.value), (explainer, str(error.value))
+        assert not hasattr(explainer, "levels_")
+    with pytest.raises(UserInputError, match="model must be a ModelSpec .*load_model.*not a DigitsResNet"):
+        PrototypeExplainer("B4").fit(model.net, train)
+    with pytest.raises(UserInputError, match="dataset must be a DatasetSpec .*load_dataset.*not a list"):
+        PrototypeExplainer("B4").fit(model, [train[0]])
+    numpy_int = PrototypeRecipe(model, train, PrototypeExplainer("B4", per_class=np.int64(5)))  # accepted, same key
+    plain = PrototypeRecipe(model, train, PrototypeExplainer("B4", per_class=5))
+    assert (numpy_int.key, numpy_int.filename) == (plain.key, plain.filename)
+
+
+def test_an_empty_class_is_an_error_naming_it_in_fit_itself(model, train, tmp_path):
+    folder = image_folder(digit_folder(tmp_path, train, ["3", "7"], count=5, empty=["8"]), "train")
+    explainer = PrototypeExplainer("B4", per_class=1)
+    with pytest.raises(DatasetError) as error:
+        explainer.fit(model, folder)
+    message = str(error.value)
+    assert message.startswith(f"Class '8' of {folder.name} has no train images") and "add images to its sub-folder" in message
+    assert not hasattr(explainer, "levels_")
+    empty = image_folder(digit_folder(tmp_path / "two", train, ["3"], count=5, empty=["5", "6"]), "train")
+    with pytest.raises(DatasetError, match="Classes '5', '6' of two have no train images"):
+        PrototypeExplainer("pooled", per_class=1).fit(model, empty)
 
 
 def test_tables_match_the_papers_findings(model, train, test_set, fitted, embedded, capsys):
@@ -336,7 +383,7 @@ def test_the_prototypes_page_opens_from_the_shipped_files(tmp_path, monkeypatch)
     for module, name in ((alignment, "embeddings"), (alignment, "projection"), (alignment, "accuracy_table"),
                          (alignment, "alignment_table"), (ui.prototype_cache, "embeddings")):
         monkeypatch.setattr(module, name, lambda *a, _name=name, **k: pytest.fail(f"computed {_name}"))
-    monkeypatch.setattr(memo, "_FITTED", {})
+    monkeypatch.setattr(store, "STORE", Store())
     script = ("import runpy\nfrom ui.sidebar import sidebar\nsidebar()\n"
               f"runpy.run_path({str(Path(__file__).resolve().parents[1] / 'pages/prototypes.py')!r}, run_name='__main__')\n")
     app = AppTest.from_string(script, default_timeout=60)
@@ -406,24 +453,23 @@ def test_too_few_images_says_which_classes_by_name_and_what_to_do(model, train, 
 
 # --- one fit for many sessions ----------------------------------------------------------------------
 
-def test_fitted_is_single_flight_and_each_waiter_gets_its_own_progress(model, train, monkeypatch):
+def test_fitted_is_single_flight_and_each_waiter_gets_its_own_progress(model, train, tmp_path, monkeypatch):
     """Eight threads ask for the same fit at once: one fit; each listener is called only in its own
     thread; the joiners are told another session started it; the result is shared and frozen."""
-    import explainers.prototypes as prototypes
-
     calls = []
     loaded = shipped(model, train, "B4", SHIPPED_PER_CLASS)
     loaded.model_ = model  # as fit_prototypes attaches it
 
-    def slow_fit(model, dataset, depth, per_class, progress=None, **_):
+    def slow_fit(recipe, progress=None):
         calls.append(threading.get_ident())
         for step in range(1, 6):
             time.sleep(0.15)
             progress(step / 6, f"stage {step} of 5")
         return loaded
 
-    monkeypatch.setattr(prototypes, "fit_prototypes", slow_fit)
-    monkeypatch.setattr(memo, "_FITTED", {})
+    monkeypatch.setenv("PROTOSCOPE_CACHE", str(tmp_path))
+    monkeypatch.setattr(PrototypeRecipe, "fit", slow_fit)
+    monkeypatch.setattr(store, "STORE", Store())
     results, seen, errors = {}, {}, []
 
     def session(i):
@@ -444,7 +490,8 @@ def test_fitted_is_single_flight_and_each_waiter_gets_its_own_progress(model, tr
     assert len({id(r) for r in results.values()}) == 1
     for i, reports in seen.items():
         assert reports and all(own_thread for own_thread, _ in reports)
-        assert any("stage" in m for _, m in reports)
+        assert any(m.startswith("Fitting the B4 prototypes, K/C = 9 (once; kept for every session): stage")
+                   for _, m in reports)
     assert sum(any("another session" in m for _, m in reports) for reports in seen.values()) == 7
     shared = results[0]
     with pytest.raises(ValueError):
@@ -458,9 +505,7 @@ def test_fitted_is_single_flight_and_each_waiter_gets_its_own_progress(model, tr
     assert len(calls) == 1
 
 
-def test_a_failed_fit_reaches_every_waiter_and_is_not_remembered(model, monkeypatch):
-    import explainers.prototypes as prototypes
-
+def test_a_failed_fit_reaches_every_waiter_and_is_not_remembered(model, tmp_path, monkeypatch):
     calls = []
 
     def failing_fit(*_a, **_k):
@@ -468,8 +513,9 @@ def test_a_failed_fit_reaches_every_waiter_and_is_not_remembered(model, monkeypa
         time.sleep(0.3)
         raise ValueError("Class '2' has 3 training images")
 
-    monkeypatch.setattr(prototypes, "fit_prototypes", failing_fit)
-    monkeypatch.setattr(memo, "_FITTED", {})
+    monkeypatch.setenv("PROTOSCOPE_CACHE", str(tmp_path))
+    monkeypatch.setattr(PrototypeRecipe, "fit", failing_fit)
+    monkeypatch.setattr(store, "STORE", Store())
     raised = []
 
     def session():
@@ -486,7 +532,48 @@ def test_a_failed_fit_reaches_every_waiter_and_is_not_remembered(model, monkeypa
     assert raised == ["Class '2' has 3 training images"] * 3 and len(calls) == 1
     with pytest.raises(ValueError):
         memo.fitted(model, "B4", 9, "digits")
-    assert len(calls) == 2 and not memo._FLIGHTS
+    assert len(calls) == 2 and not store.STORE.under_way()
+
+
+def two_digit_checkpoint(path: Path) -> Path:
+    """A user's checkpoint: the digits network with a 3-vs-7 head cut from its classifier (so it has no
+    training set of its own: it is not the built-in model)."""
+    from explainers.zoo import DIGITS_WEIGHTS
+
+    state = torch.load(DIGITS_WEIGHTS, weights_only=True)
+    state["fc.weight"], state["fc.bias"] = state["fc.weight"][[3, 7]], state["fc.bias"][[3, 7]]
+    torch.save({"state_dict": state, "arch": "digits", "classes": ["3", "7"]}, path)
+    return path
+
+
+def test_the_kmeans_attribution_fits_on_the_requests_training_data_and_reports_progress(train, tmp_path, monkeypatch):
+    """A checkpoint without a training set: the method is unavailable (saying what to do) until the request
+    names training images; then it fits on them once, telling the request's listener, into the store the
+    pages share (the Segments page's explainer for the same folder is the same object)."""
+    monkeypatch.setenv("PROTOSCOPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(store, "STORE", Store())
+    monkeypatch.setattr(store, "WAIT_POLL", 0.01)
+    mine = load_model(two_digit_checkpoint(tmp_path / "three_or_seven.pt"))
+    assert mine.dataset is None
+    folder = digit_folder(tmp_path / "digits", train, ["3", "7"], count=12)
+    image = train[int(train.indices_of(7)[40])][0]
+    with pytest.raises(MethodUnavailableError, match="comes without them: name a folder"):
+        explain(mine, image, "kmex_attribution", block="B3")
+    fits = []
+    original = PrototypeExplainer.fit
+    monkeypatch.setattr(PrototypeExplainer, "fit", lambda self, *a, **k: fits.append(self) or original(self, *a, **k))
+    told = []
+    with reporting(lambda f, m: told.append((f, m))), training_data(str(folder)):
+        result = explain(mine, image, "kmex_attribution", block="B3")
+    assert result.raw.shape == (8, 8) and len(fits) == 1
+    assert told and all(m.startswith("Fitting the B34 prototypes, K/C = 5 (once; kept for every session): ") for _, m in told)
+    assert any("stage" in m for _, m in told) and told[-1][0] == 1.0
+    shared = memo.fitted(mine, "B34", data=image_folder(folder, "train"))  # what the Segments page asks for
+    assert len(fits) == 1 and shared.levels_["B34"].labels.tolist() == [0] * 5 + [1] * 5
+    # the map is the one eq. 11 gives with the shared explainer: the same object served both
+    with torch.inference_mode():
+        activations = trace(mine, mine.transform(image)[None], blocks=list(mine.blocks)).activations
+    np.testing.assert_allclose(result.raw, shared.attribution(activations, result.target)["B34"], rtol=1e-5, atol=1e-6)
 
 
 def test_progress_says_the_time_left_from_the_time_spent():

@@ -1,16 +1,18 @@
-"""Fitted prototype explainers (memoised in the library) and the Figure 2 / Table 1-2 computations, cached for the session.
+"""Fitted prototype explainers (from the library's one store of fitted things) and the Figure 2 /
+Table 1-2 computations, cached for the session.
 
 A first fit shows a progress bar with its stage, images done and time left; the fitted
-explainer is then kept in memory (shared by every session: one fit however many sessions
-ask at once), and on disk by ``fit_prototypes``. The built-in digits model's fits, Figure 2
-layout and tables at the pages' defaults ship in ``assets/prototypes/``, so on a fresh
-machine they are read, not computed.
+explainer is then kept in memory by ``explainers.store.STORE`` (shared by every session and by
+the Saliency page's k-means attribution: one fit however many sessions ask at once), and on disk.
+The built-in digits model's fits, Figure 2 layout and tables at the pages' defaults ship in
+``assets/prototypes/``, so on a fresh machine they are read, not computed.
 """
 from __future__ import annotations
 
 import numpy as np
 import streamlit as st
 
+from explainers import UserInputError
 from explainers.alignment import Projection, stored_accuracy_table, stored_alignment_table, stored_projection
 from explainers.models import ModelSpec
 from explainers.methods.prototype import PER_CLASS, fitted
@@ -66,17 +68,15 @@ def per_class_control(container: object = st) -> int:
 
 
 def explainer(model: ModelSpec, source: str, depth: str, per_class: int) -> PrototypeExplainer:
-    """The explainer fitted on ``source`` (a dataset name or an ImageFolder path), shared with the
-    Saliency page's k-means attribution; a first fit shows a progress bar (stage, images, time left)."""
-    bar = st.empty()
-    label = f"Fitting the {depth} prototypes, K/C = {per_class} (once; kept for every session)"
+    """The explainer fitted on ``source`` (a dataset name or an ImageFolder path), the very object the
+    Saliency page's k-means attribution uses for the same model, data, depth and K/C; a first fit shows
+    the progress bar every page shows for it (the store's title, stage, images, time left)."""
     try:
-        return fitted(model, depth, per_class, source, progress=lambda f, m: bar.progress(f, text=f"{label}: {m}"))
-    except ValueError as error:  # classes that do not match, too few images for the prototypes asked, ...
+        with progress_bar():
+            return fitted(model, depth, per_class, get_dataset(source, "train"))
+    except UserInputError as error:  # classes that do not match, too few images for the prototypes asked, ...
         st.error(f"Could not fit the {depth} prototypes: {error}")
         st.stop()
-    finally:
-        bar.empty()
 
 
 @st.cache_data(show_spinner="Embedding the dataset…", max_entries=16)

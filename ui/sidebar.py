@@ -2,7 +2,10 @@
 
 Widgets are drawn in ``app.py`` (so their state survives page switches), seeded from the
 URL query on the first run of a session and written back to it on every run, so a URL
-reproduces the view.
+reproduces the view (``ui.url_state``). What the widgets offer is the library's to decide:
+the images that suit a model are its ``ModelSpec.sample_dataset``, an image's true class is
+its dataset's (``DatasetSpec.label_among``), a typed model name is checked by
+``explainers.models.model_name``; errors a person caused (``UserInputError``) are shown here.
 """
 from __future__ import annotations
 
@@ -10,24 +13,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numbers
+
 import streamlit as st
 from PIL import Image
+from streamlit.runtime.pages_manager import PagesManager
 
-from explainers import CheckpointError, ImageError, ModelUnavailableError, method_info, methods
+from explainers import UserInputError, method_info, methods
 from explainers.data import DatasetSpec, plural
-from explainers.models import MODELS, ModelSpec
+from explainers.models import MODELS, ModelSpec, model_name
 from explainers.prototypes import class_map
 
 from .cache import (dataset_image, get_checkpoint_model, get_dataset, get_model, image_bytes, top_classes,
                     uploaded_image)
+from .url_state import decode, seed_from_query, write_query
 
 CHECKPOINT = "checkpoint"
 DEFAULT_METHODS = ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "cam", "eigencam", "eigengradcam"]
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp"]
-# Widget keys mirrored in the URL, with how each is written there; page widgets may be listed too.
-QUERY_KEYS = {"model": "str", "random_weights": "bool", "source": "str", "split": "str", "cls": "str",
-              "index": "int", "target_mode": "str", "target": "int", "block": "str", "methods": "list",
-              "per_class": "int", "figure1": "bool"}
 
 
 @dataclass
@@ -73,8 +76,6 @@ def _hand_over_to_the_entry_script() -> None:
     first one leaves it, so the test is whether *this run* went through app.py's sidebar, not
     the server-wide flag. One rerun at most in a row, so a page run alone cannot loop.
     """
-    from streamlit.runtime.pages_manager import PagesManager
-
     if st.session_state.pop("_through_entry", False):
         st.session_state.pop("_handed_over", None)
         return
@@ -85,7 +86,7 @@ def _hand_over_to_the_entry_script() -> None:
 
 
 def sidebar() -> Selection:
-    _seed_from_query()
+    seed_from_query()
     selection = Selection()
     with st.sidebar:
         st.markdown("## Protoscope")
@@ -96,17 +97,13 @@ def sidebar() -> Selection:
             _choose_target(selection)
             _choose_block(selection)
             _choose_methods(selection)
-    _write_query()
+    write_query()
     st.session_state["_selection"] = selection
     st.session_state["_through_entry"] = True  # this run went through app.py (see current())
     return selection
 
 
 def _choose_model(selection: Selection) -> None:
-    import re
-
-    from explainers.models import CHECKPOINT_SUFFIXES
-
     names = MODELS.names() + [CHECKPOINT]
     _ensure("model", names, "efficientnet_lite0")  # the built-in ImageNet model: a photo, a real network
     name = st.selectbox("Model", names, key="model", format_func=lambda n: _model_label(n),
@@ -120,11 +117,7 @@ def _choose_model(selection: Selection) -> None:
                                "use the list above.").strip()
     try:
         if typed:
-            if not re.fullmatch(r"(timm:)?[A-Za-z0-9_.\-]+", typed) or typed.lower().endswith(CHECKPOINT_SUFFIXES):
-                raise ValueError(f"{typed!r} is not a model name: type a torchvision classifier such as "
-                                 "convnext_tiny or a timm model as timm:resnet50 (a checkpoint is uploaded through "
-                                 f"the list's \"{_model_label(CHECKPOINT)}\").")
-            name = typed
+            name = model_name(typed)  # a path or a file name is refused, saying where checkpoints go
             st.caption(f"Using **{typed}**; clear the box to use the list.")
         elif name == CHECKPOINT:
             _load_checkpoint(selection)
@@ -135,7 +128,7 @@ def _choose_model(selection: Selection) -> None:
                                          help="An untrained network: useful to see what architecture alone does.")
         selection.model = get_model(name, random_weights)
         selection.model_key = f"{name}:{'random' if random_weights else 'trained'}:{selection.model.fingerprint}"
-    except (ModelUnavailableError, ValueError) as error:  # the message says what to do (Random weights, ...)
+    except UserInputError as error:  # the message says what to do (Random weights, ...)
         _refuse_model(selection, error)
 
 
@@ -160,7 +153,7 @@ def _load_checkpoint(selection: Selection) -> None:
         return
     try:
         selection.model = get_checkpoint_model(upload.getvalue(), upload.name, arch)
-    except CheckpointError as error:
+    except UserInputError as error:  # unreadable, another architecture, blocks that do not fit, ...
         _refuse_model(selection, error)
         return
     selection.model_key = f"checkpoint:{selection.model.fingerprint}"
@@ -181,7 +174,7 @@ def _choose_training_images(selection: Selection) -> None:
         try:
             dataset = get_dataset(folder, "train")
             mapping = class_map(model, dataset)  # the rule the fit uses: by name, or by position if nameless
-        except (ValueError, OSError) as error:
+        except UserInputError as error:  # no such folder, no images, classes that are not the model's
             st.error(str(error))
             return
         if dataset.skipped:
@@ -219,15 +212,21 @@ def _choose_image(selection: Selection) -> None:
             return
         try:
             image, data = uploaded_image(upload.getvalue(), upload.name)  # decoded once, not on every rerun
-        except ImageError as error:
+        except UserInputError as error:  # ImageError: not an image, too large, damaged
             st.error(str(error))
             return
         _set_image(selection, image, f"uploaded: {upload.name} ({image.width}×{image.height}, {image.mode})", data)
         return
-    if model.transform.mode != "L":
-        _choose_photo(selection)
+    if get_dataset(model.sample_dataset, "train").names:  # photos: one set, each picked by its name
+        _choose_named_image(selection, model.sample_dataset)
         return
-    dataset_name = "digits"
+    _choose_numbered_image(selection, model.sample_dataset)
+
+
+def _choose_numbered_image(selection: Selection, dataset_name: str) -> None:
+    """An image of a dataset with splits (the digits), by split, class and number."""
+    model = selection.model
+    assert model is not None
     _ensure("split", ["test", "train"], "test")
     split = st.radio("Split", ["test", "train"], key="split", horizontal=True)
     dataset = get_dataset(dataset_name, split)
@@ -238,32 +237,32 @@ def _choose_image(selection: Selection) -> None:
         dataset.classes.index(chosen_class)).tolist()
     _ensure("index", list(range(len(pool))), 0, cast=int)  # a class switch or a URL may point past the end
     position = st.number_input(f"Image number (0–{len(pool) - 1})", 0, len(pool) - 1, key="index", step=1)
-    image, data, label = dataset_image(dataset_name, split, pool[int(position)])
-    selection.true_label = label
-    _set_image(selection, image, f"{dataset_name} {split} #{pool[int(position)]}, true class {dataset.classes[label]}",
-               data)
+    index = pool[int(position)]
+    image, data, _ = dataset_image(dataset_name, split, index)
+    selection.true_label = dataset.label_among(index, model.classes)
+    _set_image(selection, image, f"{dataset_name} {split} #{index}, true class {dataset.class_of(index)}", data)
 
 
-def _choose_photo(selection: Selection) -> None:
-    """A colour model's image: one of the photos inside scikit-image's wheel, by name (key ``index``)."""
+def _choose_named_image(selection: Selection, dataset_name: str) -> None:
+    """An image of a dataset that names its images (the photos inside scikit-image's wheel), by name (key ``index``)."""
     model = selection.model
     assert model is not None
-    photos = get_dataset("photos", "train")
+    photos = get_dataset(dataset_name, "train")
     _ensure("index", list(range(len(photos))), 0, cast=int)  # a digits number or a URL may point past the end
     index = int(st.selectbox("Photo", list(range(len(photos))), key="index",
                              format_func=lambda i: _photo_label(photos, i),
                              help="The photographs inside scikit-image's wheel (no download), with their "
                                   "ImageNet class where the photo obviously shows one."))
-    image, data, label = dataset_image("photos", "train", index)
-    named = label >= 0 and list(model.classes) == photos.classes  # an ImageNet model: the label is one of its classes
-    selection.true_label = label if named else None
-    truth = f", ImageNet class {photos.classes[label]}" if label >= 0 else ""
+    image, data, _ = dataset_image(dataset_name, "train", index)
+    selection.true_label = photos.label_among(index, model.classes)  # None: no label, or not one of the model's
+    shown = photos.class_of(index)
+    truth = f", ImageNet class {shown}" if shown is not None else ""
     _set_image(selection, image, f"{photos.names[index]} (scikit-image){truth}", data)
 
 
 def _photo_label(photos: DatasetSpec, index: int) -> str:
-    label = int(photos.labels[index])
-    return photos.names[index] + (f" — {photos.classes[label]}" if label >= 0 else "")
+    shown = photos.class_of(index)
+    return photos.names[index] + (f" — {shown}" if shown is not None else "")
 
 
 def _set_image(selection: Selection, image: Image.Image, caption: str, data: bytes | None = None) -> None:
@@ -325,11 +324,8 @@ def _ensure(key: str, options: list, default: object, cast: type | None = None) 
     Returns the refused value, if any, so the caller can say what happened.
     """
     value = st.session_state.get(key, default)
-    if cast is not None:
-        try:
-            value = cast(value)
-        except (TypeError, ValueError):
-            pass
+    if cast is int:
+        value = _whole_number(value)
     valid = value in options
     st.session_state[key] = value if valid else default
     return None if valid else value
@@ -340,40 +336,13 @@ def _ensure_many(key: str, options: list, default: list) -> None:
     st.session_state[key] = [v for v in value if v in options]
 
 
-def _decode(kind: str, text: str) -> object:
-    if kind == "int":
-        return int(text)
-    if kind == "float":
-        return float(text)
-    if kind == "bool":
-        return text == "1"
-    if kind == "list":
-        return [item for item in text.split(",") if item]
-    return text
-
-
-def _encode(kind: str, value: object) -> str:
-    if kind == "bool":
-        return "1" if value else "0"
-    if kind == "list":
-        return ",".join(map(str, value))  # type: ignore[call-overload]
-    return str(value)
-
-
-def _seed_from_query() -> None:
-    """On a session's first run, start from the view the URL describes."""
-    if st.session_state.get("_seeded"):
-        return
-    st.session_state["_seeded"] = True
-    for key, kind in QUERY_KEYS.items():
-        if key in st.query_params:
-            try:
-                st.session_state[key] = _decode(kind, st.query_params[key])
-            except ValueError:
-                pass  # a malformed value in a shared link: keep the default
-
-
-def _write_query() -> None:
-    values = {key: _encode(kind, st.session_state[key]) for key, kind in QUERY_KEYS.items() if key in st.session_state}
-    if dict(st.query_params) != values:
-        st.query_params.from_dict(values)
+def _whole_number(value: object) -> object:
+    """``value`` as an int when it is one (3, 3.0, "3"), else as it is (then ``_ensure`` refuses it)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        number = decode("int", value)
+        return value if number is None else number
+    return value
