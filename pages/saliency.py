@@ -5,6 +5,7 @@ import streamlit as st
 
 from explainers import UserInputError, method_info
 from explainers.render import SEQUENTIAL, cells, colour_bar, diverging, duration, grid, overlay
+from explainers.store import training_data
 from ui.cache import explanations
 from ui.progress import progress_bar
 from ui.settings import method_controls
@@ -35,7 +36,8 @@ view = controls[2].radio("Show", ["overlay", "cells"], key="view", horizontal=Tr
 
 runnable, skipped = [], []
 for name in selection.methods:
-    reason = method_info(name).available(model, selection.block)
+    with training_data(selection.train_source):  # the sidebar's training images: the k-means attribution fits on them
+        reason = method_info(name).available(model, selection.block)
     if reason:
         skipped.append((name, reason))
     else:
@@ -57,7 +59,7 @@ if tunable:
 try:
     with progress_bar():  # filled by the perturbation methods (one masked input per channel)
         maps = explanations(selection.model_key, model, selection.image_data, tuple(runnable), selection.block,
-                            selection.target, settings)
+                            selection.target, settings, training=selection.train_source)
 except UserInputError as error:  # a method that does not apply here, says why; anything else is a bug
     st.error(f"The maps could not be computed: {error}")
     st.stop()

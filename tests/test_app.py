@@ -492,3 +492,68 @@ def test_one_forward_pass_per_view_and_one_decode_per_selection(monkeypatch):
         assert any("Explaining class **tabby**" in m.value for m in app.markdown)
         assert (passes.forwards, passes.backwards) == (2, 2)
         assert counts == {"decoded": 1, "preprocessed": 1}, "another class decoded or preprocessed again"
+
+
+# --- Issue 11, item 2: one store of fitted things, shared by the pages and the k-means attribution --
+
+def test_kmeans_attribution_fits_on_the_sidebars_training_folder_with_progress_and_segments_reuses_it(tmp_path,
+                                                                                                      monkeypatch):
+    """A checkpoint without a training set of its own (the digits network with a 3-vs-7 head) and a
+    training folder named in the sidebar: the Saliency page's k-means attribution is drawn (before: "needs
+    the labelled training set"), its fit fills the page's progress bar, and the Segments page at the same
+    depth is served the very explainer object it fitted, with no second fit."""
+    from streamlit.delta_generator import DeltaGenerator
+
+    from explainers.methods import prototype as memo
+    import ui.prototype_cache
+    from explainers import load_dataset, store
+    from explainers.prototypes import PrototypeExplainer
+    from explainers.zoo import DIGITS_WEIGHTS
+
+    state = torch.load(DIGITS_WEIGHTS, weights_only=True)
+    state["fc.weight"], state["fc.bias"] = state["fc.weight"][[3, 7]], state["fc.bias"][[3, 7]]
+    checkpoint = io.BytesIO()
+    torch.save({"state_dict": state, "arch": "digits", "classes": ["3", "7"]}, checkpoint)
+    digits = load_dataset("digits", "train")
+    for label in (3, 7):
+        (tmp_path / "folder" / str(label)).mkdir(parents=True)
+        for i in digits.indices_of(label)[:12]:
+            digits[int(i)][0].save(tmp_path / "folder" / str(label) / f"{i}.png")
+
+    monkeypatch.setenv("PROTOSCOPE_CACHE", str(tmp_path / "cache"))  # nothing on disk: a real fit
+    monkeypatch.setattr(store, "STORE", store.Store())
+    monkeypatch.setattr(store, "WAIT_POLL", 0.01)  # the fit of 19 images is quick: look at it often
+    fits, served, bars = [], [], []
+    fit, asked, draw = PrototypeExplainer.fit, memo.fitted, DeltaGenerator.progress
+    monkeypatch.setattr(PrototypeExplainer, "fit", lambda self, *a, **k: fits.append(self) or fit(self, *a, **k))
+
+    def fitted(*args, **kwargs):
+        served.append(asked(*args, **kwargs))
+        return served[-1]
+
+    monkeypatch.setattr(memo, "fitted", fitted)  # the k-means attribution's way in
+    monkeypatch.setattr(ui.prototype_cache, "fitted", fitted)  # the prototype pages' way in
+    monkeypatch.setattr(DeltaGenerator, "progress",
+                        lambda self, value, text=None, **k: bars.append(text) or draw(self, value, text=text, **k))
+
+    app = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    app.query_params.update(model="checkpoint", methods="gradcam,kmex_attribution", block="B3")
+    app.run()
+    app.file_uploader(key="checkpoint_file").upload("three_or_seven.pt", checkpoint.getvalue(),
+                                                    "application/octet-stream").run()
+    app.text_input(key="train_folder").set_value(str(tmp_path / "folder")).run()
+    assert app.session_state["_selection"].model.dataset is None
+    app.switch_page("pages/saliency.py").run()
+    assert not app.exception and not app.error, (app.exception, [e.value for e in app.error])
+    assert panel_labels(app) == ["Grad-CAM", "k-means attribution"]
+    assert not [c.value for c in app.caption if c.value.startswith("Not shown")]
+    assert len(fits) == 1 and served and served[0] is fits[0]
+    fitting = [text for text in bars if text and text.startswith("Fitting the B34 prototypes, K/C = 5")]
+    assert any(": stage " in text for text in fitting) and fitting[-1].endswith(": done"), bars  # the stage, then done
+
+    app.switch_page("pages/segments.py").run()
+    assert not app.exception and not app.error, (app.exception, [e.value for e in app.error])
+    assert [s.value for s in app.subheader] == ["B34 · 8×8 cells"]
+    assert len(fits) == 1, "the Segments page fitted again"
+    assert len(served) >= 2 and all(explainer is fits[0] for explainer in served)
+    assert len(store.STORE) == 1  # one explainer in memory, for both pages

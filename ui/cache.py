@@ -25,6 +25,7 @@ from explainers.api import Explanation, as_batch, recombine
 from explainers.data import DatasetSpec
 from explainers.images import png_compatible
 from explainers.models import ModelSpec
+from explainers.store import training_data
 
 
 @st.cache_resource(show_spinner="Loading the model…")
@@ -107,13 +108,15 @@ Frozen = tuple[tuple[str, Any], ...]  # a method's settings as a hashable key: s
 
 
 def explanations(model_key: str, _model: ModelSpec, data: bytes, methods: Sequence[str], block: str,
-                 target: int | None, settings: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Explanation]:
+                 target: int | None, settings: Mapping[str, Mapping[str, Any]] | None = None,
+                 training: str | None = None) -> dict[str, Explanation]:
     """All maps of one view from the view's pass (``shared_trace``): each method's map is cached on
     its own (``explanation``), keyed by model, image bytes, method, block, target and the method's
     settings (``settings``: method -> {setting: value}, as ``explain`` takes them) other than the
     display-only ones, which are applied here to the cached map without a pass.
 
     Display settings of the page (opacity, colours) are not arguments, so changing them never recomputes.
+    ``training`` (the sidebar's training images) is what the prototype methods fit on, and part of their key.
     """
     settings = settings or {}
     found = {}
@@ -122,7 +125,9 @@ def explanations(model_key: str, _model: ModelSpec, data: bytes, methods: Sequen
         values = method.resolve(settings.get(name))  # checked, defaults filled in: one key per computation
         display = {k: v for k, v in values.items() if k in method.display_only()}
         computed = frozen({k: v for k, v in values.items() if k not in display})
-        found[name] = recombine(_model, explanation(model_key, _model, data, name, block, target, computed), display)
+        fitted_on = training if method.family == "prototype" else None  # the one family fitted on training data
+        found[name] = recombine(_model, explanation(model_key, _model, data, name, block, target, computed, fitted_on),
+                                display)
     return found
 
 
@@ -133,8 +138,10 @@ def frozen(settings: Mapping[str, Any]) -> Frozen:
 
 @st.cache_data(show_spinner="Computing the maps (from the shared pass)…", max_entries=512)
 def explanation(model_key: str, _model: ModelSpec, data: bytes, method: str, block: str, target: int | None,
-                settings: Frozen = ()) -> Explanation:
-    """One method's map of one view from the view's pass, with ``settings`` (its own, frozen); keyed by
-    all of these. Passes of its own (Score-CAM, LRP, ...) are what this cache saves."""
+                settings: Frozen = (), training: str | None = None) -> Explanation:
+    """One method's map of one view from the view's pass, with ``settings`` (its own, frozen) and, for a
+    method fitted on training data, ``training`` (``explainers.store.training_data``); keyed by all of
+    these. Passes of its own (Score-CAM, LRP, ...) are what this cache saves."""
     shared = shared_trace(model_key, _model, data, target)
-    return explain_trace(_model, shared, [method], block, {method: dict(settings)} if settings else None)[0][method]
+    with training_data(get_dataset(training, "train") if training else None):
+        return explain_trace(_model, shared, [method], block, {method: dict(settings)} if settings else None)[0][method]

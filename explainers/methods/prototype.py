@@ -16,7 +16,7 @@ import torch
 
 from .. import store
 from ..prototypes import PrototypeExplainer, PrototypeRecipe
-from . import register_method
+from .base import register_method
 
 if TYPE_CHECKING:
     from ..models import ModelSpec
