@@ -492,6 +492,11 @@ class Family:
     def canonizers(self, net: nn.Module) -> list:
         return [SequentialMergeBatchNorm()]
 
+    def fold_pairs(self, net: nn.Module) -> list[tuple[str, str]] | None:
+        """(convolution, the batch norm it alone feeds) to fold in the inference copy
+        (``explainers.inference``); None: find them in the traced graph."""
+        return None
+
     def lrp_gap(self, net: nn.Module) -> str | None:
         """None when zennit's rules (after ``canonizers``) cover every layer, else why not."""
         return lrp_gap_in_graph(net)
@@ -712,6 +717,12 @@ class EfficientNetFamily(Family):
 
     def with_classes(self, net: nn.Module, num_classes: int) -> nn.Module:
         return _timm_with_classes(net, num_classes) if _is_timm(net) else super().with_classes(net, num_classes)
+
+    def fold_pairs(self, net: nn.Module) -> list[tuple[str, str]] | None:
+        # torch.fx traces into timm's BatchNormAct2d, so the graph shows no conv -> norm module pair.
+        if _is_timm(net) and _timm_blocks_known(net):
+            return [(convs[0], norm) for convs, norm in _timm_efficientnet_pairs(net)]
+        return None
 
 
 def _timm_block_types() -> tuple[type, ...]:

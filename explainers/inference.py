@@ -21,6 +21,8 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .families import family_for
+
 __all__ = ["conv_bn_pairs", "fold_batch_norms", "hookless_copy", "inference_copy", "structural_copy"]
 
 
@@ -85,15 +87,24 @@ def conv_bn_pairs(net: nn.Module) -> list[tuple[str, str]]:
     return pairs
 
 
-def fold_batch_norms(net: nn.Module) -> nn.Module:
-    """A ``hookless_copy`` of ``net`` with each of its ``conv_bn_pairs`` folded into one convolution
-    (the BN becomes ``nn.Identity``). Module names and the forward code stay as they were."""
+def fold_batch_norms(net: nn.Module, pairs: list[tuple[str, str]] | None = None) -> nn.Module:
+    """A ``hookless_copy`` of ``net`` with each (conv, batch norm) pair folded into one convolution;
+    ``pairs`` by module name, or (None) ``conv_bn_pairs`` found in the traced graph. The batch norm
+    becomes what it applies after normalising: nothing (``nn.Identity``) for a plain batch norm, the
+    dropout and activation of a norm-and-activation module such as timm's ``BatchNormAct2d``.
+    Module names and the forward code stay as they were."""
     folded = hookless_copy(net)
-    for conv_name, bn_name in conv_bn_pairs(folded):
+    for conv_name, bn_name in conv_bn_pairs(folded) if pairs is None else pairs:
         conv, bn = folded.get_submodule(conv_name), folded.get_submodule(bn_name)
         folded.set_submodule(conv_name, fuse_conv_bn_eval(conv, bn))
-        folded.set_submodule(bn_name, nn.Identity())
+        folded.set_submodule(bn_name, _after_normalising(bn))
     return folded
+
+
+def _after_normalising(norm: nn.Module) -> nn.Module:
+    act, drop = getattr(norm, "act", None), getattr(norm, "drop", None)
+    rest = [m for m in (drop, act) if isinstance(m, nn.Module) and not isinstance(m, nn.Identity)]
+    return nn.Sequential(*rest) if rest else nn.Identity()
 
 
 @torch.inference_mode()
@@ -106,12 +117,14 @@ def _agrees(candidate: nn.Module, net: nn.Module, probe: torch.Tensor) -> bool:
 
 def inference_copy(net: nn.Module, probe: torch.Tensor) -> nn.Module:
     """The fastest of (BN-folded channels-last copy, channels-last copy, ``net`` itself) whose logits
-    on ``probe`` (a batch of inputs) agree with ``net``'s. Gradients are not tracked in the copies."""
+    on ``probe`` (a batch of inputs) agree with ``net``'s. Gradients are not tracked in the copies.
+    The pairs to fold come from the network's family adapter when it names them."""
+    pairs = family_for(net).fold_pairs(net)
     was_training = net.training
     if was_training:  # a shared model is in eval mode already: it is never written to then
         net.eval()
     try:
-        for make in (fold_batch_norms, hookless_copy):
+        for make in (lambda n: fold_batch_norms(n, pairs), hookless_copy):
             candidate = make(net).to(memory_format=torch.channels_last)
             if _agrees(candidate, net, probe):
                 return candidate

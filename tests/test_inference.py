@@ -105,3 +105,17 @@ def test_making_the_copy_leaves_the_networks_mode_alone(training):
     net = trained_statistics(Shared()).train(training)
     inference_copy(net, torch.randn(2, 3, 8, 8))
     assert net.training is training
+
+
+def test_the_built_in_imagenet_model_has_every_batch_norm_folded():
+    """timm's BatchNormAct2d hides its conv -> norm pairs from torch.fx; the family adapter names them,
+    so Lite0's inference copy has no batch norm left, keeps its ReLU6s, and computes the same logits."""
+    model = load_model("efficientnet_lite0")
+    fast = model.inference_net
+    assert fast is not model.net
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    assert sum(isinstance(m, nn.ReLU6) for m in fast.modules()) == sum(isinstance(m, nn.ReLU6) for m in model.net.modules())
+    x = model.probe_inputs(3)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), model.net(x),
+                                   atol=1e-4, rtol=1e-4)
