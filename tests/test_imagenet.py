@@ -156,9 +156,11 @@ def test_blocks_are_the_stage_outputs_at_four_distinct_resolutions():
     with torch.inference_mode():
         stages = model.net.forward_intermediates(x, intermediates_only=True)
         features = model.net.forward_features(x)
+    # Two computations of the same values on different threads (the trace runs on the compute thread,
+    # with its own OpenMP team): sums may be reordered, so agreement to float32 rounding, not to the bit.
     for block, expected in zip(("B1", "B2", "B3"), stages[1:4]):
-        torch.testing.assert_close(recorded[block], expected)
-    torch.testing.assert_close(recorded["B4"], features)
+        torch.testing.assert_close(recorded[block], expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(recorded["B4"], features, rtol=1e-4, atol=1e-4)
 
 
 def test_every_block_module_runs_exactly_once_per_forward():
