@@ -35,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `make bench` runs this file directly
 
 from explainers import compute, explain_many, load_dataset, load_model  # noqa: E402
+from explainers.models import MODELS  # noqa: E402
 from ui.cache import explanations, image_bytes  # noqa: E402
 
 for _name in list(logging.root.manager.loggerDict):  # "no runtime" warnings: the cache works without one
@@ -71,7 +72,8 @@ class Load:
 
     def __init__(self, model_name: str, images: list[bytes]) -> None:
         torch.manual_seed(0)
-        self.model = load_model(model_name, weights=None if model_name != "digits" else "DEFAULT")
+        built_in = model_name in MODELS and model_name in ("digits", "efficientnet_lite0")  # weights ship offline
+        self.model = load_model(model_name, weights="DEFAULT" if built_in else None)
         self.key = f"{model_name}:{self.model.fingerprint}"
         self.images = images
         self.next_image = 0
@@ -192,7 +194,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests per session")
     parser.add_argument("--compare", action="store_true", help="also run with every session computing in its own thread")
-    parser.add_argument("--model", default="digits", help="digits (default) or a torchvision name (random weights)")
+    parser.add_argument("--model", default="digits",
+                        help="digits (default), efficientnet_lite0, or a torchvision name (random weights)")
     args = parser.parse_args()
     sizes = (1, 4) if args.quick or args.model != "digits" else (1, 4, 16)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, {psutil.cpu_count()} cores")

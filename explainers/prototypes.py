@@ -45,6 +45,7 @@ from threadpoolctl import threadpool_limits
 
 from .data import DatasetSpec
 from .errors import DatasetError, UserInputError
+from .inputs import as_batch
 from .maps import upsample
 from .models import BLOCK_NAMES, ModelSpec
 from .progress import Progress, scaled
@@ -447,8 +448,6 @@ class PrototypeExplainer:
 
         ``model`` defaults to the one the explainer was fitted (or loaded) for.
         """
-        from .api import as_batch
-
         model = self._model(model)
         inputs = as_batch(model, images)
         out = []
@@ -475,8 +474,6 @@ class PrototypeExplainer:
 
     def explain(self, image: object, target: int | None = None, model: ModelSpec | None = None) -> PrototypeExplanation:
         """Segments (eq. 9), class counts and prediction (eq. 10), and the attribution (eq. 11 + steps 1-3)."""
-        from .api import as_batch
-
         model = self._model(model)
         if self.depth == "pooled":
             raise UserInputError("KMEx explains the pooled embedding, which has no pixels: use a block depth such as B4")

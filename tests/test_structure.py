@@ -173,6 +173,40 @@ def test_the_structure_checks_find_what_they_look_for(tmp_path):
         ("typing", False), ("pkg.sub.x", False), ("pkg.sub.y", False), ("umap", True), ("pkg.w", True)]
 
 
+def test_no_import_circle_in_the_package():
+    """Importing any module of ``explainers`` alone never imports a module that imports it back: the
+    graph of the package's own imports (those at the top of a module and those inside functions,
+    which used to hide circles; not ``if TYPE_CHECKING:``) has no cycle."""
+    modules = package_modules()
+    assert {"explainers.models", "explainers.trace", "explainers.methods"} <= set(modules)  # the walk works
+    edges: dict[str, set[str]] = {name: set() for name in modules}
+    lines: dict[tuple[str, str], str] = {}
+    for imp in all_imports():
+        if imp.target in modules and imp.target != imp.module:
+            edges[imp.module].add(imp.target)
+            lines.setdefault((imp.module, imp.target), imp.where() + (" (in a function)" if imp.in_function else ""))
+    tangles = tangled(edges)
+    described = []
+    for tangle in tangles:  # one circle of each tangle, then every import inside it
+        inside = sorted((a, b) for a in tangle for b in edges[a] & set(tangle))
+        described.append("  " + " -> ".join(one_cycle(tangle, edges)) + f"\n    all {len(inside)} imports among "
+                         f"these {len(tangle)} modules:\n" + "".join(f"      {a} -> {b}: {lines[a, b]}\n"
+                                                                     for a, b in inside))
+    assert not tangles, "import circles:\n" + "".join(described)
+
+
+def test_imports_inside_functions_are_only_optional_heavy_dependencies():
+    """An import inside a function hides a dependency (and used to hold circles together): only the
+    optional heavy packages of ``OPTIONAL_HEAVY`` may be imported there."""
+    modules = package_modules()
+    lazy = [imp for imp in all_imports() if imp.in_function]
+    assert any(imp.target.split(".")[0] in OPTIONAL_HEAVY for imp in lazy)  # the reader sees function bodies
+    refused = [f"{imp.where()}: {imp.target}" for imp in lazy
+               if imp.target in modules or imp.target.split(".")[0] not in OPTIONAL_HEAVY]
+    assert not refused, ("imports inside functions (move them to the top of the module, or add an optional heavy "
+                         "dependency to OPTIONAL_HEAVY with the reason):\n  " + "\n  ".join(refused))
+
+
 def page_modules() -> list[Path]:
     return sorted([REPO / "app.py", *(REPO / "pages").glob("*.py"), *(REPO / "ui").glob("*.py")])
 
