@@ -27,9 +27,6 @@ from .trace import Trace, trace
 MethodSettings = Mapping[str, Mapping[str, Any]]  # method name -> {setting name: value}
 
 
-BATCHED_FAMILIES = ("perturbation", "prototype")  # methods whose own passes are submitted batch by batch
-
-
 @dataclass
 class Explanation:
     """One saliency map and how it was made.
@@ -113,6 +110,7 @@ def explain_trace(model: ModelSpec, shared: Trace, methods: Sequence[str], block
         output = _compute(method, shared, block, model, settings[method.name])
         if not isinstance(output, MethodOutput):
             output = MethodOutput(maps=output)
+        _check_finite(method, output.maps, model, block)
         heatmaps = upsample(output.maps, model.input_size)
         seconds = time.perf_counter() - started
         for i, result in enumerate(results):
@@ -127,14 +125,25 @@ def explain_trace(model: ModelSpec, shared: Trace, methods: Sequence[str], block
     return results
 
 
+def _check_finite(method: Method, maps: torch.Tensor, model: ModelSpec, block: str) -> None:
+    """A map with an infinite or undefined value is never handed on to be drawn: no scaling can make
+    it honest, and every other value of it is suspect (an overflow or 0/0 somewhere in the method)."""
+    bad = ~torch.isfinite(maps)
+    if bad.any():
+        raise MethodUnavailableError(
+            f"{method.label} gave {int(bad.sum())} non-finite values (inf or NaN) of {maps.numel()} on "
+            f"{model.name} at {block}, so its map is not shown: its computation overflowed or divided by zero here")
+
+
 def _compute(method: Method, shared: Trace, block: str, model: ModelSpec,
              settings: Mapping[str, Any]) -> MethodOutput | torch.Tensor:
-    """A method's computation: one job of the compute thread (``explainers.compute``), except for the
-    methods that run many passes of their own, which submit one job per batch so that other sessions'
-    passes run between them (and report their progress from the caller's thread)."""
-    if method.family in BATCHED_FAMILIES:
-        return method.compute(shared, block, model, **settings)
-    return compute.run(method.compute, shared, block, model, **settings)
+    """A method's computation, in the caller's thread. Its passes through the network are jobs of the
+    compute thread (``explainers.compute``): the shared trace already ran; LRP's pass, the masked and
+    ablated batches of the perturbation methods and a prototype fit's passes submit their own, batch by
+    batch. What is left here (weighted sums of the trace's tensors, a small eigendecomposition) is too
+    small to run in parallel, so it needs no job: a CAM view then waits for at most one batch of
+    another session's Score-CAM, once, for its trace."""
+    return method.compute(shared, block, model, **settings)
 
 
 def recombine(model: ModelSpec, explanation: Explanation, settings: Mapping[str, Any]) -> Explanation:

@@ -8,7 +8,7 @@ measured 26 ms per masked pass at batches of 32 against 15 ms at its best batch 
 
 ``batch_size(model)`` times the model's inference copy on a few batch sizes (seeded random
 inputs, under ``torch.inference_mode``, each timing a job of the compute thread) and keeps,
-among the sizes within 5% of the best time per image, the smallest: the same throughput with
+among the sizes within 10% of the best time per image, the smallest: nearly the same throughput with
 the shortest jobs, so that other sessions wait least between batches (``explainers.compute``).
 Sizes whose one batch takes longer than ``JOB_SECONDS`` are not tried further. The choice is
 kept per network for the life of the process; ``timings(model)`` shows what was measured.
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .models import ModelSpec
 
 CANDIDATES = (1, 2, 4, 8, 16, 32, 64)
-NEAR_BEST = 1.05  # sizes within this factor of the best time per image count as equally fast
+NEAR_BEST = 1.10  # sizes within this factor of the best time per image count as equally fast
 JOB_SECONDS = 0.5  # a batch slower than this is not grown further (other sessions wait for it)
 REPEATS = 3
 

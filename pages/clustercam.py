@@ -7,7 +7,7 @@ from PIL import Image
 from explainers import UserInputError, method_info
 from explainers.methods.cluster_cam import masked_pictures
 from explainers.render import cells, diverging, outlined, overlay
-from ui.cache import explanations
+from ui.cache import Failure, explanations
 from ui.progress import progress_bar
 from ui.settings import method_controls
 from ui.sidebar import current
@@ -39,6 +39,10 @@ try:
                              block, selection.target, {"clustercam": settings})
 except UserInputError as error:  # a model or block the methods cannot run through, says why
     st.error(f"Cluster-CAM could not run on {model.name} at {block}: {error}. Try another depth or model.")
+    st.stop()
+failed = {name: found.pop(name).reason for name in list(found) if isinstance(found[name], Failure)}
+if "clustercam" in failed:  # its own check failed on this input (e.g. non-finite values): nothing honest to draw
+    st.error(f"Cluster-CAM is not shown for {model.name} at {block}: {failed['clustercam']}")
     st.stop()
 result, others = found["clustercam"], found
 parts = result.extras["cluster_cam"]
@@ -87,6 +91,9 @@ colours = ("red: base, blue: cut by the scissors" if diverging(heatmap, True) el
 panels = [("Cluster-CAM", overlay(display_image, heatmap, signed=True, opacity=OPACITY, size=size), result.forwards, 0,
            f"H = {alpha:.2f} x base - {1 - alpha:.2f} x scissors; {colours}")]
 for name in ("gradcam", "scorecam"):
+    if name in failed:
+        st.warning(f"{method_info(name).label} is not shown: {failed[name]}")
+        continue
     other = others[name]
     panels.append((method_info(name).label, overlay(display_image, other.heatmap, other.signed, opacity=OPACITY,
                                                     size=size),

@@ -6,7 +6,7 @@ import streamlit as st
 from explainers import UserInputError, method_info
 from explainers.render import SEQUENTIAL, cells, colour_bar, diverging, duration, grid, overlay
 from explainers.store import training_data
-from ui.cache import explanations
+from ui.cache import Failure, explanations
 from ui.progress import progress_bar
 from ui.settings import method_controls
 from ui.sidebar import current
@@ -63,6 +63,13 @@ try:
 except UserInputError as error:  # a method that does not apply here, says why; anything else is a bug
     st.error(f"The maps could not be computed: {error}")
     st.stop()
+# A method whose own check failed on this input (LRP's conservation, non-finite values) is not drawn; the others are.
+failed = {name: found.reason for name, found in maps.items() if isinstance(found, Failure)}
+maps = {name: found for name, found in maps.items() if not isinstance(found, Failure)}
+if not maps:
+    for name, reason in failed.items():
+        st.error(f"{method_info(name).label} is not shown: {reason}")
+    st.stop()
 first = next(iter(maps.values()))
 predicted, probability = selection.top[0]
 target_probability = dict(selection.top).get(first.target)
@@ -84,6 +91,8 @@ with header[1]:
                                        "panels)." if own else "."))
     for name, reason in skipped:
         st.caption(f"Not shown — {reason}.")
+    for name, reason in failed.items():
+        st.warning(f"**{method_info(name).label} is not shown**: {reason}")
     drawn = {name: diverging(result.raw if view == "cells" else result.heatmap, result.signed)
              for name, result in maps.items()}  # signed maps with no negative part are drawn 0 -> 1
     one_signed = [method_info(n).label for n, result in maps.items() if result.signed and not drawn[n]]

@@ -557,3 +557,25 @@ def test_kmeans_attribution_fits_on_the_sidebars_training_folder_with_progress_a
     assert len(fits) == 1, "the Segments page fitted again"
     assert len(served) >= 2 and all(explainer is fits[0] for explainer in served)
     assert len(store.STORE) == 1  # one explainer in memory, for both pages
+
+
+def test_a_method_whose_own_check_fails_is_not_drawn_and_the_others_are(monkeypatch):
+    """LRP refusing its map at run time (say, relevance not conserved on this input) must not blank the
+    page: its panel is replaced by the reason, and Grad-CAM is still drawn."""
+    import explainers.api
+    from explainers.errors import MethodUnavailableError
+
+    st.cache_data.clear()
+    real = explainers.api._compute
+
+    def refuse_lrp(method, shared, block, model, settings):
+        if method.name == "lrp_epsilon":
+            raise MethodUnavailableError("its relevance is not conserved on this image (test)")
+        return real(method, shared, block, model, settings)
+
+    monkeypatch.setattr(explainers.api, "_compute", refuse_lrp)
+    app = page("pages/saliency.py", model="digits", methods="gradcam,lrp_epsilon", index="4")
+    assert not app.exception
+    assert panel_labels(app) == ["Grad-CAM"]
+    warnings = " ".join(w.value for w in app.warning)
+    assert "LRP-ε is not shown" in warnings and "not conserved on this image" in warnings

@@ -325,8 +325,9 @@ def test_the_perturbation_methods_are_registered_and_report_progress(model):
 
 # --- batch size ----------------------------------------------------------------------------------
 
-def test_the_batch_size_is_the_smallest_within_five_percent_of_the_fastest_per_image():
-    assert batching.choose({1: 10.0, 2: 6.0, 4: 5.1, 8: 5.0, 16: 5.2, 32: 7.0}) == 4
+def test_the_batch_size_is_the_smallest_within_ten_percent_of_the_fastest_per_image():
+    assert batching.choose({1: 10.0, 2: 6.0, 4: 5.6, 8: 5.0, 16: 5.2, 32: 7.0}) == 8
+    assert batching.choose({1: 10.0, 2: 6.0, 4: 5.4, 8: 5.0, 16: 5.2, 32: 7.0}) == 4
     assert batching.choose({1: 1.0, 2: 1.2}) == 1
     model = digits_model()
     measured = batching.timings(model)

@@ -310,3 +310,21 @@ def test_first_component_equals_the_svd_projection(shape):
     for one, reference in zip(found, expected):
         sign = 1.0 if float((one * reference).sum()) >= 0 else -1.0
         torch.testing.assert_close(one, sign * reference, atol=1e-5, rtol=1e-5)
+
+
+def test_a_map_with_non_finite_values_is_refused_with_the_reason(monkeypatch):
+    import explainers.api
+
+    model = digits_model()
+    image = digits_test_batch(1)[0][0]
+    real = explainers.api._compute
+
+    def overflowing(method, shared, block, model, settings):
+        maps = real(method, shared, block, model, settings)
+        maps = maps.clone()
+        maps[..., 0, 0] = float("inf")
+        return maps
+
+    monkeypatch.setattr(explainers.api, "_compute", overflowing)
+    with pytest.raises(MethodUnavailableError, match="non-finite"):
+        explain(model, image, "gradcam", block="B3")

@@ -14,13 +14,14 @@ without a pass: a new LRP epsilon reruns LRP alone, a new alpha reruns nothing.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import streamlit as st
 from PIL import Image
 
 from explainers import Trace, explain_trace, load_dataset, load_image, load_model, trace
-from explainers import method_info
+from explainers import UserInputError, method_info
 from explainers.api import Explanation, as_batch, recombine
 from explainers.data import DatasetSpec
 from explainers.images import png_compatible
@@ -117,18 +118,34 @@ def explanations(model_key: str, _model: ModelSpec, data: bytes, methods: Sequen
 
     Display settings of the page (opacity, colours) are not arguments, so changing them never recomputes.
     ``training`` (the sidebar's training images) is what the prototype methods fit on, and part of their key.
+
+    A method that fails on this input with a ``UserInputError`` (LRP whose relevance is not conserved,
+    a map with non-finite values, a fit that cannot be made) gives a ``Failure`` naming the reason in
+    its place: the other methods' maps are still shown, and the failed one is never drawn.
     """
     settings = settings or {}
-    found = {}
+    found: dict[str, Explanation | Failure] = {}
     for name in methods:
         method = method_info(name)
         values = method.resolve(settings.get(name))  # checked, defaults filled in: one key per computation
         display = {k: v for k, v in values.items() if k in method.display_only()}
         computed = frozen({k: v for k, v in values.items() if k not in display})
         fitted_on = training if method.family == "prototype" else None  # the one family fitted on training data
-        found[name] = recombine(_model, explanation(model_key, _model, data, name, block, target, computed, fitted_on),
-                                display)
+        try:
+            made = explanation(model_key, _model, data, name, block, target, computed, fitted_on)
+        except UserInputError as error:
+            found[name] = Failure(name, str(error))
+            continue
+        found[name] = recombine(_model, made, display)
     return found
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A method that could not give an honest map for this view, and why (in the user's terms)."""
+
+    method: str
+    reason: str
 
 
 def frozen(settings: Mapping[str, Any]) -> Frozen:
