@@ -54,6 +54,7 @@ from zennit.types import Activation, AvgPool, BatchNorm, Linear, MaxPool
 from . import compute
 from .errors import BlockError
 from .hooks import tapped
+from .registry import Registry
 
 if TYPE_CHECKING:
     from .models import ModelSpec
@@ -509,16 +510,13 @@ class Family:
         return twin.eval()
 
 
-FAMILIES: dict[str, Family] = {}
+FAMILIES: Registry[Family] = Registry("model family")
 
 
 def register_family(cls: type[Family]) -> type[Family]:
-    """Class decorator: register one instance under ``cls.name`` (matched in registration order)."""
-    if cls.name in FAMILIES:
-        raise ValueError(f"family {cls.name!r} is registered twice")
-    FAMILIES[cls.name] = cls()
-    if "generic" in FAMILIES and cls.name != "generic":  # the catch-all stays last
-        FAMILIES["generic"] = FAMILIES.pop("generic")
+    """Class decorator: register one instance under ``cls.name`` (matched in registration order;
+    the catch-all ``generic`` stays last)."""
+    FAMILIES.add(cls.name, cls(), cls.description, last=cls.name == "generic")
     return cls
 
 
@@ -532,9 +530,7 @@ def family_for(net: nn.Module) -> Family:
 
 
 def family_named(name: str) -> Family:
-    if name not in FAMILIES:
-        raise ValueError(f"unknown model family {name!r}; known: {', '.join(FAMILIES)}")
-    return FAMILIES[name]
+    return FAMILIES[name]  # an unknown name raises UnknownNameError listing the known ones
 
 
 def family_of(model: "ModelSpec") -> Family:

@@ -50,6 +50,13 @@ def report(done: int, total: int, text: str, listener: Progress | None = None) -
         listener(min(1.0, done / total), text)
 
 
+def report_fraction(fraction: float, text: str, listener: Progress | None = None) -> None:
+    """``report`` for work measured as a fraction (clamped to [0, 1]) rather than in steps."""
+    listener = listener or _LISTENER.get()
+    if listener is not None:
+        listener(float(min(max(fraction, 0.0), 1.0)), text)
+
+
 def terminal(label: str) -> Progress:
     """A listener printing one updating line: ``label``, the percentage done (floored: 100% only when
     done) and the message; the line ends when the work does."""

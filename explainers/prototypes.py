@@ -43,12 +43,12 @@ import torch
 from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
-from .data import DatasetSpec
+from .data import DatasetSpec, plural
 from .errors import DatasetError, UserInputError
 from .inputs import as_batch
 from .maps import upsample
 from .models import BLOCK_NAMES, ModelSpec
-from .progress import Progress, scaled
+from .progress import Progress, report_fraction, scaled
 from .store import ASSETS, Key, made, write_atomically
 from .trace import trace
 
@@ -136,10 +136,6 @@ def check_classes(model: ModelSpec, dataset: DatasetSpec, per_class: int, pooled
                 f"class asked (KMEx gives each prototype at least one image): choose at most {most} prototypes "
                 f"per class (K/C), or add images to {'that class' if len(few) == 1 else 'those classes'}.")
     return labels
-
-
-def plural(count: int, noun: str) -> str:
-    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 def depth_blocks(depth: str, model: ModelSpec | None = None) -> tuple[str, ...]:
@@ -671,6 +667,5 @@ class PrototypeRecipe:
 
 
 def _report(progress: Progress | None, fraction: float, message: str) -> None:
-    if progress is not None:
-        progress(float(min(max(fraction, 0.0), 1.0)), message)
+    report_fraction(fraction, message, progress)
 

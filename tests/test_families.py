@@ -24,7 +24,7 @@ from torchvision import models as tv
 from explainers import MethodUnavailableError, ModelUnavailableError, explain, load_model, trace
 from explainers import families as FAM
 from explainers.methods import lrp as L
-from explainers.methods import perturbation as P
+from explainers.methods import ablation_cam as P
 from explainers.models import _rebuild_with_classes, from_module, timm_model
 
 SIZE = (64, 64)
