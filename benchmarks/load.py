@@ -118,15 +118,18 @@ def _decoded(data: bytes):
     return load_image(data)
 
 
-def run_sessions(load: Load, plan: list[tuple[str, tuple[str, ...], int]]) -> dict[str, list]:
-    """``plan``: one (label, methods, requests) per session, all started together."""
+def run_sessions(load: Load, plan: list[tuple[str, tuple[str, ...], int]], think: float = 0.0) -> dict[str, list]:
+    """``plan``: one (label, methods, requests) per session, all started together. ``think``: mean seconds a
+    person looks at a view before asking the next (exponentially distributed, seeded); 0 asks at once."""
     times: dict[str, list[float]] = {}
     results: list = []
     lock = threading.Lock()
     salt = [0]
 
-    def session(label: str, methods: tuple[str, ...], requests: int) -> None:
-        for _ in range(requests):
+    def session(label: str, methods: tuple[str, ...], requests: int, seed: int) -> None:
+        pauses = np.random.default_rng(seed).exponential(think, requests) if think else np.zeros(requests)
+        for pause in pauses:
+            time.sleep(float(pause))
             with lock:
                 salt[0] += 1
                 mine = salt[0] + int(time.time_ns() % 10**9) * 1000
@@ -135,7 +138,7 @@ def run_sessions(load: Load, plan: list[tuple[str, tuple[str, ...], int]]) -> di
                 times.setdefault(label, []).append(seconds)
                 results.append((methods, index, maps))
 
-    threads = [threading.Thread(target=session, args=spec) for spec in plan]
+    threads = [threading.Thread(target=session, args=(*spec, seed)) for seed, spec in enumerate(plan)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -157,10 +160,11 @@ def report(label: str, values: list[float], single: float | None) -> str:
     return f"| {label} | {len(values)} | {p50 * 1000:8.1f} | {p95 * 1000:8.1f} | {ratio} |"
 
 
-def benchmark(model_name: str, quick: bool, inline: bool, sizes: tuple[int, ...]) -> None:
+def benchmark(model_name: str, quick: bool, inline: bool, sizes: tuple[int, ...], think: float = 0.0) -> None:
     requests = 4 if quick else 12
     load = Load(model_name, images_for(model_name, 40))
-    mode = "each session computes in its own thread" if inline else "one shared compute thread"
+    mode = ("each session computes in its own thread" if inline else "one shared compute thread") + (
+        f", a person looks {think:g} s on average before the next view" if think else ", views asked back to back")
     print(f"\n### {model_name}, {mode}\n")
     # Warm-up: the inference copy, Streamlit's cache machinery, allocator pools.
     load.model.inference_net  # made before any session runs (torch.fx tracing must run alone)
@@ -174,7 +178,7 @@ def benchmark(model_name: str, quick: bool, inline: bool, sizes: tuple[int, ...]
             count = max(2, requests // (4 if view == "Score-CAM view" and model_name != "digits" else 1))
             if view == "Score-CAM view" and n > 4 and (quick or model_name != "digits"):
                 continue
-            outcome = run_sessions(load, [(view, methods, count)] * n)
+            outcome = run_sessions(load, [(view, methods, count)] * n, think if n > 1 else 0.0)
             values = outcome["times"][view]
             if n == 1:
                 singles[view] = percentile(values, 50)
@@ -183,7 +187,7 @@ def benchmark(model_name: str, quick: bool, inline: bool, sizes: tuple[int, ...]
     n = 4
     count = max(2, requests // (4 if model_name != "digits" else 1))
     outcome = run_sessions(load, [("Score-CAM view", SCORE_VIEW, max(1, count // 4))]
-                           + [("CAM view", CAM_VIEW, count)] * (n - 1))
+                           + [("CAM view", CAM_VIEW, count)] * (n - 1), think)
     wrong += load.wrong_maps(outcome["results"])
     print(report(f"classroom: CAM view beside one Score-CAM session, N = {n}", outcome["times"]["CAM view"],
                  singles["CAM view"]))
@@ -194,17 +198,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests per session")
     parser.add_argument("--compare", action="store_true", help="also run with every session computing in its own thread")
+    parser.add_argument("--think", type=float, default=0.0,
+                        help="mean seconds between a session's views (0: back to back, the worst case)")
     parser.add_argument("--model", default="digits",
                         help="digits (default), efficientnet_lite0, or a torchvision name (random weights)")
     args = parser.parse_args()
     sizes = (1, 4) if args.quick or args.model != "digits" else (1, 4, 16)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, {psutil.cpu_count()} cores")
-    benchmark(args.model, args.quick, inline=False, sizes=sizes)
+    benchmark(args.model, args.quick, inline=False, sizes=sizes, think=args.think)
     if args.compare:
         shared_run: Callable = compute.run
         compute.run = lambda function, *a, **k: function(*a, **k)  # every session computes in its own thread
         try:
-            benchmark(args.model, args.quick, inline=True, sizes=sizes)
+            benchmark(args.model, args.quick, inline=True, sizes=sizes, think=args.think)
         finally:
             compute.run = shared_run
 

@@ -359,6 +359,26 @@ def imagenet_case(settings: Settings, names: list[str]) -> None:
              f"1 fwd + 1 bwd to B1 (every depth at once); {view / one:.2f}x one Grad-CAM"),
         ):
             print(f"  {label:<30} {value:>12}   {note}")
+        score_cam_per_pass(model, image, block)
+
+
+SCORE_PASS_TARGET = 1.25  # Score-CAM's seconds per masked pass / the network's best batched seconds per image
+
+
+def score_cam_per_pass(model: ModelSpec, image: torch.Tensor, block: str) -> None:
+    """Score-CAM's seconds per masked pass against the fastest batched inference per image of the same
+    network, measured in the same run (issue 10: target <= 1.25x)."""
+    from explainers import batching
+
+    explain(model, image, "scorecam", block=block)  # warm: inference copy made, batch size measured
+    made = explain(model, image, "scorecam", block=block)
+    passes = made.forwards - 1  # the first forward is the shared trace
+    fastest = min(batching.timings(model).values())  # measured in this run, when the batch size was chosen
+    per_pass = made.seconds / passes
+    verdict = "PASS" if per_pass / fastest <= SCORE_PASS_TARGET else "MISS"
+    print(f"  {'Score-CAM per masked pass':<30} {per_pass * 1000:9.1f} ms   {passes} passes in {made.seconds:.2f} s, "
+          f"batches of {batching.batch_size(model)}; fastest batched inference {fastest * 1000:.1f} ms per image: "
+          f"{per_pass / fastest:.2f}x (target <= {SCORE_PASS_TARGET}: {verdict})")
 
 
 # ---------------------------------------------------------------------------- main
