@@ -96,13 +96,8 @@ def _probe_job(net: nn.Module, channels: int, input_size: tuple[int, int]) -> Pr
     shapes: dict[str, tuple[int, ...] | None] = {}
     order: list[str] = []
 
-    previous: list[tuple[str, Any]] = [("", None)]  # the last (module, output) seen, held so its id stays unique
-
     def counter(name: str):
         def count(output: Any) -> None:
-            if previous[0][0] == name and previous[0][1] is output:
-                return  # the same call seen twice in a row (a copied module that kept a second dispatcher hook)
-            previous[0] = (name, output)
             calls[name] = calls.get(name, 0) + 1
             if name not in shapes:
                 shapes[name] = tuple(output.shape) if isinstance(output, torch.Tensor) else None

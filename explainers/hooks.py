@@ -44,15 +44,20 @@ def _dispatch(module: nn.Module, _inputs: object, output: object) -> object:
     return None if tap is None else tap(output)  # type: ignore[arg-type]
 
 
-def _install(module: nn.Module) -> None:
+def _install(module: nn.Module) -> bool:
+    """Give ``module`` the dispatcher unless it has one; True when it was added now. A deep copy of a
+    tapped module carries the original's dispatcher in its hooks already: a second would run every
+    tap twice."""
     with _INSTALLING:
-        if module not in _DISPATCHERS:
-            _DISPATCHERS[module] = module.register_forward_hook(_dispatch)
+        if module in _DISPATCHERS or any(hook is _dispatch for hook in module._forward_hooks.values()):
+            return False
+        _DISPATCHERS[module] = module.register_forward_hook(_dispatch)
+        return True
 
 
 def dispatcher_installed(module: nn.Module) -> bool:
     """Whether ``module`` carries the dispatcher hook (the one hook Protoscope leaves on a shared module)."""
-    return module in _DISPATCHERS
+    return module in _DISPATCHERS or any(hook is _dispatch for hook in module._forward_hooks.values())
 
 
 @contextmanager
@@ -64,9 +69,7 @@ def tapped(taps: Mapping[nn.Module, Tap], *, private: bool = False) -> Iterator[
     inspected while it loads, a private copy): its dispatchers are removed again on exit.
     Taps nest: an inner ``tapped`` adds to (or overrides) the outer one's for its body.
     """
-    added = [module for module in taps if module not in _DISPATCHERS]
-    for module in taps:
-        _install(module)
+    added = [module for module in taps if _install(module)]
     outer = _TAPS.get() or {}
     token = _TAPS.set({**outer, **taps})
     try:

@@ -145,9 +145,11 @@ def test_blocks_are_the_stage_outputs_once_each_at_decreasing_resolutions(case):
     for handle in handles:
         handle.remove()
     assert calls == {path: 1 for path in paths}, "each block module runs exactly once per forward"
-    recorded = trace(model, x)
+    recorded = trace(model, x)  # on the compute thread: another OpenMP team may sum in another order
     for block, path in zip(model.blocks, paths):
-        assert torch.allclose(recorded.activations[block], outputs[path], rtol=1e-5, atol=1e-6), block
+        reference = outputs[path]
+        scale = float(reference.abs().max().clamp_min(1))
+        assert torch.allclose(recorded.activations[block], reference, rtol=1e-4, atol=1e-5 * scale), block
         assert recorded.activations[block].shape[1:] == model.block_shapes[block]
 
 

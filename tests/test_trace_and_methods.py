@@ -328,3 +328,22 @@ def test_a_map_with_non_finite_values_is_refused_with_the_reason(monkeypatch):
     monkeypatch.setattr(explainers.api, "_compute", overflowing)
     with pytest.raises(MethodUnavailableError, match="non-finite"):
         explain(model, image, "gradcam", block="B3")
+
+
+def test_a_deep_copy_of_a_tapped_module_runs_each_tap_once():
+    """A copy of a model already used keeps the original's dispatcher in its hooks; tapping the copy
+    must not add a second one (each tap would then see every call twice)."""
+    import copy
+
+    from explainers.hooks import tapped
+
+    model = digits_model()
+    image = digits_test_batch(1)[0]
+    trace(model, image)  # the blocks get their dispatchers
+    twin = copy.deepcopy(model.net)
+    seen = []
+    with tapped({twin.layer3: seen.append}):
+        with torch.no_grad():
+            twin(image)
+    assert len(seen) == 1
+    assert sum(1 for hook in twin.layer3._forward_hooks.values()) == 1
