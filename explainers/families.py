@@ -53,7 +53,7 @@ from zennit.types import Activation, AvgPool, BatchNorm, Linear, MaxPool
 
 from . import compute
 from .errors import BlockError
-from .hooks import tapped
+from .hooks import tapped, without_hooks
 from .registry import Registry
 
 if TYPE_CHECKING:
@@ -499,7 +499,7 @@ class Family:
 
     def with_classes(self, net: nn.Module, num_classes: int) -> nn.Module:
         """A copy of ``net`` whose classifier (its last ``nn.Linear``) has ``num_classes`` outputs."""
-        twin = _unhooked(copy.deepcopy(net))
+        twin = without_hooks(copy.deepcopy(net))
         path, old = [(name, m) for name, m in twin.named_modules() if isinstance(m, nn.Linear)][-1]
         twin.set_submodule(path, nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
         return twin.eval()
@@ -870,17 +870,8 @@ def timm_blocks(net: nn.Module, probe_result: Probe) -> list[str]:
     return paths
 
 
-def _unhooked(net: nn.Module) -> nn.Module:
-    """A copied network loses the hooks it copied (the dispatchers of the network it was copied from)."""
-    for module in net.modules():
-        module._forward_hooks.clear()
-        module._forward_pre_hooks.clear()
-        module._backward_hooks.clear()
-    return net
-
-
 def _timm_with_classes(net: nn.Module, num_classes: int) -> nn.Module:
-    twin = _unhooked(copy.deepcopy(net))
+    twin = without_hooks(copy.deepcopy(net))
     twin.reset_classifier(num_classes)
     return twin.eval()
 

@@ -33,7 +33,7 @@ _TAPS: ContextVar[Optional[Mapping[nn.Module, Tap]]] = ContextVar("protoscope_ta
 _DISPATCHERS: "weakref.WeakKeyDictionary[nn.Module, object]" = weakref.WeakKeyDictionary()
 _INSTALLING = threading.Lock()
 
-__all__ = ["Tap", "dispatcher_installed", "tapped"]
+__all__ = ["Tap", "dispatcher_installed", "tapped", "without_hooks"]
 
 
 def _dispatch(module: nn.Module, _inputs: object, output: object) -> object:
@@ -82,3 +82,14 @@ def tapped(taps: Mapping[nn.Module, Tap], *, private: bool = False) -> Iterator[
                     handle = _DISPATCHERS.pop(module, None)
                     if handle is not None:
                         handle.remove()  # type: ignore[attr-defined]
+
+
+def without_hooks(net: nn.Module) -> nn.Module:
+    """``net`` (a fresh copy) with every forward, pre-forward and backward hook dropped: a deep copy
+    inherits the hooks of what it was copied from (dispatchers, a user's or a test's hooks), which
+    would otherwise fire in the copy's passes too."""
+    for module in net.modules():
+        module._forward_hooks.clear()
+        module._forward_pre_hooks.clear()
+        module._backward_hooks.clear()
+    return net

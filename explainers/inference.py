@@ -22,6 +22,7 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .families import family_for
+from .hooks import without_hooks
 
 __all__ = ["conv_bn_pairs", "fold_batch_norms", "hookless_copy", "inference_copy", "structural_copy"]
 
@@ -32,12 +33,7 @@ def hookless_copy(net: nn.Module) -> nn.Module:
     A copy made while another pass runs (the trace's hooks, a counter in a test) or of a user's
     hooked model must not inherit hooks that would fire in the copy's passes too.
     """
-    twin = copy.deepcopy(net).eval()
-    for module in twin.modules():
-        module._forward_hooks.clear()
-        module._forward_pre_hooks.clear()
-        module._backward_hooks.clear()
-    return twin.requires_grad_(False)
+    return without_hooks(copy.deepcopy(net)).eval().requires_grad_(False)
 
 
 def structural_copy(net: nn.Module) -> nn.Module:
@@ -55,12 +51,7 @@ def structural_copy(net: nn.Module) -> nn.Module:
             memo[id(tensor)] = nn.Parameter(tensor.detach(), requires_grad=tensor.requires_grad)
         else:
             memo[id(tensor)] = tensor.detach()
-    twin = copy.deepcopy(net, memo)
-    for module in twin.modules():
-        module._forward_hooks.clear()
-        module._forward_pre_hooks.clear()
-        module._backward_hooks.clear()
-    return twin
+    return without_hooks(copy.deepcopy(net, memo))
 
 
 def conv_bn_pairs(net: nn.Module) -> list[tuple[str, str]]:
