@@ -10,7 +10,9 @@ measured 26 ms per masked pass at batches of 32 against 15 ms at its best batch 
 inputs, under ``torch.inference_mode``, each timing a job of the compute thread) and keeps,
 among the sizes within 10% of the best time per image, the smallest: nearly the same throughput with
 the shortest jobs, so that other sessions wait least between batches (``explainers.compute``).
-Sizes whose one batch takes longer than ``JOB_SECONDS`` are not tried further. The choice is
+Sizes are tried from 1 upwards until a batch would take longer than ``JOB_SECONDS`` at the best
+speed seen so far, or a size is slower per image than the best by more than ``NEAR_BEST`` (the
+curve has turned up), so the first Score-CAM of a model pays about a second for the timing. The choice is
 kept per network for the life of the process; ``timings(model)`` shows what was measured.
 """
 from __future__ import annotations
@@ -31,8 +33,8 @@ if TYPE_CHECKING:
 
 CANDIDATES = (1, 2, 4, 8, 16, 32, 64)
 NEAR_BEST = 1.10  # sizes within this factor of the best time per image count as equally fast
-JOB_SECONDS = 0.5  # a batch slower than this is not grown further (other sessions wait for it)
-REPEATS = 3
+JOB_SECONDS = 0.25  # no batch expected to take longer than this is tried (other sessions wait for it)
+REPEATS = 2
 
 _MEASURED: "weakref.WeakKeyDictionary[nn.Module, dict[int, float]]" = weakref.WeakKeyDictionary()
 _MEASURING = threading.Lock()
@@ -66,12 +68,14 @@ def choose(per_image: dict[int, float]) -> int:
 def _measure(network: nn.Module, probe: torch.Tensor) -> dict[int, float]:
     per_image: dict[int, float] = {}
     for size in CANDIDATES:
+        if per_image and size * min(per_image.values()) > JOB_SECONDS:
+            break  # even at the best speed seen, this batch would hold the compute thread too long
         batch = probe.expand(size, *probe.shape[1:]).contiguous(memory_format=torch.channels_last)
         compute.run_batch(_timed, network, batch)  # warm-up: allocator and kernels for this shape
         seconds = statistics.median(compute.run_batch(_timed, network, batch) for _ in range(REPEATS))
         per_image[size] = seconds / size
-        if seconds > JOB_SECONDS:
-            break
+        if per_image[size] > min(per_image.values()) * NEAR_BEST:
+            break  # the curve has turned up: bigger is slower
     return per_image
 
 
