@@ -30,10 +30,10 @@ from sklearn.neighbors import NearestNeighbors
 from .data import DatasetSpec
 from .errors import UserInputError
 from .models import BLOCK_NAMES, ModelSpec
-from .progress import Progress, scaled
-from .prototypes import KIND, PrototypeExplainer, batches, depth_blocks, embeddings, model_labels
+from .features import LOGITS, FeatureCache, memory_budget
+from .progress import Progress, report_fraction, scaled
+from .prototypes import KIND, PrototypeExplainer, depth_blocks, embeddings, model_labels
 from .store import cache_dir, find, write_atomically
-from .trace import trace
 
 RESULTS_VERSION = 1  # bump when a table or the projection is computed differently: stored ones are then ignored
 
@@ -71,21 +71,21 @@ def alignment_table(model: ModelSpec, embeddings: np.ndarray, labels: np.ndarray
 
 def accuracies(model: ModelSpec, dataset: DatasetSpec, explainers: dict[str, PrototypeExplainer],
                progress: Progress | None = None, batch_size: int = 128) -> dict[str, float]:
-    """Accuracy of the CNN and of each explainer on a dataset, from ONE pass per batch through all blocks."""
+    """Accuracy of the CNN and of each explainer on a dataset, from its feature cache (one pass through
+    all the blocks needed, once per model and data, shared with the fits), a chunk of images at a time."""
     needed = sorted({b for e in explainers.values() for b in depth_blocks(e.depth)} | {BLOCK_NAMES[-1]})
     correct = {name: 0 for name in ["CNN", *explainers]}
     labels = model_labels(model, dataset)  # a folder's classes as the model's
-    for start, inputs in batches(model, dataset, batch_size):
-        truth = labels[start:start + len(inputs)]
-        with torch.inference_mode():
-            result = trace(model, inputs, blocks=needed)
-        activations = result.activations
-        correct["CNN"] += int((result.logits.argmax(1).numpy() == truth).sum())
-        for name, explainer in explainers.items():
-            correct[name] += int((explainer.predict_activations(activations) == truth).sum())
-        if progress:
-            done = start + len(inputs)
-            progress(done / len(dataset), f"scoring {dataset.split} images: {done:,} / {len(dataset):,}")
+    with FeatureCache(model, dataset) as cache:
+        cache.ensure([*needed, LOGITS], scaled(progress, 0.0, 0.9), batch_size)
+        for chosen, arrays in cache.chunks([*needed, LOGITS], np.arange(len(dataset)), memory_budget() // 8):
+            truth = labels[chosen]
+            correct["CNN"] += int((arrays[LOGITS].argmax(1) == truth).sum())
+            activations = {b: torch.from_numpy(arrays[b]) for b in needed}
+            for name, explainer in explainers.items():
+                correct[name] += int((explainer.predict_activations(activations) == truth).sum())
+            report_fraction(0.9 + 0.1 * (chosen[-1] + 1) / len(dataset),
+                            f"scoring {dataset.split} images: {chosen[-1] + 1:,} / {len(dataset):,}", progress)
     return {name: count / len(dataset) for name, count in correct.items()}
 
 

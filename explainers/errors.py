@@ -11,7 +11,7 @@ user's input keeps working.
 """
 from __future__ import annotations
 
-__all__ = ["BlockError", "CheckpointError", "DatasetError", "ImageError", "MethodUnavailableError",
+__all__ = ["BlockError", "CheckpointError", "DatasetError", "FitCancelled", "ImageError", "MethodUnavailableError",
            "ModelUnavailableError", "UserInputError"]
 
 
@@ -41,3 +41,8 @@ class DatasetError(UserInputError):
 
 class BlockError(UserInputError):
     """A module that cannot serve as a block (it runs twice per forward, or returns no feature map)."""
+
+
+class FitCancelled(UserInputError):
+    """A fit stopped because a person asked (its Cancel button): what it had written to the feature cache is
+    whole, and the next fit of the same model and data resumes from it."""

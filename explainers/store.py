@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Callable, Hashable, Iterator, Optional, Protoc
 
 from . import compute
 from .data import DatasetSpec, load_dataset
-from .errors import DatasetError
+from .errors import DatasetError, FitCancelled
 from .progress import Progress, current_listener, with_eta
 
 if TYPE_CHECKING:
@@ -192,11 +192,17 @@ class _Flight:
 
     def __init__(self) -> None:
         self.done = threading.Event()
+        self.cancelled = threading.Event()
         self.state: tuple[float, str] = (0.0, "starting")
         self.result: object = None
         self.error: BaseException | None = None
 
     def update(self, fraction: float, text: str) -> None:
+        """Publish the work's progress; raise ``FitCancelled`` into the work once a cancel was asked (the
+        work reports between its steps, so it stops at the next one, with what it wrote whole)."""
+        if self.cancelled.is_set():
+            raise FitCancelled("The fit was cancelled. What it had computed of the features is kept on disk: "
+                               "the next fit of this model and data resumes from there.")
         self.state = (fraction, text)  # one tuple assignment: readers never see half an update
 
 
@@ -282,6 +288,20 @@ class Store:
         if progress is not None and shown is not None:
             progress(1.0, "done")
         return flight.result  # type: ignore[return-value]
+
+    def cancel(self, key: Key) -> bool:
+        """Stop the work under way for ``key`` at its next step (every session waiting for it is told
+        ``FitCancelled``); False when nothing is under way for it."""
+        with self._lock:
+            flight = self._flights.get(key)
+        if flight is None:
+            return False
+        flight.cancelled.set()
+        return True
+
+    def is_under_way(self, key: Key) -> bool:
+        with self._lock:
+            return key in self._flights
 
     # ---- looking inside (tests, a future admin page) ----
     def __contains__(self, key: Key) -> bool:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -122,7 +124,21 @@ def ship_prototypes(model_name: str = "digits", out: Path = PROTOTYPES) -> list[
     """Fit the prototype explainers the pages ask for by default, compute Figure 2 of the default
     classes and Tables 1-2, and write them to ``out`` under the keys the disk cache looks up
     (``fit_prototypes``, ``alignment.stored_*``); files there from earlier weights are removed.
-    Nothing is read from any cache: this is what a fresh machine would compute."""
+    Nothing is read from any cache: this is what a fresh machine would compute (the feature cache the
+    fits, embeddings and tables share goes to a temporary folder, deleted after)."""
+    with tempfile.TemporaryDirectory(prefix="protoscope-ship-") as scratch:
+        previous = os.environ.get("PROTOSCOPE_CACHE")
+        os.environ["PROTOSCOPE_CACHE"] = scratch
+        try:
+            return _ship_prototypes(model_name, out)
+        finally:
+            if previous is None:
+                os.environ.pop("PROTOSCOPE_CACHE", None)
+            else:
+                os.environ["PROTOSCOPE_CACHE"] = previous
+
+
+def _ship_prototypes(model_name: str, out: Path) -> list[Path]:
     model = load_model(model_name)
     train, test = load_dataset(model.dataset, "train"), load_dataset(model.dataset, "test")
     out.mkdir(parents=True, exist_ok=True)

@@ -579,3 +579,26 @@ def test_a_method_whose_own_check_fails_is_not_drawn_and_the_others_are(monkeypa
     assert panel_labels(app) == ["Grad-CAM"]
     warnings = " ".join(w.value for w in app.warning)
     assert "LRP-ε is not shown" in warnings and "not conserved on this image" in warnings
+
+
+def test_a_cancelled_fit_is_not_started_again_by_a_rerun_and_can_be_resumed(tmp_path, monkeypatch):
+    """After the Cancel button (``ui.prototype_cache._cancel``), the page says what was kept and offers to
+    resume instead of fitting again on every rerun; Resume fits (here: a K/C that nothing has shipped)."""
+    from explainers import load_dataset, store
+    from explainers.methods.prototype import recipe
+    from explainers.models import load_model as load
+
+    monkeypatch.setenv("PROTOSCOPE_CACHE", str(tmp_path))
+    monkeypatch.setattr(store, "STORE", store.Store())
+    key = recipe(load("digits"), "B4", 2, load_dataset("digits", "train")).key
+    app = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    app.query_params.update(model="digits", per_class="2", block="B4")
+    app.session_state["cancelled_fits"] = {key}
+    app.run()
+    app.switch_page("pages/segments.py").run()
+    assert not app.exception
+    assert any("was cancelled" in info.value for info in app.info), [i.value for i in app.info]
+    assert len(store.STORE) == 0  # nothing was fitted
+    app.button(key="resume_B4_2").click().run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    assert key in store.STORE and not app.session_state["cancelled_fits"]

@@ -147,12 +147,14 @@ def test_fitting_is_reproducible_by_seed(model, train):
 
 
 def test_nearest_patches_are_the_closest_training_pixels(model, train, fitted):
-    """Brute force over every training pixel at B4 agrees with the recorded patches."""
+    """Brute force over every training pixel at B4 agrees with the recorded patches. The fit reads the
+    block outputs from its float16 feature cache, so the brute force rounds them the same way."""
     explainer = fitted["B4"]
     rows = []
     for start in range(0, len(train), 256):
         inputs = torch.stack([model.transform(train[i][0]) for i in range(start, min(start + 256, len(train)))])
-        rows.append(hcheck(trace(model, inputs, blocks=["B4"]).activations, ("B4",)).reshape(-1, 128))
+        stored = {"B4": trace(model, inputs, blocks=["B4"]).activations["B4"].half().float()}
+        rows.append(hcheck(stored, ("B4",)).reshape(-1, 128))
     rows = torch.cat(rows)
     distances = torch.cdist(torch.from_numpy(explainer.prototypes_), rows)
     best = distances.argmin(dim=1)
@@ -590,15 +592,20 @@ def test_progress_says_the_time_left_from_the_time_spent():
     assert [duration(s) for s in (0.4, 59, 80, 3600, 7380)] == ["0 s", "59 s", "1 min 20 s", "1 h", "2 h 3 min"]
 
 
-def test_a_fit_reports_its_stages_with_images_done(model, train, tmp_path):
-    reports = []
-    PrototypeExplainer("B4", per_class=1).fit(model, train, progress=lambda f, m: reports.append((f, m)))
-    fractions = [f for f, _ in reports]
-    assert fractions == sorted(fractions) and fractions[-1] == 1.0
-    texts = [m for _, m in reports]
-    assert "stage 1 of 3, extracting features: 1,437 / 1,437 images" in texts
-    assert any(m.startswith("stage 2 of 3, k-means at B4: class 10 of 10") for m in texts)
-    assert "stage 3 of 3, finding the nearest training patches: 1,437 / 1,437 images" in texts
+def test_a_fit_reports_its_stages_with_images_done(model, train, tmp_path, monkeypatch):
+    monkeypatch.setenv("PROTOSCOPE_CACHE", str(tmp_path))  # no features cached yet
+    for fit in ("first", "second"):
+        reports = []
+        PrototypeExplainer("B4", per_class=1).fit(model, train, progress=lambda f, m: reports.append((f, m)))
+        fractions = [f for f, _ in reports]
+        assert fractions == sorted(fractions) and fractions[-1] == 1.0
+        texts = [m for _, m in reports]
+        if fit == "first":
+            assert "stage 1 of 3, extracting features: 1,437 / 1,437 images" in texts
+        else:  # the features are on disk: no pass over the images, and the stage says so
+            assert "stage 1 of 3, extracting features: features of 1,437 images read from the cache" in texts
+        assert "stage 2 of 3, k-means at B4: 10 of 10 classes" in texts
+        assert "stage 3 of 3, finding the nearest training patches: 1,437 / 1,437 images" in texts
 
 
 def test_the_kc_control_keeps_its_value_across_pages_and_mends_a_url(tmp_path, monkeypatch):

@@ -15,9 +15,11 @@ import streamlit as st
 from explainers import UserInputError
 from explainers.alignment import Projection, stored_accuracy_table, stored_alignment_table, stored_projection
 from explainers.models import ModelSpec
-from explainers.methods.prototype import PER_CLASS, fitted
+from explainers import store
+from explainers.methods.prototype import PER_CLASS, fitted, recipe
 from explainers.progress import current_listener, with_eta
-from explainers.prototypes import PrototypeExplainer, embeddings, model_labels
+from explainers.prototypes import KIND, PrototypeExplainer, embeddings, model_labels
+from explainers.store import Key, find
 
 from .cache import get_dataset
 from .progress import progress_bar
@@ -70,13 +72,37 @@ def per_class_control(container: object = st) -> int:
 def explainer(model: ModelSpec, source: str, depth: str, per_class: int) -> PrototypeExplainer:
     """The explainer fitted on ``source`` (a dataset name or an ImageFolder path), the very object the
     Saliency page's k-means attribution uses for the same model, data, depth and K/C; a first fit shows
-    the progress bar every page shows for it (the store's title, stage, images, time left)."""
+    the progress bar every page shows for it (the store's title, stage, images, time left) and a Cancel
+    button. A cancelled fit is not started again by the next rerun of this session: the page says what
+    was kept and offers to resume (from the features already on disk)."""
     try:
+        data = get_dataset(source, "train")
+        wanted = recipe(model, depth, per_class, data)
+        cancelled = st.session_state.setdefault("cancelled_fits", set())
+        if wanted.key in cancelled:
+            st.info(f"The {depth} fit (K/C = {per_class}) was cancelled. The features it had computed are kept "
+                    "on disk, so resuming starts where it stopped.", icon=":material/pause_circle:")
+            st.button("Resume the fit", key=f"resume_{depth}_{per_class}", icon=":material/play_arrow:",
+                      on_click=cancelled.discard, args=(wanted.key,))
+            st.stop()
+        slot = st.empty()
+        if wanted.key not in store.STORE and find(KIND, wanted.filename) is None:  # a fit, not a read: it may be long
+            slot.button("Cancel this fit", key=f"cancel_{depth}_{per_class}", icon=":material/stop_circle:",
+                        on_click=_cancel, args=(wanted.key,),
+                        help="Stops the fit at its next step, for every session waiting for it. The features "
+                             "computed so far stay on disk, and the next fit resumes from them.")
         with progress_bar():
-            return fitted(model, depth, per_class, get_dataset(source, "train"))
+            result = fitted(model, depth, per_class, data)
+        slot.empty()
+        return result
     except UserInputError as error:  # classes that do not match, too few images for the prototypes asked, ...
         st.error(f"Could not fit the {depth} prototypes: {error}")
         st.stop()
+
+
+def _cancel(key: Key) -> None:
+    store.STORE.cancel(key)
+    st.session_state.setdefault("cancelled_fits", set()).add(key)
 
 
 @st.cache_data(show_spinner="Embedding the dataset…", max_entries=16)

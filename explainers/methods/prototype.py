@@ -43,8 +43,14 @@ def fitted(model: "ModelSpec", depth: str, per_class: int = PER_CLASS, data: "st
     sessions ask at once, each told its progress in its own thread (``progress``, default: the listener
     of ``progress.reporting``). The explainer returned is shared and frozen (``PrototypeExplainer.freeze``).
     """
+    return store.STORE.get(recipe(model, depth, per_class, data), progress)
+
+
+def recipe(model: "ModelSpec", depth: str, per_class: int = PER_CLASS,
+           data: "store.TrainingData | None" = None) -> PrototypeRecipe:
+    """What ``fitted`` asks the store for: its key cancels a fit under way (``store.STORE.cancel``)."""
     dataset = store.training_set(model, data, f"The {depth} prototype explainer")
-    return store.STORE.get(PrototypeRecipe(model, dataset, PrototypeExplainer(depth, per_class)), progress)
+    return PrototypeRecipe(model, dataset, PrototypeExplainer(depth, per_class))
 
 
 def _has_training_set(model: "ModelSpec", block: str) -> str | None:
