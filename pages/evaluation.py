@@ -1,6 +1,7 @@
 """Evaluation: which map to trust. Faithfulness metrics of the sidebar's methods over a set of images."""
 import plotly.graph_objects as go
 import streamlit as st
+from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from explainers import method_info
@@ -66,6 +67,7 @@ with progress_bar():
                           selection.train_source)
 
 labels = {name: method_info(name).label for name in found.methods}
+colours = {name: qualitative.D3[i % len(qualitative.D3)] for i, name in enumerate(found.methods)}  # same in every panel
 for name, reason in found.failures.items():
     st.warning(f"**{method_info(name).label}** is not evaluated: {reason}")
 if not found.methods:
@@ -107,7 +109,8 @@ for column, kind in enumerate(kinds, start=1):
     for name in here.methods:
         line = curves[(curves["curve"] == kind) & (curves["method"] == name)]
         figure.add_trace(go.Scatter(x=line["fraction"], y=line["probability"], mode="lines+markers", name=labels[name],
-                                    legendgroup=name, showlegend=column == 1, marker=dict(size=4)), 1, column)
+                                    legendgroup=name, showlegend=column == 1, marker=dict(size=4),
+                                    line=dict(color=colours[name])), 1, column)
 figure.update_xaxes(title_text="fraction of pixels", range=[0, 1])
 figure.update_yaxes(title_text="probability of the class", range=[0, 1.02], col=1)
 figure.update_layout(height=360, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
@@ -148,7 +151,8 @@ for column, order in enumerate(("MoRF", "LeRF"), start=1):
     for name in found.methods:
         line = means[(means["order"] == order) & (means["method"] == name)]
         road_figure.add_trace(go.Scatter(x=line["fraction"], y=line["probability"], mode="lines+markers",
-                                         name=labels[name], legendgroup=name, showlegend=column == 1), 1, column)
+                                         name=labels[name], legendgroup=name, showlegend=column == 1,
+                                         line=dict(color=colours[name])), 1, column)
 road_figure.update_xaxes(title_text="fraction removed", range=[0, 1])
 road_figure.update_yaxes(range=[0, 1.02])
 road_figure.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.3))

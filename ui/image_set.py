@@ -54,7 +54,7 @@ def image_set_control(selection: Selection, prefix: str = "eval_") -> ImageSet |
     assert model is not None and selection.image_data is not None
     own = model.sample_dataset
     names = {"current": "the current image", "dataset": f"test images of {own}", "folder": "test images of a folder"}
-    columns = st.columns([3, 2, 3])
+    columns = st.columns([5, 2, 4])
     kind = columns[0].radio("Images", KINDS, key=f"{prefix}images", horizontal=True, format_func=names.get,
                             help="The current image is the sidebar's, with its target class; the others are "
                                  "explained for their predicted class. Images are spread evenly over the test split.")
