@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Mapping, Sequence
 
@@ -604,27 +605,38 @@ def _mask(indices: np.ndarray, pixels: int) -> np.ndarray:
 def _run_plan(model: ModelSpec, inputs: torch.Tensor, targets: torch.Tensor, plan: _Plan,
               settings: EvaluationSettings, listener: Progress | None) -> tuple[np.ndarray, float, float]:
     """The target's probability for every recipe of ``plan``: batches of the measured size through the
-    inference copy, each a compute job; ROAD inputs are imputed just before their batch, in this thread."""
+    inference copy, each a compute job. ROAD inputs are imputed in this thread (scipy, not torch) while
+    the previous batch runs on the compute thread, so the two overlap."""
     network = model.inference_net
     size = batching.batch_size(model)
     shared = compute.run(_chunk_tensors, inputs, deletion_baseline(model), settings.blur_kernel, settings.blur_sigma)
     values = np.zeros(len(plan.recipes))
-    pass_seconds = imputation_seconds = 0.0
+    timing = {"passes": 0.0, "imputation": 0.0}
     total = len(plan.recipes)
-    for start in range(0, total, size):
-        batch = plan.recipes[start:start + size]
-        began = time.perf_counter()
-        for recipe in batch:
-            if recipe.kind == "road" and isinstance(recipe.data, np.ndarray):
-                recipe.data = noisy_linear_imputation(
-                    inputs[recipe.image], recipe.data.reshape(inputs.shape[-2:]), settings.road_noise,
-                    recipe.seed)
-        imputation_seconds += time.perf_counter() - began
-        scores, seconds = compute.run_batch(_score_job, network, shared, targets, batch)
-        values[start:start + len(batch)] = scores
-        pass_seconds += seconds
-        report(start + len(batch), total, f"Evaluation: {start + len(batch)} of {total} perturbed inputs", listener)
-    return values, pass_seconds, imputation_seconds
+
+    def collect(start: int, running: Future) -> None:
+        scores, seconds = running.result()
+        values[start:start + len(scores)] = scores
+        timing["passes"] += seconds
+        report(start + len(scores), total, f"Evaluation: {start + len(scores)} of {total} perturbed inputs", listener)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="protoscope-evaluation") as submitter:
+        pending: tuple[int, Future] | None = None
+        for start in range(0, total, size):
+            batch = plan.recipes[start:start + size]
+            began = time.perf_counter()
+            for recipe in batch:
+                if recipe.kind == "road" and isinstance(recipe.data, np.ndarray):
+                    recipe.data = noisy_linear_imputation(
+                        inputs[recipe.image], recipe.data.reshape(inputs.shape[-2:]), settings.road_noise,
+                        recipe.seed)
+            timing["imputation"] += time.perf_counter() - began
+            if pending is not None:
+                collect(*pending)
+            pending = (start, submitter.submit(compute.run_batch, _score_job, network, shared, targets, batch))
+        if pending is not None:
+            collect(*pending)
+    return values, timing["passes"], timing["imputation"]
 
 
 @dataclass
