@@ -138,7 +138,9 @@ with downloads[2]:
 st.subheader("ROAD: remove and debias (Rong et al. 2022)")
 road_table = labelled(found.road_table())
 st.dataframe(road_table, hide_index=True, width="stretch",
-             column_config={c: st.column_config.NumberColumn(c, format="%.3f") for c in ("morf", "lerf", "gap")})
+             column_config={"morf": st.column_config.NumberColumn("MoRF", format="%.3f"),
+                            "lerf": st.column_config.NumberColumn("LeRF", format="%.3f"),
+                            "gap": st.column_config.NumberColumn("gap (LeRF − MoRF)", format="%.3f")})
 st.caption("The most relevant (MoRF) or least relevant (LeRF) pixels are removed and filled in from their "
            "neighbours, with a little noise, so that the shape of the hole tells the network nothing. Mean "
            f"probability over the removal levels ({', '.join(f'{f:.0%}' for f in settings.road_fractions)}) and "
