@@ -106,6 +106,17 @@ def check_clustercam(page) -> None:
     assert "base" in text and "scissors" in text, "the base and the scissors are not named"
 
 
+def check_evaluation(page) -> None:
+    check_no_exception(page)
+    page.locator('[data-testid="stPlotlyChart"]').nth(1).wait_for(state="visible", timeout=60_000)  # both figures
+    try:  # confidence, AUC, ROAD and cost tables
+        page.locator('[data-testid="stDataFrame"]').nth(3).wait_for(state="attached", timeout=60_000)
+    except Exception:
+        pytest.fail("the four tables are missing")
+    text = page.locator('[data-testid="stMain"]').inner_text()
+    assert "Cluster-CAM" in text and "distinct perturbed inputs" in text, text[:600]
+
+
 def check_images_loaded(page, minimum: int) -> None:
     """At least ``minimum`` images shown, every one loaded from the media endpoint (a busy
     machine renders the page's elements some seconds after the script finished)."""
@@ -134,6 +145,7 @@ PAGES = [
     Page("clustercam?model=digits", "clustercam", check_clustercam),
     Page("segments?model=digits&figure1=1", "segments", check_segments),
     Page("prototypes?model=digits", "prototypes", check_prototypes),
+    Page("evaluation?model=digits&methods=gradcam,scorecam,clustercam", "evaluation", check_evaluation),
 ]
 
 

@@ -1,0 +1,283 @@
+"""Faithfulness metrics (``explainers.evaluation``): constructed cases with known answers, agreement
+with a plain loop over images and steps written here, sharing of perturbed inputs, and a 50-image run."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torchvision.transforms.functional import gaussian_blur
+
+from explainers import explain_many, load_dataset, load_model
+from explainers.evaluation import (EvaluationSettings, deletion_baseline, evaluate, evaluate_maps,
+                                   noisy_linear_imputation, subset, unit_scaled)
+from explainers.evaluation.imputation import NEIGHBOURS
+from explainers.inputs import as_batch
+from explainers.models import from_module
+from explainers.settings import SettingValueError
+
+from helpers import one_thread
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_model("digits")
+
+
+@pytest.fixture(scope="module")
+def digit_inputs(digits):
+    return as_batch(digits, [image for image, _ in subset(load_dataset("digits", "test"), 3)])
+
+
+# ------------------------------------------------------------------------------- constructed cases
+
+def test_a_map_of_ones_drops_nothing_and_increases_nothing(digits, digit_inputs):
+    """X o 1 = X: drop 0 and no increase (seed 002 eq. 23), with no pass beyond the images themselves."""
+    ones = np.ones((len(digit_inputs), *digits.input_size), dtype=np.float32)
+    with one_thread():
+        found = evaluate_maps(digits, digit_inputs, {"ones": ones}, metrics=("confidence",))
+    table = found.confidence_table()
+    assert table.loc[0, "drop"] == 0.0 and table.loc[0, "increase"] == 0.0
+    assert found.inputs_run == len(digit_inputs)
+
+
+def test_drop_and_increase_follow_equation_23(digits, digit_inputs):
+    """drop = mean max(0, S(X) - S(XoH)) / S(X) in %, increase = % of S(XoH) > S(X), from the stored scores."""
+    rng = np.random.default_rng(1)
+    maps = rng.random((len(digit_inputs), *digits.input_size)).astype(np.float32)
+    with one_thread():
+        found = evaluate_maps(digits, digit_inputs, {"noise": maps}, metrics=("confidence",))
+    original, masked = found.original, found.masked["noise"]
+    table = found.confidence_table()
+    assert table.loc[0, "drop"] == pytest.approx(100 * np.mean(np.maximum(0, original - masked) / original))
+    assert table.loc[0, "increase"] == pytest.approx(100 * np.mean(masked > original))
+
+
+class LinearModel(nn.Module):
+    """logit_1 = <W, x> + b, logit_0 = 0, behind a 1x1 convolution of weight 1 that serves as the block."""
+
+    def __init__(self, weights: torch.Tensor, bias: float) -> None:
+        super().__init__()
+        self.block = nn.Conv2d(1, 1, 1, bias=False)
+        self.fc = nn.Linear(weights.numel(), 2)
+        with torch.no_grad():
+            self.block.weight.fill_(1.0)
+            self.fc.weight.zero_()
+            self.fc.weight[1] = weights.reshape(-1)
+            self.fc.bias.copy_(torch.tensor([0.0, bias]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.block(x).flatten(1))
+
+
+def test_on_a_linear_model_its_weight_image_beats_its_negation():
+    """With logit = <W, x> + b and an image of bright spots where W is high, removing pixels in the order
+    of W lowers the class fastest (smaller deletion AUC) and inserting them in that order raises it
+    fastest (larger insertion AUC) than in the order of -W."""
+    rng = np.random.default_rng(0)
+    side = 16
+    spots = rng.choice(side * side, size=10, replace=False)
+    weights = torch.from_numpy(-0.3 - 0.1 * rng.random(side * side)).float()
+    weights[spots] = torch.from_numpy(0.5 + 0.5 * rng.random(10)).float()
+    image = torch.zeros(side * side)
+    image[spots] = 2.0
+    model = from_module(LinearModel(weights.view(side, side), bias=-7.0), "linear", input_size=(side, side),
+                        blocks=["block"])
+    assert float(deletion_baseline(model).abs().max()) == 0.0  # normalisation mean 0.5 -> model value 0
+    weight_map = weights.view(1, side, side).numpy()
+    with one_thread():
+        found = evaluate_maps(model, image.view(1, 1, side, side), {"weights": weight_map, "negated": -weight_map},
+                              targets=1, metrics=("deletion", "insertion"), settings=EvaluationSettings(steps=16))
+    deletion, insertion = found.aucs("deletion"), found.aucs("insertion")
+    assert deletion["weights"][0] < deletion["negated"][0] - 0.2
+    assert insertion["weights"][0] > insertion["negated"][0] + 0.2
+    # Both curves end where the other starts: the full image, and the baseline / blurred copy.
+    assert found.deletion["weights"][0, 0] == found.insertion["negated"][0, -1]
+
+
+def test_road_imputation_of_a_constant_image_is_that_constant():
+    image = torch.full((3, 20, 24), 0.7)
+    removed = torch.from_numpy(np.random.default_rng(0).random((20, 24)) < 0.6)
+    exact = noisy_linear_imputation(image, removed, noise=0.0)
+    assert torch.allclose(exact, image, atol=1e-6)
+    noisy = noisy_linear_imputation(image, removed, noise=0.01, seed=3)
+    assert torch.equal(noisy[:, ~removed], image[:, ~removed])  # kept pixels untouched
+    assert float((noisy - image)[:, removed].std()) == pytest.approx(0.01, rel=0.1)
+
+
+def test_road_imputation_solves_its_neighbourhood_equations():
+    """Each removed pixel is the weighted mean (1/6 direct, 1/12 diagonal) of its in-image neighbours."""
+    rng = np.random.default_rng(2)
+    image = torch.from_numpy(rng.random((2, 12, 10))).float()
+    removed = rng.random((12, 10)) < 0.5
+    filled = noisy_linear_imputation(image, removed, noise=0.0).double().numpy()
+    for y, x in zip(*np.nonzero(removed)):
+        total, weight = 0.0, 0.0
+        for (dy, dx), w in NEIGHBOURS:
+            if 0 <= y + dy < 12 and 0 <= x + dx < 10:
+                total, weight = total + w * filled[:, y + dy, x + dx], weight + w
+        np.testing.assert_allclose(filled[:, y, x], total / weight, atol=1e-9)
+
+
+def test_signed_maps_are_scaled_min_max_and_settings_are_checked():
+    assert unit_scaled(np.array([[-2.0, 0.0], [1.0, 2.0]])).tolist() == [[0.0, 0.5], [0.75, 1.0]]
+    with pytest.raises(SettingValueError):
+        EvaluationSettings(steps=1)
+    with pytest.raises(SettingValueError):
+        EvaluationSettings(road_fractions=(0.5, 1.0))
+
+
+# ------------------------------------------------------------------------------- against a plain loop
+
+def _probability(model, x: torch.Tensor, target: int) -> float:
+    with torch.no_grad():
+        return float(model.net(x.unsqueeze(0)).softmax(dim=1)[0, target])
+
+
+def _order(heatmap: np.ndarray, seed: int) -> list[int]:
+    values = heatmap.reshape(-1).astype(np.float64)
+    tiebreak = np.random.default_rng(seed).permutation(values.size)
+    return sorted(range(values.size), key=lambda p: (-values[p], tiebreak[p]))
+
+
+def _dense_imputation(image: np.ndarray, removed: np.ndarray) -> np.ndarray:
+    """Noise-free linear imputation by a dense solve, one pixel at a time."""
+    channels, height, width = image.shape
+    unknown = [(y, x) for y in range(height) for x in range(width) if removed[y, x]]
+    index = {p: i for i, p in enumerate(unknown)}
+    system = np.zeros((len(unknown), len(unknown)))
+    right = np.zeros((len(unknown), channels))
+    for i, (y, x) in enumerate(unknown):
+        for (dy, dx), w in NEIGHBOURS:
+            if 0 <= y + dy < height and 0 <= x + dx < width:
+                system[i, i] += w
+                if removed[y + dy, x + dx]:
+                    system[i, index[y + dy, x + dx]] -= w
+                else:
+                    right[i] += w * image[:, y + dy, x + dx]
+    filled = image.copy()
+    solution = np.linalg.solve(system, right)
+    for i, (y, x) in enumerate(unknown):
+        filled[:, y, x] = solution[i]
+    return filled
+
+
+def test_every_metric_agrees_with_a_plain_loop_over_images_and_steps(digits, digit_inputs):
+    """On the digits model: maps from ``explain_many``, then every perturbed input built and scored one at
+    a time on the model itself (not the inference copy), AUCs by the trapezoid rule written out."""
+    images = digit_inputs[:2]
+    names = ["gradcam", "scorecam"]
+    settings = EvaluationSettings(steps=8, road_fractions=(0.2, 0.4), road_noise=0.0, blur_sigma=20.0)
+    with one_thread():
+        found = evaluate(digits, images, names, block="B3", settings=settings)
+        maps = [explain_many(digits, image, names, block="B3") for image in images]
+    baseline = deletion_baseline(digits).view(-1, 1, 1)
+    blurred = gaussian_blur(images, [41, 41], [20.0, 20.0])
+    pixels = 64 * 64
+    for i, x in enumerate(images):
+        target = int(found.targets[i])
+        original = _probability(digits, x, target)
+        assert found.original[i] == pytest.approx(original, abs=1e-4)
+        for name in names:
+            heatmap = maps[i][name].heatmap
+            h = (heatmap - heatmap.min()) / (heatmap.max() - heatmap.min())
+            assert found.masked[name][i] == pytest.approx(_probability(digits, x * torch.from_numpy(h), target), abs=1e-4)
+            order = _order(heatmap, settings.seed)
+            deletion, insertion = [], []
+            for step in range(settings.steps + 1):
+                k = round(step * pixels / settings.steps)
+                chosen = torch.zeros(pixels, dtype=torch.bool)
+                chosen[order[:k]] = True
+                chosen = chosen.view(64, 64)
+                deletion.append(_probability(digits, torch.where(chosen, baseline, x), target))
+                insertion.append(_probability(digits, torch.where(chosen, x, blurred[i]), target))
+            np.testing.assert_allclose(found.deletion[name][i], deletion, atol=1e-4)
+            np.testing.assert_allclose(found.insertion[name][i], insertion, atol=1e-4)
+            area = sum((deletion[s] + deletion[s + 1]) / 2 / settings.steps for s in range(settings.steps))
+            assert found.aucs("deletion")[name][i] == pytest.approx(area, abs=1e-4)
+            for column, fraction in enumerate(settings.road_fractions if i == 0 else ()):  # dense solves: one image
+                k = round(fraction * pixels)
+                for kind, removed_pixels in (("morf", order[:k]), ("lerf", order[pixels - k:])):
+                    removed = np.zeros(pixels, dtype=bool)
+                    removed[removed_pixels] = True
+                    filled = _dense_imputation(x.double().numpy(), removed.reshape(64, 64))
+                    expected = _probability(digits, torch.from_numpy(filled).float(), target)
+                    assert getattr(found, kind)[name][i, column] == pytest.approx(expected, abs=1e-4)
+
+
+# ------------------------------------------------------------------------------- sharing and the full run
+
+def test_inputs_shared_by_metrics_and_methods_run_once(digits, digit_inputs):
+    """Two methods with the same maps cost no more passes than one; the plain image, the blurred copy and
+    the all-deleted image run once per image whatever the number of methods and metrics."""
+    rng = np.random.default_rng(4)
+    maps = rng.random((len(digit_inputs), *digits.input_size)).astype(np.float32)
+    settings = EvaluationSettings(steps=5, road_fractions=(0.5,))
+    with one_thread():
+        one = evaluate_maps(digits, digit_inputs, {"a": maps}, settings=settings)
+        two = evaluate_maps(digits, digit_inputs, {"a": maps, "b": maps.copy()}, settings=settings)
+    per_image = 1 + 2 + 1 + (5 - 1) * 2 + 2  # X, blurred and baseline, XoH, inner steps, MoRF and LeRF
+    assert one.inputs_run == two.inputs_run == per_image * len(digit_inputs)
+    assert two.inputs_requested == 2 * one.inputs_requested - len(digit_inputs)  # the plain images once
+    for kind in ("masked", "deletion", "insertion", "morf", "lerf"):
+        np.testing.assert_array_equal(getattr(two, kind)["a"], getattr(two, kind)["b"])
+
+
+def test_fifty_test_digits_finish_with_progress_and_table_2(digits):
+    images = subset(load_dataset("digits", "test"), 50)
+    assert len(images) == 50 and len(set(images.labels.tolist())) == 10
+    fractions = []
+    with one_thread():
+        found = evaluate(digits, images, ["gradcam", "clustercam"],
+                         settings=EvaluationSettings(steps=10, road_fractions=(0.2, 0.5, 0.8), blur_sigma=20.0),
+                         progress=lambda fraction, text: fractions.append(fraction))
+    assert found.images == 50 and not found.failures
+    assert fractions[-1] == pytest.approx(1.0) and fractions == sorted(fractions)
+    assert list(found.confidence_table()["method"]) == ["gradcam", "clustercam"]
+    assert found.insertion_problem() is None
+    timing = found.timing_table().set_index("method")
+    assert timing.loc["gradcam", "forwards"] == 1 and timing.loc["gradcam", "backwards"] == 1
+    assert timing.loc["clustercam", "forwards"] == 7  # the shared pass + Q = 6 masked inputs (seed 002, Table 2)
+    assert (timing["seconds"] > 0).all()
+    auc = found.auc_table().set_index("method")
+    assert (auc["deletion"] < auc["insertion"]).all()  # both maps find what the network reads
+    road_table = found.road_table().set_index("method")
+    assert (road_table["gap"] > 0).all()
+
+
+def test_a_method_that_does_not_apply_is_named_not_scored(digits, digit_inputs):
+    with one_thread():
+        found = evaluate(digits, digit_inputs[:1], ["cam", "gradcam"], block="B2", metrics=("confidence",))
+    assert found.methods == ["gradcam"] and "cam" in found.failures
+
+
+# ------------------------------------------------------------------------------- the page
+
+def test_the_evaluation_page_scores_the_current_image():
+    from test_app import page  # the sidebar and the page, as app.py draws them
+
+    app = page("pages/evaluation.py", model="digits", methods="gradcam,scorecam,cam")
+    assert not app.error, [e.value for e in app.error]
+    assert app.title[0].value == "Evaluation"
+    confidence, auc, road_table, timing = (frame.value for frame in app.dataframe)
+    assert list(confidence["method"]) == ["Grad-CAM", "Score-CAM", "CAM"]
+    assert ((confidence["drop"] >= 0) & (confidence["drop"] <= 100)).all()
+    assert list(auc.columns) == ["method", "deletion", "insertion"]  # sigma 20 on digits: insertion is shown
+    assert (road_table["gap"] == road_table["lerf"] - road_table["morf"]).all()
+    assert timing.set_index("method").loc["Score-CAM", "forwards"] > 1
+    assert any("distinct perturbed inputs" in m.value for m in app.markdown)
+
+
+def test_the_evaluation_page_runs_a_dataset_set_on_request_and_withholds_a_blind_insertion():
+    from test_app import page
+
+    app = page("pages/evaluation.py", model="digits", methods="gradcam")
+    app.radio(key="eval_images").set_value("dataset").run()
+    app.number_input(key="eval_count").set_value(4).run()
+    assert not app.dataframe, "a set of several images runs only when asked"
+    app.number_input(key="eval_blur_digits").set_value(5.0).run()  # RISE's sigma leaves a 64-px digit readable
+    app.button(key="eval_run").click().run()
+    assert not app.exception, app.exception
+    assert any("4 test images of digits" in m.value for m in app.markdown)
+    assert any("Insertion is not shown" in w.value for w in app.warning)
+    assert list(app.dataframe[1].value.columns) == ["method", "deletion"]
