@@ -57,12 +57,12 @@ from .maps import upsample
 from .models import BLOCK_NAMES, ModelSpec
 from .progress import Progress, report_fraction, scaled
 from .prototypes import NotFittedError, _mapping_note, _plain, batches, check_classes, class_map, model_labels
-from .store import Key, made, write_atomically
+from .store import STORE, Key, made, write_atomically
 from .trace import trace
 
 __all__ = ["CACHE_VERSION", "ConceptExplanation", "FeatureEvidence", "MODES", "NotFittedError", "QSENN",
            "QSENNRecipe", "concept_table", "diversity_at_5", "diversity_per_image", "feature_diversity_loss",
-           "feature_order", "fit_qsenn", "full_mode_refusal", "quantise"]
+           "feature_order", "fit_qsenn", "full_mode_refusal", "quantise", "shared_qsenn"]
 
 # glm-saga calls softmax without a dim (its only output besides what we silence with its logger).
 warnings.filterwarnings("ignore", message="Implicit dimension choice for softmax", category=UserWarning)
@@ -183,6 +183,11 @@ def feature_diversity_loss(maps: torch.Tensor, weights: torch.Tensor, logits: to
 
 
 # --- the regularisation paths (glm-saga) -----------------------------------------------------------
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A fitted array as a tensor of its own (fitted arrays are read-only once shared; torch warns on those)."""
+    return torch.tensor(np.asarray(array))
+
 
 def _silent(*_args: object) -> None:
     """glm-saga's logger: it prints "did not converge" to stdout otherwise."""
@@ -560,7 +565,7 @@ class QSENN:
 
     def _keep_gallery(self, features: torch.Tensor) -> None:
         """Per selected feature, the training images with the highest pooled activation (its concept gallery)."""
-        chosen = features[:, torch.as_tensor(self.features_)]
+        chosen = features[:, _tensor(self.features_)]
         count = min(GALLERY, len(chosen))
         values, indices = chosen.topk(count, dim=0)
         self.gallery_ = indices.T.numpy().astype(np.int64)
@@ -583,11 +588,11 @@ class QSENN:
     def standardised(self, pooled: torch.Tensor) -> torch.Tensor:
         """f* of pooled block features (N, D): the selected ones, standardised."""
         self._check_fitted()
-        return (pooled[:, torch.as_tensor(self.features_)] - torch.as_tensor(self.mean_)) / torch.as_tensor(self.std_)
+        return (pooled[:, _tensor(self.features_)] - _tensor(self.mean_)) / _tensor(self.std_)
 
     def logits_of(self, pooled: torch.Tensor) -> torch.Tensor:
         """alpha * W_1 f* + b for pooled block features (N, D)."""
-        return self.standardised(pooled) @ torch.as_tensor(self.weights_).T + torch.as_tensor(self.bias_)
+        return self.standardised(pooled) @ _tensor(self.weights_).T + _tensor(self.bias_)
 
     def _maps(self, images: object) -> tuple[torch.Tensor, torch.Tensor]:
         """(block maps (N, D, h, w), the network's own logits) of images, batched, without gradients."""
@@ -617,7 +622,7 @@ class QSENN:
         maps = maps[:1]
         pooled = maps.mean(dim=(2, 3))
         standard = self.standardised(pooled)[0]
-        logits = (standard @ torch.as_tensor(self.weights_).T + torch.as_tensor(self.bias_)).numpy()
+        logits = (standard @ _tensor(self.weights_).T + _tensor(self.bias_)).numpy()
         predicted = int(logits.argmax())
         chosen = predicted if target is None else self.network.check_target(target)
         row = self.weights_[chosen]
@@ -750,12 +755,12 @@ def _layers(layer: QSENN, model: ModelSpec) -> list[_Row]:
         weight = model.classifier.weight.detach().numpy()
         rows.append(_Row("Dense (the model's own layer)", weight, None, False, False))
     rows.append(_Row(f"glm-saga5 (sparse, all {base['weights'].shape[1]} features)", base["weights"],
-                     lambda f: ((f - torch.as_tensor(base["mean"])) / torch.as_tensor(base["std"]))
-                     @ torch.as_tensor(base["weights"]).T + torch.as_tensor(base["bias"]), False, False))
+                     lambda f: ((f - _tensor(base["mean"])) / _tensor(base["std"]))
+                     @ _tensor(base["weights"]).T + _tensor(base["bias"]), False, False))
     if layer.mode == "post-hoc":
         rows.append(_Row(f"W_sp ({layer.n_features_} selected features, before quantisation)", layer.sparse_weights_,
-                         lambda f: layer.standardised(f) @ torch.as_tensor(layer.sparse_weights_).T
-                         + torch.as_tensor(layer.sparse_bias_), True, False))
+                         lambda f: layer.standardised(f) @ _tensor(layer.sparse_weights_).T
+                         + _tensor(layer.sparse_bias_), True, False))
     rows.append(_Row(f"Q-SENN ({layer.mode}, ternary)", layer.weights_, layer.logits_of, True, layer.mode == "full"))
     return rows
 
@@ -769,7 +774,7 @@ def concept_table(layer: QSENN, splits: dict[str, DatasetSpec], progress: Progre
     rows = _layers(layer, model)
     correct = {row.name: {split: 0 for split in splits} for row in rows}
     diversity: dict[str, dict[str, list[np.ndarray]]] = {row.name: {split: [] for split in splits} for row in rows}
-    selected = torch.as_tensor(layer.features_)
+    selected = _tensor(layer.features_)
     total = sum(len(d) for d in splits.values())
     done = 0
     for split, dataset in splits.items():
@@ -866,3 +871,11 @@ def fit_qsenn(model: ModelSpec, dataset: DatasetSpec, progress: Progress | None 
     (those of ``QSENN``). Not kept in memory: ``explainers.store.STORE.get(QSENNRecipe(...))`` is the
     shared, single-flight way the page uses."""
     return made(QSENNRecipe(model, dataset, QSENN(**settings)), progress, cache)  # type: ignore[arg-type]
+
+
+def shared_qsenn(model: ModelSpec, dataset: DatasetSpec, progress: Progress | None = None,
+                 **settings: object) -> QSENN:
+    """The Q-SENN layer of ``model`` on ``dataset`` with ``settings`` from the process's one store: in memory,
+    else from ``.cache/qsenn/`` or the shipped ``assets/qsenn/``, else fitted now (once however many sessions
+    ask at once; each waiter sees the progress). Shared and frozen."""
+    return STORE.get(QSENNRecipe(model, dataset, QSENN(**settings)), progress)  # type: ignore[arg-type]
