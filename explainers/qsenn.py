@@ -143,7 +143,7 @@ def diversity_per_image(feature_maps: torch.Tensor | np.ndarray, weights: torch.
     ``feature_maps``: (N, F, H, W); ``weights``: (C, F), the layer reading those F features.
     """
     maps = torch.as_tensor(np.asarray(feature_maps) if not isinstance(feature_maps, torch.Tensor) else feature_maps)
-    layer = torch.as_tensor(np.asarray(weights) if not isinstance(weights, torch.Tensor) else weights).float()
+    layer = (weights if isinstance(weights, torch.Tensor) else torch.tensor(np.asarray(weights))).float()
     chosen = torch.as_tensor(np.asarray(classes), dtype=torch.long)
     if maps.dim() != 4 or layer.shape[1] != maps.shape[1]:
         raise ValueError(f"feature maps (N, F, H, W) and weights (C, F) must share F: {tuple(maps.shape)}, "
