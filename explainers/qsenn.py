@@ -526,7 +526,6 @@ class QSENN:
         logits = chosen @ torch.as_tensor(quantised).T + bias
         self.history_.append({"round": round_ + 1, "train accuracy": float((logits.argmax(1) == labels).float().mean()),
                               "alpha": alpha})
-        report_fraction(1.0, "layer done", progress)
 
     def _fine_tune(self, model: ModelSpec, network: ModelSpec, dataset: DatasetSpec, labels: torch.Tensor,
                    round_: int, progress: Progress | None) -> ModelSpec:

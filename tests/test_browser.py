@@ -106,6 +106,15 @@ def check_clustercam(page) -> None:
     assert "base" in text and "scissors" in text, "the base and the scissors are not named"
 
 
+def check_concepts(page) -> None:
+    check_no_exception(page)
+    page.locator('[data-testid="stDataFrame"]').first.wait_for(state="attached", timeout=60_000)  # Table 1
+    page.locator('[data-testid="stPlotlyChart"]').nth(1).wait_for(state="visible", timeout=60_000)  # matrix, bars
+    check_images_loaded(page, minimum=7)  # a feature's map and its six gallery images at least
+    text = page.locator('[data-testid="stMain"]').inner_text()
+    assert "Q-SENN predicts" in text and "of the logit's evidence" in text, text[:600]
+
+
 def check_images_loaded(page, minimum: int) -> None:
     """At least ``minimum`` images shown, every one loaded from the media endpoint (a busy
     machine renders the page's elements some seconds after the script finished)."""
@@ -134,6 +143,7 @@ PAGES = [
     Page("clustercam?model=digits", "clustercam", check_clustercam),
     Page("segments?model=digits&figure1=1", "segments", check_segments),
     Page("prototypes?model=digits", "prototypes", check_prototypes),
+    Page("concepts?model=digits", "concepts", check_concepts),
 ]
 
 
