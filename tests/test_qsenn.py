@@ -239,7 +239,7 @@ def small(dataset: DatasetSpec, count: int) -> DatasetSpec:
                        lambda i: dataset[i][0], fingerprint=f"{dataset.fingerprint}[:{count}]")
 
 
-def test_full_mode_fine_tunes_a_copy_and_never_the_shared_model(digits):
+def test_full_mode_fine_tunes_a_copy_and_never_the_shared_model(digits, tmp_path):
     model, train, _ = digits
     before = {k: v.clone() for k, v in model.net.state_dict().items()}
     fingerprint, flags = model.fingerprint, [p.requires_grad for p in model.net.parameters()]
@@ -259,3 +259,8 @@ def test_full_mode_fine_tunes_a_copy_and_never_the_shared_model(digits):
     pooled = pooled_by_hand(layer.network_, images).numpy()
     expected = layer.alpha_ * ((pooled[:, layer.features_] - layer.mean_) / layer.std_) @ np.sign(layer.weights_).T
     np.testing.assert_allclose(layer.decision_function(images), expected + layer.bias_, rtol=1e-4, atol=1e-4)
+    # saved with the fine-tuned weights, read back onto a fresh copy of the shared model's network
+    layer.save(tmp_path / "full.npz")
+    loaded = QSENN.load(tmp_path / "full.npz", model)
+    assert loaded.network_.net is not model.net and loaded.digest_ == layer.digest_
+    np.testing.assert_allclose(loaded.decision_function(images), layer.decision_function(images), rtol=1e-5, atol=1e-5)
