@@ -14,6 +14,7 @@ pages = [
     st.Page("pages/segments.py", title="Segments", icon=":material/grid_view:", url_path="segments"),
     st.Page("pages/prototypes.py", title="Prototypes", icon=":material/hub:", url_path="prototypes"),
     st.Page("pages/evaluation.py", title="Evaluation", icon=":material/fact_check:", url_path="evaluation"),
+    st.Page("pages/concepts.py", title="Concepts", icon=":material/category:", url_path="concepts"),
 ]
 navigation = st.navigation(pages)
 sidebar()

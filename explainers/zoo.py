@@ -2,6 +2,7 @@
 
     python -m explainers.zoo train digits        # reproduces assets/digits_resnet.pt
     python -m explainers.zoo prototypes digits   # reproduces assets/prototypes/ from those weights
+    python -m explainers.zoo qsenn digits        # reproduces assets/qsenn/ (the Concepts page's default layer)
 
 The digits network itself, its weights' path and its input are ``explainers.digits``; this module
 is the command line on top of the library (it imports it; nothing in the library imports it).
@@ -29,9 +30,10 @@ from .digits import (ASSETS, DIGITS_CARD, DIGITS_DEPTHS, DIGITS_MEAN, DIGITS_STD
 from .models import load_model
 from .progress import terminal, with_eta
 from .prototypes import cache_key, embeddings, fit_prototypes, model_labels
+from .qsenn import QSENN, QSENNRecipe
 
 __all__ = ["DIGITS_CARD", "DIGITS_MEAN", "DIGITS_STD", "DIGITS_WEIGHTS", "DigitsResNet", "SHIPPED_FIGURE2_CLASSES",
-           "SHIPPED_FITS", "SHIPPED_PER_CLASS", "accuracy", "digits_tensors", "main", "ship_prototypes",
+           "SHIPPED_FITS", "SHIPPED_PER_CLASS", "accuracy", "digits_tensors", "main", "ship_prototypes", "ship_qsenn",
            "train_digits"]
 
 PROTOTYPES = ASSETS / "prototypes"
@@ -174,6 +176,23 @@ def _ship_prototypes(model_name: str, out: Path) -> list[Path]:
     return written
 
 
+def ship_qsenn(model_name: str = "digits", out: Path = ASSETS / "qsenn") -> Path:
+    """Fit the Concepts page's default layer (post hoc, n_f* = 50, 5 weights per class) and write it to ``out``
+    under the key the store looks up (read there, second tier, on a fresh machine); older files are removed."""
+    model = load_model(model_name)
+    train = load_dataset(model.dataset, "train")
+    recipe = QSENNRecipe(model, train, QSENN())
+    layer = recipe.fit(with_eta(terminal("Q-SENN")))
+    path = out / recipe.filename
+    out.mkdir(parents=True, exist_ok=True)
+    layer.save(path)
+    for stale in set(out.glob("*.npz")) - {path}:
+        print(f"removed {stale.name} (earlier weights or settings)")
+        stale.unlink()
+    print(f"{path.stat().st_size / 1024:8.1f} KB  {path.relative_to(ASSETS.parent)}")
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m explainers.zoo", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -184,9 +203,15 @@ def main(argv: list[str] | None = None) -> None:
     shipped = commands.add_parser("prototypes", help="fit the prototype pages' defaults and write them to "
                                                      "assets/prototypes/ (read there on a fresh machine)")
     shipped.add_argument("model", choices=["digits"])
+    concepts = commands.add_parser("qsenn", help="fit the Concepts page's default Q-SENN layer and write it to "
+                                                 "assets/qsenn/ (read there on a fresh machine)")
+    concepts.add_argument("model", choices=["digits"])
     args = parser.parse_args(argv)
     if args.command == "prototypes":
         ship_prototypes(args.model)
+        return
+    if args.command == "qsenn":
+        ship_qsenn(args.model)
         return
     torch.set_num_threads(max(1, torch.get_num_threads()))
     np.random.seed(args.seed)

@@ -26,7 +26,7 @@ from explainers import method_info, methods
 TIMEOUT = 120
 REPO = Path(__file__).resolve().parents[1]
 PAGES = ["pages/overview.py", "pages/saliency.py", "pages/clustercam.py", "pages/segments.py",
-         "pages/prototypes.py", "pages/evaluation.py"]
+         "pages/prototypes.py", "pages/evaluation.py", "pages/concepts.py"]
 
 
 def page(path: str, **query: str) -> AppTest:
@@ -425,7 +425,7 @@ def test_the_app_opens_on_the_imagenet_model_and_the_cat_photo():
     assert "digits" in app.selectbox(key="model").options  # one click away
 
 
-@pytest.mark.parametrize("path", ["pages/segments.py", "pages/prototypes.py"])
+@pytest.mark.parametrize("path", ["pages/segments.py", "pages/prototypes.py", "pages/concepts.py"])
 def test_prototype_pages_on_the_imagenet_model_say_why_and_switch_to_digits_in_one_click(path):
     app = page(path)
     assert not app.error
@@ -602,3 +602,25 @@ def test_a_cancelled_fit_is_not_started_again_by_a_rerun_and_can_be_resumed(tmp_
     app.button(key="resume_B4_2").click().run()
     assert not app.exception and not app.error, [e.value for e in app.error]
     assert key in store.STORE and not app.session_state["cancelled_fits"]
+def test_concepts_page_shows_table_1_the_assignments_and_the_images_features():
+    """The Concepts page on digits (its default layer ships in assets/qsenn/): Table 1's rows, dense vs Q-SENN
+    on the test split side by side, the ternary class x feature picture, and the image's features with their
+    maps and galleries; another order of the features redraws the picture only."""
+    app = page("pages/concepts.py", model="digits", cls="7")
+    assert not app.error and not app.exception
+    (table,) = app.dataframe
+    layers = list(table.value["layer"])
+    assert layers[0].startswith("Dense") and layers[-1].startswith("Q-SENN (post-hoc")
+    assert any(name.startswith("glm-saga5") for name in layers)
+    ternary = table.value.iloc[-1]
+    assert ternary["features per class"] == 5 and ternary["test accuracy (%)"] >= table.value.iloc[0]["test accuracy (%)"] - 3
+    assert [m.label for m in app.metric] == ["Dense, test", "Q-SENN, test"]
+    headers = [s.value for s in app.subheader]
+    assert "This image · Q-SENN predicts 7" in headers
+    assert app.radio(key="qsenn_mode").options == ["Post-hoc (frozen backbone)",
+                                                   "Full Q-SENN (fine-tunes a copy of the network)"]
+    shares = [m.value for m in app.markdown if "of the logit's evidence" in m.value]
+    assert shares, "no feature of the predicted class is shown"
+    assert len(app.get("image")) >= 7 * len(shares)  # each feature: its map and six gallery images
+    app.radio(key="qsenn_order").set_value("shared").run()
+    assert not app.exception and not app.error

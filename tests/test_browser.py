@@ -115,6 +115,13 @@ def check_evaluation(page) -> None:
         pytest.fail("the four tables are missing")
     text = page.locator('[data-testid="stMain"]').inner_text()
     assert "Cluster-CAM" in text and "distinct perturbed inputs" in text, text[:600]
+def check_concepts(page) -> None:
+    check_no_exception(page)
+    page.locator('[data-testid="stDataFrame"]').first.wait_for(state="attached", timeout=60_000)  # Table 1
+    page.locator('[data-testid="stPlotlyChart"]').nth(1).wait_for(state="visible", timeout=60_000)  # matrix, bars
+    check_images_loaded(page, minimum=7)  # a feature's map and its six gallery images at least
+    text = page.locator('[data-testid="stMain"]').inner_text()
+    assert "Q-SENN predicts" in text and "of the logit's evidence" in text, text[:600]
 
 
 def check_images_loaded(page, minimum: int) -> None:
@@ -146,6 +153,7 @@ PAGES = [
     Page("segments?model=digits&figure1=1", "segments", check_segments),
     Page("prototypes?model=digits", "prototypes", check_prototypes),
     Page("evaluation?model=digits&methods=gradcam,scorecam,clustercam", "evaluation", check_evaluation),
+    Page("concepts?model=digits", "concepts", check_concepts),
 ]
 
 
