@@ -13,6 +13,7 @@ pages = [
     st.Page("pages/clustercam.py", title="Cluster-CAM", icon=":material/scatter_plot:", url_path="clustercam"),
     st.Page("pages/segments.py", title="Segments", icon=":material/grid_view:", url_path="segments"),
     st.Page("pages/prototypes.py", title="Prototypes", icon=":material/hub:", url_path="prototypes"),
+    st.Page("pages/sanity.py", title="Sanity checks", icon=":material/shuffle:", url_path="sanity"),
 ]
 navigation = st.navigation(pages)
 sidebar()

@@ -229,3 +229,47 @@ def test_refusals_say_why():
         randomization_check(model, images, ["gradcam"], block="B7")
     with pytest.raises(MethodUnavailableError, match="last block"):
         randomization_check(model, images, ["cam"], block="B2")
+
+
+# --- the page --------------------------------------------------------------------------------------
+
+def sanity_page(**query: str):
+    from test_app import page
+
+    return page("pages/sanity.py", model="digits", **query)
+
+
+def test_page_shows_a_row_of_maps_per_method_the_curves_the_flags_and_the_downloads():
+    import ui.sanity
+
+    ui.sanity.randomisation.clear()
+    app = sanity_page(methods="gradcam,spectral_residual,kmex_attribution", sanity_images="7")
+    main = " ".join(m.value for m in app.markdown)
+    assert "for the current image and 7 digits images" in main and "cascading randomisation" in main
+    assert [m.value for m in app.markdown if m.value.startswith("**") and m.value.endswith("**")] == \
+        ["**Grad-CAM**", "**Spectral residual**"]
+    captions = [c.value for c in app.caption]
+    assert any("k-means attribution" in c and "prototypes" in c for c in captions), "the prototype method: why not"
+    assert sum(c.startswith(("original ·", "+ ")) for c in captions) == 2 * 7, "one map per method and step"
+    assert len(app.warning) == 1, [w.value for w in app.warning]
+    assert app.warning[0].value.startswith("Spectral residual does not depend on the model's weights on these 8 images")
+    assert "Grad-CAM" in app.success[0].value
+    assert len(app.get("plotly_chart")) == 1
+    assert [b.proto.label for b in app.get("download_button")] == ["Table (CSV)", "Curves (PNG)", "Maps (PNG)"]
+    assert not app.error
+
+
+def test_page_switches_to_independent_randomisation_and_keeps_the_choice_in_the_url():
+    app = sanity_page(methods="gradcam", sanity_mode="independent")
+    captions = [c.value for c in app.caption]
+    assert sum(c.startswith(("original ·",)) for c in captions) == 1
+    assert sum(c.endswith(" only") or " only · " in c for c in captions) == 6, captions
+    assert "independent randomisation" in " ".join(m.value for m in app.markdown)
+    app.radio(key="sanity_mode").set_value("cascading").run()
+    assert not app.exception and app.query_params["sanity_mode"] in ("cascading", ["cascading"])
+    assert sum(c.value.startswith("+ ") for c in app.caption) == 6
+
+
+def test_page_says_why_nothing_can_be_checked():
+    app = sanity_page(methods="kmex_attribution")
+    assert "Choose at least one method" in app.info[0].value and not app.exception

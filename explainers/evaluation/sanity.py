@@ -282,20 +282,25 @@ class RandomizationResult:
                 last = self.final(method)
                 if last.spearman >= self.threshold:
                     found[method] = (
-                        f"{label} does not depend on the model's weights: with every layer randomised its maps "
-                        f"still have a rank correlation of {last.spearman:.2f} (SSIM {last.ssim:.2f}) with the "
-                        f"original (threshold {self.threshold:g}).")
+                        f"{label} does not depend on the model's weights{self._on()}: with every layer randomised its "
+                        f"maps still have a mean rank correlation of {last.spearman:.2f} (SSIM {last.ssim:.2f}) with "
+                        f"the original (threshold {self.threshold:g}).")
                 continue
             steps = self.insensitive_steps(method)
             if steps and len(steps) == len(self.steps) - 1:
-                found[method] = (f"{label} does not depend on the model's weights: randomising any one group "
+                found[method] = (f"{label} does not depend on the model's weights{self._on()}: randomising any one group "
                                  f"({', '.join(steps)}) leaves its maps with a rank correlation of at least "
                                  f"{self.threshold:g} with the original.")
             elif steps:
-                found[method] = (f"{label} barely depends on the weights of {', '.join(steps)}: randomising "
+                found[method] = (f"{label} barely depends on the weights of {', '.join(steps)}{self._on()}: randomising "
                                  f"{'it' if len(steps) == 1 else 'any one of them'} alone leaves its maps with a rank "
                                  f"correlation of at least {self.threshold:g} with the original.")
         return found
+
+    def _on(self) -> str:
+        """Which images a flag speaks for: one image is an anecdote, several are a finding."""
+        images = int(self.per_image.image.nunique()) if len(self.per_image) else 0
+        return " on this image" if images == 1 else f" on these {images} images"
 
 
 def randomization_check(model: ModelSpec, images: Any, methods: Sequence[str], block: str = "B4",
@@ -307,7 +312,7 @@ def randomization_check(model: ModelSpec, images: Any, methods: Sequence[str], b
 
     Maps of the original model, then of each randomised copy (``randomized_models``: ``mode``
     "cascading" or "independent"), for the same target classes (``target``; None: each image's class
-    as the *original* model predicts it), compared with the original map by rank correlation and SSIM
+    as the *original* model predicts it; in a list, None for one image's predicted class), compared with the original map by rank correlation and SSIM
     (module docstring). Every pass is a job of the compute thread (``explainers.trace``); progress goes
     to ``progress`` (default: the listener of ``progress.reporting``), one step per randomisation step
     and batch of ``batch_size`` images, with the methods' own progress inside each step.
@@ -330,7 +335,7 @@ def randomization_check(model: ModelSpec, images: Any, methods: Sequence[str], b
     def unit(index: int) -> Progress | None:
         return scaled(listener, index / total, (index + 1) / total)
 
-    original, failures, targets = _maps(model, inputs, None if target is None else target, chosen, block,
+    original, failures, targets = _maps(model, inputs, _targets(model, inputs, target), chosen, block,
                                         method_settings, parts, ORIGINAL, 0, unit, listener, total)
     missing = [m for m in chosen if m not in original]
     if missing:
@@ -354,6 +359,21 @@ def randomization_check(model: ModelSpec, images: Any, methods: Sequence[str], b
         mode=mode, block=block, methods=list(chosen), steps=steps, groups=groups, targets=targets,
         table=pd.DataFrame(rows), per_image=pd.DataFrame(per_image), maps=kept,
         signed={m: method_info(m).signed for m in chosen}, threshold=threshold, seed=seed, failures=failures)
+
+
+def _targets(model: ModelSpec, inputs: torch.Tensor, target: Any) -> int | list[int] | None:
+    """``target`` as ``trace`` takes it: None (each image's predicted class), one class, or one per image,
+    where a None in a sequence is that image's class as the original model predicts it (one forward)."""
+    if target is None or isinstance(target, (int, np.integer)) or isinstance(target, torch.Tensor):
+        return target
+    given = list(target)
+    if len(given) != len(inputs):
+        raise UserInputError(f"{len(given)} target classes were given for {len(inputs)} images: give one class for "
+                             "all of them, one per image (None for its predicted class), or None.")
+    if any(t is None for t in given):
+        predicted = trace(model, inputs, None, blocks=[next(iter(model.blocks))]).targets.tolist()
+        given = [p if t is None else t for t, p in zip(given, predicted)]
+    return [int(t) for t in given]
 
 
 def _suitable(model: ModelSpec, methods: Sequence[str], block: str) -> list[str]:
@@ -387,7 +407,7 @@ def _maps(spec: ModelSpec, inputs: torch.Tensor, targets: Any, methods: list[str
     chosen_targets: list[int] = []
     settings = dict(method_settings or {})
     for number, part in enumerate(parts):
-        wanted = targets[part] if isinstance(targets, list) else targets
+        wanted = targets[part] if isinstance(targets, (list, torch.Tensor)) else targets
         with reporting(unit(first_unit + number)):
             shared = trace(spec, inputs[part], wanted, gradients=gradients, blocks=blocks)
             chosen_targets += [int(t) for t in shared.targets]
