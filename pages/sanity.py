@@ -4,6 +4,7 @@ import io
 import streamlit as st
 
 from explainers import UserInputError, method_info
+from explainers.data import plural
 from explainers.evaluation import MODES
 from explainers.evaluation.sanity_plots import curves_png, maps_sheet, step_label, step_pictures
 from ui.progress import progress_bar
@@ -30,16 +31,21 @@ mode = controls[0].radio(
     help="Cascading: from the classifier down, each step adding one group to those already randomised, until no "
          "learned weight is left. Independent: one group at a time, the others keeping their learned weights.")
 dataset, split = test_images(model)
-count = controls[1].number_input(f"Images of {dataset} ({split}) for the curves", 0, MAX_IMAGES, key="sanity_images",
-                                 step=1, help="0: the current image only. The maps shown are the current image's; "
-                                              "the curves and the table average over all the images.")
+source = f"{dataset}'s {split} split" if split == "test" else f"the {dataset}"
+count = controls[1].number_input("More images for the curves", 0, MAX_IMAGES, key="sanity_images", step=1,
+                                 help=f"The first images of {source} besides the current one; 0: the current image "
+                                      "only. The maps shown are the current image's; the curves and the table "
+                                      "average over all the images.")
 
 runnable, skipped = [], []
 for name in selection.methods:
     info = method_info(name)
     reason = ("its prototypes belong to the trained network; a fair check would fit new ones on every randomised copy"
               if info.family == "prototype" else info.available(model, block))
-    (skipped.append((name, reason)) if reason else runnable.append(name))
+    if reason:
+        skipped.append((name, reason))
+    else:
+        runnable.append(name)
 if not runnable:
     st.info("Choose at least one method in the sidebar that applies at this depth.")
     for name, reason in skipped:
@@ -120,7 +126,7 @@ downloads[2].download_button("Maps (PNG)", sheet_png, key="sanity_maps_png",
 
 with st.expander("The table, and what was randomised"):
     st.dataframe(table.assign(method=[method_info(n).label for n in table.method]), hide_index=True, width="stretch")
-    st.markdown("\n".join(f"- **{group}**: {len(paths)} modules, `{paths[0]}` … `{paths[-1]}`"
+    st.markdown("\n".join(f"- **{group}**: {plural(len(paths), 'module')}, `{paths[0]}` … `{paths[-1]}`"
                           for group, paths in result.groups.items()))
     st.caption("Each module is re-initialised as PyTorch builds it (its own reset_parameters, seeded per group): "
                "Kaiming-uniform convolutions and linear layers; batch norms entirely, scale 1, shift 0 and running "

@@ -106,6 +106,14 @@ def check_clustercam(page) -> None:
     assert "base" in text and "scissors" in text, "the base and the scissors are not named"
 
 
+def check_sanity(page) -> None:
+    check_no_exception(page)
+    check_images_loaded(page, minimum=4 * 7)  # four methods, a map for each of the seven steps
+    page.locator('[data-testid="stPlotlyChart"]').first.wait_for(state="visible", timeout=60_000)  # the curves
+    text = page.locator('[data-testid="stMain"]').inner_text()
+    assert "Spectral residual does not depend on the model's weights" in text, "the image-only method is not flagged"
+
+
 def check_images_loaded(page, minimum: int) -> None:
     """At least ``minimum`` images shown, every one loaded from the media endpoint (a busy
     machine renders the page's elements some seconds after the script finished)."""
@@ -134,6 +142,7 @@ PAGES = [
     Page("clustercam?model=digits", "clustercam", check_clustercam),
     Page("segments?model=digits&figure1=1", "segments", check_segments),
     Page("prototypes?model=digits", "prototypes", check_prototypes),
+    Page("sanity?methods=gradcam,gradcampp,eigencam,spectral_residual", "sanity", check_sanity),  # Lite0, the cat
 ]
 
 

@@ -250,7 +250,7 @@ def test_page_shows_a_row_of_maps_per_method_the_curves_the_flags_and_the_downlo
         ["**Grad-CAM**", "**Spectral residual**"]
     captions = [c.value for c in app.caption]
     assert any("k-means attribution" in c and "prototypes" in c for c in captions), "the prototype method: why not"
-    assert sum(c.startswith(("original ·", "+ ")) for c in captions) == 2 * 7, "one map per method and step"
+    assert sum(c.startswith(("original ·", "→ ")) for c in captions) == 2 * 7, "one map per method and step"
     assert len(app.warning) == 1, [w.value for w in app.warning]
     assert app.warning[0].value.startswith("Spectral residual does not depend on the model's weights on these 8 images")
     assert "Grad-CAM" in app.success[0].value
@@ -267,9 +267,24 @@ def test_page_switches_to_independent_randomisation_and_keeps_the_choice_in_the_
     assert "independent randomisation" in " ".join(m.value for m in app.markdown)
     app.radio(key="sanity_mode").set_value("cascading").run()
     assert not app.exception and app.query_params["sanity_mode"] in ("cascading", ["cascading"])
-    assert sum(c.value.startswith("+ ") for c in app.caption) == 6
+    assert sum(c.value.startswith("→ ") for c in app.caption) == 6
 
 
 def test_page_says_why_nothing_can_be_checked():
     app = sanity_page(methods="kmex_attribution")
     assert "Choose at least one method" in app.info[0].value and not app.exception
+
+
+def test_the_real_app_runs_the_page_without_drawing_stray_values():
+    """Through app.py's navigation, where Streamlit's magic draws any bare expression of a page script."""
+    from streamlit.testing.v1 import AppTest
+    from test_app import REPO, TIMEOUT
+
+    app = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    app.query_params["model"] = "digits"
+    app.query_params["methods"] = "gradcam,kmex_attribution"
+    app.run()
+    app.switch_page("pages/sanity.py").run()
+    assert not app.exception, app.exception
+    assert not [m.value for m in app.markdown if m.value.strip("`") == "None"]
+    assert app.title[0].value == "Sanity checks"

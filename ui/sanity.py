@@ -21,12 +21,7 @@ def test_images(model: ModelSpec) -> tuple[str, str]:
     """The dataset (name, split) whose first images the curves may average over: the model's own test split
     when it has one (digits), else the built-in pictures that suit its input (the photos)."""
     name = model.dataset or model.sample_dataset
-    split = "test" if "test" in _splits(name) else "train"
-    return name, split
-
-
-def _splits(name: str) -> tuple[str, ...]:
-    return ("train", "test") if name in ("digits", "photos") else ("train",)
+    return name, "test" if name == "digits" else "train"  # the photos are one set, kept under "train"
 
 
 # A result holds each method's maps of the current image at every step (7 x methods x H x W floats,

@@ -18,10 +18,11 @@ __all__ = ["curves_png", "maps_sheet", "step_label", "step_pictures"]
 
 
 def step_label(result: RandomizationResult, step: str) -> str:
-    """What a step means, in a few words: "original", "+ B3" (cascading: added to those above), "B3 only"."""
+    """What a step means, in a few words: "original", "→ B3" (cascading: randomised from the top down to B3),
+    "B3 only" (independent)."""
     if step == ORIGINAL:
         return "original"
-    return f"+ {step}" if result.mode == "cascading" else f"{step} only"
+    return f"→ {step}" if result.mode == "cascading" else f"{step} only"
 
 
 def step_pictures(result: RandomizationResult, method: str, image: Image.Image, size: int = 160,
