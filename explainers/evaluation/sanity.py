@@ -95,7 +95,7 @@ def layer_groups(model: ModelSpec) -> dict[str, list[str]]:
     """Module paths of each layer group (``GROUPS`` order; a group the network lacks is absent), by the
     order in which one probe forward of a private copy finishes them (see the module docstring). Only
     modules that own parameters or buffers are listed: they are what a randomisation changes."""
-    return _groups(hookless_copy(model.net), model)
+    return _groups(compute.run(hookless_copy, model.net), model)  # copied on the compute thread: nothing taps it then
 
 
 def _groups(net: nn.Module, model: ModelSpec) -> dict[str, list[str]]:
@@ -143,17 +143,19 @@ def _group_of(path: str, finished: int, blocks: list[tuple[str, str]], ends: lis
 
 # --- randomised copies -------------------------------------------------------------------------------
 
-def randomized_models(model: ModelSpec, mode: str = "cascading", seed: int = SEED) -> Iterator[tuple[str, ModelSpec]]:
+def randomized_models(model: ModelSpec, mode: str = "cascading", seed: int = SEED,
+                      groups: Mapping[str, Sequence[str]] | None = None) -> Iterator[tuple[str, ModelSpec]]:
     """The randomisation steps of ``model``: (group, a ``ModelSpec`` of a private copy with that group
     re-initialised, and in ``cascading`` mode every group above it too), in ``GROUPS`` order.
 
     Each copy is a real ``ModelSpec`` (same blocks by module path, classifier, preprocessing, classes),
     so every method runs on it unchanged; copies are made one step at a time and independent of each
-    other (a caller may keep them). ``model`` itself is only read.
+    other (a caller may keep them). ``model`` itself is only read. ``groups``: ``layer_groups(model)``
+    when the caller has it already.
     """
     if mode not in MODES:
         raise UserInputError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-    groups = layer_groups(model)
+    groups = groups or layer_groups(model)
     previous: nn.Module | None = None
     randomised: list[str] = []
     for group, paths in groups.items():
@@ -345,7 +347,7 @@ def randomization_check(model: ModelSpec, images: Any, methods: Sequence[str], b
     kept = {m: {ORIGINAL: original[m][:keep]} for m in chosen}
     randomised: list[str] = []
     _compare(rows, per_image, chosen, original, original, ORIGINAL, [], failures)
-    for index, (group, spec) in enumerate(randomized_models(model, mode, seed), start=1):
+    for index, (group, spec) in enumerate(randomized_models(model, mode, seed, groups), start=1):
         randomised = [*randomised, group] if mode == "cascading" else [group]
         batching.same_speed(spec, model)  # same architecture, same best batch size: not measured again
         found, failed, _ = _maps(spec, inputs, targets, chosen, block, method_settings, parts, group,
