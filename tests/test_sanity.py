@@ -227,6 +227,10 @@ def test_refusals_say_why():
         randomization_check(model, images, ["gradcam"], mode="sideways")
     with pytest.raises(UserInputError, match="block"):
         randomization_check(model, images, ["gradcam"], block="B7")
+    with pytest.raises(UserInputError, match="not among the methods"):
+        randomization_check(model, images, ["gradcam"], method_settings={"scorecam": {"batch_size": 4}})
+    with pytest.raises(UserInputError, match="Score-CAM"):
+        randomization_check(model, images, ["scorecam"], method_settings={"scorecam": {"batch_size": 0}})
     with pytest.raises(MethodUnavailableError, match="last block"):
         randomization_check(model, images, ["cam"], block="B2")
 

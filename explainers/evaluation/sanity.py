@@ -72,6 +72,7 @@ from ..inputs import as_batch
 from ..methods import method_info
 from ..models import ModelSpec
 from ..progress import Progress, current_listener, report, reporting, scaled
+from ..settings import UnknownSettingError
 from ..trace import trace
 
 __all__ = ["GROUPS", "MODES", "ORIGINAL", "THRESHOLD", "RandomizationResult", "layer_groups", "randomization_check",
@@ -327,40 +328,60 @@ def randomization_check(model: ModelSpec, images: Any, methods: Sequence[str], b
     if block not in model.blocks:
         raise UserInputError(f"block {block!r} is not in {model.name}; it has {', '.join(model.blocks)}")
     chosen = _suitable(model, methods, block)
+    _check_settings(chosen, method_settings or {})  # before the first pass, not after it
     inputs = as_batch(model, images)
-    listener = progress or current_listener()
     groups = layer_groups(model)
     steps = [ORIGINAL, *groups]
-    parts = [slice(i, min(i + batch_size, len(inputs))) for i in range(0, len(inputs), batch_size)]
-    total = len(steps) * len(parts)
-
-    def unit(index: int) -> Progress | None:
-        return scaled(listener, index / total, (index + 1) / total)
-
-    original, failures, targets = _maps(model, inputs, _targets(model, inputs, target), chosen, block,
-                                        method_settings, parts, ORIGINAL, 0, unit, listener, total)
+    plan = _Plan(inputs, chosen, block, dict(method_settings or {}), batch_size, len(steps),
+                 progress or current_listener())
+    original, failures, targets = _maps(plan, model, ORIGINAL, 0, _targets(model, inputs, target))
     missing = [m for m in chosen if m not in original]
     if missing:
         raise MethodUnavailableError(f"{method_info(missing[0]).label} gives no map on {model.name} itself: "
                                      f"{failures[(missing[0], ORIGINAL)]}")
-    rows, per_image = [], []
+    rows: list[dict] = []
+    per_image: list[dict] = []
     kept = {m: {ORIGINAL: original[m][:keep]} for m in chosen}
     randomised: list[str] = []
     _compare(rows, per_image, chosen, original, original, ORIGINAL, [], failures)
     for index, (group, spec) in enumerate(randomized_models(model, mode, seed, groups), start=1):
         randomised = [*randomised, group] if mode == "cascading" else [group]
         batching.same_speed(spec, model)  # same architecture, same best batch size: not measured again
-        found, failed, _ = _maps(spec, inputs, targets, chosen, block, method_settings, parts, group,
-                                 index * len(parts), unit, listener, total)
+        found, failed, _ = _maps(plan, spec, group, index, targets)
         failures.update(failed)
-        for method in chosen:
-            if method in found:
-                kept[method][group] = found[method][:keep]
+        for method, values in found.items():
+            kept[method][group] = values[:keep]
         _compare(rows, per_image, chosen, original, found, group, randomised, failures)
     return RandomizationResult(
         mode=mode, block=block, methods=list(chosen), steps=steps, groups=groups, targets=targets,
         table=pd.DataFrame(rows), per_image=pd.DataFrame(per_image), maps=kept,
         signed={m: method_info(m).signed for m in chosen}, threshold=threshold, seed=seed, failures=failures)
+
+
+@dataclass
+class _Plan:
+    """What every step of one check computes: the inputs in batches, the methods and their settings, and
+    where the progress of each (step, batch) goes."""
+
+    inputs: torch.Tensor
+    methods: list[str]
+    block: str
+    settings: dict[str, Mapping[str, Any]]
+    batch_size: int
+    steps: int
+    listener: Progress | None
+
+    @property
+    def parts(self) -> list[slice]:
+        size, total = self.batch_size, len(self.inputs)
+        return [slice(i, min(i + size, total)) for i in range(0, total, size)]
+
+    def unit(self, step_index: int, part_index: int) -> tuple[Progress | None, int, int]:
+        """The listener for one (step, batch), its fractions scaled into that unit's share of the bar, and the
+        units done after it and in all."""
+        total = self.steps * len(self.parts)
+        done = step_index * len(self.parts) + part_index
+        return scaled(self.listener, done / total, (done + 1) / total), done + 1, total
 
 
 def _targets(model: ModelSpec, inputs: torch.Tensor, target: Any) -> int | list[int] | None:
@@ -395,39 +416,49 @@ def _suitable(model: ModelSpec, methods: Sequence[str], block: str) -> list[str]
     return list(dict.fromkeys(methods))
 
 
-def _maps(spec: ModelSpec, inputs: torch.Tensor, targets: Any, methods: list[str], block: str,
-          method_settings: Mapping[str, Mapping[str, Any]] | None, parts: list[slice], step: str, first_unit: int,
-          unit: Any, listener: Progress | None, total: int
+def _check_settings(chosen: list[str], given: Mapping[str, Mapping[str, Any]]) -> None:
+    stray = [name for name in given if name not in chosen]
+    if stray:
+        raise UnknownSettingError(f"settings were given for {', '.join(map(repr, stray))}, not among the methods "
+                                  f"checked ({', '.join(chosen)})")
+    for name in chosen:
+        method_info(name).resolve(given.get(name))  # SettingValueError or UnknownSettingError, saying which
+
+
+def _maps(plan: _Plan, spec: ModelSpec, step: str, step_index: int, targets: Any
           ) -> tuple[dict[str, np.ndarray], dict[tuple[str, str], str], list[int]]:
-    """Every method's heatmaps (N, H, W) on ``spec`` for ``inputs``, batch by batch from one shared trace
-    per batch; the methods that failed (method, step) -> reason; the target of each image."""
-    infos = [method_info(m) for m in methods]
+    """Every method's heatmaps (N, H, W) on ``spec`` (the model at ``step``), batch by batch from one shared
+    trace per batch; the methods that failed, (method, step) -> reason; the target of each image."""
+    infos = [method_info(m) for m in plan.methods]
     gradients = any(i.needs_gradients for i in infos)
-    blocks = list(spec.blocks) if any(i.needs_all_blocks for i in infos) else [block]
-    found: dict[str, list[np.ndarray]] = {m: [] for m in methods}
+    blocks = list(spec.blocks) if any(i.needs_all_blocks for i in infos) else [plan.block]
+    found: dict[str, list[np.ndarray]] = {m: [] for m in plan.methods}
     failures: dict[tuple[str, str], str] = {}
     chosen_targets: list[int] = []
-    settings = dict(method_settings or {})
-    for number, part in enumerate(parts):
+    for number, part in enumerate(plan.parts):
+        listener, done, total = plan.unit(step_index, number)
         wanted = targets[part] if isinstance(targets, (list, torch.Tensor)) else targets
-        with reporting(unit(first_unit + number)):
-            shared = trace(spec, inputs[part], wanted, gradients=gradients, blocks=blocks)
+        with reporting(listener):  # a method's own progress (Score-CAM's masked inputs) fills this unit
+            shared = trace(spec, plan.inputs[part], wanted, gradients=gradients, blocks=blocks)
             chosen_targets += [int(t) for t in shared.targets]
-            for method in methods:
-                if (method, step) in failures:
-                    continue
-                given = {method: settings[method]} if method in settings else None
-                try:
-                    result = explain_trace(spec, shared, [method], block, given)
-                except MethodUnavailableError as error:  # its own check failed here: no map, and why
-                    failures[(method, step)] = str(error)
-                    continue
-                found[method] += [r[method].heatmap for r in result]
-        done = first_unit + number + 1
+            for method in plan.methods:
+                if (method, step) not in failures:
+                    _explain(plan, spec, shared, method, step, found, failures)
         report(done, total, f"{'original model' if step == ORIGINAL else f'randomised {step}'}: "
-                            f"images {part.start + 1}-{part.stop} of {len(inputs)}", listener)
+                            f"images {part.start + 1}-{part.stop} of {len(plan.inputs)}", plan.listener)
     maps = {m: np.stack(v) for m, v in found.items() if (m, step) not in failures}
     return maps, failures, chosen_targets
+
+
+def _explain(plan: _Plan, spec: ModelSpec, shared: Any, method: str, step: str, found: dict[str, list[np.ndarray]],
+             failures: dict[tuple[str, str], str]) -> None:
+    given = {method: plan.settings[method]} if method in plan.settings else None
+    try:
+        result = explain_trace(spec, shared, [method], plan.block, given)
+    except MethodUnavailableError as error:  # its own check failed here (non-finite values, conservation)
+        failures[(method, step)] = str(error)
+        return
+    found[method] += [r[method].heatmap for r in result]
 
 
 def _compare(rows: list[dict], per_image: list[dict], methods: list[str], original: dict[str, np.ndarray],
