@@ -124,6 +124,8 @@ def test_a_randomised_copy_is_a_model_spec_of_its_own_modules_reset_as_pytorch_b
     conv = full.net.layer2[0].conv1.weight  # Conv2d.reset_parameters: Kaiming uniform, bound 1 / sqrt(fan_in)
     bound = 1 / np.sqrt(conv[0].numel())
     assert float(conv.abs().max()) <= bound and float(conv.abs().max()) > 0.9 * bound
+    kept = dict(randomized_models(model, "cascading", keep_statistics=True))["stem"].net.layer2[0].bn1  # Adebayo's
+    assert torch.equal(kept.weight, bn.weight) and torch.equal(kept.running_var, model.net.layer2[0].bn1.running_var)
     again = dict(randomized_models(model, "cascading"))["stem"]  # seeded: the same copies on every run
     assert all(torch.equal(a, b) for a, b in zip(full.net.state_dict().values(), again.net.state_dict().values()))
 
