@@ -25,7 +25,7 @@ if selection.model is None or selection.image_data is None:
     st.stop()
 model, block = selection.model, selection.block
 
-controls = st.columns([3, 2, 3])
+controls = st.columns([3, 2, 3, 3])
 mode = controls[0].radio(
     "Randomisation", MODES, key="sanity_mode", horizontal=True,
     help="Cascading: from the classifier down, each step adding one group to those already randomised, until no "
@@ -36,6 +36,13 @@ count = controls[1].number_input("More images for the curves", 0, MAX_IMAGES, ke
                                  help=f"The first images of {source} besides the current one; 0: the current image "
                                       "only. The maps shown are the current image's; the curves and the table "
                                       "average over all the images.")
+
+keep_statistics = controls[2].toggle(
+    "Batch norms keep their statistics", key="sanity_keep_statistics",
+    help="Off: a randomised batch norm is reset entirely, running mean and variance too, so the fully randomised "
+         "network is the untrained architecture. On: its running statistics stay, as in Adebayo et al. (who "
+         "randomise trainable variables only); they then normalise random activations with the trained ones' "
+         "statistics.")
 
 runnable, skipped = [], []
 for name in selection.methods:
@@ -52,13 +59,13 @@ if not runnable:
         st.caption(f"{method_info(name).label}: {reason}.")
     st.stop()
 if any(method_info(n).family == "perturbation" for n in runnable):
-    controls[2].caption(":orange[Perturbation methods run their masked passes again at every step: seven times "
+    controls[3].caption(":orange[Perturbation methods run their masked passes again at every step: seven times "
                         "the Saliency page's time per image.]")
 
 try:
     with progress_bar():  # one step per randomisation step and batch of images, methods' own progress inside
         result = randomisation(selection.model_key, model, selection.image_data, int(count), tuple(runnable), block,
-                               mode, selection.target)
+                               mode, selection.target, keep_statistics)
 except UserInputError as error:  # a method or block that does not apply here, says why; anything else is a bug
     st.error(f"The check could not run: {error}")
     st.stop()
@@ -129,6 +136,8 @@ with st.expander("The table, and what was randomised"):
     st.markdown("\n".join(f"- **{group}**: {plural(len(paths), 'module')}, `{paths[0]}` … `{paths[-1]}`"
                           for group, paths in result.groups.items()))
     st.caption("Each module is re-initialised as PyTorch builds it (its own reset_parameters, seeded per group): "
-               "Kaiming-uniform convolutions and linear layers; batch norms entirely, scale 1, shift 0 and running "
-               "statistics 0 and 1, which were measured on the trained layers. A method is flagged when its mean "
-               f"rank correlation stays at or above {result.threshold:g}, halfway between unchanged and unrelated.")
+               "Kaiming-uniform convolutions and linear layers; batch norms scale 1 and shift 0, and "
+               + ("their running statistics kept, as Adebayo et al. do." if keep_statistics else
+                  "running statistics 0 and 1 (they were measured on the trained layers).")
+               + f" A method is flagged when its mean rank correlation stays at or above {result.threshold:g}, "
+               "halfway between unchanged and unrelated.")

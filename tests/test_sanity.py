@@ -273,7 +273,12 @@ def test_page_switches_to_independent_randomisation_and_keeps_the_choice_in_the_
     assert "independent randomisation" in " ".join(m.value for m in app.markdown)
     app.radio(key="sanity_mode").set_value("cascading").run()
     assert not app.exception and app.query_params["sanity_mode"] in ("cascading", ["cascading"])
-    assert sum(c.value.startswith("→ ") for c in app.caption) == 6
+    reset = [c.value for c in app.caption if c.value.startswith("→ ")]
+    assert len(reset) == 6
+    app.toggle(key="sanity_keep_statistics").set_value(True).run()  # Adebayo's batch norms: another network
+    assert not app.exception and app.query_params["sanity_keep_statistics"] in ("1", ["1"])
+    kept = [c.value for c in app.caption if c.value.startswith("→ ")]
+    assert len(kept) == 6 and kept[0] == reset[0] and kept[1:] != reset[1:]  # the classifier has no batch norm
 
 
 def test_page_says_why_nothing_can_be_checked():

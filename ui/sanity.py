@@ -28,10 +28,10 @@ def test_images(model: ModelSpec) -> tuple[str, str]:
 # about 1.4 MB per method at 224 px): a few entries only.
 @st.cache_data(show_spinner=False, max_entries=8)
 def randomisation(model_key: str, _model: ModelSpec, data: bytes, count: int, methods: tuple[str, ...], block: str,
-                  mode: str, target: int | None) -> RandomizationResult:
+                  mode: str, target: int | None, keep_statistics: bool = False) -> RandomizationResult:
     """``randomization_check`` of the current image (``data``) plus the first ``count`` other images of the
     test split (``test_images``; the current image is not counted twice), keyed by model (its
-    key holds the fingerprint), images, methods, block, mode and target. Progress goes to the listener of
+    key holds the fingerprint), images, methods, block, mode, target and the batch-norm choice. Progress goes to the listener of
     the caller's ``progress_bar``."""
     images = [load_image(data)]
     name, split = test_images(_model)
@@ -43,7 +43,8 @@ def randomisation(model_key: str, _model: ModelSpec, data: bytes, count: int, me
             images.append(image)
     # The sidebar's class is the current image's; the test images are explained for their own predicted class.
     targets = None if target is None else [int(target)] + [None] * (len(images) - 1)
-    return randomization_check(_model, images, list(methods), block=block, mode=mode, target=targets)
+    return randomization_check(_model, images, list(methods), block=block, mode=mode, target=targets,
+                               keep_statistics=keep_statistics)
 
 
 def curves_figure(result: RandomizationResult) -> go.Figure:
