@@ -309,6 +309,9 @@ class RandomizationResult:
                 found[method] = (f"{label} barely depends on the weights of {', '.join(steps)}{self._on()}: randomising "
                                  f"{'it' if len(steps) == 1 else 'any one of them'} alone leaves its maps with a rank "
                                  f"correlation of at least {self.threshold:g} with the original.")
+        for method in found:
+            if method_info(method).family == "classic":  # expected, and what the check is calibrated against
+                found[method] += " As it should: it is computed from the image alone, a baseline for the others."
         return found
 
     def _on(self) -> str:
