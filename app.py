@@ -13,8 +13,9 @@ pages = [
     st.Page("pages/clustercam.py", title="Cluster-CAM", icon=":material/scatter_plot:", url_path="clustercam"),
     st.Page("pages/segments.py", title="Segments", icon=":material/grid_view:", url_path="segments"),
     st.Page("pages/prototypes.py", title="Prototypes", icon=":material/hub:", url_path="prototypes"),
-    st.Page("pages/evaluation.py", title="Evaluation", icon=":material/fact_check:", url_path="evaluation"),
     st.Page("pages/concepts.py", title="Concepts", icon=":material/category:", url_path="concepts"),
+    st.Page("pages/evaluation.py", title="Evaluation", icon=":material/fact_check:", url_path="evaluation"),
+    st.Page("pages/sanity.py", title="Sanity checks", icon=":material/shuffle:", url_path="sanity"),
 ]
 navigation = st.navigation(pages)
 sidebar()

@@ -37,9 +37,11 @@ JOB_SECONDS = 0.25  # no batch expected to take longer than this is tried (other
 REPEATS = 2
 
 _MEASURED: "weakref.WeakKeyDictionary[nn.Module, dict[int, float]]" = weakref.WeakKeyDictionary()
+# A copy of a model's network (the sanity checks' randomised copies) -> the model whose timings it shares.
+_SAME_SPEED: "weakref.WeakKeyDictionary[nn.Module, ModelSpec]" = weakref.WeakKeyDictionary()
 _MEASURING = threading.Lock()
 
-__all__ = ["batch_size", "choose", "timings"]
+__all__ = ["batch_size", "choose", "same_speed", "timings"]
 
 
 def batch_size(model: "ModelSpec") -> int:
@@ -47,8 +49,19 @@ def batch_size(model: "ModelSpec") -> int:
     return choose(timings(model))
 
 
+def same_speed(copy: "ModelSpec", source: "ModelSpec") -> None:
+    """Let ``copy`` (the same architecture as ``source`` with other weights, e.g. randomised) use the batch
+    sizes measured for ``source`` instead of timing its own: the speed of a pass does not depend on the
+    weights, and a check that makes six copies should not pay six timings."""
+    _SAME_SPEED[copy.net] = source
+
+
 def timings(model: "ModelSpec") -> dict[int, float]:
-    """Seconds per image at each batch size tried, for ``model.inference_net`` (measured once)."""
+    """Seconds per image at each batch size tried, for ``model.inference_net`` (measured once; for a copy
+    declared with ``same_speed``, those of its source)."""
+    source = _SAME_SPEED.get(model.net)
+    if source is not None:
+        return timings(source)
     network = model.inference_net
     found = _MEASURED.get(network)
     if found is None:

@@ -122,6 +122,12 @@ def check_concepts(page) -> None:
     check_images_loaded(page, minimum=7)  # a feature's map and its six gallery images at least
     text = page.locator('[data-testid="stMain"]').inner_text()
     assert "Q-SENN predicts" in text and "of the logit's evidence" in text, text[:600]
+def check_sanity(page) -> None:
+    check_no_exception(page)
+    check_images_loaded(page, minimum=4 * 7)  # four methods, a map for each of the seven steps
+    page.locator('[data-testid="stPlotlyChart"]').first.wait_for(state="visible", timeout=60_000)  # the curves
+    text = page.locator('[data-testid="stMain"]').inner_text()
+    assert "Spectral residual does not depend on the model's weights" in text, "the image-only method is not flagged"
 
 
 def check_images_loaded(page, minimum: int) -> None:
@@ -154,6 +160,7 @@ PAGES = [
     Page("prototypes?model=digits", "prototypes", check_prototypes),
     Page("evaluation?model=digits&methods=gradcam,scorecam,clustercam", "evaluation", check_evaluation),
     Page("concepts?model=digits", "concepts", check_concepts),
+    Page("sanity?methods=gradcam,gradcampp,eigencam,spectral_residual", "sanity", check_sanity),  # Lite0, the cat
 ]
 
 

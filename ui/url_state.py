@@ -16,6 +16,7 @@ __all__ = ["QUERY_KEYS", "decode", "encode", "seed_from_query", "write_query"]
 QUERY_KEYS = {"model": "str", "random_weights": "bool", "source": "str", "split": "str", "cls": "str",
               "index": "int", "target_mode": "str", "target": "int", "block": "str", "methods": "list",
               "per_class": "int", "figure1": "bool"}
+QUERY_KEYS.update({"sanity_mode": "str", "sanity_images": "int", "sanity_keep_statistics": "bool"})  # the Sanity checks page
 INTEGER = re.compile(r"[+-]?\d+")
 NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
