@@ -116,6 +116,25 @@ class Projection:
     classes: np.ndarray
     off_manifold: dict[str, np.ndarray]  # which prototypes were placed by distances, not by UMAP
 
+    def only(self, classes: Sequence[int]) -> "Projection":
+        """The points of some of the projected classes, where they are in this layout: a layout of every
+        class, fitted once, serves any choice of classes without refitting UMAP (at CUB's 200 classes a
+        fit of 6,000 images takes a minute; filtering, milliseconds)."""
+        wanted = np.asarray(sorted(int(c) for c in classes))
+        missing = np.setdiff1d(wanted, self.classes)
+        if len(missing):
+            raise UserInputError(f"classes {missing.tolist()} are not in this projection")
+        columns = np.isin(self.classes, wanted)
+        train, test, kmex = (np.isin(self.train_labels, wanted), np.isin(self.test_labels, wanted),
+                             np.isin(self.kmex_labels, wanted))
+        return Projection(
+            train_xy=self.train_xy[train], train_labels=self.train_labels[train], train_index=self.train_index[train],
+            test_xy=self.test_xy[test], test_labels=self.test_labels[test], test_index=self.test_index[test],
+            columns_xy=self.columns_xy[columns], rescaled_xy=self.rescaled_xy[columns], kmex_xy=self.kmex_xy[kmex],
+            kmex_labels=self.kmex_labels[kmex], classes=self.classes[columns],
+            off_manifold={"columns": self.off_manifold["columns"][columns],
+                          "rescaled": self.off_manifold["rescaled"][columns], "kmex": self.off_manifold["kmex"][kmex]})
+
 
 def rescaled_columns(columns: np.ndarray, embeddings: np.ndarray, labels: np.ndarray,
                      classes: Sequence[int]) -> np.ndarray:

@@ -6,8 +6,10 @@ from plotly.subplots import make_subplots
 
 from explainers.alignment import accuracy_models, alignment_models
 from ui.cache import get_dataset
-from ui.prototype_cache import explainer, figure2, offer_digits, per_class_control, table1, table2, unavailable
+from ui.prototype_cache import classes_present, explainer, figure2, offer_digits, per_class_control, table1, table2, unavailable
 from ui.sidebar import current
+
+MANY_CLASSES = 20  # above this, one map of every class is the default: a map per choice would refit UMAP each time
 
 st.title("Classifier prototypes vs KMEx")
 st.caption("A CNN with a global-average-pooling + linear head is a prototype model whose prototypes are the classifier "
@@ -22,18 +24,24 @@ if problem:
     st.stop()
 model = selection.model
 
-controls = st.columns([3, 1])
+controls = st.columns([3, 1, 1])
 classes = controls[0].multiselect("Classes to project", list(range(model.num_classes)),
                                   default=list(range(min(5, model.num_classes))), format_func=model.class_name,
                                   key="proto_classes")
 per_class = per_class_control(controls[1])
+one_map = controls[2].toggle(
+    "One map of every class", value=model.num_classes > MANY_CLASSES, key="proto_one_map",
+    help="Fit UMAP once on every class's images (a minute at CUB's 200 classes, then kept on disk): choosing "
+         "classes then only filters that map. Off: each choice of classes gets a map of its own, as seed 000's "
+         "Figure 2 (seconds for a few classes).")
 if len(classes) < 2:
     st.info("Choose at least two classes.")
     st.stop()
 
 kmex1 = explainer(model, selection.train_source, "pooled", 1)
 kmex = kmex1 if per_class == 1 else explainer(model, selection.train_source, "pooled", per_class)
-placed = figure2(selection.model_key, model, selection.train_source, tuple(sorted(classes)), kmex)
+mapped = classes_present(model, selection.train_source) if one_map else tuple(sorted(classes))
+placed = figure2(selection.model_key, model, selection.train_source, mapped, kmex).only(classes)
 
 palette = qualitative.D3 + qualitative.Set3
 figure = make_subplots(1, 2, shared_xaxes=True, shared_yaxes=True, horizontal_spacing=0.03,

@@ -260,6 +260,24 @@ def test_tables_match_the_papers_findings(model, train, test_set, fitted, embedd
     assert abs(accuracy["B4"] - accuracy["CNN"]) <= 2.0
 
 
+def test_one_map_of_every_class_filters_to_a_choice_without_refitting(model, train, test_set, fitted, embedded):
+    """The Prototypes page's map of every class (fitted once): a choice of classes is that map's points of
+    those classes, each where the whole map put it, and nothing else."""
+    columns = model.classifier.weight.detach().numpy()
+    everything = projection(embedded[0], train.labels, embedded[1], test_set.labels, columns, fitted["kmex5"],
+                            list(range(10)))
+    chosen = everything.only([7, 2])
+    assert chosen.classes.tolist() == [2, 7] and set(chosen.train_labels) == {2, 7} and set(chosen.kmex_labels) == {2, 7}
+    keep = np.isin(everything.train_labels, [2, 7])
+    np.testing.assert_array_equal(chosen.train_xy, everything.train_xy[keep])
+    np.testing.assert_array_equal(chosen.train_index, everything.train_index[keep])
+    assert (train.labels[chosen.train_index] == chosen.train_labels).all()
+    np.testing.assert_array_equal(chosen.rescaled_xy, everything.rescaled_xy[[2, 7]])
+    assert len(chosen.kmex_xy) == 10 and len(chosen.off_manifold["kmex"]) == 10
+    with pytest.raises(UserInputError, match="not in this projection"):
+        everything.only([0, 1]).only([2])
+
+
 def test_projection_never_draws_a_far_prototype_inside_its_class(model, train, test_set, fitted, embedded):
     columns = model.classifier.weight.detach().numpy()
     placed = projection(embedded[0], train.labels, embedded[1], test_set.labels, columns, fitted["kmex5"], [0, 1, 2])

@@ -157,5 +157,10 @@ def table2(model_key: str, model: ModelSpec, source: str, explainers: dict[str, 
         return _table2(model_key, model, source, _digests(explainers), explainers)
 
 
+def classes_present(model: ModelSpec, source: str) -> tuple[int, ...]:
+    """The model's classes that have training images in ``source`` (a folder may hold some of them)."""
+    return tuple(int(c) for c in np.unique(model_labels(model, get_dataset(source, "train"))))
+
+
 def _digests(explainers: dict[str, PrototypeExplainer]) -> tuple[str, ...]:
     return tuple(f"{name}={e.digest_}" for name, e in explainers.items())
