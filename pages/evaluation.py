@@ -5,7 +5,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from explainers import method_info
-from explainers.evaluation import EvaluationSettings, suggested_blur
+from explainers.evaluation import METRICS, EvaluationSettings, suggested_blur
 from explainers.evaluation.figures import curves_png
 from explainers.progress import duration
 from ui.evaluation_cache import evaluation
@@ -16,6 +16,8 @@ from ui.sidebar import current
 st.title("Evaluation")
 st.caption("Which map to trust? Each metric changes the image according to a map and watches the network's "
            "probability for the class: a faithful map points at what the network really uses.")
+
+SMALL_INPUT = 128  # ROAD starts on for inputs up to this side (digits: 64), off for photos
 
 selection = current()
 if selection.model is None or selection.image_data is None:
@@ -34,16 +36,20 @@ with st.expander("Metric settings"):
     columns = st.columns(3)
     steps = columns[0].select_slider("Deletion / insertion steps", [10, 20, 50], value=20, key="eval_steps",
                                      help="Pixels are removed or inserted in this many equal steps (RISE).")
-    levels = columns[1].radio("ROAD removal levels", ["10–90% (5)", "10–90% (9)"], key="eval_road", horizontal=True,
+    road_options = ["off", "10–90% (5)", "10–90% (9)"]
+    levels = columns[1].radio("ROAD removal levels", road_options, key=f"eval_road_{model.sample_dataset}",
+                              index=1 if max(model.input_size) <= SMALL_INPUT else 0, horizontal=True,
                               help="Five levels (10, 30, 50, 70, 90%) or nine (every 10%, as Rong et al.). Each "
-                                   "level imputes the removed pixels by solving a sparse linear system.")
+                                   "level imputes the removed pixels by solving a sparse linear system: about 2 s "
+                                   "per image and method at 224x224, so it starts off for photos.")
     sigma = columns[2].number_input("Insertion blur σ (pixels)", 1.0, 100.0, suggested_blur(model), 1.0,
                                     key=f"eval_blur_{model.sample_dataset}",
                                     help="Insertion starts from the image blurred by a Gaussian of this σ "
                                          "(RISE: σ = 5 on 224-pixel photos; the 64-pixel digits need 20).")
 if chosen is None:
     st.stop()
-fractions = (0.1, 0.3, 0.5, 0.7, 0.9) if levels.endswith("(5)") else tuple(round(0.1 * k, 1) for k in range(1, 10))
+fractions = (0.1, 0.3, 0.5, 0.7, 0.9) if not levels.endswith("(9)") else tuple(round(0.1 * k, 1) for k in range(1, 10))
+metrics = METRICS if levels != "off" else tuple(m for m in METRICS if m != "road")
 settings = EvaluationSettings(steps=int(steps), road_fractions=fractions, blur_sigma=float(sigma))
 target = selection.target if chosen.kind == "current" else None
 key = (selection.model_key, block, tuple(selection.methods), chosen.key, target, settings)
@@ -58,7 +64,7 @@ if chosen.kind != "current" and st.session_state.get("eval_requested") != key:
 
 with progress_bar():
     found = evaluation(selection.model_key, model, block, tuple(selection.methods), chosen.key,
-                       chosen.images(selection), target, settings, training=selection.train_source)
+                       chosen.images(selection), target, settings, metrics, training=selection.train_source)
     if chosen.kind == "current":
         here = found
     else:  # the curves are drawn for the sidebar's image, which need not be in the set
@@ -136,35 +142,39 @@ with downloads[2]:
                        file_name="protoscope-deletion-insertion.png", mime="image/png", key="png_curves")
 
 st.subheader("ROAD: remove and debias (Rong et al. 2022)")
-road_table = labelled(found.road_table())
-st.dataframe(road_table, hide_index=True, width="stretch",
-             column_config={"morf": st.column_config.NumberColumn("MoRF", format="%.3f"),
-                            "lerf": st.column_config.NumberColumn("LeRF", format="%.3f"),
-                            "gap": st.column_config.NumberColumn("gap (LeRF − MoRF)", format="%.3f")})
-st.caption("The most relevant (MoRF) or least relevant (LeRF) pixels are removed and filled in from their "
-           "neighbours, with a little noise, so that the shape of the hole tells the network nothing. Mean "
-           f"probability over the removal levels ({', '.join(f'{f:.0%}' for f in settings.road_fractions)}) and "
-           "images. **Good: a low MoRF, a high LeRF, a large gap** (LeRF − MoRF).")
-road_curves = found.road_curves()
-means = road_curves.groupby(["order", "method", "fraction"], sort=False)["probability"].mean().reset_index()
-road_figure = make_subplots(1, 2, subplot_titles=["MoRF (mean over the images)", "LeRF (mean over the images)"],
-                            shared_yaxes=True)
-for column, order in enumerate(("MoRF", "LeRF"), start=1):
-    for name in found.methods:
-        line = means[(means["order"] == order) & (means["method"] == name)]
-        road_figure.add_trace(go.Scatter(x=line["fraction"], y=line["probability"], mode="lines+markers",
-                                         name=labels[name], legendgroup=name, showlegend=column == 1,
-                                         line=dict(color=colours[name])), 1, column)
-road_figure.update_xaxes(title_text="fraction removed", range=[0, 1])
-road_figure.update_yaxes(range=[0, 1.02])
-road_figure.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.3))
-st.plotly_chart(road_figure, width="stretch", key="eval_road_curves")
-downloads = st.columns(2)
-with downloads[0]:
-    csv_button(road_table, "road", "ROAD table (CSV)")
-with downloads[1]:
-    st.download_button("ROAD curves (PNG)", curves_png(road_curves, "order", labels, f"{model.name} at {block}"),
-                       file_name="protoscope-road.png", mime="image/png", key="png_road")
+if "road" not in metrics:
+    st.info("ROAD is off for photos: it solves a sparse system per removal level, about 2 s per image and method "
+            "at 224x224. Turn it on under *Metric settings*.", icon=":material/timer:")
+else:
+    road_table = labelled(found.road_table())
+    st.dataframe(road_table, hide_index=True, width="stretch",
+                 column_config={"morf": st.column_config.NumberColumn("MoRF", format="%.3f"),
+                                "lerf": st.column_config.NumberColumn("LeRF", format="%.3f"),
+                                "gap": st.column_config.NumberColumn("gap (LeRF − MoRF)", format="%.3f")})
+    st.caption("The most relevant (MoRF) or least relevant (LeRF) pixels are removed and filled in from their "
+               "neighbours, with a little noise, so that the shape of the hole tells the network nothing. Mean "
+               f"probability over the removal levels ({', '.join(f'{f:.0%}' for f in settings.road_fractions)}) and "
+               "images. **Good: a low MoRF, a high LeRF, a large gap** (LeRF − MoRF).")
+    road_curves = found.road_curves()
+    means = road_curves.groupby(["order", "method", "fraction"], sort=False)["probability"].mean().reset_index()
+    road_figure = make_subplots(1, 2, subplot_titles=["MoRF (mean over the images)", "LeRF (mean over the images)"],
+                                shared_yaxes=True)
+    for column, order in enumerate(("MoRF", "LeRF"), start=1):
+        for name in found.methods:
+            line = means[(means["order"] == order) & (means["method"] == name)]
+            road_figure.add_trace(go.Scatter(x=line["fraction"], y=line["probability"], mode="lines+markers",
+                                             name=labels[name], legendgroup=name, showlegend=column == 1,
+                                             line=dict(color=colours[name])), 1, column)
+    road_figure.update_xaxes(title_text="fraction removed", range=[0, 1])
+    road_figure.update_yaxes(range=[0, 1.02])
+    road_figure.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.3))
+    st.plotly_chart(road_figure, width="stretch", key="eval_road_curves")
+    downloads = st.columns(2)
+    with downloads[0]:
+        csv_button(road_table, "road", "ROAD table (CSV)")
+    with downloads[1]:
+        st.download_button("ROAD curves (PNG)", curves_png(road_curves, "order", labels, f"{model.name} at {block}"),
+                           file_name="protoscope-road.png", mime="image/png", key="png_road")
 
 st.subheader("Cost of each map (seed 002, Table 2)")
 timing = labelled(found.timing_table())

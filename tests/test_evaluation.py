@@ -268,6 +268,15 @@ def test_the_evaluation_page_scores_the_current_image():
     assert any("distinct perturbed inputs" in m.value for m in app.markdown)
 
 
+def test_on_a_photo_road_starts_off_and_says_how_to_turn_it_on():
+    from test_app import page
+
+    app = page("pages/evaluation.py", methods="gradcam")  # the built-in ImageNet model and the cat
+    assert not app.error, [e.value for e in app.error]
+    assert len(app.dataframe) == 3  # confidence, AUC, cost: no ROAD table
+    assert any("ROAD is off for photos" in info.value for info in app.info)
+
+
 def test_the_evaluation_page_runs_a_dataset_set_on_request_and_withholds_a_blind_insertion():
     from test_app import page
 
