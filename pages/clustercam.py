@@ -10,7 +10,7 @@ from explainers.render import cells, diverging, outlined, overlay
 from ui.cache import Failure, explanations
 from ui.progress import progress_bar
 from ui.settings import method_controls
-from ui.sidebar import current
+from ui.sidebar import current_with_image
 
 BASE, SCISSORS = "#2e9d40", "#d62728"  # green and red frames, as in the paper's Figures 3-4
 OPACITY = 0.7  # the maps matter more than the input here: it is shown, masked, just above
@@ -20,13 +20,7 @@ st.caption("The block's feature maps are grouped by k-means into Q clusters; eac
            "and the network scores every masked image. Q + 1 forward passes, no gradient "
            "(Feng et al. 2023, *Cluster-CAM*, eq. 17-22).")
 
-selection = current()
-if selection.model is None or selection.image_data is None:
-    if selection.load_failure:  # chosen, but it failed: say so instead of asking to choose one
-        st.warning(selection.load_failure)
-    else:
-        st.info("Choose a model and an image in the sidebar; if an upload could not be used, the sidebar says why.")
-    st.stop()
+selection = current_with_image()
 model, block = selection.model, selection.block
 channels = model.block_shapes[block][0]
 

@@ -11,7 +11,7 @@ from explainers.progress import duration
 from ui.evaluation_cache import evaluation
 from ui.image_set import current_image_key, image_set_control
 from ui.progress import progress_bar
-from ui.sidebar import current
+from ui.sidebar import current_with_image
 
 st.title("Evaluation")
 st.caption("Which map to trust? Each metric changes the image according to a map and watches the network's "
@@ -19,13 +19,7 @@ st.caption("Which map to trust? Each metric changes the image according to a map
 
 SMALL_INPUT = 128  # ROAD starts on for inputs up to this side (digits: 64), off for photos
 
-selection = current()
-if selection.model is None or selection.image_data is None:
-    if selection.load_failure:
-        st.warning(selection.load_failure)
-    else:
-        st.info("Choose a model and an image in the sidebar; if an upload could not be used, the sidebar says why.")
-    st.stop()
+selection = current_with_image()
 model, block = selection.model, selection.block
 if not selection.methods:
     st.info("Choose at least one method in the sidebar.")

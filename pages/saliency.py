@@ -9,19 +9,13 @@ from explainers.store import training_data
 from ui.cache import Failure, explanations
 from ui.progress import progress_bar
 from ui.settings import method_controls
-from ui.sidebar import current
+from ui.sidebar import current_with_image
 
 st.title("Saliency maps")
 st.caption("Where does the network look? Each panel is one method's answer for the same image, class and depth. "
            "All panels come from one forward pass (and one backward when a gradient method is shown).")
 
-selection = current()
-if selection.model is None or selection.image_data is None:
-    if selection.load_failure:  # chosen, but it failed: say so instead of asking to choose one
-        st.warning(selection.load_failure)
-    else:
-        st.info("Choose a model and an image in the sidebar; if an upload could not be used, the sidebar says why.")
-    st.stop()
+selection = current_with_image()
 model = selection.model
 
 controls = st.columns([2, 2, 2, 3])

@@ -9,20 +9,14 @@ from explainers.evaluation import MODES
 from explainers.evaluation.sanity_plots import curves_png, maps_sheet, step_label, step_pictures
 from ui.progress import progress_bar
 from ui.sanity import MAX_IMAGES, curves_figure, randomisation, test_images
-from ui.sidebar import current
+from ui.sidebar import current_with_image
 
 st.title("Sanity checks")
 st.caption("A map that explains the *model* must change when the model's weights are destroyed; one that barely "
            "changes explains the image (Adebayo et al. 2018, *Sanity checks for saliency maps*). The weights of a "
            "private copy of the network are re-initialised group by group; the loaded model is never touched.")
 
-selection = current()
-if selection.model is None or selection.image_data is None:
-    if selection.load_failure:  # chosen, but it failed: say so instead of asking to choose one
-        st.warning(selection.load_failure)
-    else:
-        st.info("Choose a model and an image in the sidebar; if an upload could not be used, the sidebar says why.")
-    st.stop()
+selection = current_with_image()
 model, block = selection.model, selection.block
 
 controls = st.columns([3, 2, 3, 3])

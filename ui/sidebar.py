@@ -64,6 +64,19 @@ def current() -> Selection:
     return st.session_state.get("_selection", Selection())
 
 
+def current_with_image() -> Selection:
+    """``current()`` for a page that explains an image: stops the page, saying why, while the sidebar
+    has no model or no usable image (a load that failed is named rather than asked for again)."""
+    selection = current()
+    if selection.model is None or selection.image_data is None:
+        if selection.load_failure:  # chosen, but it failed: say so instead of asking to choose one
+            st.warning(selection.load_failure)
+        else:
+            st.info("Choose a model and an image in the sidebar; if an upload could not be used, the sidebar says why.")
+        st.stop()
+    return selection
+
+
 def _hand_over_to_the_entry_script() -> None:
     """Rerun through app.py when Streamlit ran a page file on its own.
 
