@@ -79,6 +79,16 @@ def check_segments(page) -> None:
 CATS = ("tabby", "tiger cat", "Egyptian cat")
 
 
+def check_marked(page) -> None:
+    """The digits_marked model on a training 0 (its mark top left): Grad-CAM of the prediction, 0."""
+    check_no_exception(page)
+    check_images_loaded(page, minimum=2)  # the input and the Grad-CAM panel
+    text = page.locator('[data-testid="stMain"]').inner_text()
+    assert "digits_marked train" in text and "true class 0, mark of class 0" in text, f"not the marked 0:\n{text[:600]}"
+    predicted = text.split("Predicted", 1)[1].strip().splitlines()[0]
+    assert predicted.startswith("0"), f"the marked model does not predict 0: {predicted!r}"
+
+
 def check_opens_on_the_cat(page) -> None:
     """The app's first view: the built-in ImageNet model on the cat photo, and a cat as its top-1."""
     check_overview(page)
@@ -134,6 +144,9 @@ PAGES = [
     Page("clustercam?model=digits", "clustercam", check_clustercam),
     Page("segments?model=digits&figure1=1", "segments", check_segments),
     Page("prototypes?model=digits", "prototypes", check_prototypes),
+    # The model that learned the mark (issue 14): Grad-CAM on a training image lights up the mark.
+    Page("saliency?model=digits_marked&source=dataset&split=train&cls=0&index=0&block=B4&methods=gradcam",
+         "marked", check_marked),
 ]
 
 
