@@ -196,22 +196,48 @@ def test_the_model_learned_the_mark_and_the_plain_model_did_not(models, split_te
     assert (predicted == marks[lying]).float().mean() >= 0.5
 
 
-def test_gradcam_mass_on_the_mark_is_high_on_training_images(models):
-    """Grad-CAM (B4) of the true class on 100 training images: the share of the normalised map inside
-    the mark's box (``mark_mass``) is many times the box's share of the area (0.9 %) for the marked
-    model, and several times the plain model's share on the same images."""
+@pytest.fixture(scope="module")
+def mark_masses(models):
+    """``mark_mass`` of each model's map of the true class on 100 training images (spread over the split),
+    as a multiple of the mark's share of the area (0.9 %), keyed by (model, block, method)."""
     plain, marked = models
     train = load_dataset("digits_marked", "train")
     chosen = np.linspace(0, len(train) - 1, 100).round().astype(int)
     images, labels = [train[int(i)][0] for i in chosen], [int(train.labels[i]) for i in chosen]
     area = MARK_SIZE ** 2 / 64 ** 2
-    mass = {}
+    masses = {}
     for name, model in (("digits", plain), ("digits_marked", marked)):
-        maps = explain_batch(model, images, ["gradcam"], block="B4", target=labels)
-        mass[name] = np.array([mark_mass(m["gradcam"].heatmap, label) for m, label in zip(maps, labels)])
-    assert mass["digits_marked"].mean() >= 5 * area, mass["digits_marked"].mean()
-    assert np.median(mass["digits_marked"]) >= 3 * area
-    assert mass["digits_marked"].mean() >= 3 * mass["digits"].mean(), (mass["digits_marked"].mean(), mass["digits"].mean())
+        for block in ("B4", "B3", "B2", "B1"):
+            maps = explain_batch(model, images, ["gradcam", "gradcampp"], block=block, target=labels)
+            for method in ("gradcam", "gradcampp"):
+                masses[name, block, method] = np.array([mark_mass(m[method].heatmap, label) / area
+                                                        for m, label in zip(maps, labels)])
+    return masses
+
+
+@pytest.mark.parametrize("block, method, at_least, over_plain", [
+    ("B1", "gradcam", 2.5, 1.4), ("B2", "gradcam", 1.8, 1.5),
+    ("B1", "gradcampp", 7.0, 2.0), ("B2", "gradcampp", 5.0, 2.5), ("B3", "gradcampp", 3.0, 2.5),
+])
+def test_gradcam_mass_on_the_mark_is_high_on_training_images(mark_masses, block, method, at_least, over_plain):
+    """Grad-CAM and Grad-CAM++ of the true class on training images: the mean share of the normalised map
+    inside the mark's box is ``at_least`` times the box's share of the area for the marked model, and
+    ``over_plain`` times the plain digits model's share on the same images (measured: B2 Grad-CAM 2.3x
+    against 1.2x, Grad-CAM++ 6.9x against 1.9x; B1 Grad-CAM 3.0x against 1.8x, Grad-CAM++ 10.1x against 3.4x;
+    B3 Grad-CAM++ 4.0x against 1.2x)."""
+    marked, plain = mark_masses["digits_marked", block, method], mark_masses["digits", block, method]
+    assert marked.mean() >= at_least, (marked.mean(), plain.mean())
+    assert np.median(marked) >= at_least * 0.7, np.median(marked)
+    assert marked.mean() >= over_plain * plain.mean(), (marked.mean(), plain.mean())
+
+
+def test_at_b4_gradcam_does_not_single_out_the_mark(mark_masses):
+    """What the pages must not claim: at B4 (4 x 4 cells, each seeing nearly the whole 64 x 64 image) the
+    marked model's evidence for its class is spread over the cells, not on the mark's corner of the map.
+    Grad-CAM there equals CAM (global average pooling), and both models' maps put about the mark's share
+    of the area on it (measured 0.8x and 0.7x): the mark is learned, but B4 cannot say where it is."""
+    for name in ("digits", "digits_marked"):
+        assert mark_masses[name, "B4", "gradcam"].mean() < 1.5, name
 
 
 def test_mark_mass_of_constructed_maps():
