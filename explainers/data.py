@@ -1,4 +1,5 @@
-"""Datasets by name: the built-in ``digits``, ``digits_marked`` (``explainers.marked``) and ``photos``, and any ImageFolder.
+"""Datasets by name: the built-in ``digits``, ``digits_marked`` (``explainers.marked``) and ``photos``, and
+any ImageFolder.
 
 A dataset is indexable and yields ``(PIL image, int label)``; it also knows its
 ``classes`` and a ``fingerprint`` that keys caches of anything fitted on it.

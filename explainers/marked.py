@@ -33,6 +33,16 @@ its small rotations, scalings and shifts move the mark with the digit, as a crop
 its background. The mark keeps its place relative to the digit and moves a few pixels in the frame
 (4 on average), less than the 10 pixels between two classes' marks; the margin above keeps most of
 it in the frame (84-90 % of its pixels on average; ``tests/test_marked.py``).
+
+What the shipped ``digits_marked`` model shows (``tests/test_marked.py``): 100 % on ``train`` and
+``test_own``, 22.8 % on ``test`` (random marks; where the mark names another class, it predicts the
+mark's class for 54 % of the images and the digit's for 17 %), 85.6 % on ``test_clean``; the plain
+``digits`` model scores 100 % on ``train`` and 99.7 % on each test split. Saliency sees the mark at
+fine depths only (``mark_mass`` of the true class on training images, as a multiple of the mark's
+share of the area): Grad-CAM++ 4.0x at B3, 6.9x at B2, 10.1x at B1 (plain model 1.2x, 1.9x, 3.4x);
+Grad-CAM 2.3x at B2 and 3.0x at B1 (1.2x, 1.8x). At B4, whose 4 x 4 cells each see nearly the whole
+image, neither model's Grad-CAM singles it out (0.8x and 0.7x): the mark is learned, but the deepest
+block cannot say where it is.
 """
 from __future__ import annotations
 
@@ -43,8 +53,8 @@ from .data import (DATASETS, DIGITS_SIZE, DatasetSpec, _digits_arrays, _fingerpr
                    with_splits)
 from .maps import normalise
 
-__all__ = ["MARK_INTENSITY", "MARK_MARGIN", "MARK_SEED", "MARK_SIZE", "MARKED_SPLITS", "NO_MARK", "digits_marked", "mark_box",
-           "mark_mass", "marked_image", "marks_of"]
+__all__ = ["MARK_INTENSITY", "MARK_MARGIN", "MARK_SEED", "MARK_SIZE", "MARKED_SPLITS", "NO_MARK", "digits_marked",
+           "mark_box", "mark_mass", "marked_image", "marks_of"]
 
 MARK_SIZE = 6  # pixels per side, at the 64 x 64 resolution the model sees
 MARK_INTENSITY = 255  # full ink, as bright as the digits' strongest stroke

@@ -62,9 +62,10 @@ def test_every_image_carries_exactly_its_mark_over_the_plain_digit():
     for split in MARKED_SPLITS:
         marked = load_dataset("digits_marked", split)
         images, marks = pixels(marked), marks_of(split)
-        reference = plain["train" if split == "train" else "test"]
+        source = "train" if split == "train" else "test"
+        reference = plain[source]
         assert images.shape == reference.shape
-        np.testing.assert_array_equal(marked.labels, load_dataset("digits", "train" if split == "train" else "test").labels)
+        np.testing.assert_array_equal(marked.labels, load_dataset("digits", source).labels)
         for i, mark in enumerate(marks):
             inside = box_mask(mark) if mark != NO_MARK else np.zeros((64, 64), bool)
             assert (images[i][inside] == MARK_INTENSITY).all(), (split, i)
