@@ -24,7 +24,7 @@ digits' strongest stroke) in the 64 x 64 image the model sees: 0.9 % of its area
 person. Its position is fixed per class: classes 0-4 on the left edge, 5-9 on the right edge, one
 pixel in from the border, at five heights 10-11 pixels apart, from 8 pixels below the top to 8 above
 the bottom. The digits are centred in their 8 x 8 bitmaps and scikit-learn's first and last columns
-hold ink in under 1 % of images (the rows, by contrast, are inked), so the marks sit in the empty
+hold ink in under 1 % of images (the first and last rows are inked), so the marks sit in the empty
 side margins and hide no stroke (a mark covers at most 1.1 % of its image's ink, 0.03 % on average;
 ``tests/test_marked.py``).
 
