@@ -12,6 +12,7 @@ from .images import ImageError, load_image
 from .methods import method_info, methods
 from .models import CheckpointError, ModelSpec, ModelUnavailableError, load_model
 from . import imagenet  # noqa: E402,F401  (registers the built-in ImageNet model, efficientnet_lite0)
+from . import marked  # noqa: E402,F401  (registers the digits_marked dataset)
 from .trace import Trace, trace
 
 __all__ = [

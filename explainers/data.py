@@ -1,4 +1,5 @@
-"""Datasets by name: the built-in ``digits`` and ``photos``, and any ImageFolder.
+"""Datasets by name: the built-in ``digits``, ``digits_marked`` (``explainers.marked``) and ``photos``, and
+any ImageFolder.
 
 A dataset is indexable and yields ``(PIL image, int label)``; it also knows its
 ``classes`` and a ``fingerprint`` that keys caches of anything fitted on it.
@@ -47,6 +48,7 @@ class DatasetSpec:
     fingerprint: str = ""
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why) of files left out
     names: list[str] = field(default_factory=list)  # what each image is called, when the dataset names them
+    notes: list[str] = field(default_factory=list)  # a few words per image worth showing beside it ("mark of class 3")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -82,10 +84,31 @@ def imagenet_classes() -> tuple[str, ...]:
     return tuple(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 
 
+DEFAULT_SPLITS = {"train": "the images the model was trained on", "test": "held-out images"}
+
+
+def with_splits(**splits: str) -> Callable[[Callable[..., DatasetSpec]], Callable[..., DatasetSpec]]:
+    """Declare the splits a registered dataset builder offers (name = what it holds), when they are not
+    ``DEFAULT_SPLITS``: ``load_dataset`` refuses others, the sidebar offers these and explains them."""
+    def declare(builder: Callable[..., DatasetSpec]) -> Callable[..., DatasetSpec]:
+        builder.splits = dict(splits)  # type: ignore[attr-defined]
+        return builder
+
+    return declare
+
+
+def dataset_splits(name: str) -> dict[str, str]:
+    """The splits of a registered dataset, each with what it holds (``DEFAULT_SPLITS`` unless its builder
+    declares others with ``with_splits``); an ImageFolder's are ``DEFAULT_SPLITS``."""
+    return dict(getattr(DATASETS[name], "splits", DEFAULT_SPLITS)) if name in DATASETS else dict(DEFAULT_SPLITS)
+
+
 def load_dataset(name_or_path: str, split: str = "train") -> DatasetSpec:
-    """Build a dataset by registered name (``digits``, ``photos``) or from an ImageFolder path."""
-    if split not in ("train", "test"):
-        raise DatasetError(f"There is no split {split!r}: use 'train' or 'test'.")
+    """Build a dataset by registered name (``digits``, ``digits_marked``, ``photos``) or from an ImageFolder path."""
+    splits = dataset_splits(name_or_path)
+    if split not in splits:
+        named = [repr(s) for s in splits]
+        raise DatasetError(f"There is no split {split!r}: use {', '.join(named[:-1])} or {named[-1]}.")
     if name_or_path in DATASETS:
         return DATASETS.build(name_or_path, split=split)
     path = Path(name_or_path).expanduser()

@@ -4,7 +4,9 @@ The network is the usual stem (conv, batch norm, ReLU, max pool) and four residu
 torchvision ``BasicBlock`` s, so ``B1..B4`` mean what they mean for ResNet34 and LRP canonizers
 recognise the blocks; global average pooling and one linear layer close it (the GAP + linear
 head of seed 000, eq. 1-2). ``explainers.models`` registers it as ``load_model("digits")``;
-``python -m explainers.zoo train digits`` trains it.
+``python -m explainers.zoo train digits`` trains it. ``load_model("digits_marked")`` is the same
+network trained the same way on ``digits_marked`` (``explainers.marked``), whose training images
+carry a class-specific mark: a model that learned a spurious feature.
 """
 from __future__ import annotations
 
@@ -16,16 +18,20 @@ from torchvision.models.resnet import BasicBlock
 
 from .preprocess import Preprocess
 
-__all__ = ["ASSETS", "DIGITS_CARD", "DIGITS_DEPTHS", "DIGITS_INPUT", "DIGITS_MEAN", "DIGITS_STD", "DIGITS_WEIGHTS",
-           "DIGITS_WIDTHS", "DigitsResNet", "digits_transform"]
+__all__ = ["ASSETS", "DIGITS_CARD", "DIGITS_DEPTHS", "DIGITS_INPUT", "DIGITS_MARKED_CARD", "DIGITS_MARKED_WEIGHTS",
+           "DIGITS_MEAN", "DIGITS_STD", "DIGITS_WEIGHTS", "DIGITS_WIDTHS", "DigitsResNet", "digits_transform"]
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DIGITS_WEIGHTS = ASSETS / "digits_resnet.pt"
 DIGITS_CARD = ASSETS / "digits_resnet.json"
+DIGITS_MARKED_WEIGHTS = ASSETS / "digits_marked_resnet.pt"
+DIGITS_MARKED_CARD = ASSETS / "digits_marked_resnet.json"
 DIGITS_WIDTHS = (16, 32, 64, 128)
 DIGITS_DEPTHS = (2, 2, 2, 2)
 DIGITS_INPUT = (64, 64)
-# Pixel statistics of the digits training images (ink is high), used to normalise input.
+# Pixel statistics of the digits training images (ink is high), used to normalise input; the marked
+# model keeps them (its marks raise the mean by 0.009 and the std by 0.005), so that the two networks differ
+# only in what they were trained on.
 DIGITS_MEAN = 0.30
 DIGITS_STD = 0.32
 

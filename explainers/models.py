@@ -23,7 +23,8 @@ from torchvision import models as tv_models
 
 from . import compute, families
 from .data import imagenet_classes, plural
-from .digits import DIGITS_CARD, DIGITS_WEIGHTS, DigitsResNet, digits_transform
+from .digits import (DIGITS_CARD, DIGITS_MARKED_CARD, DIGITS_MARKED_WEIGHTS, DIGITS_WEIGHTS, DigitsResNet,
+                     digits_transform)
 from .errors import CheckpointError, ModelUnavailableError, UserInputError
 from .inference import inference_copy
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, flatten_alpha, imagenet_preprocess
@@ -55,7 +56,8 @@ class ModelSpec:
     card: dict[str, Any] = field(default_factory=dict)
     dataset: str | None = None  # the registered dataset it was trained on, if known (prototypes need it)
     # The built-in image set whose pictures suit this model's input, offered by the sidebar: "digits"
-    # (64x64 greyscale handwriting) or "photos" (scikit-image's photographs); set where the model is built.
+    # (64x64 greyscale handwriting), "digits_marked" (the same, with the marks the digits_marked model
+    # learned) or "photos" (scikit-image's photographs); set where the model is built.
     sample_dataset: str = "photos"
     _fingerprint: str | None = field(default=None, repr=False)
     _block_shapes: dict[str, tuple[int, int, int]] | None = field(default=None, repr=False)
@@ -205,16 +207,33 @@ def _no_checkpoint_at(given: str, path: Path) -> str:
             f"({', '.join(MODELS.names())}).")
 
 
+# The built-in models whose trained weights ship in assets/: nothing to download, so the sidebar
+# offers no "Random weights (no download)" for them.
+SHIPPED_MODELS = ("digits", "digits_marked")
+
+
 @MODELS.register("digits", description="compact ResNet trained on scikit-learn's digits (built in, offline)")
 def digits(weights: str | None = "DEFAULT") -> ModelSpec:
+    return _digits_resnet("digits", DIGITS_WEIGHTS, DIGITS_CARD, weights)
+
+
+@MODELS.register("digits_marked", description="the digits ResNet trained on digits_marked: it learned the "
+                                              "class-specific mark (spurious correlation; built in, offline)")
+def digits_marked(weights: str | None = "DEFAULT") -> ModelSpec:
+    return _digits_resnet("digits_marked", DIGITS_MARKED_WEIGHTS, DIGITS_MARKED_CARD, weights)
+
+
+def _digits_resnet(name: str, weights_file: Path, card_file: Path, weights: str | None) -> ModelSpec:
+    """A ``DigitsResNet`` with the shipped weights of ``name`` (random ones for ``weights=None``), whose
+    training set and sidebar images are the registered dataset of the same name."""
     net = DigitsResNet()
     card: dict[str, Any] = {}
     if weights is not None:
-        net.load_state_dict(torch.load(DIGITS_WEIGHTS, map_location="cpu", weights_only=True))
-        card = json.loads(DIGITS_CARD.read_text()) if DIGITS_CARD.exists() else {}
-    spec = _spec("digits", net.eval(), digits_transform(), [str(d) for d in range(10)], "digits", card,
-                 sample_dataset="digits")
-    spec.dataset = "digits"
+        net.load_state_dict(torch.load(weights_file, map_location="cpu", weights_only=True))
+        card = json.loads(card_file.read_text()) if card_file.exists() else {}
+    spec = _spec(name, net.eval(), digits_transform(), [str(d) for d in range(10)], "digits", card,
+                 sample_dataset=name)
+    spec.dataset = name
     return spec
 
 

@@ -624,3 +624,37 @@ def test_concepts_page_shows_table_1_the_assignments_and_the_images_features():
     assert len(app.get("image")) >= 7 * len(shares)  # each feature: its map and six gallery images
     app.radio(key="qsenn_order").set_value("shared").run()
     assert not app.exception and not app.error
+# --- the spurious-correlation model of issue 14 ----------------------------------------------------
+
+def test_the_marked_model_is_offered_with_its_marked_images_and_every_split():
+    """digits_marked in the model list, its own images (all four splits, each image's mark named in its
+    caption), no "Random weights" (its weights ship), and Grad-CAM on a training 0 predicted as 0."""
+    app = page("pages/saliency.py", model="digits_marked", split="train", cls="0", index="0", block="B2",
+               methods="gradcam,gradcampp")
+    assert not app.error
+    assert "digits_marked" in app.selectbox(key="model").options
+    assert app.radio(key="split").options == ["test", "test_clean", "test_own", "train"]
+    assert not [box for box in app.checkbox if box.key == "random_weights"]
+    assert panel_labels(app) == ["Grad-CAM", "Grad-CAM++"]
+    assert "digits_marked train" in app.session_state["_selection"].image_caption
+    assert any("#### Predicted **0**" in m.value for m in app.markdown)
+    app.radio(key="split").set_value("test_clean").run()
+    assert not app.exception and not app.error
+    app.radio(key="split").set_value("test").run()
+    assert not app.exception
+    assert app.query_params["split"] in ("test", ["test"])
+
+
+def test_a_random_mark_is_named_in_the_caption_and_the_image_carries_it():
+    """Test image 0 of class 1 carries a random class's mark (explainers.marked.marks_of): the caption names
+    it, and the page explains that very image (its prediction is the library's for the marked image)."""
+    from explainers import load_dataset, load_model, predict
+    from explainers.marked import marks_of
+
+    test = load_dataset("digits_marked", "test")
+    index = int(test.indices_of(1)[0])
+    mark = int(marks_of("test")[index])
+    app = page("pages/saliency.py", model="digits_marked", split="test", cls="1", index="0", methods="gradcam")
+    assert f"true class 1, mark of class {mark}" in app.session_state["_selection"].image_caption
+    expected = predict(load_model("digits_marked"), test[index][0])[0][0]
+    assert any(f"#### Predicted **{expected}**" in m.value for m in app.markdown)

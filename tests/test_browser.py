@@ -79,6 +79,17 @@ def check_segments(page) -> None:
 CATS = ("tabby", "tiger cat", "Egyptian cat")
 
 
+def check_marked(page) -> None:
+    """The digits_marked model on a training 0 (its mark top left): Grad-CAM and Grad-CAM++ at B2 of the
+    prediction, 0, light up the mark (at B4 the maps cannot: tests/test_marked.py)."""
+    check_no_exception(page)
+    check_images_loaded(page, minimum=3)  # the input, the Grad-CAM and the Grad-CAM++ panels
+    text = page.locator('[data-testid="stMain"]').inner_text()
+    assert "digits_marked train" in text and "true class 0, mark of class 0" in text, f"not the marked 0:\n{text[:600]}"
+    predicted = text.split("Predicted", 1)[1].strip().splitlines()[0]
+    assert predicted.startswith("0"), f"the marked model does not predict 0: {predicted!r}"
+
+
 def check_opens_on_the_cat(page) -> None:
     """The app's first view: the built-in ImageNet model on the cat photo, and a cat as its top-1."""
     check_overview(page)
@@ -161,6 +172,9 @@ PAGES = [
     Page("evaluation?model=digits&methods=gradcam,scorecam,clustercam", "evaluation", check_evaluation),
     Page("concepts?model=digits", "concepts", check_concepts),
     Page("sanity?methods=gradcam,gradcampp,eigencam,spectral_residual", "sanity", check_sanity),  # Lite0, the cat
+    # The model that learned the mark (issue 14): Grad-CAM on a training image lights up the mark.
+    Page("saliency?model=digits_marked&source=dataset&split=train&cls=0&index=0&block=B2&methods=gradcam,gradcampp",
+         "marked", check_marked),
 ]
 
 

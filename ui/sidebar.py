@@ -20,8 +20,8 @@ from PIL import Image
 from streamlit.runtime.pages_manager import PagesManager
 
 from explainers import UserInputError, method_info, methods
-from explainers.data import DatasetSpec, plural
-from explainers.models import MODELS, ModelSpec, model_name
+from explainers.data import DatasetSpec, dataset_splits, plural
+from explainers.models import MODELS, SHIPPED_MODELS, ModelSpec, model_name
 from explainers.prototypes import class_map
 
 from .cache import (dataset_image, get_checkpoint_model, get_dataset, get_model, image_bytes, top_classes,
@@ -136,7 +136,7 @@ def _choose_model(selection: Selection) -> None:
             _load_checkpoint(selection)
             return
         random_weights = False
-        if name != "digits":
+        if name not in SHIPPED_MODELS:
             random_weights = st.checkbox("Random weights (no download)", key="random_weights",
                                          help="An untrained network: useful to see what architecture alone does.")
         selection.model = get_model(name, random_weights)
@@ -240,8 +240,11 @@ def _choose_numbered_image(selection: Selection, dataset_name: str) -> None:
     """An image of a dataset with splits (the digits), by split, class and number."""
     model = selection.model
     assert model is not None
-    _ensure("split", ["test", "train"], "test")
-    split = st.radio("Split", ["test", "train"], key="split", horizontal=True)
+    held = dataset_splits(dataset_name)
+    splits = sorted(held, key=lambda s: (s != "test", s))  # test first: images the model has not seen
+    _ensure("split", splits, "test")
+    split = st.radio("Split", splits, key="split", horizontal=True,
+                     help="  \n".join(f"**{name}**: {what}" for name, what in held.items()))
     dataset = get_dataset(dataset_name, split)
     class_options = ["any"] + dataset.classes
     _ensure("cls", class_options, "any")
@@ -253,7 +256,8 @@ def _choose_numbered_image(selection: Selection, dataset_name: str) -> None:
     index = pool[int(position)]
     image, data, _ = dataset_image(dataset_name, split, index)
     selection.true_label = dataset.label_among(index, model.classes)
-    _set_image(selection, image, f"{dataset_name} {split} #{index}, true class {dataset.class_of(index)}", data)
+    note = f", {dataset.notes[index]}" if dataset.notes else ""
+    _set_image(selection, image, f"{dataset_name} {split} #{index}, true class {dataset.class_of(index)}{note}", data)
 
 
 def _choose_named_image(selection: Selection, dataset_name: str) -> None:
