@@ -311,3 +311,14 @@ def test_on_the_builtin_imagenet_model_every_method_kind_runs_and_the_shared_mod
     gradcam = result.table[(result.table.method == "gradcam") & (result.table.step != ORIGINAL)]
     assert gradcam.spearman.min() < 0.5, "randomising some group changes Grad-CAM's map of the cat"
     assert all(torch.equal(state[k], v) for k, v in model.net.state_dict().items())
+
+
+def test_a_dataset_subset_is_taken_like_the_faithfulness_metrics_take_it():
+    from explainers import load_dataset
+    from explainers.evaluation import randomization_check, subset
+    from tests.helpers import digits_model
+
+    model = digits_model()
+    images = subset(load_dataset("digits", "test"), 3)
+    result = randomization_check(model, images, ["spectral_residual"])
+    assert set(result.table["images"]) == {3} and (result.table["spearman"] == 1).all()

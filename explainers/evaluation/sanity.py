@@ -79,6 +79,7 @@ from ..models import ModelSpec
 from ..progress import Progress, current_listener, report, reporting, scaled
 from ..settings import UnknownSettingError
 from ..trace import trace
+from .faithfulness import image_source
 
 __all__ = ["GROUPS", "MODES", "ORIGINAL", "THRESHOLD", "RandomizationResult", "layer_groups", "randomization_check",
            "randomized_models", "rank_correlation", "structural_similarity_of_maps"]
@@ -347,7 +348,8 @@ def randomization_check(model: ModelSpec, images: Any, methods: Sequence[str], b
         raise UserInputError(f"block {block!r} is not in {model.name}; it has {', '.join(model.blocks)}")
     chosen = _suitable(model, methods, block)
     _check_settings(chosen, method_settings or {})  # before the first pass, not after it
-    inputs = as_batch(model, images)
+    count, image = image_source(images)  # a DatasetSpec (e.g. ``subset(test, 50)``) as the faithfulness metrics take
+    inputs = as_batch(model, [image(i) for i in range(count)])
     groups = layer_groups(model)
     steps = [ORIGINAL, *groups]
     plan = _Plan(inputs, chosen, block, dict(method_settings or {}), batch_size, len(steps),
