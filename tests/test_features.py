@@ -60,7 +60,7 @@ def _in_memory_prototypes(model, train, depth_blocks: tuple[str, ...], per_class
                 image_rows = image_rows[_row_sample(seed, int(index), depth, len(image_rows), keep)]
             chosen.append(image_rows)
         with threadpool_limits(limits=1, user_api="openmp"):
-            fitted = KMeans(n_clusters=per_class, n_init=3, random_state=seed).fit(np.concatenate(chosen))
+            fitted = KMeans(n_clusters=per_class, n_init=1, random_state=seed).fit(np.concatenate(chosen))
         prototypes.append(fitted.cluster_centers_)
     return np.concatenate(prototypes).astype(np.float32)
 
