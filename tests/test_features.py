@@ -251,3 +251,12 @@ def test_cancel_stops_a_shared_fit_and_the_next_one_resumes(model, train, tmp_pa
     assert sum(passes) == len(train) - written
     assert recipe.key in store and fitted.prototypes_.shape == (20, 128)
     assert store.cancel(recipe.key) is False  # nothing under way any more
+
+
+def test_distinct_rows_counts_up_to_what_is_enough():
+    from explainers.prototypes import distinct_rows
+
+    rows = np.repeat(np.arange(4, dtype=np.float32)[:, None], 3, axis=0).reshape(-1, 1).repeat(5, axis=1)
+    assert distinct_rows(rows, 10) == 4 == len(np.unique(rows, axis=0))
+    assert distinct_rows(rows, 2) == 2
+    assert distinct_rows(np.zeros((100, 8), np.float32), 5) == 1
