@@ -154,20 +154,27 @@ def main() -> None:
                   f"k-means {stages.of(2):7.1f} s   patches {stages.of(3):6.1f} s   "
                   f"peak +{peak.increase / GB:.2f} GB", flush=True)
         disk = sum(f.stat().st_size for f in (root / "features").glob("*.bin")) / GB
+    # To CUB's size: features and k-means grow with the images (k-means: classes of a fixed size), the
+    # exact nearest-patch scan with images x prototypes, i.e. with the square of the scale.
     scale = CUB_TRAIN_IMAGES / len(train)
     first_b4, first_b234, refit_b4, refit_b234 = rows
+
+    def at_cub(stages: Stages) -> float:
+        return stages.of(1) * scale + stages.of(2) * scale + stages.of(3) * scale ** 2
+
     features_per_image = (first_b4[3].of(1) + first_b234[3].of(1)) / len(train)
-    whole = features_per_image * CUB_TRAIN_IMAGES + (first_b234[2] - first_b234[3].of(1)) * scale
+    whole = features_per_image * CUB_TRAIN_IMAGES + (at_cub(first_b234[3]) - first_b234[3].of(1) * scale)
     print(f"\nfeature cache on disk: {disk:.2f} GB (float16: B2, B3, B4 and the logits)")
     print(f"process peak resident memory: {process_peak() / GB:.2f} GB (target < 6 GB: "
           f"{'PASS' if process_peak() < 6 * GB else 'MISS'})")
     print(f"features: {1000 * features_per_image:.0f} ms per image for B2-B4")
-    print(f"extrapolated to CUB's {CUB_TRAIN_IMAGES:,} images: B234 fit from scratch {whole / 60:.1f} min "
+    print(f"extrapolated to CUB's {CUB_TRAIN_IMAGES:,} images (features and k-means x {scale:.1f}, the patch scan "
+          f"x {scale ** 2:.1f}): B234 fit from scratch {whole / 60:.1f} min "
           f"(target < 30 min: {'PASS' if whole < 1800 else 'MISS'})")
-    for depth, per_class, seconds, _, _ in (refit_b4, refit_b234):
+    for depth, per_class, seconds, stages, _ in (refit_b4, refit_b234):
         print(f"refit {depth} with K/C = {per_class} on cached features: {seconds:.1f} s here, "
-              f"{seconds * scale:.1f} s at {CUB_TRAIN_IMAGES:,} images (target < 60 s: "
-              f"{'PASS' if seconds * scale < 60 else 'MISS'})")
+              f"{at_cub(stages):.0f} s at {CUB_TRAIN_IMAGES:,} images (target < 60 s: "
+              f"{'PASS' if at_cub(stages) < 60 else 'MISS'})")
     if scratch is not None:
         scratch.cleanup()
 
