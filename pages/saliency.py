@@ -9,7 +9,7 @@ from explainers.store import training_data
 from ui.cache import Failure, explanations
 from ui.progress import progress_bar
 from ui.settings import method_controls
-from ui.sidebar import current_with_image
+from ui.sidebar import current_with_image, runnable_methods
 
 st.title("Saliency maps")
 st.caption("Where does the network look? Each panel is one method's answer for the same image, class and depth. "
@@ -28,19 +28,14 @@ view = controls[2].radio("Show", ["overlay", "cells"], key="view", horizontal=Tr
                          format_func=lambda v: {"overlay": "overlay", "cells": "block cells"}[v],
                          help="Block cells: the map at the block's own resolution, before upsampling.")
 
-runnable, skipped = [], []
-for name in selection.methods:
+
+
+def _reason(name: str) -> str | None:
     with training_data(selection.train_source):  # the sidebar's training images: the k-means attribution fits on them
-        reason = method_info(name).available(model, selection.block)
-    if reason:
-        skipped.append((name, reason))
-    else:
-        runnable.append(name)
-if not runnable:
-    st.info("Choose at least one method in the sidebar that applies at this depth.")
-    for name, reason in skipped:
-        st.caption(f"{method_info(name).label}: {reason}.")
-    st.stop()
+        return method_info(name).available(model, selection.block)
+
+
+runnable, skipped = runnable_methods(selection.methods, _reason)
 
 tunable = [name for name in runnable if method_info(name).settings]  # methods that declare settings of their own
 settings = {}

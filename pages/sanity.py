@@ -9,7 +9,7 @@ from explainers.evaluation import MODES
 from explainers.evaluation.sanity_plots import curves_png, maps_sheet, step_label, step_pictures
 from ui.progress import progress_bar
 from ui.sanity import MAX_IMAGES, curves_figure, randomisation, test_images
-from ui.sidebar import current_with_image
+from ui.sidebar import current_with_image, runnable_methods
 
 st.title("Sanity checks")
 st.caption("A map that explains the *model* must change when the model's weights are destroyed; one that barely "
@@ -38,20 +38,16 @@ keep_statistics = controls[2].toggle(
          "randomise trainable variables only); they then normalise random activations with the trained ones' "
          "statistics.")
 
-runnable, skipped = [], []
-for name in selection.methods:
+
+
+def _reason(name: str) -> str | None:
     info = method_info(name)
-    reason = ("its prototypes belong to the trained network; a fair check would fit new ones on every randomised copy"
-              if info.family == "prototype" else info.available(model, block))
-    if reason:
-        skipped.append((name, reason))
-    else:
-        runnable.append(name)
-if not runnable:
-    st.info("Choose at least one method in the sidebar that applies at this depth.")
-    for name, reason in skipped:
-        st.caption(f"{method_info(name).label}: {reason}.")
-    st.stop()
+    if info.family == "prototype":
+        return "its prototypes belong to the trained network; a fair check would fit new ones on every randomised copy"
+    return info.available(model, block)
+
+
+runnable, skipped = runnable_methods(selection.methods, _reason)
 if any(method_info(n).family == "perturbation" for n in runnable):
     controls[3].caption(":orange[Perturbation methods run their masked passes again at every step: seven times "
                         "the Saliency page's time per image.]")

@@ -77,6 +77,24 @@ def current_with_image() -> Selection:
     return selection
 
 
+def runnable_methods(names: list[str], reason_of) -> tuple[list[str], list[tuple[str, str]]]:
+    """The methods of ``names`` that can run (``reason_of(name)`` is None) and the others with their reason;
+    stops the page, naming every reason, when none can."""
+    runnable, skipped = [], []
+    for name in names:
+        reason = reason_of(name)
+        if reason:
+            skipped.append((name, reason))
+        else:
+            runnable.append(name)
+    if not runnable:
+        st.info("Choose at least one method in the sidebar that applies at this depth.")
+        for name, reason in skipped:
+            st.caption(f"{method_info(name).label}: {reason}.")
+        st.stop()
+    return runnable, skipped
+
+
 def _hand_over_to_the_entry_script() -> None:
     """Rerun through app.py when Streamlit ran a page file on its own.
 
