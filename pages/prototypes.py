@@ -75,7 +75,9 @@ for position, column in ((0, 1), (1, 2)):
 figure.update_layout(height=560, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.05),
                      dragmode="select")
 event = st.plotly_chart(figure, width="stretch", on_select="rerun", selection_mode="points", key="umap")
-st.caption("UMAP of the pooled embeddings z of the chosen classes: train opaque, test faint. Prototypes among the data "
+st.caption(("UMAP of the pooled embeddings z of every class, fitted once, showing the chosen classes"
+            if one_map else "UMAP of the pooled embeddings z of the chosen classes") +
+           ": train opaque, test faint. Prototypes among the data "
            "are mapped by UMAP; a prototype farther from every image than images are from their 15th neighbour is "
            "placed by least squares on its true distances to the class centres, so it is never drawn inside a class "
            "it is far from. Select points (box or click) to see the images.")

@@ -179,9 +179,10 @@ class Evaluation:
         start, full = float(self.insertion[self.methods[0]][:, 0].mean()), float(self.original.mean())
         if start < 0.5 * full:
             return None
-        return (f"the blurred copy insertion starts from still scores p = {start:.2f} for the class on average "
-                f"(the images {full:.2f}): with a blur of sigma {self.settings.blur_sigma:g} px the network still "
-                "sees the class, so inserting pixels adds little; use a stronger blur")
+        return (f"the blurred copy that insertion starts from still gets p = {start:.2f} for the class on average, "
+                f"against {full:.2f} for the images themselves: blurred with σ = {self.settings.blur_sigma:g} px, "
+                "the class is still visible to the network, so inserting pixels adds little. Raise the blur under "
+                "*Metric settings*")
 
     def road_table(self) -> pd.DataFrame:
         """ROAD: mean probability over the removal fractions and images, removing the most relevant
