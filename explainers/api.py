@@ -111,12 +111,13 @@ def explain_trace(model: ModelSpec, shared: Trace, methods: Sequence[str], block
         if not isinstance(output, MethodOutput):
             output = MethodOutput(maps=output)
         _check_finite(method, output.maps, model, block)
-        heatmaps = upsample(output.maps, model.input_size)
+        maps = output.maps.detach().float().cpu()
+        heatmaps = upsample(maps, model.input_size)
         seconds = time.perf_counter() - started
         for i, result in enumerate(results):
             result[method.name] = Explanation(
                 method=method.name, block=block, target=int(shared.targets[i]),
-                raw=output.maps[i].float().numpy(), heatmap=heatmaps[i].numpy(), signed=method.signed,
+                raw=maps[i].numpy(), heatmap=heatmaps[i].numpy(), signed=method.signed,
                 forwards=shared.forwards + output.forwards,
                 backwards=(shared.backwards if method.needs_gradients else 0) + output.backwards,
                 seconds=seconds / len(results), trace_seconds=shared.seconds / len(results),
@@ -191,7 +192,7 @@ def predict(model: ModelSpec, image: Any, top: int = 5) -> list[tuple[int, float
 
 @torch.inference_mode()
 def _probabilities(model: ModelSpec, inputs: torch.Tensor) -> torch.Tensor:
-    return model.net(inputs).softmax(dim=1)
+    return model.net(inputs.to(model.device)).softmax(dim=1).cpu()
 
 
 __all__ = ["Explanation", "MethodUnavailableError", "Trace", "explain", "explain_batch", "explain_many",

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from . import compute
+from .devices import synchronize
 
 if TYPE_CHECKING:
     from .models import ModelSpec
@@ -96,4 +97,5 @@ def _measure(network: nn.Module, probe: torch.Tensor) -> dict[int, float]:
 def _timed(network: nn.Module, batch: torch.Tensor) -> float:
     started = time.perf_counter()
     network(batch)
+    synchronize(batch.device)
     return time.perf_counter() - started

@@ -11,7 +11,7 @@ user's input keeps working.
 """
 from __future__ import annotations
 
-__all__ = ["BlockError", "CheckpointError", "DatasetError", "FitCancelled", "ImageError", "MethodUnavailableError",
+__all__ = ["BlockError", "CheckpointError", "DatasetError", "DeviceUnavailableError", "FitCancelled", "ImageError", "MethodUnavailableError",
            "ModelUnavailableError", "UserInputError"]
 
 
@@ -46,3 +46,7 @@ class BlockError(UserInputError):
 class FitCancelled(UserInputError):
     """A fit stopped because a person asked (its Cancel button): what it had written to the feature cache is
     whole, and the next fit of the same model and data resumes from it."""
+
+
+class DeviceUnavailableError(UserInputError):
+    """The device asked for does not exist on this machine, or is not a device name at all."""

@@ -52,6 +52,7 @@ from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 from zennit.types import Activation, AvgPool, BatchNorm, Linear, MaxPool
 
 from . import compute
+from .devices import device_of
 from .errors import BlockError
 from .hooks import tapped, without_hooks
 from .registry import Registry
@@ -107,7 +108,7 @@ def _probe_job(net: nn.Module, channels: int, input_size: tuple[int, int]) -> Pr
 
     # A module registered under two names is one module: it keeps its first name.
     with tapped({module: counter(name) for module, name in names.items()}, private=True):
-        net(torch.zeros(1, channels, *input_size))
+        net(torch.zeros(1, channels, *input_size, device=device_of(net)))
     return Probe(calls=calls, shapes=shapes, order=order, input_size=tuple(input_size))
 
 

@@ -175,7 +175,7 @@ class FeatureCache:
             for name in names:
                 if done[name] >= stop:
                     continue  # already written by an earlier pass (a block cached further than the others)
-                values = recorded[name].numpy().astype(stored_dtype(name), copy=False)
+                values = recorded[name].cpu().numpy().astype(stored_dtype(name), copy=False)
                 os.pwrite(files[name], np.ascontiguousarray(values).tobytes(), first * self.image_bytes([name], stored=True))
             for name in names:
                 if done[name] < stop:

@@ -22,6 +22,7 @@ from torch import nn
 from torchvision import models as tv_models
 
 from . import compute, families
+from .devices import device_of, resolve_device
 from .data import imagenet_classes, plural
 from .digits import (DIGITS_CARD, DIGITS_MARKED_CARD, DIGITS_MARKED_WEIGHTS, DIGITS_WEIGHTS, DigitsResNet,
                      digits_transform)
@@ -69,6 +70,11 @@ class ModelSpec:
     @property
     def input_size(self) -> tuple[int, int]:
         return self.transform.input_size
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network's weights are (``explainers.devices``): every pass of it runs there."""
+        return device_of(self.net)
 
     @property
     def num_classes(self) -> int:
@@ -120,7 +126,7 @@ class ModelSpec:
     def probe_inputs(self, count: int) -> torch.Tensor:
         """Seeded random inputs of the model's shape, for checks made once when a model is used."""
         generator = torch.Generator().manual_seed(0)
-        return torch.randn(count, len(self.transform.mean), *self.input_size, generator=generator)
+        return torch.randn(count, len(self.transform.mean), *self.input_size, generator=generator).to(self.device)
 
     def _probe(self) -> None:
         probe = trace(self, self.probe_inputs(1))
@@ -146,7 +152,8 @@ class ModelSpec:
 
 
 def load_model(model: str | Path | nn.Module, *, weights: str | None = "DEFAULT", arch: str | None = None,
-               classes: list[str] | None = None, input_size: tuple[int, int] = (224, 224)) -> ModelSpec:
+               classes: list[str] | None = None, input_size: tuple[int, int] = (224, 224),
+               device: str | torch.device | None = None) -> ModelSpec:
     """Build a ModelSpec from a registered name, a checkpoint path, or an ``nn.Module``.
 
     - ``"digits"`` (built in, offline) or a torchvision classifier name such as ``"resnet18"``;
@@ -158,9 +165,27 @@ def load_model(model: str | Path | nn.Module, *, weights: str | None = "DEFAULT"
       ``torch.load(..., weights_only=True)``, never unpickling code. ``arch`` names the
       architecture when the file does not.
     - An ``nn.Module`` ending in a linear classifier (``classes`` and ``input_size`` describe it).
+
+    ``device``: where the model runs (``explainers.devices``): None for ``default_device()`` (a GPU when
+    present, else the CPU; ``PROTOSCOPE_DEVICE`` chooses); an ``nn.Module`` stays where it is unless
+    ``device`` is given. Weights are read on the CPU and moved once the model is built.
     """
     if isinstance(model, nn.Module):
-        return from_module(model, name=type(model).__name__, classes=classes, input_size=input_size)
+        spec = from_module(model, name=type(model).__name__, classes=classes, input_size=input_size)
+        return spec if device is None else _moved(spec, resolve_device(device))
+    where = resolve_device(device)  # an unknown device is refused before any weight is read
+    return _moved(_built(model, weights, arch, classes), where)
+
+
+def _moved(spec: ModelSpec, device: torch.device) -> ModelSpec:
+    """``spec`` with its network on ``device``; made before the spec is shared, so no request sees it half moved.
+    The probe's findings (block shapes, the GAP head) hold on every device; the inference copy is made later,
+    from the moved network."""
+    spec.net.to(device)
+    return spec
+
+
+def _built(model: str | Path, weights: str | None, arch: str | None, classes: list[str] | None) -> ModelSpec:
     if isinstance(model, str) and model in MODELS:
         return MODELS.build(model, weights=weights)
     path = Path(model).expanduser()

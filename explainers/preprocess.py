@@ -52,15 +52,16 @@ class Preprocess:
 
     def pixel_values(self, inputs: torch.Tensor) -> torch.Tensor:
         """Model inputs (N, C, H, W) back to pixel values (0..1 for real images): normalisation undone."""
-        return inputs * self._channel(self.std) + self._channel(self.mean)
+        return inputs * self._channel(self.std, inputs) + self._channel(self.mean, inputs)
 
     def model_values(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixel values (N, C, H, W) to model inputs: the normalisation ``to_tensor`` applies."""
-        return (pixels - self._channel(self.mean)) / self._channel(self.std)
+        return (pixels - self._channel(self.mean, pixels)) / self._channel(self.std, pixels)
 
     @staticmethod
-    def _channel(values: tuple[float, ...]) -> torch.Tensor:
-        return torch.tensor(values).view(1, -1, 1, 1)
+    def _channel(values: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
+        """Per-channel values shaped (1, C, 1, 1), on the device of the tensor they scale."""
+        return torch.tensor(values, device=like.device).view(1, -1, 1, 1)
 
 
 def imagenet_preprocess(input_size: tuple[int, int] = IMAGENET_INPUT, *, mean: tuple[float, ...] = IMAGENET_MEAN,

@@ -206,8 +206,15 @@ def batches(model: ModelSpec, dataset: DatasetSpec, batch_size: int = 128) -> It
 
 
 def block_activations(model: ModelSpec, inputs: torch.Tensor, blocks: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The blocks' outputs for ``inputs``, on the CPU, where the prototypes are."""
     with torch.inference_mode():
-        return trace(model, inputs, blocks=list(blocks)).activations
+        return on_cpu(trace(model, inputs, blocks=list(blocks)).activations)
+
+
+def on_cpu(activations: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Block outputs moved to the CPU: the fitted prototypes live there as numpy arrays (k-means is
+    scikit-learn's), and one image's activations are small beside the network's pass on its device."""
+    return {name: values.cpu() for name, values in activations.items()}
 
 
 def embeddings(model: ModelSpec, dataset: DatasetSpec, batch_size: int = 128,
@@ -306,7 +313,8 @@ class PrototypeExplainer:
         self.model_ = model  # kept for predict/explain; not saved (the cache key holds its fingerprint)
         self.model_name_ = model.name
         self.num_classes_ = model.num_classes
-        self.classifier_ = (model.classifier.weight.detach().numpy().copy(), model.classifier.bias.detach().numpy().copy())
+        self.classifier_ = (model.classifier.weight.detach().cpu().numpy().copy(),
+                            model.classifier.bias.detach().cpu().numpy().copy())
         depths = ["pooled"] if self.depth == "pooled" else suffix_depths(self.depth)
         blocks = sorted({b for d in depths for b in depth_blocks(d)})
         budget = budget or memory_budget()
@@ -529,7 +537,7 @@ class PrototypeExplainer:
     def predict_activations(self, activations: dict[str, torch.Tensor]) -> np.ndarray:
         """``predict`` from block activations already recorded (one trace can serve several explainers)."""
         level = self.level_
-        features = self._features(activations, level.depth)
+        features = self._features(on_cpu(activations), level.depth)
         n = features.shape[0]
         nearest = self._assign(features.reshape(-1, features.shape[-1]), level).reshape(n, -1)
         if self.depth == "pooled":
@@ -550,13 +558,14 @@ class PrototypeExplainer:
         inputs = as_batch(model, image)[:1]
         with torch.inference_mode():
             result = trace(model, inputs, blocks=list(model.blocks))
-        logits = result.logits[0].numpy()
+        logits = result.logits[0].cpu().numpy()
         level = self.level_
-        features = self._features(result.activations, level.depth)[0]
+        activations = on_cpu(result.activations)
+        features = self._features(activations, level.depth)[0]
         segments = self._assign(features.reshape(-1, features.shape[-1]), level).reshape(features.shape[:2])
         counts = np.bincount(level.labels[segments.ravel()], minlength=self.num_classes_)
         chosen = int(counts.argmax()) if target is None else model.check_target(target)
-        levels = self.attribution(result.activations, chosen)
+        levels = self.attribution(activations, chosen)
         return PrototypeExplanation(level.depth, segments, counts, int(counts.argmax()), chosen,
                                     levels[level.depth], levels, logits)
 
@@ -564,6 +573,7 @@ class PrototypeExplainer:
         """Eq. 11 at the last block, then upsample and average within each segment of every
         shallower explanation map of the chain (the three steps after eq. 11)."""
         weights, _bias = self.classifier_
+        activations = on_cpu(activations)
         column = torch.tensor(weights[target])
         last = activations[BLOCK_NAMES[-1]][0]
         current = torch.einsum("dhw,d->hw", last, column) / column.dot(column)

@@ -321,10 +321,10 @@ def block_features(model: ModelSpec, dataset: DatasetSpec, block: str, batch_siz
 def full_mode_refusal(model: ModelSpec) -> str | None:
     """Why full Q-SENN cannot run for ``model`` on this machine, or None when it can."""
     parameters = sum(p.numel() for p in model.net.parameters())
-    if torch.cuda.is_available() or parameters <= FULL_MODE_CPU_PARAMETERS:
+    if model.device.type != "cpu" or parameters <= FULL_MODE_CPU_PARAMETERS:
         return None
     return (f"Full Q-SENN fine-tunes every weight of the backbone, several times: {model.name} has "
-            f"{parameters / 1e6:.1f} M parameters, which would take hours on this machine's CPU (no GPU here). "
+            f"{parameters / 1e6:.1f} M parameters, which would take hours on the CPU it runs on (no GPU here). "
             f"Use the post-hoc mode (frozen backbone, minutes), or run on a machine with a GPU.")
 
 
@@ -537,8 +537,8 @@ class QSENN:
             net = hookless_copy(model.net)
             network = _tuned_spec(model, net)
         net = network.net
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        net.to(device).requires_grad_(True)
+        device = model.device  # the copy is where the model is: a GPU when there is one
+        net.requires_grad_(True)
         optimiser = torch.optim.Adam(net.parameters(), lr=self.lr * self.lr_decay ** round_)
         layer = {"selected": torch.as_tensor(self.features_, device=device),
                  "mean": torch.as_tensor(self.mean_, device=device), "std": torch.as_tensor(self.std_, device=device),
@@ -557,7 +557,7 @@ class QSENN:
                 done += 1
                 report_fraction(done / steps, f"round {round_ + 1}, fine-tuning: epoch {epoch + 1} of {self.epochs}, "
                                               f"loss {loss:.3f}", progress)
-        net.to("cpu").eval().requires_grad_(False)
+        net.eval().requires_grad_(False)
         self.history_[-1]["lr"] = self.lr * self.lr_decay ** round_
         self._time("fine-tuning", started)
         return network

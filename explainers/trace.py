@@ -70,7 +70,8 @@ def block_hooks(blocks: dict[str, nn.Module]) -> Iterator[dict[str, torch.Tensor
 
 def trace(model: "ModelSpec", inputs: torch.Tensor, targets: int | Sequence[int] | torch.Tensor | None = None,
           gradients: bool = False, blocks: Sequence[str] | None = None) -> Trace:
-    """Run the model once on ``inputs`` (N, C, H, W) and record every block.
+    """Run the model once on ``inputs`` (N, C, H, W) and record every block. The inputs go to the model's
+    device; what the trace holds is on that device.
 
     ``targets``: one class for all images, one per image, or None for the predicted class.
     ``gradients``: also run ONE backward pass of the sum of the target logits, giving the
@@ -88,6 +89,7 @@ def trace(model: "ModelSpec", inputs: torch.Tensor, targets: int | Sequence[int]
 def _trace_job(model: "ModelSpec", inputs: torch.Tensor, targets: int | Sequence[int] | torch.Tensor | None,
                gradients: bool, chosen: dict[str, nn.Module]) -> Trace:
     started = time.perf_counter()
+    inputs = inputs.to(model.device)
     with block_hooks(chosen) as captured, torch.set_grad_enabled(gradients):
         if gradients:
             inputs = inputs.detach().requires_grad_(True)
@@ -115,7 +117,7 @@ def _resolve_targets(model: "ModelSpec", logits: torch.Tensor,
     n = logits.shape[0]
     if targets is None:
         return logits.detach().argmax(dim=1)
-    values = torch.as_tensor(targets, dtype=torch.long).reshape(-1)
+    values = torch.as_tensor(targets, dtype=torch.long).reshape(-1).to(logits.device)
     if values.numel() == 1:
         values = values.expand(n)
     if values.numel() != n:

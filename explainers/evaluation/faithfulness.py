@@ -448,7 +448,7 @@ def _chunk_size(model: ModelSpec) -> int:
 
 @torch.inference_mode()
 def _predicted(model: ModelSpec, inputs: torch.Tensor) -> torch.Tensor:
-    return model.net(inputs).argmax(dim=1)
+    return model.net(inputs.to(model.device)).argmax(dim=1)
 
 
 def _traced_maps(model: ModelSpec, inputs: torch.Tensor, targets: torch.Tensor | None, names: list[str], block: str,
@@ -610,7 +610,9 @@ def _run_plan(model: ModelSpec, inputs: torch.Tensor, targets: torch.Tensor, pla
     the previous batch runs on the compute thread, so the two overlap."""
     network = model.inference_net
     size = batching.batch_size(model)
-    shared = compute.run(_chunk_tensors, inputs, deletion_baseline(model), settings.blur_kernel, settings.blur_sigma)
+    # On the model's device; ROAD's imputation reads the CPU copy (scipy), and its results go to the device in _build.
+    shared = compute.run(_chunk_tensors, inputs.to(model.device), deletion_baseline(model).to(model.device),
+                         settings.blur_kernel, settings.blur_sigma)
     values = np.zeros(len(plan.recipes))
     timing = {"passes": 0.0, "imputation": 0.0}
     total = len(plan.recipes)
@@ -661,10 +663,10 @@ def _build(shared: _ChunkTensors, recipe: _Recipe) -> torch.Tensor:
     if recipe.kind == "blur":
         return shared.blurred[recipe.image]
     if recipe.kind == "scale":
-        return x * recipe.data
+        return x * recipe.data.to(x.device)
     if recipe.kind == "road":
-        return recipe.data
-    mask = recipe.data.view(x.shape[-2:])
+        return recipe.data.to(x.device)
+    mask = recipe.data.view(x.shape[-2:]).to(x.device)
     if recipe.kind == "delete":
         return torch.where(mask, shared.baseline, x)
     return torch.where(mask, x, shared.blurred[recipe.image])  # insert
@@ -678,15 +680,15 @@ def _score_job(network: torch.nn.Module, shared: _ChunkTensors, targets: torch.T
     started = time.perf_counter()
     probabilities = network(stacked).softmax(dim=1)
     seconds = time.perf_counter() - started
-    chosen = targets[torch.tensor([recipe.image for recipe in batch])]
-    return probabilities.gather(1, chosen[:, None])[:, 0].double().numpy(), seconds
+    chosen = targets[torch.tensor([recipe.image for recipe in batch], device=targets.device)]
+    return probabilities.gather(1, chosen[:, None])[:, 0].cpu().numpy().astype(np.float64), seconds
 
 
 # ------------------------------------------------------------------------------------- gathering chunks
 
 def _gather(result: Evaluation, parts: list[tuple[_Maps, _Scores]], names: list[str]) -> None:
     result.methods = names
-    result.targets = np.concatenate([maps.targets.numpy() for maps, _ in parts]) if parts else result.targets
+    result.targets = np.concatenate([maps.targets.cpu().numpy() for maps, _ in parts]) if parts else result.targets
     result.original = np.concatenate([scores.original for _, scores in parts]) if parts else result.original
     for key in ("masked", "deletion", "insertion", "morf", "lerf"):
         table = getattr(result, key)

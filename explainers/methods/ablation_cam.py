@@ -96,13 +96,13 @@ def ablation_drops(trace: "Trace", block: str, model: "ModelSpec",
     if block == list(model.blocks)[-1] and model.gap_head:
         weights = model.classifier.weight.detach()[targets]
         return weights * activations.mean(dim=(2, 3)), trace.logits.gather(1, targets[:, None])[:, 0], 0
-    drops = torch.zeros(activations.shape[:2])
-    scores = torch.zeros(activations.shape[0])
+    drops = torch.zeros(activations.shape[:2], device=activations.device)
+    scores = torch.zeros(activations.shape[0], device=activations.device)
     active = [a.flatten(1).ne(0).any(dim=1).nonzero().squeeze(1) for a in activations]
     listener, total, done = current_listener(), sum(len(c) + 1 for c in active), 0
     for i, channels in enumerate(active):
         rows = activations[i].unsqueeze(0).repeat(len(channels) + 1, 1, 1, 1)
-        rows[torch.arange(1, len(channels) + 1), channels] = 0
+        rows[torch.arange(1, len(channels) + 1, device=rows.device), channels] = 0
         found = []
         for logits in after_block(model, block, trace.inputs[i], rows, trace.logits[i], batch_size):
             found.append(logits)
@@ -143,7 +143,8 @@ def ablation_cam_plain(model: "ModelSpec", image: torch.Tensor, block: str, targ
     recorded = take_trace(model, image.unsqueeze(0), target, blocks=[block])
     activations = recorded.activations[block]
     score = recorded.logits[0, target]
-    drops = torch.zeros(activations.shape[1])
+    drops = torch.zeros(activations.shape[1], device=activations.device)
+    image = image.to(activations.device)
     ablated = range(activations.shape[1])[:channels]
     for k in ablated:
         def zero(output: torch.Tensor, k: int = k) -> torch.Tensor:

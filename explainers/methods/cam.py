@@ -111,17 +111,18 @@ def first_component(matrix: torch.Tensor, reference: torch.Tensor) -> torch.Tens
     eigenvectors of the smaller of A A^T (h*w square) and A^T A (K square): one symmetric
     eigendecomposition of a 49 x 49 matrix at B4 of a 224 x 224 network instead of the SVD of
     a 49 x 1280 one (12 ms -> under 1 ms on Lite0). The Gram matrix is formed in float64,
-    since it squares the condition number.
+    since it squares the condition number, on the CPU (Apple's MPS has no float64; the
+    decomposition is too small to gain from a GPU).
     """
     n, k, h, w = matrix.shape
-    rows = matrix.permute(0, 2, 3, 1).reshape(n, h * w, k).double()
+    rows = matrix.permute(0, 2, 3, 1).reshape(n, h * w, k).cpu().double()
     if h * w <= k:
         values, vectors = torch.linalg.eigh(rows @ rows.transpose(1, 2))
         projection = vectors[:, :, -1] * values[:, -1].clamp_min(0).sqrt()[:, None]
     else:
         _, vectors = torch.linalg.eigh(rows.transpose(1, 2) @ rows)
         projection = (rows @ vectors[:, :, -1:]).squeeze(2)
-    projection = projection.to(matrix.dtype).reshape(n, h, w)
+    projection = projection.to(device=matrix.device, dtype=matrix.dtype).reshape(n, h, w)
     agreement = (projection * (reference - reference.mean(dim=(1, 2), keepdim=True))).sum(dim=(1, 2))
     flip = torch.where(agreement < 0, -1.0, 1.0)
     total = projection.sum(dim=(1, 2))

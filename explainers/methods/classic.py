@@ -36,7 +36,7 @@ OUTPUT_LEVEL = 2  # maps are summed at this pyramid level (1/4 of the input side
 
 def pixels(trace: "Trace", model: "ModelSpec") -> np.ndarray:
     """The input images as (N, H, W, C) floats in [0, 1]: the model's normalisation undone."""
-    return model.transform.pixel_values(trace.inputs).clamp(0, 1).permute(0, 2, 3, 1).numpy().astype(np.float64)
+    return model.transform.pixel_values(trace.inputs).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy().astype(np.float64)
 
 
 def grey(image: np.ndarray) -> np.ndarray:

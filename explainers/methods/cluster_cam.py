@@ -103,7 +103,7 @@ def cluster_channels(maps: torch.Tensor, q: int, clustering: str = "kmeans", see
 
 
 def _cluster_job(maps: torch.Tensor, q: int, clustering: str, seed: int) -> np.ndarray:
-    features = maps.flatten(1).double().numpy()
+    features = maps.flatten(1).cpu().double().numpy()
     distinct = len(np.unique(features, axis=0))
     q = min(q, distinct)
     if q <= 1:
@@ -130,7 +130,7 @@ def cluster_cam_parts(trace: "Trace", block: str, model: "ModelSpec", q: int = C
     found = []
     for maps in activations:
         labels = cluster_channels(maps, int(q), clustering, seed)
-        representatives = torch.stack([maps[torch.from_numpy(labels == j)].mean(dim=0)
+        representatives = torch.stack([maps[torch.from_numpy(labels == j).to(maps.device)].mean(dim=0)
                                        for j in range(labels.max() + 1)])
         masks, scaled = scaled_masks(representatives, model.input_size)
         found.append((labels, representatives, masks, scaled))
@@ -145,8 +145,8 @@ def cluster_cam_parts(trace: "Trace", block: str, model: "ModelSpec", q: int = C
             report(done, total, "Cluster-CAM: masked inputs", listener)
         score = torch.cat(scores)
         parts.append(ClusterCAM(
-            representatives=representatives.numpy(), scaled=scaled.numpy(), masks=masks.numpy(),
-            scores=score.numpy(), labels=labels, base=int(score.argmax()), scissors=int(score.argmin()),
+            representatives=representatives.cpu().numpy(), scaled=scaled.cpu().numpy(), masks=masks.cpu().numpy(),
+            scores=score.cpu().numpy(), labels=labels, base=int(score.argmax()), scissors=int(score.argmin()),
             alpha=float(alpha), clustering=clustering, target=target))
     return parts
 
@@ -188,5 +188,6 @@ def masked_pictures(model: "ModelSpec", image: torch.Tensor, masks: np.ndarray) 
     """What the network saw for each mask: the normalised ``image`` (C, H, W) times the mask, with the
     normalisation undone, as (M, H, W, C) uint8. Masked-out pixels become the normalisation mean
     (x = 0 after normalising), not black."""
+    image = image.cpu()  # the pictures are for the page; the masks are on the CPU already
     seen = model.transform.pixel_values(image.unsqueeze(0) * torch.from_numpy(masks).unsqueeze(1))
     return (seen.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()

@@ -70,6 +70,7 @@ from zennit.rules import Epsilon
 from zennit.types import Convolution
 
 from .. import compute
+from ..devices import accumulator_dtype
 from ..errors import MethodUnavailableError
 from ..families import family_of
 from ..hooks import tapped
@@ -131,7 +132,8 @@ def lrp_unavailable(model: "ModelSpec", block: str) -> str | None:
 
 def input_box(model: "ModelSpec", shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
     """The lowest and highest possible input values: pixels 0 and 1 after the model's normalisation."""
-    return (model.transform.model_values(torch.zeros(shape)), model.transform.model_values(torch.ones(shape)))
+    return (model.transform.model_values(torch.zeros(shape, device=model.device)),
+            model.transform.model_values(torch.ones(shape, device=model.device)))
 
 
 def composite_for(model: "ModelSpec", rule: str, shape: torch.Size, epsilon: float = EPSILON,
@@ -174,7 +176,7 @@ def _relevance_job(model: "ModelSpec", inputs: torch.Tensor, targets: torch.Tens
     twin = structural_copy(model.net)
     composite = composite_for(model, rule, inputs.shape, epsilon, gamma, stabilizer, canonize)
     captured: dict[str, torch.Tensor] = {}
-    absorbed = torch.zeros(inputs.shape[0], dtype=torch.float64)
+    absorbed = torch.zeros(inputs.shape[0], dtype=accumulator_dtype(inputs.device), device=inputs.device)
 
     def record(output: torch.Tensor) -> None:
         output.register_hook(lambda grad: captured.__setitem__("block", grad))
@@ -204,8 +206,8 @@ def _account(composite, absorbed: torch.Tensor) -> None:
             above = grad_output[0] if isinstance(grad_output, tuple) else grad_output
             below = [r for r in (handed if isinstance(handed, tuple) else (handed,)) if r is not None]
             if isinstance(above, torch.Tensor) and below:
-                kept = above.detach().double().flatten(1).sum(1)
-                kept = kept - sum(r.detach().double().flatten(1).sum(1) for r in below)
+                kept = above.detach().to(absorbed.dtype).flatten(1).sum(1)
+                kept = kept - sum(r.detach().to(absorbed.dtype).flatten(1).sum(1) for r in below)
                 absorbed.add_(kept)
             return handed
 
@@ -239,16 +241,16 @@ BLOWUP = 100.0
 
 def conservation(result: Relevance, targets: torch.Tensor) -> list[str | None]:
     """Per image: None when its relevance is conserved as above, else what went wrong."""
-    pixels = result.pixels.double().flatten(1)
-    totals = pixels.sum(1)
-    logits = result.logits.double()
-    chosen = logits.gather(1, targets[:, None])[:, 0]
-    absorbed = result.absorbed if result.absorbed is not None else torch.zeros_like(totals)
+    # Summed where the relevance is (a GPU sums it faster than it copies it), in the widest float there.
+    totals = result.pixels.to(accumulator_dtype(result.pixels.device)).flatten(1).sum(1).cpu().double()
+    logits = result.logits.cpu().double()
+    chosen = logits.gather(1, targets.cpu()[:, None])[:, 0]
+    absorbed = result.absorbed.cpu().double() if result.absorbed is not None else torch.zeros_like(totals)
     problems: list[str | None] = []
     for i in range(len(totals)):
         f, total, kept = float(chosen[i]), float(totals[i]), float(absorbed[i])
         scale = abs(f) + float(logits[i].abs().max())
-        if not (torch.isfinite(result.pixels[i]).all() and all(map(torch.isfinite, (chosen[i], absorbed[i])))):
+        if not (bool(torch.isfinite(result.pixels[i]).all()) and all(map(torch.isfinite, (chosen[i], absorbed[i])))):
             problems.append(f"the relevance is not finite (NaN or infinite values) for a logit of {f:.3g}")
         elif max(abs(total), abs(kept)) > BLOWUP * max(scale, 1e-12):
             problems.append(f"the relevance blew up: it sums to {total:.3g} at the pixels for a logit of {f:.3g}")
@@ -288,7 +290,7 @@ def lrp_output(trace: "Trace", block: str, model: "ModelSpec", rule: str, epsilo
         "relevance_total": float(totals[i]),
         "relevance_absorbed": float(result.absorbed[i]) if result.absorbed is not None else None,
         "logit": float(logits[i]),
-        "block_relevance": result.block[i].sum(dim=0).numpy() if result.block is not None else None,
+        "block_relevance": result.block[i].sum(dim=0).cpu().numpy() if result.block is not None else None,
     } for i in range(len(pixels))]
     return MethodOutput(maps=pixels, forwards=passes, backwards=passes, extras={"canonized": canonized},
                         per_image=per_image)

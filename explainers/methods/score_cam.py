@@ -49,15 +49,15 @@ def score_cam(trace: "Trace", block: str, model: "ModelSpec", *, batch_size: int
     ``batch_size`` (None: measured per network, ``explainers.batching``).
     """
     activations = trace.activations[block]
-    weights = torch.zeros(activations.shape[:2])
+    weights = torch.zeros(activations.shape[:2], device=activations.device)
     plan = [distinct_maps(a) for a in activations]
     counts = [int(group.max()) + 1 if group.numel() else 0 for _, group in plan]
     listener, total, done = current_listener(), sum(counts), 0
     for i, (channels, group) in enumerate(plan):
         if channels.numel() == 0:
             continue
-        first = torch.full((counts[i],), len(group)).scatter_reduce_(
-            0, group, torch.arange(len(group)), reduce="amin")  # each group's first channel
+        first = torch.full((counts[i],), len(group), device=group.device).scatter_reduce_(
+            0, group, torch.arange(len(group), device=group.device), reduce="amin")  # each group's first channel
         scores = []
         for part in masked_scores(model, trace.inputs[i], activations[i, channels[first]], int(trace.targets[i]),
                                   batch_size):
@@ -78,7 +78,8 @@ def score_cam_plain(model: "ModelSpec", image: torch.Tensor, block: str, target:
     """
     recorded = take_trace(model, image.unsqueeze(0), target, blocks=[block])
     activations = recorded.activations[block][0]
-    weights = torch.zeros(activations.shape[0])
+    weights = torch.zeros(activations.shape[0], device=activations.device)
+    image = image.to(activations.device)
     passes = 1
     for k, channel in enumerate(activations[:channels]):
         upsampled = upsample(channel.unsqueeze(0), model.input_size)[0]
