@@ -7,6 +7,7 @@
 """
 from .api import Explanation, MethodUnavailableError, explain, explain_batch, explain_many, explain_trace, predict
 from .data import DatasetSpec, load_dataset
+from .devices import default_device
 from .errors import UserInputError
 from .images import ImageError, load_image
 from .methods import method_info, methods
@@ -16,7 +17,7 @@ from . import marked  # noqa: E402,F401  (registers the digits_marked dataset)
 from .trace import Trace, trace
 
 __all__ = [
-    "CheckpointError", "DatasetSpec", "Explanation", "ImageError", "MethodUnavailableError", "ModelSpec",
+    "CheckpointError", "DatasetSpec", "Explanation", "default_device", "ImageError", "MethodUnavailableError", "ModelSpec",
     "ModelUnavailableError", "Trace", "explain", "explain_batch", "explain_many", "explain_trace", "load_dataset",
     "load_image", "load_model", "method_info", "methods", "predict", "trace", "UserInputError",
 ]

@@ -308,11 +308,11 @@ def _tuned_spec(model: ModelSpec, net: nn.Module) -> ModelSpec:
 def block_features(model: ModelSpec, dataset: DatasetSpec, block: str, batch_size: int = 128,
                    progress: Progress | None = None, what: str = "features") -> torch.Tensor:
     """f for every image of ``dataset``: the block's feature maps average-pooled, (N, D), in batches
-    through the compute thread, without gradients."""
+    through the compute thread, without gradients; on the CPU, where glm-saga fits the layer."""
     out = []
     for start, inputs in batches(model, dataset, batch_size):
         with torch.inference_mode():
-            out.append(trace(model, inputs, blocks=[block]).activations[block].mean(dim=(2, 3)))
+            out.append(trace(model, inputs, blocks=[block]).activations[block].mean(dim=(2, 3)).cpu())
         done = start + len(inputs)
         report_fraction(done / len(dataset), f"{what}: {done:,} / {len(dataset):,} images", progress)
     return torch.cat(out).float()

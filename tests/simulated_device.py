@@ -17,12 +17,14 @@ one such backend per process; nothing else changes).
 """
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch.utils._python_dispatch import return_and_correct_aliasing
 from torch.utils._pytree import tree_map
 from torch.utils.backend_registration import _setup_privateuseone_for_python_backend
 
-__all__ = ["DEVICE", "OnDevice", "on_device"]
+__all__ = ["DEVICE", "OnDevice", "on_device", "refusals_in_backward"]
 
 NAME = "simgpu"
 CPU = torch.device("cpu")
@@ -37,13 +39,14 @@ class OnDevice(torch.Tensor):
     @staticmethod
     def __new__(cls, inner: torch.Tensor) -> "OnDevice":
         if inner.dtype == torch.float64:
-            raise TypeError("Cannot convert a MPS Tensor to float64 dtype as the MPS framework doesn't support "
-                            "float64 (simulated device: float64 is refused, as on Apple's MPS)")
+            refuse(TypeError("Cannot convert a MPS Tensor to float64 dtype as the MPS framework doesn't support "
+                             "float64 (simulated device: float64 is refused, as on Apple's MPS)"))
         with torch.inference_mode(False):  # a view may share its version counter with a normal tensor
             wrapper = torch.Tensor._make_wrapper_subclass(
                 cls, inner.size(), strides=inner.stride(), storage_offset=inner.storage_offset(), dtype=inner.dtype,
                 layout=inner.layout, device=DEVICE, requires_grad=inner.requires_grad)
         wrapper.inner = inner
+        assert not isinstance(inner, OnDevice), "a device tensor wrapped twice"
         return wrapper
 
     @property
@@ -81,18 +84,43 @@ class OnDevice(torch.Tensor):
         inner_args, inner_kwargs = tree_map(unwrap, args), tree_map(unwrap, kwargs)
         name = func.overloadpacket.__name__
         if len(places) > 1 and name not in COPIES | INDEX_OPERATIONS:
-            raise RuntimeError(f"Expected all tensors to be on the same device, but found at least two devices, "
-                               f"{NAME}:0 and cpu! (simulated device, in {func})")
+            refuse(RuntimeError(f"Expected all tensors to be on the same device, but found at least two devices, "
+                                f"{NAME}:0 and cpu! (simulated device, in {func})"))
         target = inner_kwargs.get("device")
-        if name in ("_to_copy", "to") and target is not None:  # "to" itself arrives under inference mode
+        if target is not None:  # .to(), .cpu(), new_zeros(device=...): the result is where the call says
             inner_kwargs["device"] = CPU
-            copied = func(*inner_args, **inner_kwargs)
-            return OnDevice(copied) if torch.device(target).type == NAME else copied
+            result = func(*inner_args, **inner_kwargs)
+            return _wrapped(result) if torch.device(target).type == NAME else result
         result = func(*inner_args, **inner_kwargs)
         if name == "_local_scalar_dense":  # .item(), float(t): a Python number, as from a GPU
             return result
-        wrapped = tree_map(lambda value: OnDevice(value) if isinstance(value, torch.Tensor) else value, result)
-        return return_and_correct_aliasing(func, args, kwargs, wrapped)
+        return return_and_correct_aliasing(func, args, kwargs, _wrapped(result))
+
+
+# What was refused inside a backward pass: the autograd engine runs a device's backward on a thread of its
+# own, and an exception raised there aborts the whole process for this Python-registered device (PyTorch
+# cannot reach the device guard's stream functions while it unwinds). So there the refusal is recorded,
+# the operation goes on, and the tests check that this list stays empty (``refusals_in_backward``).
+BACKWARD_REFUSALS: list[str] = []
+
+
+def refuse(error: Exception) -> None:
+    if isinstance(threading.current_thread(), threading._DummyThread):  # a C++ thread: autograd's device worker
+        BACKWARD_REFUSALS.append(str(error))
+        return
+    raise error
+
+
+def refusals_in_backward() -> list[str]:
+    """What backward passes did that a GPU refuses, since the last call (which empties the record)."""
+    found = list(BACKWARD_REFUSALS)
+    BACKWARD_REFUSALS.clear()
+    return found
+
+
+def _wrapped(result: object) -> object:
+    return tree_map(lambda value: value if isinstance(value, OnDevice) else
+                    OnDevice(value) if isinstance(value, torch.Tensor) else value, result)
 
 
 def on_device(tensor: torch.Tensor) -> bool:

@@ -30,19 +30,20 @@ from explainers.store import training_data
 
 
 @st.cache_resource(show_spinner="Loading the model…")
-def get_model(name: str, random_weights: bool = False) -> ModelSpec:
-    return load_model(name, weights=None if random_weights else "DEFAULT")
+def get_model(name: str, random_weights: bool = False, device: str = "cpu") -> ModelSpec:
+    """One model per name, weights and device (``explainers.devices``), shared by every session."""
+    return load_model(name, weights=None if random_weights else "DEFAULT", device=device)
 
 
 @st.cache_resource(show_spinner="Loading the checkpoint…")
-def get_checkpoint_model(data: bytes, filename: str, arch: str) -> ModelSpec:
+def get_checkpoint_model(data: bytes, filename: str, arch: str, device: str = "cpu") -> ModelSpec:
     import tempfile
     from pathlib import Path
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / filename
         path.write_bytes(data)
-        return load_model(path, arch=arch)
+        return load_model(path, arch=arch, device=device)
 
 
 @st.cache_resource(show_spinner="Loading the dataset…")

@@ -21,6 +21,7 @@ from streamlit.runtime.pages_manager import PagesManager
 
 from explainers import UserInputError, method_info, methods
 from explainers.data import DatasetSpec, dataset_splits, plural
+from explainers.devices import default_device, describe_device
 from explainers.models import MODELS, SHIPPED_MODELS, ModelSpec, model_name
 from explainers.prototypes import class_map
 
@@ -123,6 +124,9 @@ def sidebar() -> Selection:
         st.markdown("## Protoscope")
         _choose_model(selection)
         if selection.model is not None:
+            st.caption(f"Runs on {describe_device(selection.model.device)}.",
+                       help="A CUDA GPU or Apple's MPS when this server has one, else the CPU; the environment "
+                            "variable PROTOSCOPE_DEVICE (cpu, cuda, cuda:1, mps) chooses.")
             _choose_training_images(selection)
             _choose_image(selection)
             _choose_target(selection)
@@ -157,7 +161,7 @@ def _choose_model(selection: Selection) -> None:
         if name not in SHIPPED_MODELS:
             random_weights = st.checkbox("Random weights (no download)", key="random_weights",
                                          help="An untrained network: useful to see what architecture alone does.")
-        selection.model = get_model(name, random_weights)
+        selection.model = get_model(name, random_weights, str(default_device()))
         selection.model_key = f"{name}:{'random' if random_weights else 'trained'}:{selection.model.fingerprint}"
     except UserInputError as error:  # the message says what to do (Random weights, ...)
         _refuse_model(selection, error)
@@ -183,7 +187,7 @@ def _load_checkpoint(selection: Selection) -> None:
         st.info("Upload a state dict (.pt) to explain your own model.")
         return
     try:
-        selection.model = get_checkpoint_model(upload.getvalue(), upload.name, arch)
+        selection.model = get_checkpoint_model(upload.getvalue(), upload.name, arch, str(default_device()))
     except UserInputError as error:  # unreadable, another architecture, blocks that do not fit, ...
         _refuse_model(selection, error)
         return
