@@ -453,18 +453,21 @@ class PrototypeExplainer:
             table[:, 0] = np.inf
         total = len(cache.dataset)
         scanned = 0
+        # The scan is the fit's largest computation (images x pixels x prototypes x dimensions): it runs on the
+        # model's device, a GPU when there is one; only each chunk's nearest rows come back.
+        device = self.model_.device
+        prototypes = {d: torch.from_numpy(self.levels_[d].prototypes).to(device) for d in depths}
         for chosen, arrays in cache.chunks(blocks, np.arange(total), self._scan_chunk_bytes(cache, blocks, budget)):
-            activations = {b: torch.from_numpy(a) for b, a in arrays.items()}
+            activations = {b: torch.from_numpy(a).to(device) for b, a in arrays.items()}
             for depth in depths:
-                level = self.levels_[depth]
                 features = self._features(activations, depth)
                 pixels = features[0].numel() // features.shape[-1]
                 flat = features.reshape(-1, features.shape[-1])
-                distances = torch.cdist(flat, torch.from_numpy(level.prototypes))
+                distances = torch.cdist(flat, prototypes[depth])
                 rows = distances.argmin(dim=0)  # the first of equal minima, as numpy's: 4x faster down columns
-                nearest = distances[rows, torch.arange(len(rows))].numpy()
-                segments = distances[rows].argmin(dim=1).numpy()
-                rows = rows.numpy()
+                nearest = distances[rows, torch.arange(len(rows), device=device)].cpu().numpy()
+                segments = distances[rows].argmin(dim=1).cpu().numpy()
+                rows = rows.cpu().numpy()
                 found = np.stack([nearest, chosen[rows // pixels], rows % pixels, segments], axis=1)
                 closer = found[:, 0] < best[depth][:, 0]
                 best[depth][closer] = found[closer]

@@ -162,7 +162,9 @@ def _choose_model(selection: Selection) -> None:
             random_weights = st.checkbox("Random weights (no download)", key="random_weights",
                                          help="An untrained network: useful to see what architecture alone does.")
         selection.model = get_model(name, random_weights, str(default_device()))
-        selection.model_key = f"{name}:{'random' if random_weights else 'trained'}:{selection.model.fingerprint}"
+        # The device is part of the key: a trace cached on one device is never handed to a model on another.
+        selection.model_key = (f"{name}:{'random' if random_weights else 'trained'}:{selection.model.device}:"
+                               f"{selection.model.fingerprint}")
     except UserInputError as error:  # the message says what to do (Random weights, ...)
         _refuse_model(selection, error)
 
@@ -191,7 +193,7 @@ def _load_checkpoint(selection: Selection) -> None:
     except UserInputError as error:  # unreadable, another architecture, blocks that do not fit, ...
         _refuse_model(selection, error)
         return
-    selection.model_key = f"checkpoint:{selection.model.fingerprint}"
+    selection.model_key = f"checkpoint:{selection.model.device}:{selection.model.fingerprint}"
 
 
 def _choose_training_images(selection: Selection) -> None:
