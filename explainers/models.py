@@ -34,7 +34,7 @@ from .trace import trace
 
 __all__ = ["BLOCK_NAMES", "CHECKPOINT_SUFFIXES", "IMAGENET_MEAN", "IMAGENET_STD", "MODELS", "CheckpointError",
            "ModelSpec", "ModelUnavailableError", "Preprocess", "digits_transform", "flatten_alpha", "from_checkpoint",
-           "from_module", "load_model", "model_name", "timm_model", "torchvision_model"]
+           "from_module", "load_model", "model_name", "timm_model", "timm_preprocess", "torchvision_model"]
 
 MODELS: Registry = Registry("model")
 BLOCK_NAMES = families.BLOCK_NAMES
@@ -306,7 +306,6 @@ def timm_model(name: str, weights: str | None = "DEFAULT", input_size: tuple[int
     cache (Hugging Face's or torch's) and never downloads; offline and uncached it raises
     ``ModelUnavailableError`` saying what to do. ``input_size`` overrides the config's."""
     import timm
-    from timm.data import resolve_data_config
 
     base = name.split(".")[0]
     if not timm.list_models(base) and not timm.list_models(base, pretrained=True):
@@ -323,14 +322,25 @@ def timm_model(name: str, weights: str | None = "DEFAULT", input_size: tuple[int
         state, where = _timm_cached_weights(name)
         net = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"state_dict": state})
         card = {"weights": f"pretrained ({where})", "dataset": str(net.pretrained_cfg.get("tag") or "")}
-    config = resolve_data_config({}, model=net)
-    height, width = input_size or tuple(config["input_size"][1:])
-    crop = float(config.get("crop_pct") or 1.0)
-    preprocess = imagenet_preprocess((height, width), mean=tuple(config["mean"]), std=tuple(config["std"]),
-                                     crop=None if input_size else crop)
+    preprocess = timm_preprocess(net, input_size)
     imagenet = net.num_classes == len(imagenet_classes())  # a 1000-way head: ImageNet-1k's names, else numbers
     classes = list(imagenet_classes()) if imagenet else [str(i) for i in range(net.num_classes)]
     return _spec(f"{TIMM_PREFIX}{name}", net.eval(), preprocess, classes, None, card, sample_dataset="photos")
+
+
+def timm_preprocess(net: nn.Module, input_size: tuple[int, int] | None = None) -> Preprocess:
+    """The preprocessing a timm model's pretrained config asks for, as timm's ``resolve_data_config``
+    resolves it and ``create_transform`` applies it at evaluation: input size, interpolation (bicubic for
+    most timm weights), crop fraction and crop mode, mean and std. ``input_size`` overrides the
+    config's, resized straight to it (no crop)."""
+    from timm.data import resolve_data_config
+
+    config = resolve_data_config({}, model=net)
+    height, width = input_size or tuple(config["input_size"][1:])
+    return imagenet_preprocess((height, width), mean=tuple(config["mean"]), std=tuple(config["std"]),
+                               crop=None if input_size else float(config.get("crop_pct") or 1.0),
+                               interpolation=config.get("interpolation") or "bilinear",
+                               crop_mode=config.get("crop_mode") or "center")
 
 
 def _timm_cached_weights(name: str) -> tuple[dict[str, torch.Tensor], str]:
@@ -387,7 +397,11 @@ def _weights_unavailable(name: str, weights: Any, error: OSError) -> str:
 
 
 def from_checkpoint(path: Path, arch: str | None = None, classes: list[str] | None = None) -> ModelSpec:
-    """Load a state dict saved by ``torch.save`` (weights only; code is never unpickled)."""
+    """Load a state dict saved by ``torch.save`` (weights only; code is never unpickled).
+
+    ``arch`` (or the file's own ``"arch"``) names the architecture: a registered model, a torchvision
+    classifier, or ``timm:<name>``. A classifier of another class count than the architecture's is
+    rebuilt through the family adapter (``Family.with_classes``) before the weights are loaded."""
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for unreadable or unsafe files
@@ -402,7 +416,7 @@ def from_checkpoint(path: Path, arch: str | None = None, classes: list[str] | No
             f"{Path(path).name} does not say which architecture it holds: pass arch= one of {', '.join(MODELS.names())}"
         )
     _check_arch(arch)
-    spec = MODELS.build(arch, weights=None) if arch in MODELS else torchvision_model(arch, weights=None)
+    spec = _random_arch(arch)
     head_key = _module_path(spec.net, spec.classifier) + ".weight"
     if head_key in state and state[head_key].shape[0] != spec.num_classes:
         spec = _rebuild_with_classes(arch, state[head_key].shape[0])
@@ -424,11 +438,30 @@ def from_checkpoint(path: Path, arch: str | None = None, classes: list[str] | No
 
 
 def _check_arch(arch: str) -> None:
-    """Refuse an architecture we cannot build before torchvision answers with its own internal error."""
-    if arch in MODELS or (isinstance(arch, str) and _is_torchvision_classifier(arch)):
+    """Refuse an architecture we cannot build before torchvision or timm answers with its own internal error."""
+    if arch in MODELS or (isinstance(arch, str) and (_is_torchvision_classifier(arch) or _is_timm_arch(arch))):
         return
-    raise CheckpointError(f"unknown architecture {arch!r}: use one of {', '.join(MODELS.names())} "
-                          "(or another torchvision classifier name), the one the checkpoint was trained with.")
+    raise CheckpointError(f"unknown architecture {arch!r}: use one of {', '.join(MODELS.names())}, another "
+                          "torchvision classifier name or timm:<name> for a timm model, the one the checkpoint was "
+                          "trained with.")
+
+
+def _is_timm_arch(arch: str) -> bool:
+    """``timm:<name>`` where timm knows ``<name>`` (a pretrained tag after a dot is allowed)."""
+    if not arch.startswith(TIMM_PREFIX):
+        return False
+    import timm
+
+    return bool(timm.list_models(arch[len(TIMM_PREFIX):].split(".")[0]))
+
+
+def _random_arch(arch: str) -> ModelSpec:
+    """The architecture ``arch`` with random weights (nothing is read from a cache or downloaded)."""
+    if arch in MODELS:
+        return MODELS.build(arch, weights=None)
+    if arch.startswith(TIMM_PREFIX):
+        return timm_model(arch[len(TIMM_PREFIX):], weights=None)
+    return torchvision_model(arch, weights=None)
 
 
 def _split_checkpoint(loaded: Any) -> tuple[Mapping[str, torch.Tensor], dict[str, Any]]:
@@ -453,7 +486,7 @@ def _guess_arch(state: Mapping[str, torch.Tensor]) -> str | None:
 def _rebuild_with_classes(arch: str, num_classes: int) -> ModelSpec:
     """The architecture ``arch`` (random weights) with a ``num_classes``-way classifier, as its family
     adapter rebuilds it; same preprocessing and blocks."""
-    base = MODELS.build(arch, weights=None) if arch in MODELS else load_model(arch, weights=None)
+    base = _random_arch(arch)
     net = families.family_of(base).with_classes(base.net, num_classes)
     return _spec(base.name, net.eval(), base.transform, [str(i) for i in range(num_classes)], base.family, {},
                  sample_dataset=base.sample_dataset)

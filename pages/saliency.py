@@ -4,6 +4,7 @@ import io
 import streamlit as st
 
 from explainers import UserInputError, method_info
+from explainers.imagenet import BORDER_NOTE
 from explainers.render import SEQUENTIAL, cells, colour_bar, diverging, duration, grid, overlay
 from explainers.store import training_data
 from ui.cache import Failure, explanations
@@ -78,6 +79,8 @@ with header[1]:
                 f"{' + 1 backward' if any(method_info(n).needs_gradients for n in maps) else ''} for all "
                 f"{len(maps)} maps" + (f"; {len(own)} of them also ran passes of their own (counted on their "
                                        "panels)." if own else "."))
+    if selection.block == "B4" and BORDER_NOTE in model.card:  # the network's own border response, measured
+        st.caption(model.card[BORDER_NOTE])
     for name, reason in skipped:
         st.caption(f"Not shown — {reason}.")
     for name, reason in failed.items():

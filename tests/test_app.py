@@ -97,6 +97,7 @@ def test_saliency_renders_one_panel_per_default_method():
     assert panel_labels(app) == [method_info(m).label for m in app.session_state["methods"]]
     assert len(panel_labels(app)) == 8
     assert any("1 forward + 1 backward for all 8 maps" in m.value for m in app.markdown)
+    assert any("EfficientNet-Lite0's B4 maps have a pattern of their own" in c.value for c in app.caption)  # the network's bright border, at B4
 
 
 def test_display_controls_do_not_recompute(monkeypatch):

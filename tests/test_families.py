@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import socket
 import urllib.error
 from pathlib import Path
@@ -454,7 +455,8 @@ def test_timm_model_by_name_with_random_weights_and_its_pretrained_preprocessing
     config = model.net.pretrained_cfg
     assert model.input_size == tuple(config["input_size"][1:]) == (224, 224)
     assert model.transform.mean == tuple(config["mean"]) and model.transform.std == tuple(config["std"])
-    assert model.transform.resize == round(224 / config["crop_pct"])  # resize, then the centre crop
+    assert model.transform.resize == math.floor(224 / config["crop_pct"])  # resize, then the centre crop (timm's floor)
+    assert model.transform.interpolation == config["interpolation"]
     assert model.classes[285] == "Egyptian cat"
     lite = timm_model("tf_efficientnet_lite0", weights=None, input_size=SIZE)
     assert lite.transform.mean == (0.5, 0.5, 0.5), "Lite0's pretrained config normalises to [-1, 1]"
