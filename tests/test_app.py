@@ -659,3 +659,18 @@ def test_a_random_mark_is_named_in_the_caption_and_the_image_carries_it():
     assert f"true class 1, mark of class {mark}" in app.session_state["_selection"].image_caption
     expected = predict(load_model("digits_marked"), test[index][0])[0][0]
     assert any(f"#### Predicted **{expected}**" in m.value for m in app.markdown)
+
+
+def test_a_timm_checkpoint_loads_from_the_page_by_the_arch_saved_in_it():
+    """The box's default reads the file's own "arch" (a typed name such as timm:resnet18 goes through the same
+    load_model(arch=...); AppTest cannot type a new option into a select box)."""
+    from explainers import load_model
+
+    net = load_model("timm:resnet18", weights=None).net
+    with_arch = io.BytesIO()
+    torch.save({"state_dict": net.state_dict(), "arch": "timm:resnet18"}, with_arch)
+    app = page("pages/overview.py", model="checkpoint")
+    assert app.selectbox(key="checkpoint_arch").value == "as saved in the file"
+    app.file_uploader(key="checkpoint_file").upload("timm18.pt", with_arch.getvalue(), "application/octet-stream").run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    assert "timm:resnet18" in app.header[0].value

@@ -36,7 +36,7 @@ def get_model(name: str, random_weights: bool = False, device: str = "cpu") -> M
 
 
 @st.cache_resource(show_spinner="Loading the checkpoint…")
-def get_checkpoint_model(data: bytes, filename: str, arch: str, device: str = "cpu") -> ModelSpec:
+def get_checkpoint_model(data: bytes, filename: str, arch: str | None, device: str = "cpu") -> ModelSpec:
     import tempfile
     from pathlib import Path
 

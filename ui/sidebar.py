@@ -176,19 +176,29 @@ def _refuse_model(selection: Selection, error: Exception) -> None:
     st.error(str(error))
 
 
+AS_SAVED = "as saved in the file"
+
+
 def _model_label(name: str) -> str:
     return "your checkpoint (.pt)" if name == CHECKPOINT else name
 
 
 def _load_checkpoint(selection: Selection) -> None:
-    arch_names = MODELS.names()
-    _ensure("checkpoint_arch", arch_names, "digits")
-    arch = st.selectbox("Architecture of the checkpoint", arch_names, key="checkpoint_arch")
+    arch_names = [AS_SAVED, *MODELS.names()]
+    if st.session_state.get("checkpoint_arch") not in arch_names:  # a typed name stays unless it is not a name
+        try:
+            model_name(str(st.session_state.get("checkpoint_arch", "")))
+        except UserInputError:
+            st.session_state["checkpoint_arch"] = AS_SAVED
+    chosen = st.selectbox("Architecture of the checkpoint", arch_names, key="checkpoint_arch", accept_new_options=True,
+                          help="As saved in the file: its \"arch\" entry, or the digits ResNet when the keys are "
+                               "its. Or pick a built-in, or type any torchvision classifier or timm:<name>.")
     upload = st.file_uploader("State dict saved with torch.save", type=["pt", "pth"], key="checkpoint_file")
     if upload is None:
         st.info("Upload a state dict (.pt) to explain your own model.")
         return
     try:
+        arch = None if chosen in (None, AS_SAVED) else model_name(chosen)  # a typed path is refused, saying why
         selection.model = get_checkpoint_model(upload.getvalue(), upload.name, arch, str(default_device()))
     except UserInputError as error:  # unreadable, another architecture, blocks that do not fit, ...
         _refuse_model(selection, error)
