@@ -11,8 +11,9 @@ from explainers import UserInputError, load_dataset, load_model
 from explainers.data import DatasetSpec
 from explainers.features import FeatureCache
 from explainers.prototypes import PrototypeExplainer
-from explainers.qsenn import (QSENN, NotFittedError, block_features, cached_block_features, concept_table,
+from explainers.qsenn import (QSENN, NotFittedError, QSENNRecipe, block_features, cached_block_features, concept_table,
                               diversity_at_5, diversity_per_image, feature_order, full_mode_refusal, quantise)
+from explainers.store import ASSETS
 
 # float16 (the feature cache's type) rounds to nearest with a 10-bit fraction: a normal value x is kept to
 # within 2^-11 |x|; a subnormal one (|x| < 2^-14) to within half its spacing, 2^-25.
@@ -196,6 +197,19 @@ def pooled_by_hand(model, images) -> torch.Tensor:
     with torch.inference_mode():
         x = net.maxpool(net.relu(net.bn1(net.conv1(images))))
         return net.layer4(net.layer3(net.layer2(net.layer1(x)))).mean(dim=(2, 3))
+
+
+def test_the_shipped_layer_is_what_a_fresh_fit_gives(fitted, digits):
+    """assets/qsenn/ holds the Concepts page's default layer of these weights, as a fresh machine fits it
+    (``python -m explainers.zoo qsenn digits`` rewrites it)."""
+    model, train, _ = digits
+    path = ASSETS / "qsenn" / QSENNRecipe(model, train, QSENN()).filename
+    assert path.is_file(), "no shipped layer for these weights and settings: run python -m explainers.zoo qsenn digits"
+    shipped = QSENN.load(path, model)
+    assert shipped.block == "B4" and fitted.block is None  # the store's recipe names the block it resolved
+    for name in ("features_", "sparse_weights_", "weights_", "bias_", "mean_", "std_", "gallery_"):
+        np.testing.assert_array_equal(getattr(shipped, name), getattr(fitted, name),
+                                      err_msg=f"{name}: the shipped layer is stale, run python -m explainers.zoo qsenn digits")
 
 
 def test_the_fitted_layer_is_ternary_with_n_w_weights_quantised_from_w_sp(fitted):
