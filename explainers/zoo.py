@@ -3,7 +3,7 @@
     python -m explainers.zoo train digits        # reproduces assets/digits_resnet.pt
     python -m explainers.zoo train digits_marked # reproduces assets/digits_marked_resnet.pt
     python -m explainers.zoo prototypes digits   # reproduces digits' files in assets/prototypes/ from those weights
-    python -m explainers.zoo qsenn digits        # reproduces digits' file in assets/qsenn/ (the Concepts page's default)
+    python -m explainers.zoo qsenn digits        # reproduces digits' file in assets/qsenn/ (Concepts' default layer)
     python -m explainers.zoo prototypes digits_marked   # the same for digits_marked (each model's files its own)
     python -m explainers.zoo qsenn digits_marked
 
@@ -227,7 +227,8 @@ def ship_qsenn(model_name: str = "digits", out: Path = ASSETS / "qsenn") -> Path
     train = load_dataset(model.dataset, "train")
     recipe = QSENNRecipe(model, train, QSENN())
     with FeatureCache(model, train, persistent=False) as features:
-        layer = QSENN(**recipe.settings).fit(model, train, with_eta(terminal("Q-SENN")), features=features)  # type: ignore[arg-type]
+        layer = QSENN(**recipe.settings).fit(model, train, with_eta(terminal("Q-SENN")),  # type: ignore[arg-type]
+                                             features=features)
     path = out / recipe.filename
     out.mkdir(parents=True, exist_ok=True)
     layer.save(path)
@@ -257,8 +258,8 @@ def record_shipped(out: Path, model_name: str, written: list[Path]) -> list[Path
             (out / name).unlink()
             removed.append(out / name)
     manifest[model_name] = names
-    write_atomically(manifest_path, lambda temporary: temporary.write_text(json.dumps(manifest, indent=1, sort_keys=True)
-                                                                          + "\n"))
+    text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
+    write_atomically(manifest_path, lambda temporary: temporary.write_text(text))
     claimed = others | set(names) | {SHIPPED_MANIFEST}
     for path in sorted(out.iterdir()):
         if path.is_file() and path.name not in claimed:

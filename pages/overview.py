@@ -39,9 +39,10 @@ facts[0].metric("Classes", model.num_classes)
 colour = "greyscale" if model.transform.mode == "L" else "colour"
 facts[1].metric("Input", f"{model.input_size[0]}×{model.input_size[1]} {colour}")
 if reliance:
-    facts[2].metric("Test accuracy, no mark", f"{reliance.clean:.1%}", help=f"test_clean: {MARKED_SPLITS['test_clean']}")
-    facts[3].metric("Test accuracy, random marks", f"{reliance.random:.1%}", f"{-100 * reliance.gap:+.1f} points vs no mark",
-                    help=f"test: {MARKED_SPLITS['test']}")
+    facts[2].metric("Test accuracy, no mark", f"{reliance.clean:.1%}",
+                    help=f"test_clean: {MARKED_SPLITS['test_clean']}")
+    facts[3].metric("Test accuracy, random marks", f"{reliance.random:.1%}",
+                    f"{-100 * reliance.gap:+.1f} points vs no mark", help=f"test: {MARKED_SPLITS['test']}")
 else:
     facts[2].metric("Test accuracy", f"{card['test_accuracy']:.1%}" if "test_accuracy" in card else "—")
 facts[-1].metric("Parameters", f"{sum(p.numel() for p in model.net.parameters()) / 1e6:.2f} M")

@@ -209,7 +209,7 @@ def test_the_shipped_layer_is_what_a_fresh_fit_gives(fitted, digits):
     assert shipped.block == "B4" and fitted.block is None  # the store's recipe names the block it resolved
     for name in ("features_", "sparse_weights_", "weights_", "bias_", "mean_", "std_", "gallery_"):
         np.testing.assert_array_equal(getattr(shipped, name), getattr(fitted, name),
-                                      err_msg=f"{name}: the shipped layer is stale, run python -m explainers.zoo qsenn digits")
+                                      err_msg=f"{name}: stale, run python -m explainers.zoo qsenn digits")
 
 
 def test_the_fitted_layer_is_ternary_with_n_w_weights_quantised_from_w_sp(fitted):

@@ -14,7 +14,8 @@ from streamlit.testing.v1 import AppTest
 import explainers.alignment as alignment
 import explainers.qsenn as qsenn
 from explainers import load_dataset, load_model, store
-from explainers.alignment import accuracy_filename, accuracy_models, alignment_filename, alignment_models, projection_filename
+from explainers.alignment import (accuracy_filename, accuracy_models, alignment_filename, alignment_models,
+                                  projection_filename)
 from explainers.prototypes import SHIPPED as SHIPPED_PROTOTYPES
 from explainers.prototypes import PrototypeExplainer, cache_key
 from explainers.qsenn import QSENN, QSENNRecipe
@@ -70,7 +71,8 @@ def test_shipping_a_q_senn_layer_keeps_the_other_models_layer(tmp_path, monkeypa
     monkeypatch.setattr(QSENN, "fit", lambda self, *a, **k: QSENN.load(SHIPPED_QSENN / marked_layer, model))
     written = ship_qsenn("digits_marked", out=tmp_path)
     assert written.name == marked_layer
-    assert json.loads((tmp_path / SHIPPED_MANIFEST).read_text()) == {"digits": [digits_layer], "digits_marked": [marked_layer]}
+    assert json.loads((tmp_path / SHIPPED_MANIFEST).read_text()) == {"digits": [digits_layer],
+                                                                     "digits_marked": [marked_layer]}
     assert (tmp_path / digits_layer).read_bytes() == (SHIPPED_QSENN / digits_layer).read_bytes()
 
 
@@ -94,7 +96,7 @@ def test_digits_marked_ships_the_files_of_its_current_weights():
     fits = {}
     for depth, per_class in SHIPPED_FITS:
         name = f"{cache_key(model, train, PrototypeExplainer(depth, per_class))}.npz"
-        assert name in names, f"no shipped {depth} K/C={per_class}: run python -m explainers.zoo prototypes digits_marked"
+        assert name in names, f"no {depth} K/C={per_class}: run python -m explainers.zoo prototypes digits_marked"
         fits[depth, per_class] = PrototypeExplainer.load(SHIPPED_PROTOTYPES / name)
     kmex1, kmex = fits["pooled", 1], fits["pooled", SHIPPED_PER_CLASS]
     b4, b234 = fits["B4", SHIPPED_PER_CLASS], fits["B234", SHIPPED_PER_CLASS]
