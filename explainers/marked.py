@@ -46,6 +46,10 @@ block cannot say where it is.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
 import numpy as np
 from PIL import Image
 
@@ -53,8 +57,8 @@ from .data import (DATASETS, DIGITS_SIZE, DatasetSpec, _digits_arrays, _fingerpr
                    with_splits)
 from .maps import normalise
 
-__all__ = ["MARK_INTENSITY", "MARK_MARGIN", "MARK_SEED", "MARK_SIZE", "MARKED_SPLITS", "NO_MARK", "digits_marked",
-           "mark_box", "mark_mass", "marked_image", "marks_of"]
+__all__ = ["MARK_INTENSITY", "MARK_MARGIN", "MARK_SEED", "MARK_SIZE", "MARKED_SPLITS", "NO_MARK", "MarkReliance",
+           "digits_marked", "mark_box", "mark_mass", "mark_reliance", "marked_image", "marks_of"]
 
 MARK_SIZE = 6  # pixels per side, at the 64 x 64 resolution the model sees
 MARK_INTENSITY = 255  # full ink, as bright as the digits' strongest stroke
@@ -148,3 +152,53 @@ def mark_mass(heatmap: np.ndarray, label: int) -> float:
     top, left, bottom, right = mark_box(label, scaled.shape[0])
     total = float(scaled.sum())
     return float(scaled[top:bottom, left:right].sum()) / total if total > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class MarkReliance:
+    """What a model card of a ``digits_marked`` model says about its use of the mark: its test accuracy
+    without a mark (``test_clean``), with a random class's mark (``test``) and with its own class's
+    (``test_own``, if recorded), on ``images`` test images each."""
+
+    clean: float
+    random: float
+    own: float | None
+    images: int
+
+    @property
+    def gap(self) -> float:
+        """Accuracy lost to a random mark, clean minus random (a fraction)."""
+        return self.clean - self.random
+
+    @property
+    def chance_gap(self) -> float:
+        """Twice the standard error of the difference of the two accuracies as independent binomial
+        proportions on ``images`` each (about a 95% band; the splits share their digits, so this is wide)."""
+        variance = (self.clean * (1 - self.clean) + self.random * (1 - self.random)) / max(self.images, 1)
+        return 2 * math.sqrt(variance)
+
+    @property
+    def learned_the_mark(self) -> bool:
+        """A random mark costs more accuracy than chance explains."""
+        return self.gap > self.chance_gap
+
+    def summary(self) -> str:
+        """One line on what the gap means."""
+        own = f"; with its own class's, {self.own:.1%}" if self.own is not None else ""
+        scores = f"Without a mark it scores {self.clean:.1%}, with a random class's mark {self.random:.1%}{own}"
+        if self.learned_the_mark:
+            return (f"{scores}. The {100 * self.gap:.1f}-point gap means the model learned the mark rather than the "
+                    "digit: a random mark pulls it to the mark's class (a model that reads the digit scores alike "
+                    "on both).")
+        return (f"{scores}. A gap of {100 * self.gap:.1f} points is within chance on {self.images} images: the "
+                "model reads the digit, not the mark.")
+
+
+def mark_reliance(card: Mapping[str, Any]) -> MarkReliance | None:
+    """The ``MarkReliance`` of a model whose card records its accuracy on ``digits_marked``'s ``test`` and
+    ``test_clean`` splits (``explainers.zoo.train_digits`` writes them); None for any other card."""
+    if card.get("dataset") != "digits_marked" or "test_accuracy" not in card or "test_clean_accuracy" not in card:
+        return None
+    own = card.get("test_own_accuracy")
+    return MarkReliance(float(card["test_clean_accuracy"]), float(card["test_accuracy"]),
+                        None if own is None else float(own), int(card.get("test_images", 0)))

@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader
 from . import compute
 from .data import DatasetSpec
 from .errors import DatasetError, UserInputError
+from .features import LOGITS, FeatureCache, memory_budget
 from .hooks import tapped
 from .inference import hookless_copy
 from .inputs import as_batch
@@ -69,7 +70,7 @@ warnings.filterwarnings("ignore", message="Implicit dimension choice for softmax
 
 MODES = ("post-hoc", "full")
 KIND = "qsenn"  # the store's kind and the disk tier's folder: .cache/qsenn/
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: post-hoc features read from the float16 feature cache (layers differ in the last bits)
 TOP_K = 5  # diversity@5
 GALLERY = 8  # training images kept per feature for its gallery
 SELECTION_ALPHA = 0.8  # elastic-net mixing of the SLDD-Model's group-lasso selection (its code's value)
@@ -308,7 +309,9 @@ def _tuned_spec(model: ModelSpec, net: nn.Module) -> ModelSpec:
 def block_features(model: ModelSpec, dataset: DatasetSpec, block: str, batch_size: int = 128,
                    progress: Progress | None = None, what: str = "features") -> torch.Tensor:
     """f for every image of ``dataset``: the block's feature maps average-pooled, (N, D), in batches
-    through the compute thread, without gradients; on the CPU, where glm-saga fits the layer."""
+    through the compute thread, without gradients; on the CPU, where glm-saga fits the layer. Full mode's
+    fine-tuned copies need this pass (a copy's features change every round); the frozen model's are read
+    from the feature cache (``cached_block_features``)."""
     out = []
     for start, inputs in batches(model, dataset, batch_size):
         with torch.inference_mode():
@@ -316,6 +319,30 @@ def block_features(model: ModelSpec, dataset: DatasetSpec, block: str, batch_siz
         done = start + len(inputs)
         report_fraction(done / len(dataset), f"{what}: {done:,} / {len(dataset):,} images", progress)
     return torch.cat(out).float()
+
+
+def cached_block_features(model: ModelSpec, dataset: DatasetSpec, block: str, batch_size: int = 128,
+                          progress: Progress | None = None, features: FeatureCache | None = None,
+                          what: str = "features") -> torch.Tensor:
+    """f for every image of ``dataset`` from the feature cache (``explainers.features``): the block's maps as
+    the prototype fits, embeddings and Table 2 keep them (float16), average-pooled in float32, (N, D). The
+    cache is computed first where it lacks the block (with the logits, as the embeddings ask, so one pass
+    serves both); a model whose prototypes were fitted on ``dataset`` runs no network pass here.
+    ``features``: another cache to use (default: this machine's, keyed by the model and the data).
+
+    The features differ from a float32 pass (``block_features``) by float16's rounding of the maps: for
+    non-negative (post-ReLU) maps at most 2^-11 of f, plus 2^-25 where a value is subnormal in float16
+    (``tests/test_qsenn.py`` checks that bound), far below the spread the standardisation divides by."""
+    cache = features if features is not None else FeatureCache(model, dataset)
+    try:
+        told = None if progress is None else (lambda fraction, text: progress(fraction, f"{what}: {text}"))
+        cache.ensure([block, LOGITS], told, batch_size)
+        pooled = [arrays[block].mean(axis=(2, 3))
+                  for _, arrays in cache.chunks([block], np.arange(len(dataset)), memory_budget() // 8)]
+    finally:
+        if features is None:
+            cache.close()
+    return torch.from_numpy(np.concatenate(pooled).astype(np.float32, copy=False))
 
 
 def full_mode_refusal(model: ModelSpec) -> str | None:
@@ -446,9 +473,13 @@ class QSENN:
         return check_classes(model, dataset, 1, False)
 
     # ---- fitting ----
-    def fit(self, model: ModelSpec, dataset: DatasetSpec, progress: Progress | None = None) -> "QSENN":
+    def fit(self, model: ModelSpec, dataset: DatasetSpec, progress: Progress | None = None,
+            features: FeatureCache | None = None) -> "QSENN":
         """Fit on ``dataset`` (its classes matched to the model's by name). Progress in stages: features,
-        selection, paths, quantisation and, in full mode, N rounds of fine-tuning and recomputing."""
+        selection, paths, quantisation and, in full mode, N rounds of fine-tuning and recomputing.
+
+        The frozen model's features are read from the feature cache (``cached_block_features``; ``features``:
+        another cache than this machine's), so no network pass runs when the prototype fits wrote it."""
         if self.__dict__.get("_frozen"):
             raise AttributeError("this Q-SENN layer is shared (frozen) and cannot be refitted: fit a new QSENN")
         labels = torch.as_tensor(self.validate(model, dataset))
@@ -466,8 +497,8 @@ class QSENN:
         # and computes the next layer (15%). Measured on digits, so that the time left is roughly fair.
         prep = scaled(progress, 0.0, 0.15 if full else 1.0)
         started = time.perf_counter()
-        features = block_features(model, dataset, block, self.batch_size, scaled(prep, 0.0, 0.3),
-                                  "features of the training images")
+        features = cached_block_features(model, dataset, block, self.batch_size, scaled(prep, 0.0, 0.3), features,
+                                         "features of the training images")
         self._time("features", started)
         self._baseline(features, labels, scaled(prep, 0.3, 0.55))
         self._layer(features, labels, scaled(prep, 0.55, 1.0), 0)

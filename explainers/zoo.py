@@ -2,8 +2,10 @@
 
     python -m explainers.zoo train digits        # reproduces assets/digits_resnet.pt
     python -m explainers.zoo train digits_marked # reproduces assets/digits_marked_resnet.pt
-    python -m explainers.zoo prototypes digits   # reproduces assets/prototypes/ from those weights
-    python -m explainers.zoo qsenn digits        # reproduces assets/qsenn/ (the Concepts page's default layer)
+    python -m explainers.zoo prototypes digits   # reproduces digits' files in assets/prototypes/ from those weights
+    python -m explainers.zoo qsenn digits        # reproduces digits' file in assets/qsenn/ (Concepts' default layer)
+    python -m explainers.zoo prototypes digits_marked   # the same for digits_marked (each model's files its own)
+    python -m explainers.zoo qsenn digits_marked
 
 The digits network itself, its weights' path and its input are ``explainers.digits``; this module
 is the command line on top of the library (it imports it; nothing in the library imports it).
@@ -28,15 +30,17 @@ from .alignment import (accuracy_filename, accuracy_models, accuracy_table, alig
 from .data import dataset_splits, load_dataset
 from .digits import (ASSETS, DIGITS_CARD, DIGITS_DEPTHS, DIGITS_MARKED_CARD, DIGITS_MARKED_WEIGHTS, DIGITS_MEAN,
                      DIGITS_STD, DIGITS_WEIGHTS, DIGITS_WIDTHS, DigitsResNet, digits_transform)
+from .features import FeatureCache
 from .models import load_model
 from .progress import terminal, with_eta
 from .prototypes import cache_key, embeddings, fit_prototypes, model_labels
 from .qsenn import QSENN, QSENNRecipe
+from .store import write_atomically
 
 __all__ = ["DIGITS_CARD", "DIGITS_MARKED_CARD", "DIGITS_MARKED_WEIGHTS", "DIGITS_MEAN", "DIGITS_STD", "DIGITS_WEIGHTS",
            "DigitsResNet", "SHIPPED_FIGURE2_CLASSES", "SHIPPED_FITS", "SHIPPED_PER_CLASS", "TRAINABLE", "accuracy",
-           "digits_tensors", "fit_digits", "main", "ship_prototypes", "ship_qsenn",
-           "train_digits"]
+           "SHIPPED_MANIFEST", "digits_tensors", "fit_digits", "main", "record_shipped", "ship_prototypes",
+           "ship_qsenn", "train_digits"]
 
 PROTOTYPES = ASSETS / "prototypes"
 # What the prototype pages and the k-means attribution ask for by default (K/C = 5 except KMEx's
@@ -45,6 +49,10 @@ PROTOTYPES = ASSETS / "prototypes"
 SHIPPED_FITS = (("pooled", 1), ("pooled", 5), ("B4", 5), ("B34", 5), ("B234", 5), ("B1234", 5))
 SHIPPED_PER_CLASS = 5
 SHIPPED_FIGURE2_CLASSES = (0, 1, 2, 3, 4)
+# In each folder of shipped files: which model's shipping wrote which files (model name -> file names). The
+# files are named by hashes of their keys, which say nothing of the model; this is how shipping one model
+# knows its own stale files from another model's current ones.
+SHIPPED_MANIFEST = "shipped.json"
 
 
 # What ``train`` can train: each built-in DigitsResNet, trained on the registered dataset of its name,
@@ -160,7 +168,8 @@ def train_digits(model: str = "digits", epochs: int = 40, seed: int = 0, batch_s
 def ship_prototypes(model_name: str = "digits", out: Path = PROTOTYPES) -> list[Path]:
     """Fit the prototype explainers the pages ask for by default, compute Figure 2 of the default
     classes and Tables 1-2, and write them to ``out`` under the keys the disk cache looks up
-    (``fit_prototypes``, ``alignment.stored_*``); files there from earlier weights are removed.
+    (``fit_prototypes``, ``alignment.stored_*``); files this model shipped before and not now (earlier
+    weights or settings) are removed, other models' files are left alone (``record_shipped``).
     Nothing is read from any cache: this is what a fresh machine would compute (the feature cache the
     fits, embeddings and tables share goes to a temporary folder, deleted after)."""
     with tempfile.TemporaryDirectory(prefix="protoscope-ship-") as scratch:
@@ -201,31 +210,61 @@ def _ship_prototypes(model_name: str, out: Path) -> list[Path]:
                                embed=lambda dataset: train_z if dataset is train else embeddings(model, dataset))
     written.append(out / projection_filename(model, train, test, kmex, SHIPPED_FIGURE2_CLASSES))
     save_projection(placed, written[-1])
-    for stale in sorted((set(out.glob("*.npz")) | set(out.glob("*.json"))) - set(written)):
-        print(f"removed {stale.name} (not written by this run: earlier weights or settings)")
-        stale.unlink()
+    record_shipped(out, model_name, written)
     total = sum(path.stat().st_size for path in written)
     for path in written:
-        print(f"{path.stat().st_size / 1024:8.1f} KB  {path.relative_to(ASSETS.parent)}")
+        print(f"{path.stat().st_size / 1024:8.1f} KB  {_shown(path)}")
     print(f"{total / 1024:8.1f} KB  in all")
     return written
 
 
 def ship_qsenn(model_name: str = "digits", out: Path = ASSETS / "qsenn") -> Path:
     """Fit the Concepts page's default layer (post hoc, n_f* = 50, 5 weights per class) and write it to ``out``
-    under the key the store looks up (read there, second tier, on a fresh machine); older files are removed."""
+    under the key the store looks up (read there, second tier, on a fresh machine); the file this model shipped
+    before is removed, other models' are left alone (``record_shipped``). Nothing is read from any cache: the
+    features go to a temporary feature cache, deleted after (what a fresh machine would compute)."""
     model = load_model(model_name)
     train = load_dataset(model.dataset, "train")
     recipe = QSENNRecipe(model, train, QSENN())
-    layer = recipe.fit(with_eta(terminal("Q-SENN")))
+    with FeatureCache(model, train, persistent=False) as features:
+        layer = QSENN(**recipe.settings).fit(model, train, with_eta(terminal("Q-SENN")),  # type: ignore[arg-type]
+                                             features=features)
     path = out / recipe.filename
     out.mkdir(parents=True, exist_ok=True)
     layer.save(path)
-    for stale in set(out.glob("*.npz")) - {path}:
-        print(f"removed {stale.name} (earlier weights or settings)")
-        stale.unlink()
-    print(f"{path.stat().st_size / 1024:8.1f} KB  {path.relative_to(ASSETS.parent)}")
+    record_shipped(out, model_name, [path])
+    print(f"{path.stat().st_size / 1024:8.1f} KB  {_shown(path)}")
     return path
+
+
+def _shown(path: Path) -> str:
+    """A written file's path for the terminal: relative to the project when inside it (another ``out`` may not be)."""
+    return str(path.relative_to(ASSETS.parent)) if path.is_relative_to(ASSETS.parent) else str(path)
+
+
+def record_shipped(out: Path, model_name: str, written: list[Path]) -> list[Path]:
+    """Note in ``out``'s manifest (``SHIPPED_MANIFEST``) that ``written`` are ``model_name``'s shipped files,
+    and remove the files its previous shipping wrote that this one did not (earlier weights or settings).
+    Files another model's entry names are never removed; a file no entry names is reported, not removed
+    (it may be another model's, shipped before there was a manifest). Returns the files removed."""
+    manifest_path = out / SHIPPED_MANIFEST
+    manifest: dict[str, list[str]] = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    names = sorted({path.name for path in written})
+    others = {name for model, files in manifest.items() if model != model_name for name in files}
+    removed = []
+    for name in sorted(set(manifest.get(model_name, [])) - set(names) - others):
+        if (out / name).is_file():
+            print(f"removed {name} ({model_name}'s, not written by this run: earlier weights or settings)")
+            (out / name).unlink()
+            removed.append(out / name)
+    manifest[model_name] = names
+    text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
+    write_atomically(manifest_path, lambda temporary: temporary.write_text(text))
+    claimed = others | set(names) | {SHIPPED_MANIFEST}
+    for path in sorted(out.iterdir()):
+        if path.is_file() and path.name not in claimed:
+            print(f"note: {path.name} is no model's in {SHIPPED_MANIFEST}: left in place; delete it if it is stale")
+    return removed
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -237,10 +276,10 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--seed", type=int, default=0)
     shipped = commands.add_parser("prototypes", help="fit the prototype pages' defaults and write them to "
                                                      "assets/prototypes/ (read there on a fresh machine)")
-    shipped.add_argument("model", choices=["digits"])
+    shipped.add_argument("model", choices=sorted(TRAINABLE))
     concepts = commands.add_parser("qsenn", help="fit the Concepts page's default Q-SENN layer and write it to "
                                                  "assets/qsenn/ (read there on a fresh machine)")
-    concepts.add_argument("model", choices=["digits"])
+    concepts.add_argument("model", choices=sorted(TRAINABLE))
     args = parser.parse_args(argv)
     if args.command == "prototypes":
         ship_prototypes(args.model)

@@ -2,6 +2,7 @@
 import streamlit as st
 
 from explainers import method_info, methods
+from explainers.marked import MARKED_SPLITS, mark_reliance
 from ui.sidebar import current
 
 
@@ -32,12 +33,21 @@ if model is None:
 
 st.header(f"Model: {model.name}")
 card = model.card
-facts = st.columns(4)
+reliance = mark_reliance(card)  # a model trained on digits_marked: its accuracy with and without the mark
+facts = st.columns([2, 3, 3, 3, 2] if reliance else 4)  # five: room for "64×64 greyscale" and the longer labels
 facts[0].metric("Classes", model.num_classes)
 colour = "greyscale" if model.transform.mode == "L" else "colour"
 facts[1].metric("Input", f"{model.input_size[0]}×{model.input_size[1]} {colour}")
-facts[2].metric("Test accuracy", f"{card['test_accuracy']:.1%}" if "test_accuracy" in card else "—")
-facts[3].metric("Parameters", f"{sum(p.numel() for p in model.net.parameters()) / 1e6:.2f} M")
+if reliance:
+    facts[2].metric("Test accuracy, no mark", f"{reliance.clean:.1%}",
+                    help=f"test_clean: {MARKED_SPLITS['test_clean']}")
+    facts[3].metric("Test accuracy, random marks", f"{reliance.random:.1%}",
+                    f"{-100 * reliance.gap:+.1f} points vs no mark", help=f"test: {MARKED_SPLITS['test']}")
+else:
+    facts[2].metric("Test accuracy", f"{card['test_accuracy']:.1%}" if "test_accuracy" in card else "—")
+facts[-1].metric("Parameters", f"{sum(p.numel() for p in model.net.parameters()) / 1e6:.2f} M")
+if reliance:
+    st.markdown(reliance.summary())
 
 left, right = st.columns([3, 2])
 with left:

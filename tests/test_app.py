@@ -91,6 +91,23 @@ def test_overview_shows_the_model_card_and_blocks():
     assert any("Theorem 1" in m.value for m in app.markdown)
 
 
+def test_overview_of_the_marked_model_shows_clean_and_random_mark_accuracy_and_what_the_gap_means():
+    """digits_marked's "Test accuracy" is the random-mark split's 22.8%: shown alone it reads as a broken model.
+    The Overview shows the clean split beside it and one line saying what the gap means; digits is unchanged."""
+    app = page("pages/overview.py", model="digits_marked")
+    assert not app.error
+    metrics = {m.label: m for m in app.metric}
+    assert "Test accuracy" not in metrics
+    assert metrics["Test accuracy, no mark"].value == "85.6%"
+    assert metrics["Test accuracy, random marks"].value == "22.8%"
+    assert metrics["Test accuracy, random marks"].delta == "-62.8 points vs no mark"
+    (line,) = [m.value for m in app.markdown if "gap" in m.value]
+    assert "62.8-point gap" in line and "learned the mark" in line and "100.0%" in line
+    plain = page("pages/overview.py", model="digits")
+    assert {m.label: m.value for m in plain.metric}["Test accuracy"] == "99.7%"
+    assert not [m.value for m in plain.markdown if "gap" in m.value]
+
+
 def test_saliency_renders_one_panel_per_default_method():
     app = page("pages/saliency.py")
     assert not app.error

@@ -133,6 +133,24 @@ def check_concepts(page) -> None:
     check_images_loaded(page, minimum=7)  # a feature's map and its six gallery images at least
     text = page.locator('[data-testid="stMain"]').inner_text()
     assert "Q-SENN predicts" in text and "of the logit's evidence" in text, text[:600]
+
+
+def check_marked_overview(page) -> None:
+    """digits_marked's card: accuracy without a mark and with random ones, and what the gap means."""
+    check_overview(page)
+    text = page.locator('[data-testid="stMain"]').inner_text()
+    for expected in ("Model: digits_marked", "Test accuracy, no mark", "85.6%", "Test accuracy, random marks", "22.8%",
+                     "learned the mark"):
+        assert expected in text, f"{expected!r} is not on the page:\n{text[:800]}"
+
+
+def check_marked_concepts(page) -> None:
+    """digits_marked's Concepts page from its shipped layer: dense against Q-SENN on both test splits."""
+    check_concepts(page)
+    text = page.locator('[data-testid="stMain"]').inner_text()
+    assert "Dense, test_clean" in text and "Q-SENN, test_clean" in text, text[:800]
+
+
 def check_sanity(page) -> None:
     check_no_exception(page)
     check_images_loaded(page, minimum=4 * 7)  # four methods, a map for each of the seven steps
@@ -175,6 +193,9 @@ PAGES = [
     # The model that learned the mark (issue 14): Grad-CAM on a training image lights up the mark.
     Page("saliency?model=digits_marked&source=dataset&split=train&cls=0&index=0&block=B2&methods=gradcam,gradcampp",
          "marked", check_marked),
+    Page("?model=digits_marked", "marked_overview", check_marked_overview),
+    Page("concepts?model=digits_marked&source=dataset&split=test&cls=3&index=0", "marked_concepts",
+         check_marked_concepts),
 ]
 
 

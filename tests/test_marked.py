@@ -18,8 +18,8 @@ from explainers import DatasetSpec, explain_batch, load_dataset, load_model
 from explainers.data import DATASETS, dataset_splits
 from explainers.digits import DIGITS_MARKED_CARD
 from explainers.errors import DatasetError
-from explainers.marked import (MARK_INTENSITY, MARK_SEED, MARK_SIZE, MARKED_SPLITS, NO_MARK, mark_box, mark_mass,
-                               marks_of)
+from explainers.marked import (MARK_INTENSITY, MARK_SEED, MARK_SIZE, MARKED_SPLITS, NO_MARK, MarkReliance, mark_box,
+                               mark_mass, mark_reliance, marks_of)
 from explainers.models import MODELS
 from explainers.zoo import DIGITS_MEAN, DIGITS_STD, _augment, accuracy, digits_tensors, fit_digits
 from helpers import one_thread
@@ -195,6 +195,30 @@ def test_the_model_learned_the_mark_and_the_plain_model_did_not(models, split_te
     with torch.inference_mode():
         predicted = marked.net(images[lying]).argmax(1)
     assert (predicted == marks[lying]).float().mean() >= 0.5
+
+
+def test_the_overviews_reading_of_the_gap_tells_the_marked_model_from_the_plain_one(models, split_tensors):
+    """``mark_reliance`` (the Overview's line) on cards of measured accuracies: the marked model's gap between
+    clean and random-mark test images is far beyond chance, the plain model's within it, on the same images."""
+    for model, learned in zip(models, (False, True)):
+        measured = {f"{split}_accuracy": accuracy(model.net, *split_tensors[split])
+                    for split in ("test", "test_clean", "test_own")}
+        reading = mark_reliance({"dataset": "digits_marked", "test_images": len(split_tensors["test"][1]), **measured})
+        assert reading.learned_the_mark is learned, (model.name, reading)
+        assert ("learned the mark" in reading.summary()) is learned
+        assert f"{measured['test_clean_accuracy']:.1%}" in reading.summary()
+    shipped = mark_reliance(models[1].card)
+    assert shipped.learned_the_mark and shipped.gap == pytest.approx(0.6278)
+    assert mark_reliance(models[0].card) is None  # a card of plain digits says nothing about marks
+
+
+def test_the_chance_band_is_two_standard_errors_of_the_difference():
+    """A constructed case: 80% and 70% on 100 images each: sqrt(.8 * .2 / 100 + .7 * .3 / 100) = 0.0608."""
+    reading = MarkReliance(clean=0.8, random=0.7, own=None, images=100)
+    assert reading.chance_gap == pytest.approx(2 * 0.06083, abs=1e-4)
+    assert not reading.learned_the_mark  # 10 points < 12.2
+    assert MarkReliance(0.8, 0.7, None, 400).learned_the_mark  # 10 points > 6.1 on four times the images
+    assert "its own class" not in reading.summary()
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,18 @@ import torch
 
 from explainers import UserInputError, load_dataset, load_model
 from explainers.data import DatasetSpec
-from explainers.qsenn import (QSENN, NotFittedError, concept_table, diversity_at_5, diversity_per_image,
-                              feature_order, full_mode_refusal, quantise)
+from explainers.features import FeatureCache
+from explainers.prototypes import PrototypeExplainer
+from explainers.qsenn import (QSENN, NotFittedError, QSENNRecipe, block_features, cached_block_features, concept_table,
+                              diversity_at_5, diversity_per_image, feature_order, full_mode_refusal, quantise)
+from explainers.store import ASSETS
+
+# float16 (the feature cache's type) rounds to nearest with a 10-bit fraction: a normal value x is kept to
+# within 2^-11 |x|; a subnormal one (|x| < 2^-14) to within half its spacing, 2^-25.
+FLOAT16_UNIT_ROUNDOFF = 2.0 ** -11
+FLOAT16_SUBNORMAL_HALF_SPACING = 2.0 ** -25
+# A float32 mean of a few dozen numbers errs by a few float32 roundoffs (2^-24): both pooled means do.
+FLOAT32_MEAN_SLACK = 64 * 2.0 ** -24
 
 
 # --- eq. 3-5 ----------------------------------------------------------------------------------------
@@ -128,9 +138,57 @@ def digits():
 
 
 @pytest.fixture(scope="module")
-def fitted(digits):
+def feature_folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("features")
+
+
+@pytest.fixture(scope="module")
+def fitted(digits, feature_folder):
     model, train, _ = digits
-    return QSENN().fit(model, train)
+    with FeatureCache(model, train, folder=feature_folder) as features:
+        return QSENN().fit(model, train, features=features)
+
+
+def test_post_hoc_features_are_the_float32_pass_within_float16_rounding(digits, feature_folder, fitted):
+    """The pooled B4 read from the feature cache (float16 maps) against the float32 pass Q-SENN ran before:
+    equal to within float16's rounding of each map value, the bound for non-negative maps (mean of the
+    rounded values vs mean of the values: 2^-11 relative, 2^-25 absolute for subnormals), and not equal
+    (they do come from the float16 cache)."""
+    model, train, _ = digits
+    exact = block_features(model, train, "B4")
+    with FeatureCache(model, train, folder=feature_folder) as features:  # written by the ``fitted`` fixture
+        cached = cached_block_features(model, train, "B4", features=features)
+        assert features.network_batches == 0
+    assert cached.dtype == exact.dtype == torch.float32 and cached.shape == exact.shape == (len(train), 128)
+    assert (exact >= 0).all()  # post-ReLU: the mean of |x| is f itself
+    bound = (FLOAT16_UNIT_ROUNDOFF + FLOAT32_MEAN_SLACK) * exact + FLOAT16_SUBNORMAL_HALF_SPACING
+    error = (cached - exact).abs()
+    assert (error <= bound).all(), f"worst error / bound: {float((error / bound).max()):.3f}"
+    assert (error > 0).any()
+    # and the bound is the one that binds: the worst error uses a good part of it
+    assert float((error / bound).max()) > 0.25
+
+
+def test_a_model_whose_prototypes_were_fitted_runs_no_network_pass_for_post_hoc_q_senn(digits, tmp_path, monkeypatch):
+    """The prototype fit writes B4 to the feature cache; Q-SENN's post-hoc fit then reads it (no batch through
+    the network, no trace at all) and gives the layer a fit from its own pass gives."""
+    model, train, _ = digits
+    settings = dict(n_features=12, path_steps=4)
+    with FeatureCache(model, train, folder=tmp_path / "features") as first:
+        PrototypeExplainer("B4", per_class=2).fit(model, train, features=first)
+        assert first.network_batches > 0
+    import explainers.qsenn as qsenn
+    traced = []
+    monkeypatch.setattr(qsenn, "trace", lambda *a, **k: traced.append(1) or pytest.fail("Q-SENN ran the network"))
+    with FeatureCache(model, train, folder=tmp_path / "features") as again:
+        reused = QSENN(**settings).fit(model, train, features=again)
+        assert again.network_batches == 0 and not traced
+    monkeypatch.undo()
+    with FeatureCache(model, train, folder=tmp_path / "own") as own:
+        alone = QSENN(**settings).fit(model, train, features=own)
+        assert own.network_batches > 0
+    np.testing.assert_array_equal(reused.features_, alone.features_)
+    np.testing.assert_array_equal(reused.weights_, alone.weights_)
 
 
 def pooled_by_hand(model, images) -> torch.Tensor:
@@ -139,6 +197,19 @@ def pooled_by_hand(model, images) -> torch.Tensor:
     with torch.inference_mode():
         x = net.maxpool(net.relu(net.bn1(net.conv1(images))))
         return net.layer4(net.layer3(net.layer2(net.layer1(x)))).mean(dim=(2, 3))
+
+
+def test_the_shipped_layer_is_what_a_fresh_fit_gives(fitted, digits):
+    """assets/qsenn/ holds the Concepts page's default layer of these weights, as a fresh machine fits it
+    (``python -m explainers.zoo qsenn digits`` rewrites it)."""
+    model, train, _ = digits
+    path = ASSETS / "qsenn" / QSENNRecipe(model, train, QSENN()).filename
+    assert path.is_file(), "no shipped layer for these weights and settings: run python -m explainers.zoo qsenn digits"
+    shipped = QSENN.load(path, model)
+    assert shipped.block == "B4" and fitted.block is None  # the store's recipe names the block it resolved
+    for name in ("features_", "sparse_weights_", "weights_", "bias_", "mean_", "std_", "gallery_"):
+        np.testing.assert_array_equal(getattr(shipped, name), getattr(fitted, name),
+                                      err_msg=f"{name}: stale, run python -m explainers.zoo qsenn digits")
 
 
 def test_the_fitted_layer_is_ternary_with_n_w_weights_quantised_from_w_sp(fitted):
@@ -199,7 +270,9 @@ def test_the_gallery_holds_the_images_that_activate_each_feature_most(fitted, di
     top = fitted.gallery_[feature]
     images = torch.stack([model.transform(train[int(i)][0]) for i in top])
     values = pooled_by_hand(model, images)[:, fitted.features_[feature]].numpy()
-    np.testing.assert_allclose(values, fitted.gallery_values_[feature], rtol=1e-4, atol=1e-5)
+    # the layer's features come from the float16 feature cache; these from a float32 pass
+    np.testing.assert_allclose(fitted.gallery_values_[feature], values, rtol=FLOAT16_UNIT_ROUNDOFF + FLOAT32_MEAN_SLACK,
+                               atol=FLOAT16_SUBNORMAL_HALF_SPACING)
     assert (np.diff(values) <= 1e-6).all()
 
 
