@@ -413,7 +413,9 @@ def from_checkpoint(path: Path, arch: str | None = None, classes: list[str] | No
     arch = arch or meta.get("arch") or _guess_arch(state)
     if arch is None:
         raise CheckpointError(
-            f"{Path(path).name} does not say which architecture it holds: pass arch= one of {', '.join(MODELS.names())}"
+            f"{Path(path).name} does not say which architecture it holds (a plain state dict): name it, one of "
+            f"{', '.join(MODELS.names())}, a torchvision classifier such as resnet50, or timm:<name> (the "
+            "architecture box in the sidebar, arch= in Python), or save it as {\"state_dict\": ..., \"arch\": ...}."
         )
     _check_arch(arch)
     spec = _random_arch(arch)

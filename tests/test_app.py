@@ -335,6 +335,7 @@ def test_a_model_that_failed_to_load_is_named_on_every_page_not_choose_a_model()
     torch.save(resnet18(num_classes=10).state_dict(), buffer)
     for path in PAGES:
         app = page(path, model="checkpoint")
+        app.selectbox(key="checkpoint_arch").set_value("digits").run()
         app.file_uploader(key="checkpoint_file").upload("resnet18.pt", buffer.getvalue(),
                                                         "application/octet-stream").run()
         assert not app.exception, (path, app.exception)
@@ -691,3 +692,15 @@ def test_a_timm_checkpoint_loads_from_the_page_by_the_arch_saved_in_it():
     app.file_uploader(key="checkpoint_file").upload("timm18.pt", with_arch.getvalue(), "application/octet-stream").run()
     assert not app.exception and not app.error, [e.value for e in app.error]
     assert "timm:resnet18" in app.header[0].value
+
+
+def test_a_plain_state_dict_of_an_unknown_architecture_asks_for_its_name():
+    from torchvision.models import resnet18
+
+    buffer = io.BytesIO()
+    torch.save(resnet18(num_classes=10).state_dict(), buffer)
+    app = page("pages/saliency.py", model="checkpoint")
+    app.file_uploader(key="checkpoint_file").upload("plain.pt", buffer.getvalue(), "application/octet-stream").run()
+    assert not app.exception
+    assert any("does not say which architecture it holds" in e.value and "architecture box" in e.value
+               for e in app.error)
