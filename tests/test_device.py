@@ -140,13 +140,15 @@ def test_each_family_on_the_device_gives_the_cpu_maps(family):
     device = load_model(copy.deepcopy(cpu.net), input_size=cpu.input_size, device=DEVICE)
     image = torch.randn(3, *cpu.input_size, generator=torch.Generator().manual_seed(3))
     cases = [("B3", ["gradcam", "eigencam", "ablationcam"]), ("B4", ["layercam", "lrp_epsilon", "clustercam"])]
+    # One batch size on both sides: each device times its own, and another batch size changes the convolutions'
+    # rounding, which Ablation-CAM's differences of nearly equal logits magnify past the tolerance.
+    fixed = {"ablationcam": {"batch_size": 16}, "clustercam": {"q": 3}}
     with one_thread():
         for block, names in cases:
             names = [n for n in names if method_info(n).available(cpu, block) is None]
-            found = explain_many(device, image, names, block=block, method_settings={"clustercam": {"q": 3}}
-                                 if "clustercam" in names else None)
-            expected = explain_many(cpu, image, names, block=block, method_settings={"clustercam": {"q": 3}}
-                                    if "clustercam" in names else None)
+            settings = {name: fixed[name] for name in names if name in fixed} or None
+            found = explain_many(device, image, names, block=block, method_settings=settings)
+            expected = explain_many(cpu, image, names, block=block, method_settings=settings)
             for name in names:
                 assert close(found[name].raw, expected[name].raw, 1e-4), f"{family} {name} at {block}"
 
