@@ -79,7 +79,13 @@ st.markdown("- **Saliency** — maps of where the network looks, side by side, f
             "B234, B1234), the gradient-free attribution, and each segment's nearest training patch (Figure 1 of "
             "*Post-hoc Self-explanation of CNNs*).\n"
             "- **Prototypes** — the classifier's own prototypes (its weight columns) against KMEx prototypes on a UMAP "
-            "of the embeddings, with the paper's alignment and accuracy tables (its Figure 2, Tables 1-2).")
+            "of the embeddings, with the paper's alignment and accuracy tables (its Figure 2, Tables 1-2).\n"
+            "- **Concepts** — Q-SENN's sparse ternary last layer: a few shared features per class, each weighted "
+            "+α, 0 or −α, their maps for this image and the training images that activate them most.\n"
+            "- **Evaluation** — which map to trust: confidence drop and increase, deletion and insertion curves, "
+            "ROAD and each method's cost, over this image or many.\n"
+            "- **Sanity checks** — does a map change when the network's weights are destroyed? Maps and their "
+            "similarity to the original as the layers are randomised (Adebayo et al. 2018).")
 
 st.header("Methods")
 st.table([{"method": f"**{method_info(n).label}**  \n`{n}`", "family": method_info(n).family,

@@ -704,3 +704,13 @@ def test_a_plain_state_dict_of_an_unknown_architecture_asks_for_its_name():
     assert not app.exception
     assert any("does not say which architecture it holds" in e.value and "architecture box" in e.value
                for e in app.error)
+
+
+def test_the_overview_describes_every_page_of_the_navigation():
+    import re
+
+    titles = re.findall(r'st\.Page\("pages/\w+\.py", title="([^"]+)"', (REPO / "app.py").read_text())
+    app = page("pages/overview.py", model="digits")
+    listed = re.findall(r"^- \*\*(.+?)\*\*", next(m.value for m in app.markdown if m.value.startswith("- **Saliency")),
+                        flags=re.M)
+    assert listed == [t for t in titles if t != "Overview"]
