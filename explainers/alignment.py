@@ -53,7 +53,7 @@ def mean_cosines(prototypes: np.ndarray, labels: np.ndarray, embeddings: np.ndar
 
 def classifier_prototypes(model: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
     """The columns c_j of the classifier as prototypes (Theorem 1), one per class."""
-    weights = model.classifier.weight.detach().numpy()
+    weights = model.classifier.weight.detach().cpu().numpy()
     return weights, np.arange(len(weights))
 
 

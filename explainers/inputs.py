@@ -52,7 +52,7 @@ def _one_input(model: ModelSpec, item: Any, what: str) -> torch.Tensor:
     if isinstance(item, np.ndarray):
         return model.transform(_array_image(item, what))
     if isinstance(item, torch.Tensor) and item.dtype == torch.uint8 and item.dim() == 3:
-        return model.transform(_array_image(item.permute(1, 2, 0).numpy(), what))  # (C,H,W) pixels
+        return model.transform(_array_image(item.permute(1, 2, 0).cpu().numpy(), what))  # (C,H,W) pixels, any device
     if isinstance(item, torch.Tensor) and item.dim() == 3:
         return _checked_tensor(model, item.unsqueeze(0))[0]
     if isinstance(item, torch.Tensor):

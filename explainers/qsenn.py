@@ -632,8 +632,8 @@ class QSENN:
         for start in range(0, len(inputs), self.batch_size):
             with torch.inference_mode():
                 result = trace(network, inputs[start:start + self.batch_size], blocks=[self.block_])
-            maps.append(result.activations[self.block_])
-            logits.append(result.logits)
+            maps.append(result.activations[self.block_].cpu())  # the layer's arrays are numpy, on the CPU
+            logits.append(result.logits.cpu())
         return torch.cat(maps), torch.cat(logits)
 
     def decision_function(self, images: object) -> np.ndarray:
@@ -782,7 +782,7 @@ def _layers(layer: QSENN, model: ModelSpec) -> list[_Row]:
     base = layer.baseline_
     rows: list = []
     if layer.block_ == list(model.blocks)[-1] and model.gap_head:
-        weight = model.classifier.weight.detach().numpy()
+        weight = model.classifier.weight.detach().cpu().numpy()
         rows.append(_Row("Dense (the model's own layer)", weight, None, False, False))
     rows.append(_Row(f"glm-saga5 (sparse, all {base['weights'].shape[1]} features)", base["weights"],
                      lambda f: ((f - _tensor(base["mean"])) / _tensor(base["std"]))
@@ -817,8 +817,8 @@ def concept_table(layer: QSENN, splits: dict[str, DatasetSpec], progress: Progre
                          if getattr(layer, "network_", None) is not None else original)
             for row in rows:
                 result = tuned if row.tuned else original
-                maps = result.activations[layer.block_]
-                logits = result.logits if row.logits_of is None else row.logits_of(maps.mean(dim=(2, 3)))
+                maps = result.activations[layer.block_].cpu()  # the layers' arrays are numpy, on the CPU
+                logits = result.logits.cpu() if row.logits_of is None else row.logits_of(maps.mean(dim=(2, 3)))
                 predicted = logits.argmax(dim=1)
                 correct[row.name][split] += int((predicted == truth).sum())
                 read = maps[:, selected] if row.selected else maps

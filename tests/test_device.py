@@ -22,10 +22,10 @@ from explainers.evaluation import EvaluationSettings, evaluate, randomization_ch
 from explainers.features import FeatureCache
 from explainers.methods import method_info
 from explainers.prototypes import PrototypeExplainer
-from explainers.qsenn import QSENN, full_mode_refusal
+from explainers.qsenn import QSENN, concept_table, full_mode_refusal
 from tests.helpers import one_thread
 from tests.simulated_device import DEVICE, on_device, refusals_in_backward
-from tests.test_app import panel_labels
+from tests.test_app import PAGES, panel_labels
 from tests.test_families import SIZE, small_densenet, trained_like
 
 REPO_APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -193,6 +193,16 @@ def test_full_q_senn_fine_tunes_a_copy_on_the_model_device(digits_pair):
         on_device_layer = QSENN(**settings).fit(device, train)
         on_cpu_layer = QSENN(**settings).fit(cpu, train)
     np.testing.assert_allclose(on_device_layer.weights_, on_cpu_layer.weights_, atol=1e-5)
+    test = subset(load_dataset("digits", "test"), 20)
+    with one_thread():  # what the Concepts page shows: Table 1, the prediction and the current image's features
+        found_table, expected_table = concept_table(on_device_layer, {"test": test}), concept_table(on_cpu_layer, {"test": test})
+        for found_row, expected_row in zip(found_table, expected_table, strict=True):  # rounded to 0.1-0.01 points
+            assert found_row == pytest.approx(expected_row, abs=0.2)
+        image = test[0][0]
+        assert on_device_layer.predict([image]).tolist() == on_cpu_layer.predict([image]).tolist()
+        found, expected = on_device_layer.explain(image), on_cpu_layer.explain(image)
+    assert [e.feature for e in found.positive] == [e.feature for e in expected.positive]
+    assert close(found.logits, expected.logits, 1e-3)  # through the fine-tuned copies: a few steps of rounding apart
     assert all_on(device, DEVICE), "the shared model was moved or trained"
 
 
@@ -206,3 +216,7 @@ def test_the_app_runs_on_the_device_and_says_where(monkeypatch):
     assert not app.error, [e.value for e in app.error]
     assert any(f"Runs on {DEVICE}" in c.value for c in app.sidebar.caption)
     assert panel_labels(app) == [method_info(m).label for m in app.session_state["methods"]]  # every map drawn
+    for path in PAGES:  # every other page, on what ships with digits (prototypes, Q-SENN layer, tables)
+        app.switch_page(path).run()
+        assert not app.exception, (path, app.exception)
+        assert not app.error, (path, [e.value for e in app.error])
