@@ -105,9 +105,10 @@ def test_a_module_stays_where_it_is_unless_a_device_is_given():
 def test_every_method_on_the_device_gives_the_cpu_map_as_numpy(digits_pair, digit, block):
     cpu, device = digits_pair
     names = [n for n in methods() if method_info(n).available(cpu, block) is None]
+    same_batches = {"scorecam": {"batch_size": 16}, "ablationcam": {"batch_size": 16}}  # each device times its own
     with one_thread():
-        found = explain_many(device, digit, names, block=block)
-        expected = explain_many(cpu, digit, names, block=block)
+        found = explain_many(device, digit, names, block=block, method_settings=same_batches)
+        expected = explain_many(cpu, digit, names, block=block, method_settings=same_batches)
     for name in names:
         assert isinstance(found[name].raw, np.ndarray) and isinstance(found[name].heatmap, np.ndarray), name
         assert close(found[name].raw, expected[name].raw), name
@@ -150,6 +151,11 @@ def test_each_family_on_the_device_gives_the_cpu_maps(family):
             found = explain_many(device, image, names, block=block, method_settings=settings)
             expected = explain_many(cpu, image, names, block=block, method_settings=settings)
             for name in names:
+                if name == "clustercam":  # its clusters' scores: base and scissors are their argmax and argmin,
+                    parts, reference = found[name].extras["cluster_cam"], expected[name].extras["cluster_cam"]
+                    assert (parts.labels == reference.labels).all()  # which a random network's near-ties leave
+                    assert close(parts.scores, reference.scores, 1e-4), family  # to rounding (and batch size)
+                    continue
                 assert close(found[name].raw, expected[name].raw, 1e-4), f"{family} {name} at {block}"
 
 
