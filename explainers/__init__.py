@@ -17,7 +17,7 @@ from . import marked  # noqa: E402,F401  (registers the digits_marked dataset)
 from .trace import Trace, trace
 
 __all__ = [
-    "CheckpointError", "DatasetSpec", "Explanation", "default_device", "ImageError", "MethodUnavailableError", "ModelSpec",
-    "ModelUnavailableError", "Trace", "explain", "explain_batch", "explain_many", "explain_trace", "load_dataset",
-    "load_image", "load_model", "method_info", "methods", "predict", "trace", "UserInputError",
+    "CheckpointError", "DatasetSpec", "Explanation", "ImageError", "MethodUnavailableError", "ModelSpec",
+    "ModelUnavailableError", "Trace", "default_device", "explain", "explain_batch", "explain_many", "explain_trace",
+    "load_dataset", "load_image", "load_model", "method_info", "methods", "predict", "trace", "UserInputError",
 ]

@@ -18,7 +18,8 @@ from torch import nn
 
 from .errors import DeviceUnavailableError
 
-__all__ = ["DEVICE_VARIABLE", "DeviceUnavailableError", "accumulator_dtype", "default_device", "describe_device", "device_of", "resolve_device", "synchronize"]
+__all__ = ["DEVICE_VARIABLE", "DeviceUnavailableError", "accumulator_dtype", "default_device", "describe_device",
+           "device_of", "resolve_device", "synchronize"]
 
 DEVICE_VARIABLE = "PROTOSCOPE_DEVICE"
 

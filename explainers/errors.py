@@ -11,8 +11,8 @@ user's input keeps working.
 """
 from __future__ import annotations
 
-__all__ = ["BlockError", "CheckpointError", "DatasetError", "DeviceUnavailableError", "FitCancelled", "ImageError", "MethodUnavailableError",
-           "ModelUnavailableError", "UserInputError"]
+__all__ = ["BlockError", "CheckpointError", "DatasetError", "DeviceUnavailableError", "FitCancelled", "ImageError",
+           "MethodUnavailableError", "ModelUnavailableError", "UserInputError"]
 
 
 class UserInputError(ValueError):

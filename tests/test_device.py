@@ -201,7 +201,8 @@ def test_full_q_senn_fine_tunes_a_copy_on_the_model_device(digits_pair):
     np.testing.assert_allclose(on_device_layer.weights_, on_cpu_layer.weights_, atol=1e-5)
     test = subset(load_dataset("digits", "test"), 20)
     with one_thread():  # what the Concepts page shows: Table 1, the prediction and the current image's features
-        found_table, expected_table = concept_table(on_device_layer, {"test": test}), concept_table(on_cpu_layer, {"test": test})
+        found_table = concept_table(on_device_layer, {"test": test})
+        expected_table = concept_table(on_cpu_layer, {"test": test})
         for found_row, expected_row in zip(found_table, expected_table, strict=True):  # rounded to 0.1-0.01 points
             assert found_row == pytest.approx(expected_row, abs=0.2)
         image = test[0][0]
