@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from . import compute
+from .devices import OutOfMemoryError, describe_device, release_memory
 from .errors import MethodUnavailableError
 from .inputs import as_batch
 from .maps import upsample
@@ -144,7 +145,14 @@ def _compute(method: Method, shared: Trace, block: str, model: ModelSpec,
     batch. What is left here (weighted sums of the trace's tensors, a small eigendecomposition) is too
     small to run in parallel, so it needs no job: a CAM view then waits for at most one batch of
     another session's Score-CAM, once, for its trace."""
-    return method.compute(shared, block, model, **settings)
+    try:
+        return method.compute(shared, block, model, **settings)
+    except OutOfMemoryError as error:  # a GPU's memory is the user's to size (batch size), not a bug
+        release_memory(model.device)
+        batch = " (lower its batch size in its settings)" if "batch_size" in settings else ""
+        raise MethodUnavailableError(
+            f"{method.label} ran out of memory on {describe_device(model.device)} for {model.name} at {block}, "
+            f"so its map is not shown{batch}; the other methods are unaffected") from error
 
 
 def recombine(model: ModelSpec, explanation: Explanation, settings: Mapping[str, Any]) -> Explanation:

@@ -11,8 +11,8 @@ inputs, under ``torch.inference_mode``, each timing a job of the compute thread)
 among the sizes within 10% of the best time per image, the smallest: nearly the same throughput with
 the shortest jobs, so that other sessions wait least between batches (``explainers.compute``).
 Sizes are tried from 1 upwards until a batch would take longer than ``JOB_SECONDS`` at the best
-speed seen so far, or a size is slower per image than the best by more than ``NEAR_BEST`` (the
-curve has turned up), so the first Score-CAM of a model pays about a second for the timing. The choice is
+speed seen so far, a size is slower per image than the best by more than ``NEAR_BEST`` (the
+curve has turned up), or a batch does not fit in the device's memory (a GPU's), so the first Score-CAM of a model pays about a second for the timing. The choice is
 kept per network for the life of the process; ``timings(model)`` shows what was measured.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from . import compute
-from .devices import synchronize
+from .devices import OutOfMemoryError, release_memory, synchronize
 
 if TYPE_CHECKING:
     from .models import ModelSpec
@@ -84,9 +84,15 @@ def _measure(network: nn.Module, probe: torch.Tensor) -> dict[int, float]:
     for size in CANDIDATES:
         if per_image and size * min(per_image.values()) > JOB_SECONDS:
             break  # even at the best speed seen, this batch would hold the compute thread too long
-        batch = probe.expand(size, *probe.shape[1:]).contiguous(memory_format=torch.channels_last)
-        compute.run_batch(_timed, network, batch)  # warm-up: allocator and kernels for this shape
-        seconds = statistics.median(compute.run_batch(_timed, network, batch) for _ in range(REPEATS))
+        try:
+            batch = probe.expand(size, *probe.shape[1:]).contiguous(memory_format=torch.channels_last)
+            compute.run_batch(_timed, network, batch)  # warm-up: allocator and kernels for this shape
+            seconds = statistics.median(compute.run_batch(_timed, network, batch) for _ in range(REPEATS))
+        except OutOfMemoryError:
+            if not per_image:
+                raise  # not even one image fits: the method says so (``api._compute``)
+            release_memory(probe.device)
+            break  # a GPU's memory ends the search: the sizes that fitted are the candidates
         per_image[size] = seconds / size
         if per_image[size] > min(per_image.values()) * NEAR_BEST:
             break  # the curve has turned up: bigger is slower

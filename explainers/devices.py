@@ -18,10 +18,13 @@ from torch import nn
 
 from .errors import DeviceUnavailableError
 
-__all__ = ["DEVICE_VARIABLE", "DeviceUnavailableError", "accumulator_dtype", "default_device", "describe_device",
-           "device_of", "resolve_device", "synchronize"]
+__all__ = ["DEVICE_VARIABLE", "DeviceUnavailableError", "OutOfMemoryError", "accumulator_dtype", "default_device",
+           "describe_device", "device_of", "release_memory", "resolve_device", "synchronize"]
 
 DEVICE_VARIABLE = "PROTOSCOPE_DEVICE"
+# What PyTorch raises when a device (CUDA, MPS) cannot allocate a tensor: a RuntimeError, so it must be caught
+# before any handler of RuntimeError.
+OutOfMemoryError = torch.OutOfMemoryError
 
 
 def default_device() -> torch.device:
@@ -84,6 +87,15 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+def release_memory(device: torch.device) -> None:
+    """Give the memory a failed allocation left cached back to the device, so that the next request (of any
+    session) starts from a clean allocator instead of failing in turn."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
 
 
 def accumulator_dtype(device: torch.device) -> torch.dtype:

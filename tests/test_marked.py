@@ -172,7 +172,11 @@ def test_the_first_epoch_of_the_training_command_replays_the_shipped_run():
     card = json.loads(DIGITS_MARKED_CARD.read_text())
     _, losses = fit_digits("digits_marked", epochs=card["epochs"], seed=card["seed"], batch_size=card["batch_size"],
                            lr=card["lr"], stop_after=1)
-    assert losses[0] == pytest.approx(card["first_epoch_loss"], rel=1e-4)
+    # Training in float32 on the CPU is reproducible to about 3e-4 of this loss, not to the bit: the convolutions'
+    # sums follow the processor's vector width (AVX2 or AVX-512 kernels) and the thread count (measured on two
+    # machines: 1.82276 where the weights were trained, 1.82310 and 1.82329 on an AVX-512 one). Any change the
+    # test is for moves it far more: the next seed gives 1.75538 (3.7%).
+    assert losses[0] == pytest.approx(card["first_epoch_loss"], rel=2e-3)
     assert card["final_loss"] < card["first_epoch_loss"] / 2
 
 

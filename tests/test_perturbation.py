@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explainers import batching, explain, explain_many, load_model, method_info, trace
+from explainers import MethodUnavailableError, batching, explain, explain_many, load_model, method_info, trace
 from explainers.methods import ablation_cam as A
 from explainers.methods import cluster_cam as C
 from explainers.methods import masking as M
@@ -334,3 +334,39 @@ def test_the_batch_size_is_the_smallest_within_ten_percent_of_the_fastest_per_im
     assert list(measured) == list(batching.CANDIDATES[:len(measured)]) and all(t > 0 for t in measured.values())
     assert batching.batch_size(model) == batching.choose(measured)
     assert batching.timings(model) == measured, "measured once per network, then remembered"
+
+
+def _memory_limited(model, largest: int) -> None:
+    """Make ``model``'s inference copy run out of memory, as a GPU does, for batches above ``largest``."""
+    def allocate(_module, args):
+        if args[0].shape[0] > largest:
+            raise torch.OutOfMemoryError(f"CUDA out of memory (simulated: more than {largest} images)")
+    model.inference_net.register_forward_pre_hook(allocate)
+
+
+def test_a_device_out_of_memory_ends_the_batch_size_search_at_the_sizes_that_fit():
+    model = digits_model()
+    _memory_limited(model, 4)
+    measured = batching.timings(model)
+    assert max(measured) <= 4 and list(measured) == list(batching.CANDIDATES[:len(measured)])
+    assert batching.batch_size(model) <= 4
+    with one_thread():
+        image = digits_test_batch(1)[0][0]
+        automatic = explain(model, image, "scorecam", block="B3")  # the measured size fits
+        fixed = explain(model, image, "scorecam", block="B3", method_settings={"scorecam": {"batch_size": 4}})
+    assert close(automatic.raw, fixed.raw)
+
+
+def test_a_method_out_of_memory_is_refused_with_what_to_do_and_the_others_still_drawn():
+    model = digits_model()
+    _memory_limited(model, 4)
+    with one_thread():
+        image = digits_test_batch(1)[0][0]
+        with pytest.raises(MethodUnavailableError, match="ran out of memory.*lower its batch size"):
+            explain(model, image, "scorecam", block="B3", method_settings={"scorecam": {"batch_size": 16}})
+        after = explain(model, image, "gradcam", block="B3")  # the model is left as it was
+        assert close(after.raw, explain(digits_model(), image, "gradcam", block="B3").raw)
+    plain = digits_model()
+    _memory_limited(plain, 0)  # not even one image fits
+    with one_thread(), pytest.raises(MethodUnavailableError, match="ran out of memory"):
+        explain(plain, digits_test_batch(1)[0][0], "scorecam", block="B3")
