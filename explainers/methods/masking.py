@@ -79,5 +79,7 @@ def distinct_maps(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     low, high = flat.amin(dim=1, keepdim=True), flat.amax(dim=1, keepdim=True)
     varying = (high > low).squeeze(1).nonzero().squeeze(1)
     scaled = (flat[varying] - low[varying]) / (high[varying] - low[varying])
-    _, group = torch.unique(scaled, dim=0, return_inverse=True)
-    return varying, group
+    # Grouped on the CPU: a (K, h*w) matrix is quick to copy, and torch.unique has had silent errors on Apple's
+    # MPS (pytorch#104879, #111173), where a wrong group would score one channel's mask for another.
+    _, group = torch.unique(scaled.cpu(), dim=0, return_inverse=True)
+    return varying, group.to(maps.device)
