@@ -112,6 +112,33 @@ def test_a_timm_model_preprocesses_as_timms_own_transform(name, interpolation, r
     torch.testing.assert_close(model.transform(a_photo()), create_transform(**config)(a_photo()), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name, weights, crop, resize, interpolation", [
+    ("resnet50", "DEFAULT", 224, 232, "bilinear"),  # V2 weights: 232, where V1 had 256
+    ("resnet50", "IMAGENET1K_V1", 224, 256, "bilinear"),
+    ("inception_v3", None, 299, 342, "bilinear"),  # random weights: the architecture's own input
+    ("efficientnet_b4", None, 380, 384, "bicubic"),
+    ("convnext_tiny", None, 224, 236, "bilinear"),
+])
+def test_a_torchvision_model_preprocesses_as_its_weights_transforms(name, weights, crop, resize, interpolation):
+    """The preprocessing torchvision's weights carry (``weights.transforms()``, metadata: nothing downloads),
+    not one ImageNet recipe for all: the same tensor to the bit, on a wide and a tall photo."""
+    from torchvision import models as tv
+
+    enum = tv.get_model_weights(name)
+    expected = (enum.DEFAULT if weights in (None, "DEFAULT") else enum[weights]).transforms()
+    if weights is None:
+        model = load_model(name, weights=None)
+    else:  # the weights are not on this machine: the preprocessing is what load_model would give them
+        from explainers.models import torchvision_preprocess
+        model = type("Spec", (), {"transform": torchvision_preprocess(enum[weights])})()
+    transform = model.transform
+    assert (transform.input_size, transform.resize, transform.interpolation) == ((crop, crop), resize, interpolation)
+    for image in (a_photo(), a_photo().transpose(Image.Transpose.ROTATE_90)):
+        torch.testing.assert_close(transform(image), expected(image), rtol=0, atol=0)
+    if weights is None:
+        assert model.input_size == (crop, crop)  # the size its blocks are probed at and its maps drawn at
+
+
 @pytest.mark.parametrize("size, crop, mode", [((224, 224), 0.9, "squash"), ((160, 224), 0.875, "center"),
                                               ((160, 224), 0.95, "squash"), ((224, 224), 1.0, "border"),
                                               ((192, 256), 0.9, "border")])
