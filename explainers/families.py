@@ -10,8 +10,9 @@ An adapter (``Family``) answers, for a network of its family:
   feature map the classifier pools;
 - ``tail(model, block)``: the network after a block, as a function of the block's output
   giving the logits (Ablation-CAM runs only that). One mechanism serves every family: the
-  network's forward traced with torch.fx, cut at the block's output node (possible when
-  every path from the input to the logits runs through it);
+  network's forward traced with torch.fx, cut at the block's output node; values that cross
+  the cut without passing through the block (the skip input of a residual unit the block is
+  inside) are computed once per image by the part of the graph before the cut (``Cut``);
 - ``canonizers(net)`` and ``lrp_gap(net)``: zennit's canonizers for LRP, and None when
   zennit's rules and those canonizers cover every layer and operation of the network, or
   else why not (the LRP methods then say so instead of drawing a map);
@@ -62,8 +63,11 @@ if TYPE_CHECKING:
 
 BLOCK_NAMES = ("B1", "B2", "B3", "B4")
 
-__all__ = ["BLOCK_NAMES", "BlockError", "FAMILIES", "Family", "Probe", "check_blocks", "families", "family_for",
-           "family_named", "family_of", "graph_blocks", "lrp_gap_in_graph", "probe", "register_family", "tail_module"]
+TailRun = Callable[[torch.Tensor], torch.Tensor]  # block outputs (M, D, h, w) -> logits (M, classes)
+
+__all__ = ["BLOCK_NAMES", "BlockError", "Cut", "FAMILIES", "Family", "Probe", "TailRun", "check_blocks", "families",
+           "family_for", "family_named", "family_of", "graph_blocks", "lrp_gap_in_graph", "probe", "register_family",
+           "tail_module"]
 
 
 # --- the probe: one forward with a counting tap on every module ----------------------------------
@@ -337,14 +341,28 @@ def children_blocks(net: nn.Module, probe_result: Probe) -> list[str]:
 
 # --- the tail: the network after a block ------------------------------------------------------------
 
-_TAILS: "weakref.WeakKeyDictionary[nn.Module, dict[str, nn.Module | None]]" = weakref.WeakKeyDictionary()
+@dataclass
+class Cut:
+    """The network after a block, traced with torch.fx and cut at the block's output node.
+
+    ``tail`` maps the block's output (and ``crossing``'s values, in order) to the logits. ``crossing`` are
+    the values the tail needs that the block does not make: none when every path from the input to the
+    logits runs through the block (a ResNet's ``layer3``); a block inside a residual unit (timm's Xception
+    features, ``blocks.11.stack.act3``) leaves the unit's skip input crossing the cut. Zeroing a channel of
+    the block changes none of them, so ``prefix`` (the input -> the crossing values, None when there are
+    none) runs once per image and its values serve every ablated row of it."""
+
+    tail: fx.GraphModule
+    prefix: fx.GraphModule | None
+
+
+_TAILS: "weakref.WeakKeyDictionary[nn.Module, dict[str, Cut | None]]" = weakref.WeakKeyDictionary()
 _TAILS_LOCK = threading.Lock()
 
 
-def tail_module(net: nn.Module, path: str) -> nn.Module | None:
-    """The part of ``net`` after the module at ``path``, as a module taking that module's output and
-    returning the logits; None when some path from the input to the logits avoids it, or the forward
-    cannot be traced. Made once per network and block (a compute job), then kept.
+def tail_module(net: nn.Module, path: str) -> Cut | None:
+    """The part of ``net`` after the module at ``path`` (``Cut``); None when the forward cannot be traced
+    or calls the module more than once. Made once per network and block (a compute job), then kept.
 
     Modules that neither contain the block nor are the block are called whole (the tail of a
     ResNet after ``layer3`` calls ``layer4``, ``avgpool`` and ``fc``), so hooks on them see the tail's
@@ -360,7 +378,7 @@ def tail_module(net: nn.Module, path: str) -> nn.Module | None:
     return made
 
 
-def _tail_job(net: nn.Module, path: str) -> nn.Module | None:
+def _tail_job(net: nn.Module, path: str) -> Cut | None:
     ancestors = {""} | {path.rsplit(".", n)[0] for n in range(1, path.count(".") + 1)}
 
     def leaf(_module: nn.Module, qualname: str) -> bool | None:
@@ -376,23 +394,64 @@ def _tail_job(net: nn.Module, path: str) -> nn.Module | None:
         return None
     block = calls[0][1]
     output = next(node for node in graph.nodes if node.op == "output")
-    needed: set[fx.Node] = set()
-    stack = [output]
-    while stack:
-        node = stack.pop()
-        if node in needed or node is block:
-            continue
-        if node.op == "placeholder":
-            return None  # the logits depend on the input by another way than through the block
-        needed.add(node)
-        stack.extend(node.all_input_nodes)
+    after = _descendants(block)
+    inputs = [node for node in graph.nodes if node.op == "placeholder"]
+    on_input = _descendants(*inputs) | set(inputs)
+    needed = _ancestors(output, stop=block) | {output}
+    # Values the tail reads that the block does not make, yet the input does: computed once per image.
+    crossing = [node for node in graph.nodes
+                if node in needed and node not in after and node in on_input and node is not block
+                and any(user in after or user is output for user in node.users if user in needed or user is output)]
     tail = fx.Graph()
     env = {block: tail.placeholder("block_output")}
+    env.update({node: tail.placeholder(f"crossing_{i}") for i, node in enumerate(crossing)})
+    for node in graph.nodes:
+        if node in needed and node not in env and node.op != "placeholder":
+            if node not in after and node in on_input:
+                continue  # made before the cut: only the crossing ones are read, from their placeholders
+            env[node] = tail.node_copy(node, lambda n: env[n])
+    return Cut(tail=fx.GraphModule(net, tail, class_name="Tail").eval(),
+               prefix=_prefix(net, graph, crossing) if crossing else None)
+
+
+def _prefix(net: nn.Module, graph: fx.Graph, crossing: list[fx.Node]) -> fx.GraphModule:
+    """The input -> the ``crossing`` values, as the network computes them (the part of the graph they need)."""
+    needed: set[fx.Node] = set()
+    for node in crossing:
+        needed |= _ancestors(node) | {node}
+    prefix = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
     for node in graph.nodes:
         if node in needed:
-            env[node] = tail.node_copy(node, lambda n: env[n])
-    module = fx.GraphModule(net, tail, class_name="Tail")
-    return module.eval()
+            env[node] = prefix.node_copy(node, lambda n: env[n])
+    prefix.output(tuple(env[node] for node in crossing))
+    return fx.GraphModule(net, prefix, class_name="Prefix").eval()
+
+
+def _ancestors(node: fx.Node, stop: fx.Node | None = None) -> set[fx.Node]:
+    """Every node ``node`` is computed from (itself excluded), not looking past ``stop``."""
+    found: set[fx.Node] = set()
+    stack = list(node.all_input_nodes)
+    while stack:
+        current = stack.pop()
+        if current in found or current is stop:
+            continue
+        found.add(current)
+        stack.extend(current.all_input_nodes)
+    return found
+
+
+def _descendants(*nodes: fx.Node) -> set[fx.Node]:
+    """Every node computed from any of ``nodes`` (themselves excluded)."""
+    found: set[fx.Node] = set()
+    stack = [user for node in nodes for user in node.users]
+    while stack:
+        current = stack.pop()
+        if current in found:
+            continue
+        found.add(current)
+        stack.extend(current.users)
+    return found
 
 
 # --- LRP coverage from the graph ---------------------------------------------------------------------
@@ -473,18 +532,29 @@ class Family:
         except Exception:  # noqa: BLE001 - torch.fx cannot trace every forward; the children can still be probed
             return children_blocks(net, probe_result)
 
-    def tail(self, model: "ModelSpec", block: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        """The logits as a function of ``block``'s output, on the model's inference copy (batch norms
-        folded, channels-last); None when the network has no such cut."""
-        fast = model.inference_net
-        module = tail_module(fast, model.block_paths[block])
-        if module is None:
+    def tail(self, model: "ModelSpec", block: str) -> Callable[[torch.Tensor], TailRun | None] | None:
+        """The network after ``block`` on the model's inference copy (batch norms folded, channels-last), as a
+        function of an image (C, H, W) that gives its logits as a function of the block's outputs (M, D, h, w)
+        (``TailRun``; None where the values crossing the cut are not batch-first tensors). None when the
+        network has no such cut."""
+        cut = tail_module(model.inference_net, model.block_paths[block])
+        if cut is None:
             return None
 
-        def run(outputs: torch.Tensor) -> torch.Tensor:  # a copy: an in-place layer must not change the caller's rows
-            return module(outputs.clone(memory_format=torch.channels_last))
+        def for_image(image: torch.Tensor) -> TailRun | None:
+            crossing: tuple = ()
+            if cut.prefix is not None:  # the values crossing the cut, once for this image (a compute job)
+                crossing = compute.run(_crossing_values, cut.prefix, image)
+                if not all(isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == 1 for v in crossing):
+                    return None  # a size or a non-batch value: rows of another count would misread it
 
-        return run
+            def run(outputs: torch.Tensor) -> torch.Tensor:  # copies: an in-place layer must not change the inputs
+                rows = [value.expand(len(outputs), *value.shape[1:]).clone() for value in crossing]
+                return cut.tail(outputs.clone(memory_format=torch.channels_last), *rows)
+
+            return run
+
+        return for_image
 
     def canonizers(self, net: nn.Module) -> list:
         return [SequentialMergeBatchNorm()]
@@ -504,6 +574,12 @@ class Family:
         path, old = [(name, m) for name, m in twin.named_modules() if isinstance(m, nn.Linear)][-1]
         twin.set_submodule(path, nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
         return twin.eval()
+
+
+@torch.inference_mode()
+def _crossing_values(prefix: fx.GraphModule, image: torch.Tensor) -> tuple:
+    values = prefix(image.unsqueeze(0).contiguous(memory_format=torch.channels_last))
+    return tuple(values)
 
 
 FAMILIES: Registry[Family] = Registry("model family")

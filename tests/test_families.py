@@ -238,6 +238,54 @@ def test_ablation_at_b3_runs_only_the_tail_and_equals_brute_force(case, monkeypa
     assert float(expected.abs().max()) > 0
 
 
+class InsideUnits(nn.Module):
+    """Blocks inside residual units, as timm's Xception features are (``blocks.11.stack.act3``): a unit is
+    conv_b(act(conv_a(x))) + skip(x) with conv_b downsampling, and B1..B3 are the ``act`` of three units,
+    so each unit's input crosses the cut at its block through the skip."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU())
+        self.units = nn.ModuleList(InsideUnits.Unit(a, b) for a, b in ((8, 16), (16, 32), (32, 48)))
+        self.act = nn.ReLU()
+        self.head = nn.Linear(48, 5)
+
+    class Unit(nn.Module):
+        def __init__(self, a: int, b: int) -> None:
+            super().__init__()
+            self.conv_a, self.act, self.conv_b = nn.Conv2d(a, a, 3, padding=1), nn.ReLU(), nn.Conv2d(a, b, 3, 2, 1)
+            self.skip = nn.Conv2d(a, b, 1, stride=2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv_b(self.act(self.conv_a(x))) + self.skip(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for unit in self.units:
+            x = unit(x)
+        return self.head(self.act(x).mean(dim=(2, 3)))
+
+
+def test_ablation_inside_a_residual_unit_runs_the_tail_with_the_skip_computed_once(monkeypatch):
+    torch.manual_seed(5)
+    model = from_module(InsideUnits().eval(), "inside", input_size=(64, 64),
+                        blocks=["units.0.act", "units.1.act", "units.2.act", "act"])
+    x = inputs_for(model)
+    calls = []
+    model.inference_net.stem.register_forward_hook(lambda *_: calls.append(1))
+    monkeypatch.setattr(P, "substituted_forward", lambda *_a, **_k: pytest.fail("the whole network ran instead"))
+    for block, path in list(model.block_paths.items())[:3]:
+        assert P.tail_after(model, block) is not None
+        recorded = trace(model, x, blocks=[block])
+        calls.clear()
+        drops, scores, _ = P.ablation_drops(recorded, block, model, batch_size=8)
+        assert len(calls) == 1, "the values crossing the cut are made once per image, not per batch of rows"
+        target = int(recorded.targets[0])
+        expected = brute_force_drops(model.net, path, x, target, model.block_shapes[block][0])
+        scale = max(float(expected.abs().max()), abs(float(scores[0])))
+        assert torch.allclose(drops[0], expected, rtol=0, atol=1e-4 * scale) and float(expected.abs().max()) > 0
+
+
 # --- LRP -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("case", FAMILY_CASES)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import torch
 
 from .. import batching, compute
-from ..families import family_of
+from ..families import TailRun, family_of
 from ..hooks import tapped
 from ..progress import current_listener, report
 from ..settings import Setting
@@ -38,12 +38,12 @@ BATCH_SIZE = Setting(
     low=1, high=1024, label="Batch size")
 
 
-def tail_after(model: "ModelSpec", block: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The network after ``block`` as a function of the block's output, as the model's family adapter
-    gives it (``explainers.families``: the forward traced with torch.fx and cut at the block's output,
-    on the BN-folded channels-last inference copy). None when the network has no such cut; callers
-    then use ``substituted_forward``. ``after_block`` checks the result against the whole network,
-    so a tail that does not reproduce the model is never used.
+def tail_after(model: "ModelSpec", block: str) -> Callable[[torch.Tensor], TailRun | None] | None:
+    """The network after ``block`` as the model's family adapter gives it (``explainers.families``: the
+    forward traced with torch.fx and cut at the block's output, on the BN-folded channels-last inference
+    copy): called with an image, the logits as a function of the block's outputs for that image. None
+    when the network has no such cut; callers then use ``substituted_forward``. ``after_block`` checks
+    the result against the whole network, so a tail that does not reproduce the model is never used.
     """
     return family_of(model).tail(model, block)
 
@@ -71,8 +71,11 @@ def after_block(model: "ModelSpec", block: str, image: torch.Tensor, outputs: to
     """
     tail = tail_after(model, block)
     parts = list(batches(outputs.shape[0], batch_size or batching.batch_size(model)))
-    if tail is not None:
-        run = torch.inference_mode()(tail)
+    # Values crossing the cut (a residual unit's skip input) are made once here, by at most the network before
+    # the block: with the tail rows, still within the one forward per row that the counts report.
+    image_tail = tail(image) if tail is not None else None
+    if image_tail is not None:
+        run = torch.inference_mode()(image_tail)
         first = compute.run_batch(run, outputs[parts[0]])
         tolerance = 1e-4 * float(reference.abs().max().clamp_min(1))
         if torch.allclose(first[0], reference, rtol=1e-4, atol=tolerance):
