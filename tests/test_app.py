@@ -145,6 +145,16 @@ def test_the_url_sets_the_view_and_the_view_sets_the_url():
     assert app.query_params["methods"] in ("gradcam,layercam", ["gradcam,layercam"])
 
 
+def test_a_typed_model_name_is_in_the_url_and_a_link_opens_it():
+    app = page("pages/overview.py", model_name="resnet18", random_weights="1", block="B3")
+    assert app.text_input(key="model_name").value == "resnet18"
+    assert any("Using **resnet18**" in c.value for c in app.sidebar.caption)
+    assert any("Model: resnet18" in h.value for h in app.header)
+    assert app.query_params["model_name"] in ("resnet18", ["resnet18"])
+    app.text_input(key="model_name").set_value("").run()  # back to the list: nothing typed, nothing in the URL
+    assert "model_name" not in app.query_params and not app.exception
+
+
 def test_cam_off_the_last_block_is_explained_not_failed():
     app = page("pages/saliency.py", block="B2")
     assert "CAM" not in panel_labels(app)

@@ -17,6 +17,8 @@ QUERY_KEYS = {"model": "str", "random_weights": "bool", "source": "str", "split"
               "index": "int", "target_mode": "str", "target": "int", "block": "str", "methods": "list",
               "per_class": "int", "figure1": "bool"}
 QUERY_KEYS.update({"sanity_mode": "str", "sanity_images": "int", "sanity_keep_statistics": "bool"})  # the Sanity checks page
+QUERY_KEYS["model_name"] = "str"  # a torchvision or timm:name typed in the sidebar, which the model list lacks
+OMITTED_WHEN_EMPTY = {"model_name"}  # an empty text box is its default: no key in the URL for it
 INTEGER = re.compile(r"[+-]?\d+")
 NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
@@ -58,6 +60,7 @@ def seed_from_query() -> None:
 
 def write_query() -> None:
     """Mirror the widgets of ``QUERY_KEYS`` in the URL (only when something changed)."""
-    values = {key: encode(kind, st.session_state[key]) for key, kind in QUERY_KEYS.items() if key in st.session_state}
+    values = {key: encode(kind, st.session_state[key]) for key, kind in QUERY_KEYS.items()
+              if key in st.session_state and not (key in OMITTED_WHEN_EMPTY and st.session_state[key] == "")}
     if dict(st.query_params) != values:
         st.query_params.from_dict(values)
