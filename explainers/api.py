@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import compute
-from .devices import OutOfMemoryError, describe_device, release_memory
+from .devices import describe_device, is_out_of_memory, release_memory
 from .errors import MethodUnavailableError
 from .inputs import as_batch
 from .maps import upsample
@@ -147,12 +147,14 @@ def _compute(method: Method, shared: Trace, block: str, model: ModelSpec,
     another session's Score-CAM, once, for its trace."""
     try:
         return method.compute(shared, block, model, **settings)
-    except OutOfMemoryError as error:  # a GPU's memory is the user's to size (batch size), not a bug
-        release_memory(model.device)
-        batch = " (lower its batch size in its settings)" if "batch_size" in settings else ""
+    except Exception as error:
+        if not is_out_of_memory(error):
+            raise
+        release_memory(model.device)  # a GPU's memory is the user's to size (batch size), not a bug
+        batch = "; lower its batch size in its settings" if "batch_size" in settings else ""
         raise MethodUnavailableError(
             f"{method.label} ran out of memory on {describe_device(model.device)} for {model.name} at {block}, "
-            f"so its map is not shown{batch}; the other methods are unaffected") from error
+            f"so its map is not shown{batch}") from error
 
 
 def recombine(model: ModelSpec, explanation: Explanation, settings: Mapping[str, Any]) -> Explanation:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from . import compute
-from .devices import OutOfMemoryError, release_memory, synchronize
+from .devices import is_out_of_memory, release_memory, synchronize
 
 if TYPE_CHECKING:
     from .models import ModelSpec
@@ -88,8 +88,8 @@ def _measure(network: nn.Module, probe: torch.Tensor) -> dict[int, float]:
             batch = probe.expand(size, *probe.shape[1:]).contiguous(memory_format=torch.channels_last)
             compute.run_batch(_timed, network, batch)  # warm-up: allocator and kernels for this shape
             seconds = statistics.median(compute.run_batch(_timed, network, batch) for _ in range(REPEATS))
-        except OutOfMemoryError:
-            if not per_image:
+        except Exception as error:
+            if not is_out_of_memory(error) or not per_image:
                 raise  # not even one image fits: the method says so (``api._compute``)
             release_memory(probe.device)
             break  # a GPU's memory ends the search: the sizes that fitted are the candidates

@@ -22,7 +22,8 @@ Exclusivity: torch.fx's symbolic tracing patches ``nn.Module.__call__`` for the 
 while it traces; a forward pass of another thread during that time would be traced instead
 of run. With one compute thread, running the tracing as a job makes it exclusive.
 
-A job that submits a job runs it inline (no deadlock). Exceptions reach the caller.
+A job that submits a job runs it inline (no deadlock). Exceptions reach the caller; a device that ran
+out of memory reaches it as ``DeviceOutOfMemoryError``, a ``UserInputError`` the pages show as a message.
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ import queue
 import threading
 from concurrent.futures import Future
 from typing import Any, Callable, TypeVar
+
+from .devices import for_people
 
 __all__ = ["on_compute_thread", "run", "run_batch"]
 
@@ -89,7 +92,7 @@ def _serve() -> None:
         try:
             result = context.run(job)
         except BaseException as error:  # noqa: BLE001 - every failure belongs to the caller, not to this thread
-            future.set_exception(error)
+            future.set_exception(for_people(error))  # a GPU out of memory: a message, not a traceback
         else:
             future.set_result(result)
         del future, context, job

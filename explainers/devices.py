@@ -16,15 +16,13 @@ import os
 import torch
 from torch import nn
 
-from .errors import DeviceUnavailableError
+from .errors import DeviceOutOfMemoryError, DeviceUnavailableError
 
-__all__ = ["DEVICE_VARIABLE", "DeviceUnavailableError", "OutOfMemoryError", "accumulator_dtype", "default_device",
-           "describe_device", "device_of", "release_memory", "resolve_device", "synchronize"]
+__all__ = ["DEVICE_VARIABLE", "DeviceOutOfMemoryError", "DeviceUnavailableError", "accumulator_dtype", "default_device",
+           "describe_device", "device_of", "for_people", "is_out_of_memory", "release_memory", "resolve_device",
+           "synchronize"]
 
 DEVICE_VARIABLE = "PROTOSCOPE_DEVICE"
-# What PyTorch raises when a device (CUDA, MPS) cannot allocate a tensor: a RuntimeError, so it must be caught
-# before any handler of RuntimeError.
-OutOfMemoryError = torch.OutOfMemoryError
 
 
 def default_device() -> torch.device:
@@ -63,9 +61,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if chosen.type == "mps" and not _mps_available():
         raise DeviceUnavailableError(f"{device!r} was asked for, but Apple's MPS is not available here: use cpu"
                                      f"{', or cuda' if torch.cuda.is_available() else ''}.")
+    if chosen.type == "meta":  # holds shapes, not values: every weight would be lost on the way there
+        raise DeviceUnavailableError(f"{device!r} keeps no values (PyTorch's shape-only device): use cpu"
+                                     f"{', cuda' if torch.cuda.is_available() else ''}{', mps' if _mps_available() else ''}.")
     try:  # any other backend PyTorch knows (a registered accelerator): usable if it holds a tensor
         torch.empty(0, device=chosen)
-    except (RuntimeError, ModuleNotFoundError, AttributeError) as error:
+    except Exception as error:  # noqa: BLE001 - a backend not built in raises what it likes (xpu: AssertionError)
         raise DeviceUnavailableError(f"{device!r} was asked for, but PyTorch cannot place a tensor there "
                                      f"({error.__class__.__name__}): use cpu.") from error
     return chosen
@@ -89,12 +90,36 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def release_memory(device: torch.device) -> None:
-    """Give the memory a failed allocation left cached back to the device, so that the next request (of any
-    session) starts from a clean allocator instead of failing in turn."""
-    if device.type == "cuda":
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for a device's allocation failure: CUDA's ``torch.OutOfMemoryError``, Apple's MPS (a plain
+    ``RuntimeError`` "MPS backend out of memory"), or one already turned into ``DeviceOutOfMemoryError``."""
+    if isinstance(error, (torch.OutOfMemoryError, DeviceOutOfMemoryError)):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def for_people(error: BaseException) -> BaseException:
+    """``error`` as a person should meet it: a device out of memory becomes ``DeviceOutOfMemoryError`` (a
+    ``UserInputError``: the page says what to do, no traceback), after the memory it left cached is given
+    back; any other error is returned as it is."""
+    if not is_out_of_memory(error) or isinstance(error, DeviceOutOfMemoryError):
+        return error
+    release_memory()
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    converted = DeviceOutOfMemoryError(
+        f"The device ran out of memory for this request ({first_line[:160]}). Try a smaller batch size in the "
+        f"method's settings, fewer images, or run Protoscope on the CPU ({DEVICE_VARIABLE}=cpu).")
+    converted.__cause__ = error
+    return converted
+
+
+def release_memory(device: torch.device | None = None) -> None:
+    """Give the memory a failed allocation left cached back to ``device`` (None: every accelerator this
+    machine has), so that the next request (of any session) starts from a clean allocator instead of
+    failing in turn."""
+    if (device is None or device.type == "cuda") and torch.cuda.is_available():
         torch.cuda.empty_cache()
-    elif device.type == "mps":
+    if (device is None or device.type == "mps") and _mps_available():
         torch.mps.empty_cache()
 
 

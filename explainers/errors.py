@@ -11,7 +11,8 @@ user's input keeps working.
 """
 from __future__ import annotations
 
-__all__ = ["BlockError", "CheckpointError", "DatasetError", "DeviceUnavailableError", "FitCancelled", "ImageError",
+__all__ = ["BlockError", "CheckpointError", "DatasetError", "DeviceOutOfMemoryError", "DeviceUnavailableError",
+           "FitCancelled", "ImageError",
            "MethodUnavailableError", "ModelUnavailableError", "UserInputError"]
 
 
@@ -50,3 +51,8 @@ class FitCancelled(UserInputError):
 
 class DeviceUnavailableError(UserInputError):
     """The device asked for does not exist on this machine, or is not a device name at all."""
+
+
+class DeviceOutOfMemoryError(UserInputError):
+    """A pass needed more memory than the model's device (a GPU) had left: a smaller batch, image set or
+    model, or the CPU, is the way out; nothing shared was changed by the failed pass."""

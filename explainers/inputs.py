@@ -106,6 +106,8 @@ def _stack(inputs: list[torch.Tensor]) -> torch.Tensor:
     if len(shapes) > 1:
         raise ImageError(f"the images have different shapes after the model's transform ({shapes}): give "
                          "tensors of one size, or PIL images and arrays, which are resized.")
+    if len({x.device for x in inputs}) > 1:  # a PIL image beside a GPU tensor: the trace moves the batch
+        inputs = [x.cpu() for x in inputs]
     return torch.stack(inputs)
 
 

@@ -28,14 +28,14 @@ from .digits import (DIGITS_CARD, DIGITS_MARKED_CARD, DIGITS_MARKED_WEIGHTS, DIG
                      digits_transform)
 from .errors import CheckpointError, ModelUnavailableError, UserInputError
 from .inference import inference_copy
-from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, flatten_alpha, imagenet_preprocess
+from .preprocess import (IMAGENET_MEAN, IMAGENET_STD, Preprocess, flatten_alpha, imagenet_preprocess,
+                         torchvision_preprocess)
 from .registry import Registry
 from .trace import trace
 
 __all__ = ["BLOCK_NAMES", "CHECKPOINT_SUFFIXES", "IMAGENET_MEAN", "IMAGENET_STD", "MODELS", "CheckpointError",
            "ModelSpec", "ModelUnavailableError", "Preprocess", "digits_transform", "flatten_alpha", "from_checkpoint",
-           "from_module", "load_model", "model_name", "timm_model", "timm_preprocess", "torchvision_model",
-           "torchvision_preprocess"]
+           "from_module", "load_model", "model_name", "timm_model", "timm_preprocess", "torchvision_model"]
 
 MODELS: Registry = Registry("model")
 BLOCK_NAMES = families.BLOCK_NAMES
@@ -327,18 +327,6 @@ def timm_model(name: str, weights: str | None = "DEFAULT", input_size: tuple[int
     imagenet = net.num_classes == len(imagenet_classes())  # a 1000-way head: ImageNet-1k's names, else numbers
     classes = list(imagenet_classes()) if imagenet else [str(i) for i in range(net.num_classes)]
     return _spec(f"{TIMM_PREFIX}{name}", net.eval(), preprocess, classes, None, card, sample_dataset="photos")
-
-
-def torchvision_preprocess(weights: tv_models.WeightsEnum) -> Preprocess:
-    """The evaluation preprocessing torchvision's ``weights`` were measured with (``weights.transforms()``,
-    an ``ImageClassification``): the shorter side resized to its ``resize_size`` with its interpolation, a
-    centre crop of its ``crop_size``, its mean and std. These differ by family and by weights version: 232/224
-    for ResNet-50's V2 weights, 342/299 for Inception v3, 384/380 bicubic for EfficientNet-B4; reading them
-    (metadata only, no download) keeps each network's accuracy on real photos."""
-    recipe = weights.transforms()
-    crop, resize = int(recipe.crop_size[0]), int(recipe.resize_size[0])
-    return Preprocess(input_size=(crop, crop), mode="RGB", mean=tuple(recipe.mean), std=tuple(recipe.std),
-                      resize=resize, interpolation=recipe.interpolation.value)
 
 
 def timm_preprocess(net: nn.Module, input_size: tuple[int, int] | None = None) -> Preprocess:

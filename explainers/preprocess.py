@@ -1,10 +1,11 @@
 """PIL image -> model input: ``Preprocess``, and the ImageNet recipe, built here and nowhere else.
 
-Every colour model's preprocessing comes from ``imagenet_preprocess``: torchvision's ImageNet
+Every colour model's preprocessing comes from here: ``imagenet_preprocess``, torchvision's ImageNet
 evaluation recipe (shorter side to 256, centre crop 224, ImageNet's mean and std), or a variant
 of it with a model's own mean, std, input size, crop fraction, interpolation and crop mode
-(EfficientNet-Lite0's mean/std 0.5 and bicubic resizing, a timm model's pretrained config as
-timm's ``resolve_data_config`` gives it, a module of another input size without a crop).
+(EfficientNet-Lite0's mean/std 0.5 on the same bilinear geometry, a timm model's pretrained config as
+timm's ``resolve_data_config`` gives it, a module of another input size without a crop); or
+``torchvision_preprocess``, the recipe a torchvision weights entry carries (its ``transforms()``).
 """
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from dataclasses import dataclass
 
 import torch
 from PIL import Image
+from torchvision.models import WeightsEnum
 from torchvision.transforms import functional as TF
 
 __all__ = ["IMAGENET_CROP", "IMAGENET_INPUT", "IMAGENET_MEAN", "IMAGENET_STD", "Preprocess", "flatten_alpha",
-           "imagenet_preprocess"]
+           "imagenet_preprocess", "torchvision_preprocess"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -109,6 +111,18 @@ def imagenet_preprocess(input_size: tuple[int, int] = IMAGENET_INPUT, *, mean: t
         resize = height if height == width else (height, width)
     return Preprocess(input_size=tuple(input_size), mode="RGB", mean=tuple(mean), std=tuple(std), resize=resize,
                       interpolation=interpolation, crop_mode=crop_mode)
+
+
+def torchvision_preprocess(weights: WeightsEnum) -> Preprocess:
+    """The evaluation preprocessing torchvision's ``weights`` were measured with (``weights.transforms()``,
+    an ``ImageClassification``): the shorter side resized to its ``resize_size`` with its interpolation, a
+    centre crop of its ``crop_size``, its mean and std. These differ by family and by weights version: 232/224
+    for ResNet-50's V2 weights, 342/299 for Inception v3, 384/380 bicubic for EfficientNet-B4; reading them
+    (metadata only, no download) keeps each network's accuracy on real photos."""
+    recipe = weights.transforms()
+    crop, resize = int(recipe.crop_size[0]), int(recipe.resize_size[0])
+    return Preprocess(input_size=(crop, crop), mode="RGB", mean=tuple(recipe.mean), std=tuple(recipe.std),
+                      resize=resize, interpolation=recipe.interpolation.value)
 
 
 def _centre_crop_or_pad(image: Image.Image, size: tuple[int, int], fill: tuple[int, ...]) -> Image.Image:

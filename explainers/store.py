@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Callable, Hashable, Iterator, Optional, Protoc
 
 from . import compute
 from .data import DatasetSpec, load_dataset
+from .devices import for_people
 from .errors import DatasetError, FitCancelled
 from .progress import Progress, current_listener, with_eta
 
@@ -255,7 +256,7 @@ class Store:
             value = recipe.share(made(recipe, with_eta(update)))
             size = int(recipe.nbytes(value))
         except BaseException as error:  # noqa: BLE001 - handed to every waiter, raised in their threads
-            flight.error = error
+            flight.error = for_people(error)  # a GPU out of memory (the patch scan, a fit's pass): a message
             with self._lock:
                 self._flights.pop(key, None)
         else:

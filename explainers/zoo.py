@@ -185,7 +185,7 @@ def ship_prototypes(model_name: str = "digits", out: Path = PROTOTYPES) -> list[
 
 
 def _ship_prototypes(model_name: str, out: Path) -> list[Path]:
-    model = load_model(model_name)
+    model = load_model(model_name, device="cpu")  # shipped files are the CPU's, as the tests refit them
     train, test = load_dataset(model.dataset, "train"), load_dataset(model.dataset, "test")
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -223,7 +223,7 @@ def ship_qsenn(model_name: str = "digits", out: Path = ASSETS / "qsenn") -> Path
     under the key the store looks up (read there, second tier, on a fresh machine); the file this model shipped
     before is removed, other models' are left alone (``record_shipped``). Nothing is read from any cache: the
     features go to a temporary feature cache, deleted after (what a fresh machine would compute)."""
-    model = load_model(model_name)
+    model = load_model(model_name, device="cpu")  # shipped files are the CPU's, as the tests refit them
     train = load_dataset(model.dataset, "train")
     recipe = QSENNRecipe(model, train, QSENN())
     with FeatureCache(model, train, persistent=False) as features:

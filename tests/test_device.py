@@ -16,7 +16,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 from torchvision import models as tv
 
-from explainers import explain_many, load_dataset, load_model, methods, predict
+from explainers import explain_batch, explain_many, load_dataset, load_model, methods, predict
 from explainers.devices import DEVICE_VARIABLE, DeviceUnavailableError, default_device, resolve_device
 from explainers.evaluation import EvaluationSettings, evaluate, randomization_check, subset
 from explainers.features import FeatureCache
@@ -92,6 +92,22 @@ def test_a_device_is_chosen_or_refused_with_the_reason(monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(DeviceUnavailableError, match="no CUDA GPU"):
             resolve_device("cuda")
+    with pytest.raises(DeviceUnavailableError, match="keeps no values"):  # the weights would be lost there
+        resolve_device("meta")
+    if not (hasattr(torch, "xpu") and torch.xpu.is_available()):  # a backend not built in raises its own error
+        with pytest.raises(DeviceUnavailableError, match="cannot place a tensor"):
+            resolve_device("xpu")
+
+
+def test_a_list_mixing_a_picture_and_a_device_tensor_is_one_batch(digits_pair):
+    cpu, device = digits_pair
+    digits = load_dataset("digits", "test")
+    picture, tensor = digits[0][0], cpu.transform(digits[1][0])
+    with one_thread():
+        found = explain_batch(device, [picture, tensor.to(DEVICE)], ["gradcam"], block="B3")
+        expected = explain_batch(cpu, [picture, tensor], ["gradcam"], block="B3")
+    for f, e in zip(found, expected, strict=True):
+        assert close(f["gradcam"].raw, e["gradcam"].raw)
 
 
 def test_a_module_stays_where_it_is_unless_a_device_is_given():

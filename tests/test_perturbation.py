@@ -336,17 +336,24 @@ def test_the_batch_size_is_the_smallest_within_ten_percent_of_the_fastest_per_im
     assert batching.timings(model) == measured, "measured once per network, then remembered"
 
 
-def _memory_limited(model, largest: int) -> None:
+OUT_OF_MEMORY = {  # what each backend raises when an allocation fails
+    "cuda": lambda n: torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {n} MiB (simulated)"),
+    "mps": lambda n: RuntimeError(f"MPS backend out of memory (MPS allocated: {n} MB, simulated)"),
+}
+
+
+def _memory_limited(model, largest: int, backend: str = "cuda") -> None:
     """Make ``model``'s inference copy run out of memory, as a GPU does, for batches above ``largest``."""
     def allocate(_module, args):
         if args[0].shape[0] > largest:
-            raise torch.OutOfMemoryError(f"CUDA out of memory (simulated: more than {largest} images)")
+            raise OUT_OF_MEMORY[backend](args[0].shape[0])
     model.inference_net.register_forward_pre_hook(allocate)
 
 
-def test_a_device_out_of_memory_ends_the_batch_size_search_at_the_sizes_that_fit():
+@pytest.mark.parametrize("backend", list(OUT_OF_MEMORY))
+def test_a_device_out_of_memory_ends_the_batch_size_search_at_the_sizes_that_fit(backend):
     model = digits_model()
-    _memory_limited(model, 4)
+    _memory_limited(model, 4, backend)
     measured = batching.timings(model)
     assert max(measured) <= 4 and list(measured) == list(batching.CANDIDATES[:len(measured)])
     assert batching.batch_size(model) <= 4
@@ -357,9 +364,10 @@ def test_a_device_out_of_memory_ends_the_batch_size_search_at_the_sizes_that_fit
     assert close(automatic.raw, fixed.raw)
 
 
-def test_a_method_out_of_memory_is_refused_with_what_to_do_and_the_others_still_drawn():
+@pytest.mark.parametrize("backend", list(OUT_OF_MEMORY))
+def test_a_method_out_of_memory_is_refused_with_what_to_do_and_the_others_still_drawn(backend):
     model = digits_model()
-    _memory_limited(model, 4)
+    _memory_limited(model, 4, backend)
     with one_thread():
         image = digits_test_batch(1)[0][0]
         with pytest.raises(MethodUnavailableError, match="ran out of memory.*lower its batch size"):
@@ -367,6 +375,24 @@ def test_a_method_out_of_memory_is_refused_with_what_to_do_and_the_others_still_
         after = explain(model, image, "gradcam", block="B3")  # the model is left as it was
         assert close(after.raw, explain(digits_model(), image, "gradcam", block="B3").raw)
     plain = digits_model()
-    _memory_limited(plain, 0)  # not even one image fits
+    _memory_limited(plain, 0, backend)  # not even one image fits
     with one_thread(), pytest.raises(MethodUnavailableError, match="ran out of memory"):
         explain(plain, digits_test_batch(1)[0][0], "scorecam", block="B3")
+
+
+@pytest.mark.parametrize("backend", list(OUT_OF_MEMORY))
+def test_any_pass_out_of_memory_reaches_the_page_as_a_message_not_a_traceback(backend):
+    """A job of the compute thread (a trace, a fit's pass, an evaluation batch) that runs out of memory raises
+    DeviceOutOfMemoryError, a UserInputError the pages show; the backend's error stays in __cause__."""
+    from explainers import UserInputError, compute
+    from explainers.errors import DeviceOutOfMemoryError
+
+    def job():
+        raise OUT_OF_MEMORY[backend](512)
+
+    with pytest.raises(DeviceOutOfMemoryError, match="ran out of memory.*PROTOSCOPE_DEVICE=cpu") as caught:
+        compute.run(job)
+    assert isinstance(caught.value, UserInputError) and type(caught.value.__cause__).__name__ in (
+        "OutOfMemoryError", "RuntimeError")
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # any other error is left as it is
+        compute.run(lambda: (_ for _ in ()).throw(RuntimeError("shape mismatch")))

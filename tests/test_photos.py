@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 from explainers import CheckpointError, explain_many, load_model
 from explainers.data import PHOTOS
 from explainers.imagenet import BORDER_NOTE, lite0_state_dict, lite0_weights_file
-from explainers.preprocess import imagenet_preprocess
+from explainers.preprocess import imagenet_preprocess, torchvision_preprocess
 
 
 @functools.lru_cache(maxsize=None)
@@ -129,7 +129,6 @@ def test_a_torchvision_model_preprocesses_as_its_weights_transforms(name, weight
     if weights is None:
         model = load_model(name, weights=None)
     else:  # the weights are not on this machine: the preprocessing is what load_model would give them
-        from explainers.models import torchvision_preprocess
         model = type("Spec", (), {"transform": torchvision_preprocess(enum[weights])})()
     transform = model.transform
     assert (transform.input_size, transform.resize, transform.interpolation) == ((crop, crop), resize, interpolation)
