@@ -664,10 +664,11 @@ def _torchvision_blocks_only(net: nn.Module) -> str | None:
 @register_family
 class ResNetFamily(Family):
     name = "resnet"
-    description = "torchvision ResNet, ResNeXt, Wide ResNet (and networks laid out like them): B1..B4 = layer1..layer4"
+    description = ("torchvision ResNet, ResNeXt, Wide ResNet, timm's ResNet (its ResNeXt, Wide and 'd' variants), "
+                   "and networks laid out like them: B1..B4 = layer1..layer4")
 
     def matches(self, net: nn.Module) -> bool:
-        if isinstance(net, ResNet):
+        if isinstance(net, ResNet) or _is_timm_resnet(net):
             return True
         return (not _is_timm(net) and all(isinstance(getattr(net, f"layer{i}", None), nn.Module) for i in range(1, 5))
                 and isinstance(getattr(net, "fc", None), nn.Linear))
@@ -676,10 +677,86 @@ class ResNetFamily(Family):
         return [f"layer{i}" for i in range(1, 5)]
 
     def canonizers(self, net: nn.Module) -> list:
+        if _is_timm_resnet(net):
+            return [ExactSequentialMergeBatchNorm(), TimmResNetCanonizer()]
         return [ResNetCanonizer()]
 
     def lrp_gap(self, net: nn.Module) -> str | None:
-        return _torchvision_blocks_only(net)
+        return _timm_resnet_blocks_only(net) if _is_timm_resnet(net) else _torchvision_blocks_only(net)
+
+    def with_classes(self, net: nn.Module, num_classes: int) -> nn.Module:
+        return _timm_with_classes(net, num_classes) if _is_timm_resnet(net) else super().with_classes(net, num_classes)
+
+
+def _is_timm_resnet(net: nn.Module) -> bool:
+    return _is_timm(net) and type(net).__name__ == "ResNet" and type(net).__module__ == "timm.models.resnet"
+
+
+def _timm_resnet_blocks_only(net: nn.Module) -> str | None:
+    """``TimmResNetCanonizer`` rewrites timm's BasicBlock and Bottleneck; one with a squeeze-and-excitation
+    or ECA gate (a product of two signals), anti-aliased pooling or another block type is not covered."""
+    from timm.models.resnet import BasicBlock as TimmBasic, Bottleneck as TimmBottleneck
+
+    for i in range(1, 5):
+        for name, block in getattr(net, f"layer{i}").named_children():
+            where = f"layer{i}.{name}"
+            if not isinstance(block, (TimmBasic, TimmBottleneck)):
+                return _residual_reason(f"{where} is a {type(block).__name__}, not a timm BasicBlock or Bottleneck")
+            if block.se is not None:
+                return (f"{where} gates its channels by {type(block.se).__name__} (a product of two signals), for "
+                        "which zennit 0.5.1 has no rule")
+            if not isinstance(block.aa, nn.Identity) or not isinstance(block.drop_block, nn.Identity):
+                return f"{where} blurs or drops with {type(block.aa).__name__}, which no zennit rule covers"
+    stem = [m for m in net.conv1.modules()] if isinstance(net.conv1, nn.Sequential) else [net.conv1]
+    if not all(isinstance(m, (nn.Sequential, nn.Conv2d, nn.BatchNorm2d, nn.ReLU)) for m in stem):
+        return "its stem holds layers no zennit rule covers"
+    return None
+
+
+class TimmResNetCanonizer(AttributeCanonizer):
+    """timm's ResNet blocks add their shortcut in ``forward`` (``x += shortcut``), where no LRP rule sees the
+    sum and the gradient would give both terms the whole relevance. This rewrites the forward of each
+    BasicBlock and Bottleneck so that the sum is zennit's ``Sum`` module (its norm rule shares the relevance
+    in proportion to each term), as zennit's ``ResNetCanonizer`` does for torchvision's blocks. The function
+    is unchanged (``lrp_output`` checks the logits against the model's)."""
+
+    def __init__(self) -> None:
+        super().__init__(self._attribute_map)
+
+    def copy(self) -> "TimmResNetCanonizer":
+        return TimmResNetCanonizer()
+
+    @classmethod
+    def _attribute_map(cls, name: str, module: nn.Module) -> dict | None:
+        from timm.models.resnet import BasicBlock as TimmBasic, Bottleneck as TimmBottleneck
+
+        if isinstance(module, (TimmBasic, TimmBottleneck)):
+            body = cls.bottleneck if isinstance(module, TimmBottleneck) else cls.basic
+            return {"forward": body.__get__(module), "canonizer_sum": Sum()}
+        return None
+
+    @staticmethod
+    def _joined(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        if self.se is not None:
+            x = self.se(x)
+        if self.drop_path is not None:
+            x = self.drop_path(x)
+        if self.downsample is not None:
+            shortcut = self.downsample(shortcut)
+        return self.canonizer_sum(torch.stack([shortcut, x], dim=-1))
+
+    @staticmethod
+    def basic(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.aa(self.act1(self.drop_block(self.bn1(self.conv1(x)))))
+        y = self.bn2(self.conv2(y))
+        return self.act2(TimmResNetCanonizer._joined(self, y, x))
+
+    @staticmethod
+    def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act1(self.bn1(self.conv1(x)))
+        y = self.aa(self.act2(self.drop_block(self.bn2(self.conv2(y)))))
+        y = self.bn3(self.conv3(y))
+        return self.act3(TimmResNetCanonizer._joined(self, y, x))
 
 
 @register_family
@@ -820,20 +897,30 @@ def _timm_efficientnet_pairs(net: nn.Module) -> list[tuple[list[str], str]]:
     return pairs
 
 
-class ExactMergeBatchNorm(NamedMergeBatchNorm):
-    """zennit's named merge, with the merged batch norm an exact identity: zennit leaves its ``eps``, so
-    it computes x / sqrt(1 + eps). That is 5e-6 per batch norm for PyTorch's eps = 1e-5, but 5e-4 for
-    the TensorFlow eps = 1e-3 of timm's ``tf_`` models, 2% on Lite0's logits after its 50 batch norms,
-    where the canonized network would no longer be the model. Here eps is 0 while merged."""
+class _ExactIdentity:
+    """For zennit's batch-norm merges: the merged batch norm an exact identity. zennit leaves its ``eps``, so
+    it computes x / sqrt(1 + eps). That is 5e-6 per batch norm for PyTorch's eps = 1e-5 (1.3e-4 of the logits
+    after ResNet-50d's 55), but 5e-4 for the TensorFlow eps = 1e-3 of timm's ``tf_`` models, 2% on Lite0's
+    logits after its 50 batch norms, where the canonized network would no longer be the model. Here eps is
+    0 while merged."""
 
     def register(self, linears: list, batch_norm: nn.Module) -> None:
-        super().register(linears, batch_norm)
+        super().register(linears, batch_norm)  # type: ignore[misc]
         self.batch_norm_eps = batch_norm.eps
         batch_norm.eps = 0.0
 
     def remove(self) -> None:
-        super().remove()
-        self.batch_norm.eps = self.batch_norm_eps
+        super().remove()  # type: ignore[misc]
+        self.batch_norm.eps = self.batch_norm_eps  # type: ignore[attr-defined]
+
+
+class ExactMergeBatchNorm(_ExactIdentity, NamedMergeBatchNorm):
+    """zennit's named merge (conv, batch norm pairs given by name), the merged batch norm an exact identity."""
+
+
+class ExactSequentialMergeBatchNorm(_ExactIdentity, SequentialMergeBatchNorm):
+    """zennit's sequential merge (a batch norm right after a convolution in module order), the merged batch norm
+    an exact identity."""
 
 
 class TimmResidualCanonizer(AttributeCanonizer):

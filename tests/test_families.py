@@ -27,6 +27,7 @@ from explainers import families as FAM
 from explainers.methods import lrp as L
 from explainers.methods import ablation_cam as P
 from explainers.models import _rebuild_with_classes, from_module, timm_model
+from tests.test_app import panel_labels
 
 SIZE = (64, 64)
 
@@ -73,7 +74,7 @@ TORCHVISION = {
                        [f"trunk_output.block{i}" for i in range(1, 5)], False),
 }
 TIMM = {
-    "timm:resnet18": ("timm", ["layer1", "layer2", "layer3", "layer4"], False),
+    "timm:resnet18": ("resnet", ["layer1", "layer2", "layer3", "layer4"], True),
     "timm:convnext_atto": ("timm", ["stages.0", "stages.1", "stages.2", "stages.3"], False),
     "timm:tf_efficientnet_lite0": ("efficientnet", ["blocks.1", "blocks.2", "blocks.4", "bn2"], True),
 }
@@ -307,14 +308,13 @@ def test_lrp_conserves_or_says_why_not(case):
 @pytest.mark.parametrize("case", ["timm:resnet18", "timm:tf_efficientnet_lite0"])
 def test_lrp_forced_through_residual_sums_without_canonizers_is_caught_by_the_conservation_check(case):
     """The static refusal is not the only guard: LRP run anyway through residual sums written in forward
-    (timm's ResNet; Lite0 without its canonizers) makes relevance outside the rules, and the check on
+    (timm's ResNet and Lite0 without their canonizers) makes relevance outside the rules, and the check on
     every call says so."""
     model = built(case)[0]
     x = inputs_for(model, 2)
     targets = model.net(x).argmax(1)
-    canonize = case == "timm:resnet18"  # the family's own canonizers (a batch-norm merge only)
     for rule in ("epsilon", "gamma"):
-        result = L.relevance(model, x, targets, rule=rule, canonize=canonize)
+        result = L.relevance(model, x, targets, rule=rule, canonize=False)
         problems = L.conservation(result, targets)
         assert all(p and ("outside the rules" in p or "blew up" in p) for p in problems), problems
 
@@ -340,6 +340,32 @@ def test_lite0_canonizers_keep_the_function_exactly_and_make_its_residual_sums_m
             canonizer.remove()
     with torch.no_grad():
         torch.testing.assert_close(twin(x), model.net(x), rtol=0, atol=0)  # undone
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50d"])  # basic blocks; bottlenecks, deep stem, pooled shortcut
+def test_timm_resnet_canonizers_keep_the_function_and_make_every_shortcut_sum_a_module(name):
+    """timm's blocks add their shortcut in forward (``x += shortcut``); canonized, each block adds through
+    zennit's Sum module, the network computes the same logits, and removing the canonizers restores it."""
+    from zennit.layer import Sum
+
+    torch.manual_seed(0)
+    model = load_model(trained_like(timm_model(name, weights=None, input_size=SIZE).net, 2), input_size=SIZE)
+    assert model.family == "resnet" and FAM.family_of(model).lrp_gap(model.net) is None
+    x = inputs_for(model, 2)
+    twin = L.structural_copy(model.net)
+    applied = [c for canonizer in L.canonizers_for(model) for c in canonizer.apply(twin)]
+    try:
+        blocks = [b for i in range(1, 5) for b in getattr(model.net, f"layer{i}").children()]
+        assert len([m for m in twin.modules() if isinstance(m, Sum)]) == len(blocks) > 0
+        with torch.no_grad():
+            torch.testing.assert_close(twin(x), model.net(x), rtol=1e-4, atol=1e-4)
+    finally:
+        for canonizer in applied:
+            canonizer.remove()
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), model.net(x), rtol=0, atol=0)  # undone
+    assert "SEModule" in FAM.family_of(load_model("timm:seresnet18", weights=None)).lrp_gap(
+        load_model("timm:seresnet18", weights=None).net), "a gated block is refused with the reason"
 
 
 def test_conservation_check_fails_a_blow_up_and_non_finite_values_and_passes_a_conserving_result():
@@ -588,8 +614,11 @@ def test_the_sidebar_takes_any_timm_or_torchvision_name_typed_in_its_model_box(e
     assert any("Using **timm:resnet18**" in c.value for c in app.sidebar.caption)
     app.sidebar.multiselect(key="methods").set_value(["gradcam", "lrp_epsilon"]).run()
     assert not app.exception, app.exception
+    assert panel_labels(app) == ["Grad-CAM", "LRP-ε"], "timm's ResNet: its residual sums canonized, LRP drawn"
+    app.text_input(key="model_name").set_value("timm:convnext_atto").run()
+    assert not app.exception, app.exception
     shown = " ".join(c.value for c in app.caption)
-    assert "LRP is not available for timm:resnet18 (timm family)" in shown, "refused with the reason, no map"
+    assert "LRP is not available for timm:convnext_atto (timm family)" in shown, "refused with the reason, no map"
     assert any("Grad-CAM" in m.value for m in app.markdown)
     app.text_input(key="model_name").set_value("../weights/model.pt").run()
     assert "is not a model name" in " ".join(e.value for e in app.sidebar.error), "a path typed there is refused"
