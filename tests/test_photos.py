@@ -173,7 +173,7 @@ def test_a_timm_checkpoint_of_another_class_count_loads_by_path(tmp_path):
     bare = load_model(tmp_path / "bare.pt", arch="timm:resnet18")
     described = load_model(tmp_path / "described.pt")
     for model in (bare, described):
-        assert model.num_classes == 7 and model.family == "timm"
+        assert model.num_classes == 7 and model.family == "resnet"  # timm's ResNet has the resnet adapter
         assert model.block_paths == {"B1": "layer1", "B2": "layer2", "B3": "layer3", "B4": "layer4"}
         assert model.transform.interpolation == "bicubic"  # timm's resnet18 config, as timm:resnet18 has it
         with torch.inference_mode():
