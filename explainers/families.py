@@ -713,18 +713,27 @@ def _timm_resnet_blocks_only(net: nn.Module) -> str | None:
     return None
 
 
-class TimmResNetCanonizer(AttributeCanonizer):
+class ForwardRewrite(AttributeCanonizer):
+    """A zennit ``AttributeCanonizer`` whose subclass only says, in ``_attribute_map``, which modules it
+    rewrites and with what (a new ``forward`` and the modules it calls), as zennit's own canonizers do."""
+
+    def __init__(self) -> None:
+        super().__init__(self._attribute_map)
+
+    def copy(self) -> "ForwardRewrite":
+        return type(self)()
+
+    @classmethod
+    def _attribute_map(cls, name: str, module: nn.Module) -> dict | None:
+        raise NotImplementedError
+
+
+class TimmResNetCanonizer(ForwardRewrite):
     """timm's ResNet blocks add their shortcut in ``forward`` (``x += shortcut``), where no LRP rule sees the
     sum and the gradient would give both terms the whole relevance. This rewrites the forward of each
     BasicBlock and Bottleneck so that the sum is zennit's ``Sum`` module (its norm rule shares the relevance
     in proportion to each term), as zennit's ``ResNetCanonizer`` does for torchvision's blocks. The function
     is unchanged (``lrp_output`` checks the logits against the model's)."""
-
-    def __init__(self) -> None:
-        super().__init__(self._attribute_map)
-
-    def copy(self) -> "TimmResNetCanonizer":
-        return TimmResNetCanonizer()
 
     @classmethod
     def _attribute_map(cls, name: str, module: nn.Module) -> dict | None:
@@ -805,18 +814,12 @@ class DenseNetFamily(Family):
         return None  # dense layers concatenate (relevance splits), the head is made modules by the canonizer
 
 
-class DenseNetHeadCanonizer(AttributeCanonizer):
+class DenseNetHeadCanonizer(ForwardRewrite):
     """torchvision's DenseNet applies its last ReLU and the global average pooling as functions, which no
     LRP rule sees: the pooling's gradient spreads each feature's relevance evenly over all its pixels,
     also over those the ReLU zeroes, where it is lost (5-20% of the logit on random DenseNets). This
     canonizer gives both a module, as ResNet has them: the ReLU passes relevance on, the pooling
     shares it in proportion to each pixel's activation (zennit's norm rule). The function is unchanged."""
-
-    def __init__(self) -> None:
-        super().__init__(self._attribute_map)
-
-    def copy(self) -> "DenseNetHeadCanonizer":
-        return DenseNetHeadCanonizer()
 
     @classmethod
     def _attribute_map(cls, name: str, module: nn.Module) -> dict | None:
@@ -923,18 +926,12 @@ class ExactSequentialMergeBatchNorm(_ExactIdentity, SequentialMergeBatchNorm):
     an exact identity."""
 
 
-class TimmResidualCanonizer(AttributeCanonizer):
+class TimmResidualCanonizer(ForwardRewrite):
     """timm's EfficientNet blocks add their input back in ``forward`` (``x = drop_path(x) + shortcut``),
     where no LRP rule sees the sum and the gradient would give both terms the whole relevance. This
     rewrites the forward of each block with a skip so that the sum is zennit's ``Sum`` module (its norm
     rule shares the relevance in proportion to each term), as ``ResNetCanonizer`` does for torchvision's
     blocks. The function is unchanged (``lrp_output`` checks the logits)."""
-
-    def __init__(self) -> None:
-        super().__init__(self._attribute_map)
-
-    def copy(self) -> "TimmResidualCanonizer":
-        return TimmResidualCanonizer()
 
     @classmethod
     def _attribute_map(cls, name: str, module: nn.Module) -> dict | None:

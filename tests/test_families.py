@@ -323,47 +323,40 @@ def test_lite0_canonizers_keep_the_function_exactly_and_make_its_residual_sums_m
     """The merged batch norms of a tf_ model (eps = 1e-3) are exact identities, so the canonized network
     is the model (zennit's own merge would be off by 2% on Lite0); each block with a skip adds through
     zennit's Sum module."""
+    model = built("timm:tf_efficientnet_lite0")[0]
+    skips = [m for m in model.net.modules() if getattr(m, "has_skip", False)]
+    assert canonized_sums(model, tolerance=1e-5) == len(skips) > 0
+
+
+def canonized_sums(model, tolerance: float) -> int:
+    """Apply the family's canonizers to a copy of ``model.net``: its logits must equal the model's to
+    ``tolerance`` while canonized and exactly once the canonizers are removed. Returns its Sum modules."""
     from zennit.layer import Sum
 
-    model = built("timm:tf_efficientnet_lite0")[0]
     x = inputs_for(model, 2)
     twin = L.structural_copy(model.net)
     applied = [c for canonizer in L.canonizers_for(model) for c in canonizer.apply(twin)]
     try:
-        sums = [m for m in twin.modules() if isinstance(m, Sum)]
-        skips = [m for m in model.net.modules() if getattr(m, "has_skip", False)]
-        assert len(sums) == len(skips) > 0
+        sums = len([m for m in twin.modules() if isinstance(m, Sum)])
         with torch.no_grad():
-            torch.testing.assert_close(twin(x), model.net(x), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(twin(x), model.net(x), rtol=tolerance, atol=tolerance)
     finally:
         for canonizer in applied:
             canonizer.remove()
     with torch.no_grad():
         torch.testing.assert_close(twin(x), model.net(x), rtol=0, atol=0)  # undone
+    return sums
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50d"])  # basic blocks; bottlenecks, deep stem, pooled shortcut
 def test_timm_resnet_canonizers_keep_the_function_and_make_every_shortcut_sum_a_module(name):
     """timm's blocks add their shortcut in forward (``x += shortcut``); canonized, each block adds through
     zennit's Sum module, the network computes the same logits, and removing the canonizers restores it."""
-    from zennit.layer import Sum
-
     torch.manual_seed(0)
     model = load_model(trained_like(timm_model(name, weights=None, input_size=SIZE).net, 2), input_size=SIZE)
     assert model.family == "resnet" and FAM.family_of(model).lrp_gap(model.net) is None
-    x = inputs_for(model, 2)
-    twin = L.structural_copy(model.net)
-    applied = [c for canonizer in L.canonizers_for(model) for c in canonizer.apply(twin)]
-    try:
-        blocks = [b for i in range(1, 5) for b in getattr(model.net, f"layer{i}").children()]
-        assert len([m for m in twin.modules() if isinstance(m, Sum)]) == len(blocks) > 0
-        with torch.no_grad():
-            torch.testing.assert_close(twin(x), model.net(x), rtol=1e-4, atol=1e-4)
-    finally:
-        for canonizer in applied:
-            canonizer.remove()
-    with torch.no_grad():
-        torch.testing.assert_close(twin(x), model.net(x), rtol=0, atol=0)  # undone
+    blocks = [b for i in range(1, 5) for b in getattr(model.net, f"layer{i}").children()]
+    assert canonized_sums(model, tolerance=1e-4) == len(blocks) > 0
     assert "SEModule" in FAM.family_of(load_model("timm:seresnet18", weights=None)).lrp_gap(
         load_model("timm:seresnet18", weights=None).net), "a gated block is refused with the reason"
 
