@@ -12,8 +12,9 @@ among the sizes within 10% of the best time per image, the smallest: nearly the 
 the shortest jobs, so that other sessions wait least between batches (``explainers.compute``).
 Sizes are tried from 1 upwards until a batch would take longer than ``JOB_SECONDS`` at the best
 speed seen so far, a size is slower per image than the best by more than ``NEAR_BEST`` (the
-curve has turned up), or a batch does not fit in the device's memory (a GPU's), so the first Score-CAM of a model pays about a second for the timing. The choice is
-kept per network for the life of the process; ``timings(model)`` shows what was measured.
+curve has turned up), or a batch does not fit in the device's memory (a GPU's), so the first
+Score-CAM of a model pays about a second for the timing. The choice is kept per network for the
+life of the process; ``timings(model)`` shows what was measured.
 """
 from __future__ import annotations
 

@@ -399,9 +399,10 @@ def _tail_job(net: nn.Module, path: str) -> Cut | None:
     on_input = _descendants(*inputs) | set(inputs)
     needed = _ancestors(output, stop=block) | {output}
     # Values the tail reads that the block does not make, yet the input does: computed once per image.
+    # (``needed`` holds the output node, and ``after`` every node the block feeds, the output included.)
     crossing = [node for node in graph.nodes
                 if node in needed and node not in after and node in on_input and node is not block
-                and any(user in after or user is output for user in node.users if user in needed or user is output)]
+                and any(user in after and user in needed for user in node.users)]
     tail = fx.Graph()
     env = {block: tail.placeholder("block_output")}
     env.update({node: tail.placeholder(f"crossing_{i}") for i, node in enumerate(crossing)})
@@ -705,8 +706,9 @@ def _timm_resnet_blocks_only(net: nn.Module) -> str | None:
             if block.se is not None:
                 return (f"{where} gates its channels by {type(block.se).__name__} (a product of two signals), for "
                         "which zennit 0.5.1 has no rule")
-            if not isinstance(block.aa, nn.Identity) or not isinstance(block.drop_block, nn.Identity):
-                return f"{where} blurs or drops with {type(block.aa).__name__}, which no zennit rule covers"
+            extra = next((m for m in (block.aa, block.drop_block) if not isinstance(m, nn.Identity)), None)
+            if extra is not None:  # anti-aliased pooling or DropBlock
+                return f"{where} applies {type(extra).__name__}, for which zennit 0.5.1 has no rule"
     stem = [m for m in net.conv1.modules()] if isinstance(net.conv1, nn.Sequential) else [net.conv1]
     if not all(isinstance(m, (nn.Sequential, nn.Conv2d, nn.BatchNorm2d, nn.ReLU)) for m in stem):
         return "its stem holds layers no zennit rule covers"
