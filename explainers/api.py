@@ -23,7 +23,7 @@ from .maps import upsample
 from .methods import Method, MethodOutput, method_info
 from .models import ModelSpec
 from .settings import UnknownSettingError
-from .trace import Trace, trace
+from .trace import Trace, ranked, trace
 
 MethodSettings = Mapping[str, Mapping[str, Any]]  # method name -> {setting name: value}
 
@@ -195,14 +195,12 @@ def explain(model: ModelSpec, image: Any, method: str, block: str = "B4", target
 
 def predict(model: ModelSpec, image: Any, top: int = 5) -> list[tuple[int, float]]:
     """The ``top`` classes and their probabilities for one image (one forward pass, no hooks)."""
-    probabilities = compute.run(_probabilities, model, as_batch(model, image))[0]
-    values, indices = probabilities.topk(min(top, probabilities.numel()))
-    return [(int(i), float(v)) for i, v in zip(indices, values)]
+    return ranked(compute.run(_logits, model, as_batch(model, image))[0], top)
 
 
 @torch.inference_mode()
-def _probabilities(model: ModelSpec, inputs: torch.Tensor) -> torch.Tensor:
-    return model.net(inputs.to(model.device)).softmax(dim=1).cpu()
+def _logits(model: ModelSpec, inputs: torch.Tensor) -> torch.Tensor:
+    return model.net(inputs.to(model.device)).cpu()
 
 
 __all__ = ["Explanation", "MethodUnavailableError", "Trace", "explain", "explain_batch", "explain_many",

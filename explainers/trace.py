@@ -42,6 +42,19 @@ class Trace:
     def probabilities(self) -> torch.Tensor:
         return self.logits.softmax(dim=1)
 
+    def top(self, count: int = 5, image: int = 0) -> list[tuple[int, float]]:
+        """The ``count`` most likely classes of one image with their probabilities (``ranked``)."""
+        return ranked(self.logits[image], count)
+
+
+def ranked(logits: torch.Tensor, count: int = 5) -> list[tuple[int, float]]:
+    """The ``count`` highest classes of one image's ``logits`` (C,) and their softmax probabilities, ordered by
+    the logits: where float32 rounds probabilities to a tie (an untrained network's near-zero logits), the
+    first is still the argmax that "the predicted class" explains."""
+    _, indices = logits.detach().float().topk(min(count, logits.numel()))
+    probabilities = logits.detach().float().softmax(dim=0)[indices]
+    return [(int(i), float(p)) for i, p in zip(indices.cpu(), probabilities.cpu())]
+
 
 @contextmanager
 def block_hooks(blocks: dict[str, nn.Module]) -> Iterator[dict[str, torch.Tensor]]:

@@ -94,7 +94,7 @@ for name in ("gradcam", "scorecam"):
                    other.forwards, other.backwards, method_info(name).description))
 row = st.columns(len(panels))
 for column, (label, picture, forwards, backwards, note) in zip(row, panels):
-    column.image(picture, width=size)
+    column.image(picture, width="content")  # its size, or its column's when that is narrower
     column.markdown(f"**{label}** · {forwards} forward{'s' if forwards != 1 else ''}"
                     + (f" + {backwards} backward" if backwards else ""))
     column.caption(note)

@@ -68,7 +68,8 @@ shape = model.block_shapes[selection.block]
 
 header = st.columns([1, 3])
 display_image = model.transform.geometry(selection.image)
-header[0].image(display_image.resize((size, size)), caption=selection.image_caption, width=size)
+header[0].image(display_image.resize((size, size)), caption=selection.image_caption,
+                width="content")  # a 299- or 380-pixel input shrinks to its column
 with header[1]:
     st.markdown(f"#### Predicted **{model.class_name(predicted)}** ({probability:.1%})")
     explained = f"**{model.class_name(first.target)}**" + (f" ({target_probability:.1%})" if target_probability else "")
@@ -110,7 +111,7 @@ for start in range(0, len(panels), columns_per_row):
     row = st.columns(columns_per_row)
     for column, (label, picture, result) in zip(row, panels[start:start + columns_per_row]):
         passes = f"{result.forwards} fwd / {result.backwards} bwd"
-        column.image(picture, width=size)
+        column.image(picture, width="content")  # its size, or its column's when that is narrower
         column.markdown(f"**{label}**" + ((" · signed" if drawn[result.method] else " · signed, none negative")
                                           if result.signed else ""))
         if method_info(result.method).family == "classic":

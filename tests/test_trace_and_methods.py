@@ -347,3 +347,24 @@ def test_a_deep_copy_of_a_tapped_module_runs_each_tap_once():
             twin(image)
     assert len(seen) == 1
     assert sum(1 for hook in twin.layer3._forward_hooks.values()) == 1
+
+
+def test_the_top_classes_are_ranked_by_logits_so_the_first_is_the_class_explained():
+    """An untrained network can give logits of 1e-14, whose float32 probabilities all round to 1/C: ranked by
+    probability, the sidebar showed one class as predicted while "the predicted class" explained the argmax."""
+    from explainers import predict
+    from explainers.trace import ranked
+
+    logits = torch.zeros(1000, dtype=torch.float64)
+    logits[757], logits[3] = 3.7e-14, 1e-15
+    assert len(set(logits.float().softmax(0).tolist())) == 1, "the probabilities tie in float32"
+    top = ranked(logits.float(), 5)
+    assert [c for c, _ in top[:2]] == [757, 3] and int(logits.float().argmax()) == 757
+    assert top[0][1] == pytest.approx(1e-3)
+
+    model = digits_model()
+    images, _ = digits_test_batch(2)
+    recorded = trace(model, images)
+    for i in range(2):
+        assert recorded.top(3, image=i)[0][0] == int(recorded.targets[i])
+        assert [c for c, _ in predict(model, images[i], top=3)] == [c for c, _ in recorded.top(3, image=i)]

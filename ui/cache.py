@@ -101,9 +101,7 @@ def shared_trace(model_key: str, model: ModelSpec, data: bytes, target: int | No
 def top_classes(model_key: str, model: ModelSpec, data: bytes, top: int = 5,
                 image: Image.Image | None = None) -> list[tuple[int, float]]:
     """The sidebar's top-5: the probabilities of the view's own pass (no pass of its own)."""
-    probabilities = shared_trace(model_key, model, data, None, image).probabilities[0]
-    values, indices = probabilities.topk(min(top, probabilities.numel()))
-    return [(int(i), float(v)) for i, v in zip(indices, values)]
+    return shared_trace(model_key, model, data, None, image).top(top)  # its first is the class explained
 
 
 Frozen = tuple[tuple[str, Any], ...]  # a method's settings as a hashable key: sorted (name, value) pairs
