@@ -7,7 +7,7 @@ prints one row per metric (confidence drop/increase, deletion, insertion, ROAD):
 - images per second of the metric alone (the maps are computed once beforehand, ``explain_batch``);
 - the distinct perturbed inputs it ran per image;
 - "masked share": the time those inputs would take at the fastest batched inference of the network
-  (``explainers.batching.timings``, measured in this run), divided by the metric's wall time. Target:
+  (``explainers.engine.batching.timings``, measured in this run), divided by the metric's wall time. Target:
   at least 80%, i.e. the metric code itself (planning, masks, imputation) costs little;
 - "net share": the time measured inside the network calls over the wall time (the same question,
   without assuming the fastest batch size).
@@ -27,9 +27,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `make bench` runs this file directly
 
 from explainers import explain_batch, load_dataset, load_model  # noqa: E402
-from explainers import batching  # noqa: E402
+from explainers.engine import batching  # noqa: E402
 from explainers.evaluation import EvaluationSettings, evaluate_maps, subset, suggested_blur  # noqa: E402
-from explainers.inputs import as_batch  # noqa: E402
+from explainers.models.inputs import as_batch  # noqa: E402
 
 METHODS = ("gradcam", "scorecam", "clustercam")
 METRICS = ("confidence", "deletion", "insertion", "road")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import sys
 import threading
 import time
@@ -34,8 +33,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `make bench` runs this file directly
 
-from explainers import compute, explain_many, load_dataset, load_model  # noqa: E402
-from explainers.models import MODELS  # noqa: E402
+from explainers import explain_many, load_dataset, load_model  # noqa: E402
+from explainers.models.loading import MODELS  # noqa: E402
+from explainers.runtime import compute
 from ui.cache import explanations, image_bytes  # noqa: E402
 
 for _name in list(logging.root.manager.loggerDict):  # "no runtime" warnings: the cache works without one

@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from explainers import load_dataset, load_model  # noqa: E402
-from explainers.prototypes import PrototypeExplainer, suffix_depths  # noqa: E402
+from explainers.fitted.prototypes import PrototypeExplainer, suffix_depths  # noqa: E402
 
 
 class Timer:

@@ -32,10 +32,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from explainers.data import image_folder  # noqa: E402
-from explainers.features import FeatureCache  # noqa: E402
-from explainers.models import from_module  # noqa: E402
-from explainers.prototypes import PrototypeExplainer  # noqa: E402
+from explainers.data.datasets import image_folder  # noqa: E402
+from explainers.fitted.features import FeatureCache  # noqa: E402
+from explainers.fitted.prototypes import PrototypeExplainer  # noqa: E402
+from explainers.models.loading import from_module  # noqa: E402
 
 CUB_TRAIN_IMAGES = 5_994
 GB = 2 ** 30

@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from explainers import load_dataset, load_model  # noqa: E402
-from explainers.qsenn import QSENN  # noqa: E402
+from explainers.fitted.qsenn import QSENN  # noqa: E402
 
 REPEATS = 30
 

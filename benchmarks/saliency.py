@@ -34,7 +34,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `make bench` runs this file directly
 
 from explainers import Explanation, ModelSpec, explain, explain_many, load_dataset, load_model, methods  # noqa: E402
-from explainers.maps import upsample  # noqa: E402
 from explainers.methods.ablation_cam import ablation_cam_plain  # noqa: E402
 from explainers.methods.masking import scaled_masks  # noqa: E402
 from explainers.methods.score_cam import score_cam_plain  # noqa: E402
@@ -222,7 +221,7 @@ def score_cam_batched_naive(model: ModelSpec, image: torch.Tensor, block: str, t
                             channels: int | None = None) -> int:
     """One forward per channel in batches of 32, no skipping, no sharing, default memory layout
     (how pytorch-grad-cam runs Score-CAM); returns the forward passes. Only timed, for comparison."""
-    from explainers import trace
+    from explainers.engine import trace
 
     activations = trace(model, image[None], target, blocks=[block]).activations[block][0][:channels]
     for start in range(0, len(activations), 32):
@@ -332,7 +331,7 @@ def imagenet_case(settings: Settings, names: list[str]) -> None:
     Grad-CAM (target <= 1.5x); and the dashboard's pass of a view (``ui.cache.view_trace``: every
     block recorded, one backward of the predicted class to every block) with the same maps from it."""
     from explainers import explain_trace, method_info, trace
-    from explainers.data import PHOTOS
+    from explainers.data.datasets import PHOTOS
 
     model = load_model("efficientnet_lite0")
     image = model.transform(PHOTOS[0].load())  # chelsea, preprocessed once: preprocessing excluded
@@ -368,7 +367,7 @@ SCORE_PASS_TARGET = 1.25  # Score-CAM's seconds per masked pass / the network's 
 def score_cam_per_pass(model: ModelSpec, image: torch.Tensor, block: str) -> None:
     """Score-CAM's seconds per masked pass against the fastest batched inference per image of the same
     network, measured in the same run (issue 10: target <= 1.25x)."""
-    from explainers import batching
+    from explainers.engine import batching
 
     explain(model, image, "scorecam", block=block)  # warm: inference copy made, batch size measured
     made = explain(model, image, "scorecam", block=block)

@@ -5,8 +5,8 @@ import streamlit as st
 from PIL import Image
 
 from explainers import UserInputError, method_info
-from explainers.methods.cluster_cam import masked_pictures
-from explainers.render import cells, diverging, outlined, overlay
+from explainers.display import cells, diverging, outlined, overlay
+from explainers.methods import masked_pictures
 from ui.cache import Failure, explanations
 from ui.progress import progress_bar
 from ui.settings import method_controls

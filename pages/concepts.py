@@ -4,10 +4,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from explainers.data import DATASETS
-from explainers.qsenn import MODES, feature_order, full_mode_refusal
-from explainers.render import overlay
+from explainers.display import overlay
+from explainers.fitted import MODES, feature_order, full_mode_refusal
 from ui.cache import get_dataset
-from ui.concepts import layer, splits, table, explanation
+from ui.concepts import explanation, layer, splits, table
 from ui.prototype_cache import offer_digits
 from ui.sidebar import current
 

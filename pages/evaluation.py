@@ -5,9 +5,9 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from explainers import method_info
+from explainers.display import evaluation_curves_png as curves_png
+from explainers.display import measured_time
 from explainers.evaluation import METRICS, EvaluationSettings, suggested_blur
-from explainers.evaluation.figures import curves_png
-from explainers.render import duration  # measured times: "251 ms", not "0 s"
 from ui.evaluation_cache import evaluation
 from ui.image_set import current_image_key, image_set_control
 from ui.progress import progress_bar
@@ -72,9 +72,9 @@ for name, reason in found.failures.items():
     st.warning(f"**{method_info(name).label}** is not evaluated: {reason}")
 if not found.methods:
     st.stop()
-st.markdown(f"**{chosen.label}** · {model.name} at **{block}** · maps in {duration(found.map_seconds)}; the metrics "
+st.markdown(f"**{chosen.label}** · {model.name} at **{block}** · maps in {measured_time(found.map_seconds)}; the metrics "
             f"ran {found.inputs_run:,} distinct perturbed inputs ({found.inputs_requested:,} asked for: the shared ones "
-            f"ran once) in {duration(found.metric_seconds)}.")
+            f"ran once) in {measured_time(found.metric_seconds)}.")
 
 
 def labelled(table):

@@ -2,7 +2,7 @@
 import streamlit as st
 
 from explainers import method_info, methods
-from explainers.marked import MARKED_SPLITS, mark_reliance
+from explainers.data import MARKED_SPLITS, mark_reliance
 from ui.sidebar import current
 
 

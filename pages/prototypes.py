@@ -4,9 +4,18 @@ import streamlit as st
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from explainers.alignment import accuracy_models, alignment_models
+from explainers.fitted import accuracy_models, alignment_models
 from ui.cache import get_dataset
-from ui.prototype_cache import classes_present, explainer, figure2, offer_digits, per_class_control, table1, table2, unavailable
+from ui.prototype_cache import (
+    classes_present,
+    explainer,
+    figure2,
+    offer_digits,
+    per_class_control,
+    table1,
+    table2,
+    unavailable,
+)
 from ui.sidebar import current
 
 MANY_CLASSES = 20  # above this, one map of every class is the default: a map per choice would refit UMAP each time

@@ -4,9 +4,9 @@ import io
 import streamlit as st
 
 from explainers import UserInputError, method_info
-from explainers.imagenet import BORDER_NOTE
-from explainers.render import SEQUENTIAL, cells, colour_bar, diverging, duration, grid, overlay
-from explainers.store import training_data
+from explainers.display import SEQUENTIAL, cells, colour_bar, diverging, grid, measured_time, overlay
+from explainers.fitted import training_data
+from explainers.models import BORDER_NOTE
 from ui.cache import Failure, explanations
 from ui.progress import progress_bar
 from ui.settings import method_controls
@@ -76,7 +76,7 @@ with header[1]:
     st.markdown(f"Explaining class {explained} at **{selection.block}** (`{model.block_paths[selection.block]}`, "
                 f"{shape[1]}×{shape[2]} cells of {shape[0]} channels).")
     own = {n for n, e in maps.items() if e.forwards > 1 or (e.backwards and not method_info(n).needs_gradients)}
-    st.markdown(f"Shared pass: **{duration(first.trace_seconds)}**, 1 forward"
+    st.markdown(f"Shared pass: **{measured_time(first.trace_seconds)}**, 1 forward"
                 f"{' + 1 backward' if any(method_info(n).needs_gradients for n in maps) else ''} for all "
                 f"{len(maps)} maps" + (f"; {len(own)} of them also ran passes of their own (counted on their "
                                        "panels)." if own else "."))
@@ -120,7 +120,7 @@ for start in range(0, len(panels), columns_per_row):
             column.caption(":orange[Zero everywhere: no location has positive evidence at this depth, "
                            "so the method's ReLU leaves nothing.]")
         where = "with its own passes" if result.method in own else "on the shared pass"
-        column.caption(f"{duration(result.seconds)} {where} · {passes}")
+        column.caption(f"{measured_time(result.seconds)} {where} · {passes}")
 
 buffer = io.BytesIO()
 sheet = grid([(f"input: {selection.image_caption}", display_image.resize((size, size)))]
@@ -132,7 +132,7 @@ st.download_button("Download the grid (PNG)", buffer.getvalue(), file_name=f"pro
 with st.expander("What each method computes, and what it cost"):
     st.dataframe(
         [{"method": method_info(n).label, "family": method_info(n).family,
-          "own time": duration(e.seconds), "forward passes": e.forwards, "backward passes": e.backwards,
+          "own time": measured_time(e.seconds), "forward passes": e.forwards, "backward passes": e.backwards,
           "what it computes": method_info(n).description, "paper": method_info(n).reference}
          for n, e in maps.items()],
         hide_index=True, width="stretch")

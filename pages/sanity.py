@@ -5,8 +5,9 @@ import streamlit as st
 
 from explainers import UserInputError, method_info
 from explainers.data import plural
+from explainers.display import maps_sheet, step_label, step_pictures
+from explainers.display import sanity_curves_png as curves_png
 from explainers.evaluation import MODES
-from explainers.evaluation.sanity_plots import curves_png, maps_sheet, step_label, step_pictures
 from ui.progress import progress_bar
 from ui.sanity import MAX_IMAGES, curves_figure, randomisation, test_images
 from ui.sidebar import current_with_image, runnable_methods

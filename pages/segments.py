@@ -3,8 +3,8 @@ import plotly.graph_objects as go
 import streamlit as st
 from PIL import Image
 
-from explainers.methods.prototype import depth_for
-from explainers.render import DIVERGING, colorize, framed_patch, segment_overlay, segment_palette
+from explainers.display import DIVERGING, colorize, framed_patch, segment_overlay, segment_palette
+from explainers.methods import depth_for
 from ui.cache import get_dataset
 from ui.prototype_cache import explainer, offer_digits, per_class_control, unavailable
 from ui.sidebar import current

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from explainers import load_dataset, load_model
-from explainers.hooks import _dispatch
-from explainers.models import ModelSpec
+from explainers.models.loading import ModelSpec
+from explainers.runtime.hooks import _dispatch
 
 ALL_METHODS = ("cam", "gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam", "eigengradcam")
 GRADIENT_FREE = ("cam", "eigencam")
@@ -48,7 +48,7 @@ def random_torchvision(name: str) -> ModelSpec:
 
 @functools.lru_cache(maxsize=None)
 def _digits_test_batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from explainers.models import digits_transform
+    from explainers.models.loading import digits_transform
 
     dataset = load_dataset("digits", "test")
     transform = digits_transform()
@@ -67,7 +67,7 @@ def digits_test_batch(n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
 
 def hook_counts(net: nn.Module) -> dict[str, tuple[int, int, int, int]]:
     """Number of forward / forward-pre / backward / backward-pre hooks on every module, not counting
-    the one permanent dispatcher of ``explainers.hooks`` (it acts only for a request that set a tap)."""
+    the one permanent dispatcher of ``explainers.runtime.hooks`` (it acts only for a request that set a tap)."""
     return {
         name: (sum(hook is not _dispatch for hook in m._forward_hooks.values()), len(m._forward_pre_hooks),
                len(m._backward_hooks),

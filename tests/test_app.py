@@ -210,7 +210,7 @@ def test_a_checkpoint_of_another_architecture_gets_a_message():
 
 
 def test_a_fitting_checkpoint_is_explained():
-    from explainers.zoo import DIGITS_WEIGHTS
+    from explainers.cli import DIGITS_WEIGHTS
 
     app = page("pages/saliency.py", model="checkpoint")
     app.file_uploader(key="checkpoint_file").upload("mine.pt", DIGITS_WEIGHTS.read_bytes(),
@@ -280,7 +280,7 @@ def test_prototypes_page_shows_figure2_and_both_tables():
 
 def test_your_own_checkpoint_with_its_training_folder(tmp_path):
     """A 3-class checkpoint has no built-in training set: the pages ask for a folder, then use it."""
-    from explainers.zoo import DigitsResNet
+    from explainers.cli import DigitsResNet
 
     torch.manual_seed(0)
     buffer = io.BytesIO()
@@ -376,7 +376,7 @@ def test_offline_imagenet_weights_say_what_to_do_in_the_sidebar_and_on_the_page(
 
 
 def named_checkpoint(classes: list[str]) -> bytes:
-    from explainers.zoo import DigitsResNet
+    from explainers.cli import DigitsResNet
 
     torch.manual_seed(0)
     buffer = io.BytesIO()
@@ -481,9 +481,10 @@ def test_one_forward_pass_per_view_and_one_decode_per_selection(monkeypatch):
     """The sidebar's top-5 and the Saliency page's eight maps come from one forward (and one backward)
     pass, on an image decoded and preprocessed once; a new depth or other methods run no pass,
     another class one, on the same preprocessed input."""
-    from explainers.data import Photo
-    from explainers.models import Preprocess
     from helpers import count_passes
+
+    from explainers.data.datasets import Photo
+    from explainers.models.loading import Preprocess
 
     app = page("pages/saliency.py")  # loads the model (its load-time probe is not a view's pass)
     model = app.session_state["_selection"].model
@@ -533,11 +534,12 @@ def test_kmeans_attribution_fits_on_the_sidebars_training_folder_with_progress_a
     depth is served the very explainer object it fitted, with no second fit."""
     from streamlit.delta_generator import DeltaGenerator
 
-    from explainers.methods import prototype as memo
     import ui.prototype_cache
-    from explainers import load_dataset, store
-    from explainers.prototypes import PrototypeExplainer
-    from explainers.zoo import DIGITS_WEIGHTS
+    from explainers import load_dataset
+    from explainers.cli import DIGITS_WEIGHTS
+    from explainers.fitted import store
+    from explainers.fitted.prototypes import PrototypeExplainer
+    from explainers.methods import kmeans_attribution as memo
 
     state = torch.load(DIGITS_WEIGHTS, weights_only=True)
     state["fc.weight"], state["fc.bias"] = state["fc.weight"][[3, 7]], state["fc.bias"][[3, 7]]
@@ -591,18 +593,18 @@ def test_kmeans_attribution_fits_on_the_sidebars_training_folder_with_progress_a
 def test_a_method_whose_own_check_fails_is_not_drawn_and_the_others_are(monkeypatch):
     """LRP refusing its map at run time (say, relevance not conserved on this input) must not blank the
     page: its panel is replaced by the reason, and Grad-CAM is still drawn."""
-    import explainers.api
-    from explainers.errors import MethodUnavailableError
+    from explainers.methods import explanation
+    from explainers.runtime.errors import MethodUnavailableError
 
     st.cache_data.clear()
-    real = explainers.api._compute
+    real = explanation._compute
 
     def refuse_lrp(method, shared, block, model, settings):
         if method.name == "lrp_epsilon":
             raise MethodUnavailableError("its relevance is not conserved on this image (test)")
         return real(method, shared, block, model, settings)
 
-    monkeypatch.setattr(explainers.api, "_compute", refuse_lrp)
+    monkeypatch.setattr(explanation, "_compute", refuse_lrp)
     app = page("pages/saliency.py", model="digits", methods="gradcam,lrp_epsilon", index="4")
     assert not app.exception
     assert panel_labels(app) == ["Grad-CAM"]
@@ -613,9 +615,10 @@ def test_a_method_whose_own_check_fails_is_not_drawn_and_the_others_are(monkeypa
 def test_a_cancelled_fit_is_not_started_again_by_a_rerun_and_can_be_resumed(tmp_path, monkeypatch):
     """After the Cancel button (``ui.prototype_cache._cancel``), the page says what was kept and offers to
     resume instead of fitting again on every rerun; Resume fits (here: a K/C that nothing has shipped)."""
-    from explainers import load_dataset, store
-    from explainers.methods.prototype import recipe
-    from explainers.models import load_model as load
+    from explainers import load_dataset
+    from explainers.fitted import store
+    from explainers.methods.kmeans_attribution import recipe
+    from explainers.models.loading import load_model as load
 
     monkeypatch.setenv("PROTOSCOPE_CACHE", str(tmp_path))
     monkeypatch.setattr(store, "STORE", store.Store())
@@ -675,10 +678,10 @@ def test_the_marked_model_is_offered_with_its_marked_images_and_every_split():
 
 
 def test_a_random_mark_is_named_in_the_caption_and_the_image_carries_it():
-    """Test image 0 of class 1 carries a random class's mark (explainers.marked.marks_of): the caption names
+    """Test image 0 of class 1 carries a random class's mark (explainers.data.marked.marks_of): the caption names
     it, and the page explains that very image (its prediction is the library's for the marked image)."""
     from explainers import load_dataset, load_model, predict
-    from explainers.marked import marks_of
+    from explainers.data.marked import marks_of
 
     test = load_dataset("digits_marked", "test")
     index = int(test.indices_of(1)[0])

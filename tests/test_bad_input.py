@@ -9,13 +9,13 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from helpers import digits_model, one_thread, random_torchvision
 from PIL import Image
 
 from explainers import ImageError, load_image
-from explainers.images import MAX_PIXELS
-from explainers.digits import DIGITS_MEAN, DIGITS_STD
-from explainers.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from helpers import digits_model, one_thread, random_torchvision
+from explainers.data.images import MAX_PIXELS
+from explainers.models.builtin.digits import DIGITS_MEAN, DIGITS_STD
+from explainers.models.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 
 @pytest.fixture(autouse=True)
@@ -193,7 +193,7 @@ def test_a_cmyk_jpeg_loads_as_rgb_that_png_can_hold():
                                             ("I;16", "L"), ("I", "L"), ("F", "L"), ("1", "1"), ("L", "L"),
                                             ("LA", "LA"), ("P", "P"), ("RGB", "RGB"), ("RGBA", "RGBA")])
 def test_every_mode_becomes_one_png_can_hold(mode, expected):
-    from explainers.images import png_compatible
+    from explainers.data.images import png_compatible
 
     image = png_compatible(Image.new(mode, (8, 6)))
     assert image.mode == expected and image.size == (8, 6)
@@ -267,7 +267,7 @@ def test_a_folder_without_class_sub_folders_says_what_it_holds(tmp_path):
 
 
 def test_unreadable_files_are_skipped_with_a_warning_naming_them(tmp_path):
-    from explainers.data import SkippedFileWarning, image_folder
+    from explainers.data.datasets import SkippedFileWarning, image_folder
 
     good = write_images(tmp_path)
     png_data = good["cat"][1].read_bytes()
@@ -304,7 +304,7 @@ def test_unreadable_files_are_skipped_with_a_warning_naming_them(tmp_path):
 
 def test_indexing_a_folder_decodes_no_complete_image(tmp_path, monkeypatch):
     """The readability check reads headers and file ends: a fit must not decode every image twice."""
-    from explainers.data import image_folder
+    from explainers.data.datasets import image_folder
 
     write_images(tmp_path, per_class=10)
     decoders: list[str] = []
@@ -331,7 +331,7 @@ def test_a_folder_with_nothing_readable_is_an_error(tmp_path):
 
 
 def test_damage_the_index_cannot_see_names_the_file_when_loaded(tmp_path):
-    from explainers.data import image_folder
+    from explainers.data.datasets import image_folder
 
     written = write_images(tmp_path, classes=("cat",), per_class=2)
     path = written["cat"][1]  # a PNG: flip a byte inside its pixel data, keeping its header and end
@@ -370,8 +370,8 @@ def test_a_missing_checkpoint_path_object_and_a_folder(tmp_path):
 
 def test_an_unknown_architecture_names_the_known_ones():
     from explainers import CheckpointError, load_model
-    from explainers.models import MODELS
-    from explainers.digits import DIGITS_WEIGHTS
+    from explainers.models.builtin.digits import DIGITS_WEIGHTS
+    from explainers.models.loading import MODELS
 
     with pytest.raises(CheckpointError) as caught:
         load_model(DIGITS_WEIGHTS, arch="bogus")
@@ -383,7 +383,7 @@ def test_an_unknown_architecture_names_the_known_ones():
 
 
 def test_unknown_torchvision_names_and_weights_get_our_message():
-    from explainers.models import torchvision_model
+    from explainers.models.loading import torchvision_model
 
     with pytest.raises(ValueError, match="unknown model 'resnet19'.*resnet18"):
         torchvision_model("resnet19")
@@ -396,6 +396,7 @@ def test_offline_weights_say_what_to_do_and_keep_the_cause(tmp_path, monkeypatch
     import urllib.error
 
     import torchvision.models._api
+
     from explainers import ModelUnavailableError, load_model
 
     def offline(url, *args, **kwargs):
@@ -418,7 +419,7 @@ def test_offline_weights_say_what_to_do_and_keep_the_cause(tmp_path, monkeypatch
 
 def test_explain_takes_a_path_an_array_a_tensor_or_a_list(tmp_path):
     from explainers import explain, load_dataset
-    from explainers.api import as_batch
+    from explainers.methods.explanation import as_batch
 
     model = digits_model()
     image, _ = load_dataset("digits", "test")[3]
@@ -463,7 +464,7 @@ def test_dataset_errors_are_user_input_errors(tmp_path):
     """A missing folder, a name that is neither, an empty or unreadable folder, an unknown split: each
     is a DatasetError (so a page shows it) whose message says what to give instead."""
     from explainers import UserInputError, load_dataset
-    from explainers.errors import DatasetError
+    from explainers.runtime.errors import DatasetError
 
     (tmp_path / "empty").mkdir()
     (tmp_path / "broken" / "cat").mkdir(parents=True)
@@ -482,8 +483,8 @@ def test_a_folder_that_cannot_be_listed_is_a_dataset_error(tmp_path, monkeypatch
     """An OSError while listing the folder (permissions, a drive gone) names the folder instead of escaping."""
     from pathlib import Path
 
-    from explainers.data import image_folder
-    from explainers.errors import DatasetError
+    from explainers.data.datasets import image_folder
+    from explainers.runtime.errors import DatasetError
 
     write_images(tmp_path)
 
@@ -500,7 +501,7 @@ def test_a_target_class_out_of_range_says_how_many_classes_there_are():
     from dataclasses import replace
 
     from explainers import UserInputError, explain, load_dataset
-    from explainers.trace import trace
+    from explainers.engine.trace import trace
 
     model = digits_model()
     image, _ = load_dataset("digits", "test")[0]
@@ -518,8 +519,8 @@ def test_model_names_a_person_can_get_wrong_are_user_input_errors(monkeypatch):
     import sys
 
     from explainers import ModelUnavailableError, UserInputError, load_model
-    from explainers.imagenet import efficientnet_lite0
-    from explainers.models import model_name, timm_model
+    from explainers.models.builtin.imagenet import efficientnet_lite0
+    from explainers.models.loading import model_name, timm_model
 
     with pytest.raises(UserInputError, match="unknown model 'resnet19'"):
         load_model("resnet19")
@@ -538,7 +539,7 @@ def test_model_names_a_person_can_get_wrong_are_user_input_errors(monkeypatch):
 
 def test_a_module_without_a_linear_classifier_is_refused():
     from explainers import UserInputError
-    from explainers.models import from_module
+    from explainers.models.loading import from_module
 
     with pytest.raises(UserInputError, match="no nn.Linear layer"):
         from_module(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()), name="conv only")
@@ -551,8 +552,8 @@ def test_the_imagenet_recipe_is_torchvision_s_own():
     mean/std), on a photo that is neither square nor the input size; resnet18 and Lite0 use it."""
     from torchvision.models import ResNet18_Weights
 
-    from explainers.imagenet import LITE0_MEAN, LITE0_STD, lite0_transform
-    from explainers.preprocess import imagenet_preprocess
+    from explainers.models.builtin.imagenet import LITE0_MEAN, LITE0_STD, lite0_transform
+    from explainers.models.preprocess import imagenet_preprocess
 
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 410, 3), dtype=np.uint8))
     ours = imagenet_preprocess()
@@ -569,8 +570,8 @@ def test_each_model_names_the_built_in_images_that_suit_it():
     """The sidebar offers ``ModelSpec.sample_dataset``: digits for the greyscale digits model, its
     checkpoints and greyscale modules, the photos for ImageNet models and colour modules."""
     from explainers import load_dataset
-    from explainers.digits import DIGITS_WEIGHTS
-    from explainers.models import from_module, load_model
+    from explainers.models.builtin.digits import DIGITS_WEIGHTS
+    from explainers.models.loading import from_module, load_model
 
     assert digits_model().sample_dataset == "digits"
     assert load_model(DIGITS_WEIGHTS, arch="digits").sample_dataset == "digits"
@@ -587,7 +588,7 @@ def test_a_dataset_says_which_true_class_it_knows():
     """``DatasetSpec.label_among``: the photo's ImageNet class as a model's index when the model has it,
     None for a photo without a class or a model without that class; digits by name."""
     from explainers import load_dataset
-    from explainers.data import imagenet_classes
+    from explainers.data.datasets import imagenet_classes
 
     photos, digits = load_dataset("photos"), load_dataset("digits", "test")
     imagenet = list(imagenet_classes())

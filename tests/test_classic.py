@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import digits_model, digits_test_batch, one_thread, random_torchvision
 from PIL import Image
 
 from explainers import explain, explain_many, method_info, trace
 from explainers.methods import classic as C
-from helpers import digits_model, digits_test_batch, one_thread, random_torchvision
 
 CLASSIC = ("spectral_residual", "local_entropy", "center_surround")
 

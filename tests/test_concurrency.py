@@ -15,10 +15,11 @@ import numpy as np
 import psutil
 import pytest
 import torch
-
-from explainers import compute, explain_many, load_dataset, trace
-from explainers.hooks import _TAPS
 from helpers import digits_model, hook_counts
+
+from explainers import explain_many, load_dataset, trace
+from explainers.runtime import compute
+from explainers.runtime.hooks import _TAPS
 
 # Gradient (shared backward), gradient-free, perturbation (own batched passes, an fx-traced
 # copy made on first use), propagation (own forward and backward on a private copy).

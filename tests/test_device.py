@@ -17,12 +17,12 @@ from streamlit.testing.v1 import AppTest
 from torchvision import models as tv
 
 from explainers import explain_batch, explain_many, load_dataset, load_model, methods, predict
-from explainers.devices import DEVICE_VARIABLE, DeviceUnavailableError, default_device, resolve_device
 from explainers.evaluation import EvaluationSettings, evaluate, randomization_check, subset
-from explainers.features import FeatureCache
+from explainers.fitted.features import FeatureCache
+from explainers.fitted.prototypes import PrototypeExplainer
+from explainers.fitted.qsenn import QSENN, concept_table, full_mode_refusal
 from explainers.methods import method_info
-from explainers.prototypes import PrototypeExplainer
-from explainers.qsenn import QSENN, concept_table, full_mode_refusal
+from explainers.runtime.devices import DEVICE_VARIABLE, DeviceUnavailableError, default_device, resolve_device
 from tests.helpers import one_thread
 from tests.simulated_device import DEVICE, on_device, refusals_in_backward
 from tests.test_app import PAGES, panel_labels

@@ -5,18 +5,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import one_thread
 from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
 from explainers import explain_many, load_dataset, load_model
-from explainers.evaluation import (EvaluationSettings, deletion_baseline, evaluate, evaluate_maps,
-                                   noisy_linear_imputation, subset, unit_scaled)
+from explainers.evaluation import (
+    EvaluationSettings,
+    deletion_baseline,
+    evaluate,
+    evaluate_maps,
+    noisy_linear_imputation,
+    subset,
+    unit_scaled,
+)
 from explainers.evaluation.imputation import NEIGHBOURS
-from explainers.inputs import as_batch
-from explainers.models import from_module
-from explainers.settings import SettingValueError
-
-from helpers import one_thread
+from explainers.models.inputs import as_batch
+from explainers.models.loading import from_module
+from explainers.runtime.settings import SettingValueError
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,11 @@ from threadpoolctl import threadpool_limits
 from torchvision.models import resnet18
 
 from explainers import load_dataset
-from explainers.data import image_folder
-from explainers.features import LOGITS, FeatureCache, FitCancelled
-from explainers.models import from_module
-from explainers.prototypes import PrototypeExplainer, _row_sample, hcheck, model_labels
-from explainers.trace import trace
+from explainers.data.datasets import image_folder
+from explainers.engine.trace import trace
+from explainers.fitted.features import LOGITS, FeatureCache, FitCancelled
+from explainers.fitted.prototypes import PrototypeExplainer, _row_sample, hcheck, model_labels
+from explainers.models.loading import from_module
 from tests.helpers import digits_model
 
 
@@ -221,10 +221,10 @@ def test_cancel_stops_a_shared_fit_and_the_next_one_resumes(model, train, tmp_pa
     """``Store.cancel`` (the page's Cancel button) stops the fit under way at its next step: every waiter is
     told ``FitCancelled``, nothing is kept in memory or on disk as fitted, and asking again resumes from
     the features already written (the network runs only over the images not written yet)."""
-    from explainers import features as features_module
-    from explainers.errors import FitCancelled as Cancelled
-    from explainers.prototypes import PrototypeRecipe
-    from explainers.store import Store
+    from explainers.fitted import features as features_module
+    from explainers.fitted.prototypes import PrototypeRecipe
+    from explainers.fitted.store import Store
+    from explainers.runtime.errors import FitCancelled as Cancelled
 
     monkeypatch.setenv("PROTOSCOPE_CACHE", str(tmp_path))
     passes = []
@@ -254,7 +254,7 @@ def test_cancel_stops_a_shared_fit_and_the_next_one_resumes(model, train, tmp_pa
 
 
 def test_distinct_rows_counts_up_to_what_is_enough():
-    from explainers.prototypes import distinct_rows
+    from explainers.fitted.prototypes import distinct_rows
 
     rows = np.repeat(np.arange(4, dtype=np.float32)[:, None], 3, axis=0).reshape(-1, 1).repeat(5, axis=1)
     assert distinct_rows(rows, 10) == 4 == len(np.unique(rows, axis=0))

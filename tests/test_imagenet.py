@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from explainers import explain_many, load_dataset, load_model, predict, trace
-from explainers.data import PHOTOS, UNLABELLED
-from explainers.imagenet import LITE0_BLOCKS, imagenet_classes, lite0_state_dict, lite0_weights_file
+from explainers.data.datasets import PHOTOS, UNLABELLED
+from explainers.models.builtin.imagenet import LITE0_BLOCKS, imagenet_classes, lite0_state_dict, lite0_weights_file
 
 CATS = {"tabby", "tiger cat", "Egyptian cat"}
 RIGHT = {"chelsea": CATS, "coffee": {"espresso", "cup"}, "rocket": {"missile", "projectile"}}
@@ -93,7 +93,7 @@ def stem_variance_ratio(mean: tuple[float, ...], std: tuple[float, ...]) -> floa
     from PIL import Image
     from sklearn.datasets import load_sample_images
 
-    from explainers.models import Preprocess
+    from explainers.models.loading import Preprocess
 
     preprocess = Preprocess(input_size=(224, 224), mode="RGB", mean=mean, std=std, resize=256)
     images = [photo(name) for name in ("chelsea", "coffee", "rocket", "astronaut", "motorcycle")]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import digits_model, digits_test_batch
 from torch import nn
 
 from explainers import load_model
-from explainers.inference import conv_bn_pairs, fold_batch_norms, inference_copy
-from helpers import digits_model, digits_test_batch
+from explainers.models.inference import conv_bn_pairs, fold_batch_norms, inference_copy
 
 
 def batch_norms(net: nn.Module) -> int:

@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import digits_model, digits_test_batch, hook_counts, one_thread, random_torchvision
 from torch import nn
 
 from explainers import explain, explain_batch, explain_many, load_model, method_info
 from explainers.methods import lrp as L
-from helpers import digits_model, digits_test_batch, hook_counts, one_thread, random_torchvision
 
 TINY = 1e-12  # epsilon -> 0: LRP-epsilon becomes LRP-0
 # The identities are checked in float64, so that rounding plays no part. What remains is zennit's

@@ -1,7 +1,7 @@
 """The spurious-correlation set ``digits_marked`` and the model that learned its mark (issue 14, item 2).
 
 The dataset: marks where ``mark_box`` says, on exactly the images they should be on, the same every
-time, hiding no stroke. The model: the shipped weights are what ``python -m explainers.zoo train
+time, hiding no stroke. The model: the shipped weights are what ``python -m explainers.cli train
 digits_marked`` writes (card accuracies, and the first epoch replayed), and they learned the mark:
 accuracy collapses when the mark lies (random marks) while the plain digits model's does not, its
 predictions follow the mark, and Grad-CAM puts many times the mark's share of the area on it.
@@ -13,16 +13,26 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import one_thread
 
 from explainers import DatasetSpec, explain_batch, load_dataset, load_model
-from explainers.data import DATASETS, dataset_splits
-from explainers.digits import DIGITS_MARKED_CARD
-from explainers.errors import DatasetError
-from explainers.marked import (MARK_INTENSITY, MARK_SEED, MARK_SIZE, MARKED_SPLITS, NO_MARK, MarkReliance, mark_box,
-                               mark_mass, mark_reliance, marks_of)
-from explainers.models import MODELS
-from explainers.zoo import DIGITS_MEAN, DIGITS_STD, _augment, accuracy, digits_tensors, fit_digits
-from helpers import one_thread
+from explainers.cli import DIGITS_MEAN, DIGITS_STD, _augment, accuracy, digits_tensors, fit_digits
+from explainers.data.datasets import DATASETS, dataset_splits
+from explainers.data.marked import (
+    MARK_INTENSITY,
+    MARK_SEED,
+    MARK_SIZE,
+    MARKED_SPLITS,
+    NO_MARK,
+    MarkReliance,
+    mark_box,
+    mark_mass,
+    mark_reliance,
+    marks_of,
+)
+from explainers.models.builtin.digits import DIGITS_MARKED_CARD
+from explainers.models.loading import MODELS
+from explainers.runtime.errors import DatasetError
 
 
 @pytest.fixture(autouse=True)
@@ -77,7 +87,7 @@ def test_every_image_carries_exactly_its_mark_over_the_plain_digit():
 
 
 def test_random_marks_are_fixed_per_image_and_roughly_uniform():
-    from explainers.data import digits_split
+    from explainers.data.datasets import digits_split
 
     marks = marks_of("test")
     # Each image's own generator, seeded by its index in scikit-learn's digits: recomputed here directly.
@@ -157,7 +167,7 @@ def test_shipped_weights_match_their_card(models, split_tensors):
     """As for ``digits``: the shipped file is the one the card describes, split by split."""
     _, marked = models
     card = json.loads(DIGITS_MARKED_CARD.read_text())
-    assert card["command"] == "python -m explainers.zoo train digits_marked" and card["dataset"] == "digits_marked"
+    assert card["command"] == "python -m explainers.cli train digits_marked" and card["dataset"] == "digits_marked"
     for split, (images, labels) in split_tensors.items():
         measured = accuracy(marked.net, images, labels)
         assert abs(measured - card[f"{split}_accuracy"]) <= 0.005, (split, measured, card[f"{split}_accuracy"])

@@ -7,11 +7,11 @@ import urllib.error
 
 import pytest
 import torch
+from helpers import digits_model, digits_test_batch, one_thread, random_torchvision
 from torch import nn
 
-from explainers import (CheckpointError, ModelUnavailableError, explain, explain_many, load_model, trace)
-from explainers.zoo import DIGITS_CARD, DigitsResNet, accuracy, digits_tensors
-from helpers import digits_model, digits_test_batch, one_thread, random_torchvision
+from explainers import CheckpointError, ModelUnavailableError, explain, explain_many, load_model, trace
+from explainers.cli import DIGITS_CARD, DigitsResNet, accuracy, digits_tensors
 
 
 @pytest.fixture(autouse=True)

@@ -5,17 +5,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import count_passes, digits_model, digits_test_batch, hook_counts, one_thread
 from torch import nn
 
-from explainers import MethodUnavailableError, batching, explain, explain_many, load_model, method_info, trace
+from explainers import MethodUnavailableError, explain, explain_many, load_model, method_info, trace
+from explainers.cli import DigitsResNet
+from explainers.engine import batching
 from explainers.methods import ablation_cam as A
 from explainers.methods import cluster_cam as C
 from explainers.methods import masking as M
 from explainers.methods import score_cam as S
-from explainers.progress import reporting
-from explainers.settings import SettingValueError
-from explainers.zoo import DigitsResNet
-from helpers import count_passes, digits_model, digits_test_batch, hook_counts, one_thread
+from explainers.runtime.progress import reporting
+from explainers.runtime.settings import SettingValueError
 
 
 @pytest.fixture(autouse=True)
@@ -388,8 +389,9 @@ def test_a_method_out_of_memory_is_refused_with_what_to_do_and_the_others_still_
 def test_any_pass_out_of_memory_reaches_the_page_as_a_message_not_a_traceback(backend):
     """A job of the compute thread (a trace, a fit's pass, an evaluation batch) that runs out of memory raises
     DeviceOutOfMemoryError, a UserInputError the pages show; the backend's error stays in __cause__."""
-    from explainers import UserInputError, compute
-    from explainers.errors import DeviceOutOfMemoryError
+    from explainers import UserInputError
+    from explainers.runtime import compute
+    from explainers.runtime.errors import DeviceOutOfMemoryError
 
     def job():
         raise OUT_OF_MEMORY[backend](512)

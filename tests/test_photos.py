@@ -12,9 +12,9 @@ import torch
 from PIL import Image, ImageOps
 
 from explainers import CheckpointError, explain_many, load_model
-from explainers.data import PHOTOS
-from explainers.imagenet import BORDER_NOTE, lite0_state_dict, lite0_weights_file
-from explainers.preprocess import imagenet_preprocess, torchvision_preprocess
+from explainers.data.datasets import PHOTOS
+from explainers.models.builtin.imagenet import BORDER_NOTE, lite0_state_dict, lite0_weights_file
+from explainers.models.preprocess import imagenet_preprocess, torchvision_preprocess
 
 
 @functools.lru_cache(maxsize=None)

@@ -3,6 +3,8 @@ real digits model: identities from the paper, agreement with brute force, and th
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,22 +12,39 @@ import pytest
 import torch
 from PIL import Image
 
-import threading
-import time
-
-from explainers import explain, load_dataset, load_model, store
-from explainers.alignment import (accuracy_filename, accuracy_models, accuracy_table, alignment_filename,
-                                  alignment_models, alignment_table, load_projection, projection,
-                                  projection_filename)
-from explainers.data import image_folder
-from explainers.errors import DatasetError, MethodUnavailableError, UserInputError
-from explainers.methods import prototype as memo
-from explainers.progress import duration, reporting, with_eta
-from explainers.prototypes import (SHIPPED, NotFittedError, PrototypeExplainer, PrototypeRecipe, cache_key, class_map,
-                                   embeddings, fit_prototypes, hcheck, receptive_box, suffix_depths)
-from explainers.store import Store, training_data
-from explainers.trace import trace
-from explainers.zoo import SHIPPED_FIGURE2_CLASSES, SHIPPED_FITS, SHIPPED_MANIFEST, SHIPPED_PER_CLASS
+from explainers import explain, load_dataset, load_model
+from explainers.cli import SHIPPED_FIGURE2_CLASSES, SHIPPED_FITS, SHIPPED_MANIFEST, SHIPPED_PER_CLASS
+from explainers.data.datasets import image_folder
+from explainers.engine.trace import trace
+from explainers.fitted import store
+from explainers.fitted.alignment import (
+    accuracy_filename,
+    accuracy_models,
+    accuracy_table,
+    alignment_filename,
+    alignment_models,
+    alignment_table,
+    load_projection,
+    projection,
+    projection_filename,
+)
+from explainers.fitted.prototypes import (
+    SHIPPED,
+    NotFittedError,
+    PrototypeExplainer,
+    PrototypeRecipe,
+    cache_key,
+    class_map,
+    embeddings,
+    fit_prototypes,
+    hcheck,
+    receptive_box,
+    suffix_depths,
+)
+from explainers.fitted.store import Store, training_data
+from explainers.methods import kmeans_attribution as memo
+from explainers.runtime.errors import DatasetError, MethodUnavailableError, UserInputError
+from explainers.runtime.progress import reporting, time_span, with_eta
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +116,7 @@ def test_after_propagation_each_segment_has_one_value(model, fitted, test_set):
 
 def test_propagation_preserves_the_mean_of_the_upsampled_map(model, fitted, test_set):
     """Segment-wise averaging redistributes values within segments, so it keeps their total."""
-    from explainers.maps import upsample
+    from explainers.runtime.maps import upsample
 
     result = fitted["B234"].explain(test_set[0][0])
     levels = result.attribution_levels
@@ -310,9 +329,9 @@ def test_image_folder_dataset(tmp_path):
         image_folder(tmp_path / "empty")
 
 
-# --- the files shipped in assets/prototypes/ (python -m explainers.zoo prototypes digits) -------------
+# --- the files shipped in assets/prototypes/ (python -m explainers.cli prototypes digits) -------------
 
-REPRODUCE = "run `.venv/bin/python -m explainers.zoo prototypes digits` and commit assets/prototypes/"
+REPRODUCE = "run `.venv/bin/python -m explainers.cli prototypes digits` and commit assets/prototypes/"
 
 
 def shipped(model, train, depth, per_class):
@@ -395,7 +414,7 @@ def test_the_prototypes_page_opens_from_the_shipped_files(tmp_path, monkeypatch)
     """No fit, no embedding, no UMAP: everything the default view shows is read."""
     from streamlit.testing.v1 import AppTest
 
-    import explainers.alignment as alignment
+    import explainers.fitted.alignment as alignment
 
     monkeypatch.setenv("PROTOSCOPE_CACHE", str(tmp_path))
     monkeypatch.setattr(PrototypeExplainer, "fit", lambda *a, **k: pytest.fail("fitted"))
@@ -559,7 +578,7 @@ def test_a_failed_fit_reaches_every_waiter_and_is_not_remembered(model, tmp_path
 def two_digit_checkpoint(path: Path) -> Path:
     """A user's checkpoint: the digits network with a 3-vs-7 head cut from its classifier (so it has no
     training set of its own: it is not the built-in model)."""
-    from explainers.zoo import DIGITS_WEIGHTS
+    from explainers.cli import DIGITS_WEIGHTS
 
     state = torch.load(DIGITS_WEIGHTS, weights_only=True)
     state["fc.weight"], state["fc.bias"] = state["fc.weight"][[3, 7]], state["fc.bias"][[3, 7]]
@@ -608,7 +627,7 @@ def test_progress_says_the_time_left_from_the_time_spent():
     listener(1.0, "done")
     assert messages == ["stage 1 of 3, extracting features: 14 / 1,437 images · estimating the time left",
                         "stage 2 of 3, k-means at B234: class 3 of 10 · about 30 s left", "done"]
-    assert [duration(s) for s in (0.4, 59, 80, 3600, 7380)] == ["0 s", "59 s", "1 min 20 s", "1 h", "2 h 3 min"]
+    assert [time_span(s) for s in (0.4, 59, 80, 3600, 7380)] == ["0 s", "59 s", "1 min 20 s", "1 h", "2 h 3 min"]
 
 
 def test_a_fit_reports_its_stages_with_images_done(model, train, tmp_path, monkeypatch):

@@ -8,12 +8,23 @@ import pytest
 import torch
 
 from explainers import UserInputError, load_dataset, load_model
-from explainers.data import DatasetSpec
-from explainers.features import FeatureCache
-from explainers.prototypes import PrototypeExplainer
-from explainers.qsenn import (QSENN, NotFittedError, QSENNRecipe, block_features, cached_block_features, concept_table,
-                              diversity_at_5, diversity_per_image, feature_order, full_mode_refusal, quantise)
-from explainers.store import ASSETS
+from explainers.data.datasets import DatasetSpec
+from explainers.fitted.features import FeatureCache
+from explainers.fitted.prototypes import PrototypeExplainer
+from explainers.fitted.qsenn import (
+    QSENN,
+    NotFittedError,
+    QSENNRecipe,
+    block_features,
+    cached_block_features,
+    concept_table,
+    diversity_at_5,
+    diversity_per_image,
+    feature_order,
+    full_mode_refusal,
+    quantise,
+)
+from explainers.fitted.store import ASSETS
 
 # float16 (the feature cache's type) rounds to nearest with a 10-bit fraction: a normal value x is kept to
 # within 2^-11 |x|; a subnormal one (|x| < 2^-14) to within half its spacing, 2^-25.
@@ -177,7 +188,7 @@ def test_a_model_whose_prototypes_were_fitted_runs_no_network_pass_for_post_hoc_
     with FeatureCache(model, train, folder=tmp_path / "features") as first:
         PrototypeExplainer("B4", per_class=2).fit(model, train, features=first)
         assert first.network_batches > 0
-    import explainers.qsenn as qsenn
+    import explainers.fitted.qsenn as qsenn
     traced = []
     monkeypatch.setattr(qsenn, "trace", lambda *a, **k: traced.append(1) or pytest.fail("Q-SENN ran the network"))
     with FeatureCache(model, train, folder=tmp_path / "features") as again:
@@ -201,13 +212,13 @@ def pooled_by_hand(model, images) -> torch.Tensor:
 
 def test_the_shipped_layer_is_what_a_fresh_fit_gives(fitted, digits):
     """assets/qsenn/ holds the Concepts page's default layer of these weights, as a fresh machine fits it
-    (``python -m explainers.zoo qsenn digits`` rewrites it)."""
+    (``python -m explainers.cli qsenn digits`` rewrites it)."""
     model, train, _ = digits
     path = ASSETS / "qsenn" / QSENNRecipe(model, train, QSENN()).filename
-    assert path.is_file(), "no shipped layer for these weights and settings: run python -m explainers.zoo qsenn digits"
+    assert path.is_file(), "no shipped layer for these weights and settings: run python -m explainers.cli qsenn digits"
     shipped = QSENN.load(path, model)
     assert shipped.block == "B4" and fitted.block is None  # the store's recipe names the block it resolved
-    stale = "stale, run python -m explainers.zoo qsenn digits"
+    stale = "stale, run python -m explainers.cli qsenn digits"
     for name in ("features_", "mean_", "std_", "gallery_"):  # which features, their scaling, their examples
         np.testing.assert_array_equal(getattr(shipped, name), getattr(fitted, name), err_msg=f"{name}: {stale}")
     np.testing.assert_array_equal(np.sign(shipped.weights_), np.sign(fitted.weights_), err_msg=f"ternary: {stale}")

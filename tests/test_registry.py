@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from explainers import UserInputError
-from explainers.data import DATASETS
+from explainers.data.datasets import DATASETS
 from explainers.methods import METHODS, Method, method_info, methods
-from explainers.models import MODELS
-from explainers.registry import Registry, UnknownNameError
+from explainers.models.loading import MODELS
+from explainers.runtime.registry import Registry, UnknownNameError
 
 
 def test_methods_models_and_datasets_share_the_registry_class():

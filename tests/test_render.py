@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from explainers.render import GHOST_FLOOR, cells, colour_bar, diverging, duration, overlay
+from explainers.display.render import GHOST_FLOOR, cells, colour_bar, diverging, measured_time, overlay
 
 
 def test_signed_overlay_shows_a_faint_image_where_the_map_is_zero_and_colour_where_it_peaks():
@@ -69,16 +69,16 @@ def test_a_signed_map_with_a_negative_part_keeps_zero_white_and_its_sign():
 
 
 def test_durations_below_a_millisecond_are_shown_as_such():
-    assert duration(0.0) == "<0.01 ms"
-    assert duration(4e-6) == "<0.01 ms"
-    assert duration(0.00031) == "0.31 ms"
-    assert duration(0.0009996) == "1.00 ms"
-    assert duration(0.0028) == "2.8 ms"
-    assert duration(0.2509) == "251 ms"
-    assert duration(0.9996) == "1.00 s"
-    assert duration(34.587) == "34.6 s"
-    assert duration(125.0) == "2 min 05 s"
-    assert all("0.0 ms" not in duration(s) for s in np.linspace(0, 0.002, 201))
+    assert measured_time(0.0) == "<0.01 ms"
+    assert measured_time(4e-6) == "<0.01 ms"
+    assert measured_time(0.00031) == "0.31 ms"
+    assert measured_time(0.0009996) == "1.00 ms"
+    assert measured_time(0.0028) == "2.8 ms"
+    assert measured_time(0.2509) == "251 ms"
+    assert measured_time(0.9996) == "1.00 s"
+    assert measured_time(34.587) == "34.6 s"
+    assert measured_time(125.0) == "2 min 05 s"
+    assert all("0.0 ms" not in measured_time(s) for s in np.linspace(0, 0.002, 201))
 
 
 def test_the_page_css_hooks_exist_in_this_streamlit():

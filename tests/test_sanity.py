@@ -14,14 +14,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from helpers import digits_model, digits_test_batch, hook_counts, one_thread, random_torchvision
 from scipy.stats import spearmanr
 from skimage.metrics import structural_similarity
 
 from explainers import load_dataset, load_model
-from explainers.errors import MethodUnavailableError, UserInputError
 from explainers.evaluation import GROUPS, layer_groups, randomization_check, randomized_models
 from explainers.evaluation.sanity import ORIGINAL, rank_correlation, structural_similarity_of_maps
-from helpers import digits_model, digits_test_batch, hook_counts, one_thread, random_torchvision
+from explainers.runtime.errors import MethodUnavailableError, UserInputError
 
 
 @pytest.fixture(autouse=True)

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import streamlit as st
 import torch
+from helpers import count_passes, digits_model, digits_test_batch, one_thread
+from test_app import page
 
 import ui.cache
 from explainers import UserInputError, explain, explain_many, method_info, methods, trace
-from explainers.api import recombine
 from explainers.methods import lrp as L
 from explainers.methods.base import register_method
 from explainers.methods.cluster_cam import cluster_cam
-from explainers.settings import Setting, SettingValueError, UnknownSettingError
-from helpers import count_passes, digits_model, digits_test_batch, one_thread
-from test_app import page
+from explainers.methods.explanation import recombine
+from explainers.runtime.settings import Setting, SettingValueError, UnknownSettingError
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""Fitted files shipped for more than one built-in model (``python -m explainers.zoo prototypes|qsenn <model>``):
+"""Fitted files shipped for more than one built-in model (``python -m explainers.cli prototypes|qsenn <model>``):
 shipping one model replaces its own earlier files and leaves every other model's alone; digits_marked ships
 its prototypes and Q-SENN layer like digits, so its Segments, Prototypes and Concepts pages fit nothing on a
 fresh machine."""
@@ -11,17 +11,29 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import explainers.alignment as alignment
-import explainers.qsenn as qsenn
-from explainers import load_dataset, load_model, store
-from explainers.alignment import (accuracy_filename, accuracy_models, alignment_filename, alignment_models,
-                                  projection_filename)
-from explainers.prototypes import SHIPPED as SHIPPED_PROTOTYPES
-from explainers.prototypes import PrototypeExplainer, cache_key
-from explainers.qsenn import QSENN, QSENNRecipe
-from explainers.store import ASSETS, Store
-from explainers.zoo import (SHIPPED_FIGURE2_CLASSES, SHIPPED_FITS, SHIPPED_MANIFEST, SHIPPED_PER_CLASS, record_shipped,
-                            ship_qsenn)
+import explainers.fitted.alignment as alignment
+import explainers.fitted.qsenn as qsenn
+from explainers import load_dataset, load_model
+from explainers.cli import (
+    SHIPPED_FIGURE2_CLASSES,
+    SHIPPED_FITS,
+    SHIPPED_MANIFEST,
+    SHIPPED_PER_CLASS,
+    record_shipped,
+    ship_qsenn,
+)
+from explainers.fitted import store
+from explainers.fitted.alignment import (
+    accuracy_filename,
+    accuracy_models,
+    alignment_filename,
+    alignment_models,
+    projection_filename,
+)
+from explainers.fitted.prototypes import SHIPPED as SHIPPED_PROTOTYPES
+from explainers.fitted.prototypes import PrototypeExplainer, cache_key
+from explainers.fitted.qsenn import QSENN, QSENNRecipe
+from explainers.fitted.store import ASSETS, Store
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_QSENN = ASSETS / "qsenn"
@@ -96,7 +108,7 @@ def test_digits_marked_ships_the_files_of_its_current_weights():
     fits = {}
     for depth, per_class in SHIPPED_FITS:
         name = f"{cache_key(model, train, PrototypeExplainer(depth, per_class))}.npz"
-        assert name in names, f"no {depth} K/C={per_class}: run python -m explainers.zoo prototypes digits_marked"
+        assert name in names, f"no {depth} K/C={per_class}: run python -m explainers.cli prototypes digits_marked"
         fits[depth, per_class] = PrototypeExplainer.load(SHIPPED_PROTOTYPES / name)
     kmex1, kmex = fits["pooled", 1], fits["pooled", SHIPPED_PER_CLASS]
     b4, b234 = fits["B4", SHIPPED_PER_CLASS], fits["B234", SHIPPED_PER_CLASS]
@@ -104,7 +116,7 @@ def test_digits_marked_ships_the_files_of_its_current_weights():
     assert accuracy_filename(model, train, test, accuracy_models(kmex, b4, b234)) in names
     assert projection_filename(model, train, test, kmex, SHIPPED_FIGURE2_CLASSES) in names
     layers = json.loads((SHIPPED_QSENN / SHIPPED_MANIFEST).read_text())["digits_marked"]
-    assert layers == [QSENNRecipe(model, train, QSENN()).filename], "run python -m explainers.zoo qsenn digits_marked"
+    assert layers == [QSENNRecipe(model, train, QSENN()).filename], "run python -m explainers.cli qsenn digits_marked"
 
 
 @pytest.mark.parametrize("path", ["pages/segments.py", "pages/prototypes.py", "pages/concepts.py"])

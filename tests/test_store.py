@@ -11,9 +11,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from explainers import compute, store
-from explainers.errors import DatasetError
-from explainers.store import Key, Store, current_training_data, training_data, training_set
+from explainers.fitted import store
+from explainers.fitted.store import Key, Store, current_training_data, training_data, training_set
+from explainers.runtime import compute
+from explainers.runtime.errors import DatasetError
 
 
 class Thing:
@@ -102,7 +103,7 @@ def test_one_fit_for_many_callers_each_told_in_its_own_thread():
 
 
 def test_the_default_listener_is_the_callers_reporting_one():
-    from explainers.progress import reporting
+    from explainers.runtime.progress import reporting
 
     told = []
     with reporting(lambda f, m: told.append(m)):

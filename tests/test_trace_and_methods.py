@@ -4,14 +4,31 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import (
+    ALL_METHODS,
+    GRADIENT_FREE,
+    count_passes,
+    digits_model,
+    digits_test_batch,
+    hook_counts,
+    one_thread,
+    random_torchvision,
+)
 from torch import nn
 
-from explainers import (MethodUnavailableError, Trace, explain, explain_batch, explain_many, load_model,
-                        method_info, methods, trace)
-from explainers.hooks import dispatcher_installed
+from explainers import (
+    MethodUnavailableError,
+    Trace,
+    explain,
+    explain_batch,
+    explain_many,
+    load_model,
+    method_info,
+    methods,
+    trace,
+)
 from explainers.methods import cam as cam_methods
-from helpers import (ALL_METHODS, GRADIENT_FREE, count_passes, digits_model, digits_test_batch, hook_counts,
-                     one_thread, random_torchvision)
+from explainers.runtime.hooks import dispatcher_installed
 
 
 @pytest.fixture(autouse=True)
@@ -313,11 +330,11 @@ def test_first_component_equals_the_svd_projection(shape):
 
 
 def test_a_map_with_non_finite_values_is_refused_with_the_reason(monkeypatch):
-    import explainers.api
+    from explainers.methods import explanation
 
     model = digits_model()
     image = digits_test_batch(1)[0][0]
-    real = explainers.api._compute
+    real = explanation._compute
 
     def overflowing(method, shared, block, model, settings):
         maps = real(method, shared, block, model, settings)
@@ -325,7 +342,7 @@ def test_a_map_with_non_finite_values_is_refused_with_the_reason(monkeypatch):
         maps[..., 0, 0] = float("inf")
         return maps
 
-    monkeypatch.setattr(explainers.api, "_compute", overflowing)
+    monkeypatch.setattr(explanation, "_compute", overflowing)
     with pytest.raises(MethodUnavailableError, match="non-finite"):
         explain(model, image, "gradcam", block="B3")
 
@@ -335,7 +352,7 @@ def test_a_deep_copy_of_a_tapped_module_runs_each_tap_once():
     must not add a second one (each tap would then see every call twice)."""
     import copy
 
-    from explainers.hooks import tapped
+    from explainers.runtime.hooks import tapped
 
     model = digits_model()
     image = digits_test_batch(1)[0]
@@ -353,7 +370,7 @@ def test_the_top_classes_are_ranked_by_logits_so_the_first_is_the_class_explaine
     """An untrained network can give logits of 1e-14, whose float32 probabilities all round to 1/C: ranked by
     probability, the sidebar showed one class as predicted while "the predicted class" explained the argmax."""
     from explainers import predict
-    from explainers.trace import ranked
+    from explainers.engine.trace import ranked
 
     logits = torch.zeros(1000, dtype=torch.float64)
     logits[757], logits[3] = 3.7e-14, 1e-15

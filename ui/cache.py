@@ -20,18 +20,16 @@ from typing import Any, Mapping, Sequence
 import streamlit as st
 from PIL import Image
 
-from explainers import Trace, explain_trace, load_dataset, load_image, load_model, trace
-from explainers import UserInputError, method_info
-from explainers.api import Explanation, as_batch, recombine
-from explainers.data import DatasetSpec
-from explainers.images import png_compatible
-from explainers.models import ModelSpec
-from explainers.store import training_data
+from explainers import Trace, UserInputError, explain_trace, load_dataset, load_image, load_model, method_info, trace
+from explainers.data import DatasetSpec, png_compatible
+from explainers.fitted import training_data
+from explainers.methods import Explanation, recombine
+from explainers.models import ModelSpec, as_batch
 
 
 @st.cache_resource(show_spinner="Loading the model…")
 def get_model(name: str, random_weights: bool = False, device: str = "cpu") -> ModelSpec:
-    """One model per name, weights and device (``explainers.devices``), shared by every session."""
+    """One model per name, weights and device (``explainers.runtime.devices``), shared by every session."""
     return load_model(name, weights=None if random_weights else "DEFAULT", device=device)
 
 
@@ -156,7 +154,7 @@ def frozen(settings: Mapping[str, Any]) -> Frozen:
 def explanation(model_key: str, _model: ModelSpec, data: bytes, method: str, block: str, target: int | None,
                 settings: Frozen = (), training: str | None = None) -> Explanation:
     """One method's map of one view from the view's pass, with ``settings`` (its own, frozen) and, for a
-    method fitted on training data, ``training`` (``explainers.store.training_data``); keyed by all of
+    method fitted on training data, ``training`` (``explainers.fitted.store.training_data``); keyed by all of
     these. Passes of its own (Score-CAM, LRP, ...) are what this cache saves."""
     shared = shared_trace(model_key, _model, data, target)
     with training_data(get_dataset(training, "train") if training else None):

@@ -6,8 +6,8 @@ import streamlit as st
 
 from explainers import UserInputError
 from explainers.data import DatasetSpec
+from explainers.fitted import QSENN, ConceptExplanation, concept_table, shared_qsenn
 from explainers.models import ModelSpec
-from explainers.qsenn import QSENN, ConceptExplanation, concept_table, shared_qsenn
 
 from .cache import get_dataset
 from .progress import progress_bar

@@ -7,9 +7,9 @@ from typing import Any
 import streamlit as st
 
 from explainers.evaluation import METRICS, Evaluation, EvaluationSettings, evaluate
+from explainers.fitted import training_data
 from explainers.models import ModelSpec
-from explainers.progress import current_listener, with_eta
-from explainers.store import training_data
+from explainers.runtime import current_listener, with_eta
 
 from .cache import get_dataset
 

@@ -7,7 +7,7 @@ from typing import Iterator
 
 import streamlit as st
 
-from explainers.progress import reporting
+from explainers.runtime import reporting
 
 
 @contextmanager

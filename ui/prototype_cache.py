@@ -2,7 +2,7 @@
 Table 1-2 computations, cached for the session.
 
 A first fit shows a progress bar with its stage, images done and time left; the fitted
-explainer is then kept in memory by ``explainers.store.STORE`` (shared by every session and by
+explainer is then kept in memory by ``explainers.fitted.store.STORE`` (shared by every session and by
 the Saliency page's k-means attribution: one fit however many sessions ask at once), and on disk.
 The built-in digits model's fits, Figure 2 layout and tables at the pages' defaults ship in
 ``assets/prototypes/``, so on a fresh machine they are read, not computed.
@@ -13,13 +13,22 @@ import numpy as np
 import streamlit as st
 
 from explainers import UserInputError
-from explainers.alignment import Projection, stored_accuracy_table, stored_alignment_table, stored_projection
+from explainers.fitted import (
+    KIND,
+    Key,
+    Projection,
+    PrototypeExplainer,
+    embeddings,
+    find,
+    model_labels,
+    store,
+    stored_accuracy_table,
+    stored_alignment_table,
+    stored_projection,
+)
+from explainers.methods import PER_CLASS, fitted, recipe
 from explainers.models import ModelSpec
-from explainers import store
-from explainers.methods.prototype import PER_CLASS, fitted, recipe
-from explainers.progress import current_listener, with_eta
-from explainers.prototypes import KIND, PrototypeExplainer, embeddings, model_labels
-from explainers.store import Key, find
+from explainers.runtime import current_listener, with_eta
 
 from .cache import get_dataset
 from .progress import progress_bar

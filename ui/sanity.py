@@ -4,11 +4,11 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
+
 from explainers import load_image, method_info
+from explainers.display import QUALITATIVE, step_label
 from explainers.evaluation import RandomizationResult, randomization_check
-from explainers.evaluation.sanity_plots import step_label
 from explainers.models import ModelSpec
-from explainers.render import QUALITATIVE
 
 from .cache import dataset_image, get_dataset
 

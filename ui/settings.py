@@ -1,4 +1,4 @@
-"""Controls for the settings a method declares (``explainers.settings.Setting``): one widget per
+"""Controls for the settings a method declares (``explainers.runtime.settings.Setting``): one widget per
 setting, with its label, range, default and help, and a key of its own.
 
     values = method_controls("clustercam", st.columns(3), prefix="cc_")   # {"q": 6, "alpha": 0.5, ...}
@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import streamlit as st
 
 from explainers import method_info
-from explainers.settings import Setting
+from explainers.runtime import Setting
 
 RADIO_CHOICES = 4  # more choices than this go in a select box
 

@@ -5,15 +5,14 @@ URL query on the first run of a session and written back to it on every run, so 
 reproduces the view (``ui.url_state``). What the widgets offer is the library's to decide:
 the images that suit a model are its ``ModelSpec.sample_dataset``, an image's true class is
 its dataset's (``DatasetSpec.label_among``), a typed model name is checked by
-``explainers.models.model_name``; errors a person caused (``UserInputError``) are shown here.
+``explainers.models.loading.model_name``; errors a person caused (``UserInputError``) are shown here.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
-
-import numbers
 
 import streamlit as st
 from PIL import Image
@@ -21,12 +20,11 @@ from streamlit.runtime.pages_manager import PagesManager
 
 from explainers import UserInputError, method_info, methods
 from explainers.data import DatasetSpec, dataset_splits, plural
-from explainers.devices import default_device, describe_device
+from explainers.fitted import class_map
 from explainers.models import MODELS, SHIPPED_MODELS, ModelSpec, model_name
-from explainers.prototypes import class_map
+from explainers.runtime import default_device, describe_device
 
-from .cache import (dataset_image, get_checkpoint_model, get_dataset, get_model, image_bytes, top_classes,
-                    uploaded_image)
+from .cache import dataset_image, get_checkpoint_model, get_dataset, get_model, image_bytes, top_classes, uploaded_image
 from .url_state import decode, seed_from_query, write_query
 
 CHECKPOINT = "checkpoint"

@@ -8,12 +8,24 @@ sanity checks by weight randomisation (Adebayo et al. 2018).
     confidence_change(model, images, ["gradcam", "scorecam", "clustercam"], block="B4")
     randomization_check(model, images, ["gradcam", "spectral_residual"], block="B4", mode="cascading").table
 """
-from .faithfulness import (METRICS, Evaluation, EvaluationSettings, confidence_change, deletion_baseline,
-                           deletion_insertion, evaluate, evaluate_maps, pixel_order, road, step_counts, subset,
-                           suggested_blur, unit_scaled)
+from .faithfulness import (
+                           METRICS,
+                           Evaluation,
+                           EvaluationSettings,
+                           confidence_change,
+                           deletion_baseline,
+                           deletion_insertion,
+                           evaluate,
+                           evaluate_maps,
+                           pixel_order,
+                           road,
+                           step_counts,
+                           subset,
+                           suggested_blur,
+                           unit_scaled,
+)
 from .imputation import noisy_linear_imputation
-from .sanity import (GROUPS, MODES, THRESHOLD, RandomizationResult, layer_groups, randomization_check,
-                     randomized_models)
+from .sanity import GROUPS, MODES, THRESHOLD, RandomizationResult, layer_groups, randomization_check, randomized_models
 
 __all__ = [
     "GROUPS", "METRICS", "MODES", "THRESHOLD", "Evaluation", "EvaluationSettings", "RandomizationResult",

@@ -24,8 +24,8 @@ Efficiency: for a chunk of images, the maps come from one trace (``explain_trace
 perturbed input of every metric, method and image is listed once under a key naming what it is
 (the unmasked image, the blurred copy and the all-deleted image are shared by all methods and
 metrics; two methods whose maps order the pixels alike share their steps), and the distinct
-inputs run in batches of the size measured fastest for the network (``explainers.batching``)
-through its inference copy, each batch a job of the compute thread (``explainers.compute``).
+inputs run in batches of the size measured fastest for the network (``explainers.engine.batching``)
+through its inference copy, each batch a job of the compute thread (``explainers.runtime.compute``).
 S_c(X) is one of those inputs: every score of a metric comes from the same network copy, so no
 difference between two scores is a rounding difference between two copies.
 """
@@ -42,17 +42,18 @@ import pandas as pd
 import torch
 from torchvision.transforms.functional import gaussian_blur
 
-from .. import batching, compute
-from ..api import MethodSettings, explain_trace
-from ..data import DatasetSpec, imagenet_classes
-from ..errors import DatasetError, ImageError, UserInputError
-from ..inputs import as_batch
+from ..data.datasets import DatasetSpec, imagenet_classes
+from ..engine import batching
+from ..engine.trace import trace
 from ..methods import method_info
-from ..models import ModelSpec
-from ..preprocess import IMAGENET_MEAN
-from ..progress import Progress, current_listener, report, reporting, scaled
-from ..settings import SettingValueError, UnknownSettingError
-from ..trace import trace
+from ..methods.explanation import MethodSettings, explain_trace
+from ..models.inputs import as_batch
+from ..models.loading import ModelSpec
+from ..models.preprocess import IMAGENET_MEAN
+from ..runtime import compute
+from ..runtime.errors import DatasetError, ImageError, UserInputError
+from ..runtime.progress import Progress, current_listener, report, reporting, scaled
+from ..runtime.settings import SettingValueError, UnknownSettingError
 from .imputation import ROAD_NOISE, noisy_linear_imputation
 
 __all__ = ["METRICS", "Evaluation", "EvaluationSettings", "confidence_change", "deletion_baseline",
@@ -246,7 +247,7 @@ def evaluate(model: ModelSpec, images: Any, methods: Sequence[str], block: str =
     Images go in chunks: one trace per chunk gives every method's map (``explain_trace``), then the
     metrics' distinct perturbed inputs run batched (module docstring). A method that does not apply,
     or fails on an image (its own check), is left out with the reason in ``failures``.
-    ``progress`` (default: the listener of ``explainers.progress.reporting``) hears the fraction done.
+    ``progress`` (default: the listener of ``explainers.runtime.progress.reporting``) hears the fraction done.
     """
     chosen = [method_info(name).name for name in methods]  # unknown names refused here
     stray = [name for name in (method_settings or {}) if name not in chosen]

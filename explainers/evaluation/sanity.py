@@ -11,7 +11,7 @@ is never touched: no weight, hook, flag or fingerprint of it changes):
 - **independent**: one group at a time, every other group keeping its learned weights.
 
 Layer groups come from the model's own blocks (``ModelSpec.block_paths``, as the family adapters
-of ``explainers.families`` name them): every module that owns parameters or buffers belongs to
+of ``explainers.models.families.core`` name them): every module that owns parameters or buffers belongs to
 the first block whose output it precedes in the forward pass (a module inside a block, or between
 the previous block's output and this one's: VGG's convolutions before a stage's max pool,
 EfficientNet's stages between two feature levels and its head convolution), "stem" before B1 and
@@ -68,17 +68,18 @@ from scipy.stats import spearmanr
 from skimage.metrics import structural_similarity
 from torch import nn
 
-from .. import batching, compute
-from ..api import explain_trace
-from ..errors import MethodUnavailableError, UserInputError
-from ..families import Probe, probe
-from ..inference import hookless_copy
-from ..inputs import as_batch
+from ..engine import batching
+from ..engine.trace import trace
 from ..methods import method_info
-from ..models import ModelSpec
-from ..progress import Progress, current_listener, report, reporting, scaled
-from ..settings import UnknownSettingError
-from ..trace import trace
+from ..methods.explanation import explain_trace
+from ..models.families.core import Probe, probe
+from ..models.inference import hookless_copy
+from ..models.inputs import as_batch
+from ..models.loading import ModelSpec
+from ..runtime import compute
+from ..runtime.errors import MethodUnavailableError, UserInputError
+from ..runtime.progress import Progress, current_listener, report, reporting, scaled
+from ..runtime.settings import UnknownSettingError
 from .faithfulness import image_source
 
 __all__ = ["GROUPS", "MODES", "ORIGINAL", "THRESHOLD", "RandomizationResult", "layer_groups", "randomization_check",
@@ -332,7 +333,7 @@ def randomization_check(model: ModelSpec, images: Any, methods: Sequence[str], b
     Maps of the original model, then of each randomised copy (``randomized_models``: ``mode``
     "cascading" or "independent"), for the same target classes (``target``; None: each image's class
     as the *original* model predicts it; in a list, None for one image's predicted class), compared with the original map by rank correlation and SSIM
-    (module docstring). Every pass is a job of the compute thread (``explainers.trace``); progress goes
+    (module docstring). Every pass is a job of the compute thread (``explainers.engine.trace``); progress goes
     to ``progress`` (default: the listener of ``progress.reporting``), one step per randomisation step
     and batch of ``batch_size`` images, with the methods' own progress inside each step.
 

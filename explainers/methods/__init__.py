@@ -1,20 +1,39 @@
-"""The method registry: name -> a function of a trace, with what the UI needs to show it.
+"""The explanation methods, registered by name, and running them (``explain``, ``explain_many``).
 
 A new method is one function plus one ``@register_method`` line in a module of this package
 (listed below); the sidebar, the API (``methods()``) and the tests read this registry. What a
-method and its settings are: ``base`` and ``explainers.settings``.
+method and its settings are: ``base`` and ``explainers.runtime.settings``.
 
 One module per method or family of methods: ``cam`` (the CAM family on the shared trace),
-``prototype`` (the k-means attribution), ``masking`` (the masked inputs that Score-CAM and
-Cluster-CAM share), ``score_cam``, ``ablation_cam``, ``cluster_cam``, ``lrp``, ``classic``.
+``kmeans_attribution`` (seed 000's gradient-free attribution), ``masking`` (the masked inputs that
+Score-CAM and Cluster-CAM share), ``score_cam``, ``ablation_cam``, ``cluster_cam``, ``lrp``,
+``classic``; ``explanation`` runs them on one shared trace.
 """
 from __future__ import annotations
 
+from . import (  # noqa: F401  (the perturbation methods)
+                          ablation_cam,
+                          cam,  # noqa: F401  (registers the CAM family)
+                          classic,  # noqa: F401  (model-free image saliency)
+                          cluster_cam,
+                          kmeans_attribution,  # noqa: F401  (registers the k-means attribution)
+                          lrp,  # noqa: F401  (LRP-epsilon and the gamma composite, through zennit)
+                          score_cam,
+)
 from .base import FAMILIES, METHODS, Method, MethodOutput, method_info, methods, register_method
-from . import cam  # noqa: F401  (registers the CAM family)
-from . import prototype  # noqa: F401  (registers the k-means attribution)
-from . import score_cam, ablation_cam, cluster_cam  # noqa: F401  (the perturbation methods)
-from . import lrp  # noqa: F401  (LRP-epsilon and the gamma composite, through zennit)
-from . import classic  # noqa: F401  (model-free image saliency)
+from .cluster_cam import masked_pictures
+from .explanation import (
+                          Explanation,
+                          MethodSettings,
+                          explain,
+                          explain_batch,
+                          explain_many,
+                          explain_trace,
+                          predict,
+                          recombine,
+)
+from .kmeans_attribution import PER_CLASS, depth_for, fitted, recipe
 
-__all__ = ["FAMILIES", "METHODS", "Method", "MethodOutput", "method_info", "methods", "register_method"]
+__all__ = ["FAMILIES", "METHODS", "PER_CLASS", "Explanation", "Method", "MethodOutput", "MethodSettings", "depth_for",
+           "explain", "explain_batch", "explain_many", "explain_trace", "fitted", "masked_pictures", "method_info",
+           "methods", "predict", "recipe", "recombine", "register_method"]

@@ -10,7 +10,7 @@ whole forward instead (``substituted_forward``).
 
 Forward passes are counted in images, per explained image, beyond the shared trace: a block
 output pushed through the tail counts as one forward, an upper bound of its cost. Each batch is
-one job of the shared compute thread (``explainers.compute``).
+one job of the shared compute thread (``explainers.runtime.compute``).
 """
 from __future__ import annotations
 
@@ -18,19 +18,20 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 
-from .. import batching, compute
-from ..families import TailRun, family_of
-from ..hooks import tapped
-from ..progress import current_listener, report
-from ..settings import Setting
-from ..trace import trace as take_trace
+from ..engine import batching
+from ..engine.trace import trace as take_trace
+from ..models.families.core import TailRun, family_of
+from ..runtime import compute
+from ..runtime.hooks import tapped
+from ..runtime.progress import current_listener, report
+from ..runtime.settings import Setting
 from .base import MethodOutput, register_method
 from .cam import weighted_sum
 from .masking import batches
 
 if TYPE_CHECKING:
-    from ..models import ModelSpec
-    from ..trace import Trace
+    from ..engine.trace import Trace
+    from ..models.loading import ModelSpec
 
 BATCH_SIZE = Setting(
     "batch_size", int, None, "Ablated block outputs per pass of the network after the block; empty: the size "
@@ -39,7 +40,7 @@ BATCH_SIZE = Setting(
 
 
 def tail_after(model: "ModelSpec", block: str) -> Callable[[torch.Tensor], TailRun | None] | None:
-    """The network after ``block`` as the model's family adapter gives it (``explainers.families``: the
+    """The network after ``block`` as the model's family adapter gives it (``explainers.models.families.core``: the
     forward traced with torch.fx and cut at the block's output, on the BN-folded channels-last inference
     copy): called with an image, the logits as a function of the block's outputs for that image. None
     when the network has no such cut; callers then use ``substituted_forward``. ``after_block`` checks

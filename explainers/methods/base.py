@@ -2,7 +2,7 @@
 
 ``compute(trace, block, model, **settings)``: a function of one shared ``Trace`` at ``block``,
 returning the (N, h, w) maps or a ``MethodOutput``. A method with settings of its own declares
-them in its entry (``settings=(Setting(...), ...)``, ``explainers.settings``) and takes each as a
+them in its entry (``settings=(Setting(...), ...)``, ``explainers.runtime.settings``) and takes each as a
 keyword argument with the declared default, so calling the function directly and calling
 ``explain(..., method_settings=...)`` are the same computation.
 
@@ -18,12 +18,11 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Union
 import numpy as np
 import torch
 
-from ..registry import Registry
-from ..settings import Setting, UnknownSettingError, resolve
+from ..runtime.registry import Registry
+from ..runtime.settings import Setting, UnknownSettingError, resolve
 
 if TYPE_CHECKING:
-    from ..models import ModelSpec
-    from ..trace import Trace
+    from ..models.loading import ModelSpec
 
 FAMILIES = ("gradient", "gradient-free", "perturbation", "propagation", "classic", "prototype")
 

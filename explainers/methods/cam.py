@@ -12,8 +12,8 @@ import torch
 from .base import register_method
 
 if TYPE_CHECKING:
-    from ..models import ModelSpec
-    from ..trace import Trace
+    from ..engine.trace import Trace
+    from ..models.loading import ModelSpec
 
 
 def weighted_sum(activations: torch.Tensor, weights: torch.Tensor, relu: bool = True) -> torch.Tensor:

@@ -17,16 +17,16 @@ import torch
 from scipy.spatial.distance import cdist
 from sklearn.cluster import KMeans, SpectralClustering
 
-from .. import compute
-from ..maps import upsample
-from ..progress import current_listener, report
-from ..settings import Setting
+from ..runtime import compute
+from ..runtime.maps import upsample
+from ..runtime.progress import current_listener, report
+from ..runtime.settings import Setting
 from .base import MethodOutput, register_method
 from .masking import masked_scores, scaled_masks
 
 if TYPE_CHECKING:
-    from ..models import ModelSpec
-    from ..trace import Trace
+    from ..engine.trace import Trace
+    from ..models.loading import ModelSpec
 
 CLUSTERS = 6  # Q: the paper's Table 2 setting ("Here Q = 6 in Cluster-CAM")
 # alpha of eq. 22. The paper prints no value; its figures fix a range. In Fig. 3 the base

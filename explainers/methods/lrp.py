@@ -15,7 +15,7 @@ proportional rule).
   (gamma = 0.25, favouring positive contributions) in every other convolution; epsilon in the
   linear layers (Montavon et al. 2019, sec. 10.2: the recommended composite for CNNs).
 
-Canonizers and coverage come from the model's family adapter (``explainers.families``):
+Canonizers and coverage come from the model's family adapter (``explainers.models.families.core``):
 ``ResNetCanonizer`` for the ResNet family (torchvision ResNets, ResNeXt, Wide ResNets and the
 built-in digits model, whose stages are torchvision ``BasicBlock`` s), ``VGGCanonizer`` for VGG,
 and for DenseNet a ``NamedMergeBatchNorm`` of the pairs that are a convolution followed by its
@@ -54,7 +54,7 @@ forward and backward pass, on a private copy of the network's modules made for t
 (``structural_copy``: the same weight storage, new tensor objects, so canonizers and rules
 that swap weights swap the copy's, and the shared model is never touched, even by another
 thread), with zennit's hooks registered in a ``with`` block that removes them whatever
-happens inside. The pass is a job of the compute thread (``explainers.compute``).
+happens inside. The pass is a job of the compute thread (``explainers.runtime.compute``).
 """
 from __future__ import annotations
 
@@ -69,18 +69,18 @@ from zennit.composites import EpsilonGammaBox, LayerMapComposite, layer_map_base
 from zennit.rules import Epsilon
 from zennit.types import Convolution
 
-from .. import compute
-from ..devices import accumulator_dtype
-from ..errors import MethodUnavailableError
-from ..families import family_of
-from ..hooks import tapped
-from ..inference import structural_copy
-from ..settings import Setting
+from ..models.families.core import family_of
+from ..models.inference import structural_copy
+from ..runtime import compute
+from ..runtime.devices import accumulator_dtype
+from ..runtime.errors import MethodUnavailableError
+from ..runtime.hooks import tapped
+from ..runtime.settings import Setting
 from .base import MethodOutput, register_method
 
 if TYPE_CHECKING:
-    from ..models import ModelSpec
-    from ..trace import Trace
+    from ..engine.trace import Trace
+    from ..models.loading import ModelSpec
 
 EPSILON = 0.25
 GAMMA = 0.25
@@ -101,7 +101,7 @@ class Relevance:
 
 
 def canonizers_for(model: "ModelSpec") -> list:
-    """zennit's canonizers for the model, as its family adapter names them (``explainers.families``)."""
+    """zennit's canonizers for the model, as its family adapter names them (``explainers.models.families.core``)."""
     return family_of(model).canonizers(model.net)
 
 

@@ -1,12 +1,12 @@
 """Masked inputs, shared by Score-CAM and Cluster-CAM: the input times s(Up(F)), a block's map
 upsampled to the input and min-max scaled to [0, 1], scored by the network.
 
-Masked inputs run in batches (of the size measured fastest for the network, ``explainers.batching``)
+Masked inputs run in batches (of the size measured fastest for the network, ``explainers.engine.batching``)
 under ``torch.inference_mode()`` through ``model.inference_net``, a copy with batch norms folded
 into the convolutions and channels-last memory (both only change the order of floating-point sums;
-``explainers.inference``). Each batch is one job of the shared compute thread (``explainers.compute``):
+``explainers.models.inference``). Each batch is one job of the shared compute thread (``explainers.runtime.compute``):
 a long method of one session yields to other sessions' passes between its batches. The scores come
-batch by batch, so that the method reports its progress as it goes (``explainers.progress.report``).
+batch by batch, so that the method reports its progress as it goes (``explainers.runtime.progress.report``).
 """
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Iterator
 
 import torch
 
-from .. import batching, compute
-from ..maps import upsample
+from ..engine import batching
+from ..runtime import compute
+from ..runtime.maps import upsample
 
 if TYPE_CHECKING:
-    from ..models import ModelSpec
+    from ..models.loading import ModelSpec
 
 __all__ = ["batches", "distinct_maps", "masked_scores", "scaled_masks"]
 

@@ -15,17 +15,17 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..maps import upsample
-from ..progress import current_listener, report
-from ..settings import Setting
-from ..trace import trace as take_trace
+from ..engine.trace import trace as take_trace
+from ..runtime.maps import upsample
+from ..runtime.progress import current_listener, report
+from ..runtime.settings import Setting
 from .base import MethodOutput, register_method
 from .cam import weighted_sum
 from .masking import distinct_maps, masked_scores
 
 if TYPE_CHECKING:
-    from ..models import ModelSpec
-    from ..trace import Trace
+    from ..engine.trace import Trace
+    from ..models.loading import ModelSpec
 
 BATCH_SIZE = Setting(
     "batch_size", int, None, "Masked inputs per network pass; empty: the size measured fastest for this network "
@@ -46,7 +46,7 @@ def score_cam(trace: "Trace", block: str, model: "ModelSpec", *, batch_size: int
     mask and get alpha_k = 0, as the authors' code skips them.
 
     One masked forward per distinct mask (a forward per channel at most), in batches of
-    ``batch_size`` (None: measured per network, ``explainers.batching``).
+    ``batch_size`` (None: measured per network, ``explainers.engine.batching``).
     """
     activations = trace.activations[block]
     weights = torch.zeros(activations.shape[:2], device=activations.device)

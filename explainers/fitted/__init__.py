@@ -1,0 +1,29 @@
+"""What is fitted to a model and its training data, and kept: the store (memory, cache, shipped
+files), the feature cache, seed 000's prototype explainers (KMEx, B4..B1234), their alignment and
+accuracy tables and Figure 2's projection, and seed 003's Q-SENN layer."""
+from . import store
+from .alignment import (
+                        Projection,
+                        accuracy_models,
+                        alignment_models,
+                        stored_accuracy_table,
+                        stored_alignment_table,
+                        stored_projection,
+)
+from .prototypes import KIND, PrototypeExplainer, class_map, embeddings, fit_prototypes, model_labels
+from .qsenn import (
+                        MODES,
+                        QSENN,
+                        ConceptExplanation,
+                        concept_table,
+                        feature_order,
+                        fit_qsenn,
+                        full_mode_refusal,
+                        shared_qsenn,
+)
+from .store import Key, find, training_data
+
+__all__ = ["KIND", "MODES", "QSENN", "ConceptExplanation", "Key", "Projection", "PrototypeExplainer",
+           "accuracy_models", "alignment_models", "class_map", "concept_table", "embeddings", "feature_order", "find",
+           "fit_prototypes", "fit_qsenn", "full_mode_refusal", "model_labels", "shared_qsenn", "store",
+           "stored_accuracy_table", "stored_alignment_table", "stored_projection", "training_data"]

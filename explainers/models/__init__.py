@@ -1,0 +1,26 @@
+"""Classifiers by name, path or module (``load_model`` -> ``ModelSpec``), each with its family
+adapter (``families``: where its blocks are, its tail after a block, its LRP canonizers), its
+preprocessing, and the built-in models (``builtin``: digits, digits_marked, EfficientNet-Lite0).
+
+A new model family is one ``Family`` subclass registered in ``families``; a new built-in model is
+one function registered in ``MODELS`` (see the README's "Extending").
+"""
+from . import builtin  # noqa: F401  (registers the built-in models)
+from .builtin.imagenet import BORDER_NOTE
+from .inputs import as_batch
+from .loading import (
+                      BLOCK_NAMES,
+                      MODELS,
+                      SHIPPED_MODELS,
+                      ModelSpec,
+                      from_checkpoint,
+                      from_module,
+                      load_model,
+                      model_name,
+                      timm_model,
+                      torchvision_model,
+)
+from .preprocess import Preprocess
+
+__all__ = ["BLOCK_NAMES", "BORDER_NOTE", "MODELS", "SHIPPED_MODELS", "ModelSpec", "Preprocess", "as_batch",
+           "from_checkpoint", "from_module", "load_model", "model_name", "timm_model", "torchvision_model"]
