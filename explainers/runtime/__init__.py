@@ -21,10 +21,10 @@ from .maps import normalise, upsample
 from .paths import ASSETS, HOME
 from .progress import Progress, current_listener, reporting, time_span, with_eta
 from .registry import Registry, UnknownNameError
-from .settings import Setting, SettingError, SettingValueError, UnknownSettingError
+from .settings import DeclaredParameters, Setting, SettingError, SettingValueError, UnknownSettingError
 
 __all__ = [
-    "ASSETS", "DEVICE_VARIABLE", "HOME", "BlockError", "CheckpointError", "DatasetError", "DeviceOutOfMemoryError",
+    "ASSETS", "DEVICE_VARIABLE", "HOME", "BlockError", "CheckpointError", "DatasetError", "DeclaredParameters", "DeviceOutOfMemoryError",
     "DeviceUnavailableError", "FitCancelled", "ImageError", "MethodUnavailableError", "ModelUnavailableError",
     "Progress", "Registry", "Setting", "SettingError", "SettingValueError", "UnknownNameError", "UnknownSettingError",
     "UserInputError", "current_listener", "default_device", "describe_device", "device_of", "normalise", "reporting",

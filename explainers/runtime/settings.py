@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 from .errors import UserInputError
 
-__all__ = ["Setting", "SettingError", "SettingValueError", "UnknownSettingError"]
+__all__ = ["DeclaredParameters", "Setting", "SettingError", "SettingValueError", "UnknownSettingError"]
 
 TYPES = (bool, int, float, str)
 
@@ -153,3 +153,28 @@ def resolve(owner: str, declared: tuple[Setting, ...], given: Mapping[str, Any] 
                                   f"its settings: {known}")
     return {name: (setting.check(given[name], f"{owner}'s {name}") if name in given else setting.default)
             for name, setting in by_name.items()}
+
+
+class DeclaredParameters:
+    """Parameters declared once and validated in one place (scikit-learn's ``_parameter_constraints``,
+    with the ``Setting`` a method's controls are drawn from): a class lists its ``parameters``, and
+    ``validate_parameters()`` checks each attribute of the same name against its declaration,
+    storing the converted value (an int given for a float becomes a float), or raises
+    ``SettingValueError`` saying what is accepted. Call it at the door (``fit``, ``__post_init__``).
+
+        class KMeansExplainer(DeclaredParameters):
+            parameters = (Setting("per_class", int, 5, "Prototypes per class (K/C)", low=1, high=100),)
+    """
+
+    parameters: ClassVar[tuple[Setting, ...]] = ()
+
+    def validate_parameters(self) -> None:
+        owner = type(self).__name__
+        for setting in self.parameters:
+            value = setting.check(getattr(self, setting.name), f"{owner}'s {setting.name}")
+            object.__setattr__(self, setting.name, value)  # frozen dataclasses too
+
+    @classmethod
+    def parameter(cls, name: str) -> Setting:
+        """The declaration of one parameter (for a control or a message)."""
+        return next(s for s in cls.parameters if s.name == name)
