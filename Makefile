@@ -3,13 +3,20 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: run test bench
+.PHONY: run test lint typecheck bench
 
 run: $(VENV)/.installed
 	$(VENV)/bin/streamlit run app.py
 
-test: $(VENV)/.installed $(VENV)/.installed-test
+# The lint and the type check run first: a finding fails `make test`, so CI enforces them.
+test: lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check .
+
+typecheck: $(VENV)/.installed-test
+	$(VENV)/bin/mypy
 
 bench: $(VENV)/.installed
 	@set -e; for f in benchmarks/*.py; do \

@@ -5,7 +5,6 @@ import streamlit as st
 
 from explainers import UserInputError, method_info
 from explainers.display import SEQUENTIAL, cells, colour_bar, diverging, grid, measured_time, overlay
-from explainers.fitted import training_data
 from explainers.models import BORDER_NOTE
 from ui.cache import Failure, explanations
 from ui.progress import progress_bar
@@ -32,8 +31,8 @@ view = controls[2].radio("Show", ["overlay", "cells"], key="view", horizontal=Tr
 
 
 def _reason(name: str) -> str | None:
-    with training_data(selection.train_source):  # the sidebar's training images: the k-means attribution fits on them
-        return method_info(name).available(model, selection.block)
+    # the sidebar's training images: what the k-means attribution fits on
+    return method_info(name).available(model, selection.block, selection.train_source)
 
 
 runnable, skipped = runnable_methods(selection.methods, _reason)

@@ -46,11 +46,11 @@ for column, depth in zip(st.columns(len(depths)), depths):
     with column:
         st.subheader(f"{depth} · {result.segments.shape[0]}×{result.segments.shape[1]} cells")
         pictures = st.columns(3)
-        pictures[0].image(display_image.resize((size, size), Image.BILINEAR), caption="input", width="stretch")
+        pictures[0].image(display_image.resize((size, size), Image.Resampling.BILINEAR), caption="input", width="stretch")
         pictures[1].image(segment_overlay(display_image, result.segments, palette, size, opacity=0.45),
                           caption=f"{len(palette)} segments (explanation map, eq. 9)", width="stretch")
         attribution = colorize(result.attribution, signed=False, cmap=DIVERGING)
-        pictures[2].image(Image.fromarray(attribution).resize((size, size), Image.NEAREST),
+        pictures[2].image(Image.fromarray(attribution).resize((size, size), Image.Resampling.NEAREST),
                           caption=f"attribution to class {model.class_name(result.target)} (red high, blue low)",
                           width="stretch")
         colours = ["#c0392b" if c == result.predicted else "#9aa5b1" for c in range(len(result.class_counts))]

@@ -41,7 +41,7 @@ from explainers.fitted.prototypes import (
     receptive_box,
     suffix_depths,
 )
-from explainers.fitted.store import Store, training_data
+from explainers.fitted.store import Store
 from explainers.methods import kmeans_attribution as memo
 from explainers.runtime.errors import DatasetError, MethodUnavailableError, UserInputError
 from explainers.runtime.progress import reporting, time_span, with_eta
@@ -587,8 +587,8 @@ def two_digit_checkpoint(path: Path) -> Path:
 
 
 def test_the_kmeans_attribution_fits_on_the_requests_training_data_and_reports_progress(train, tmp_path, monkeypatch):
-    """A checkpoint without a training set: the method is unavailable (saying what to do) until the request
-    names training images; then it fits on them once, telling the request's listener, into the store the
+    """A checkpoint without a training set: the method is unavailable (saying what to do) until the caller
+    passes training images (``training=``); then it fits on them once, telling the request's listener, into the store the
     pages share (the Segments page's explainer for the same folder is the same object)."""
     monkeypatch.setenv("PROTOSCOPE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(store, "STORE", Store())
@@ -603,8 +603,8 @@ def test_the_kmeans_attribution_fits_on_the_requests_training_data_and_reports_p
     original = PrototypeExplainer.fit
     monkeypatch.setattr(PrototypeExplainer, "fit", lambda self, *a, **k: fits.append(self) or original(self, *a, **k))
     told = []
-    with reporting(lambda f, m: told.append((f, m))), training_data(str(folder)):
-        result = explain(mine, image, "kmex_attribution", block="B3")
+    with reporting(lambda f, m: told.append((f, m))):
+        result = explain(mine, image, "kmex_attribution", block="B3", training=str(folder))
     assert result.raw.shape == (8, 8) and len(fits) == 1
     assert told and all(m.startswith("Fitting the B34 prototypes, K/C = 5 (once; kept for every session): ") for _, m in told)
     assert any("stage" in m for _, m in told) and told[-1][0] == 1.0

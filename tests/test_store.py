@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import threading
 import time
-from contextvars import copy_context
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from explainers.fitted import store
-from explainers.fitted.store import Key, Store, current_training_data, training_data, training_set
+from explainers.fitted.store import Key, Store, training_set
 from explainers.runtime import compute
 from explainers.runtime.errors import DatasetError
 
@@ -207,28 +206,10 @@ def test_asked_from_the_compute_thread_the_fit_runs_there_instead_of_deadlocking
     assert any("step 2 of 2" in m for m in told)
 
 
-def test_training_data_is_per_request_never_shared_between_threads():
-    seen = {}
-    barrier = threading.Barrier(2)
-
-    def session(folder):
-        with training_data(folder):
-            barrier.wait()  # both are inside their own `with` at once
-            seen[folder] = (current_training_data(), compute.run(current_training_data))
-    threads = [threading.Thread(target=session, args=(f,)) for f in ("/data/birds", "/data/digits")]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
-    assert seen == {"/data/birds": ("/data/birds",) * 2, "/data/digits": ("/data/digits",) * 2}
-    assert current_training_data() is None and copy_context().run(current_training_data) is None
-
-
-def test_training_set_prefers_what_is_given_then_the_request_then_the_model():
+def test_training_set_prefers_what_is_given_then_the_model():
     own = SimpleNamespace(name="digits", dataset="digits")
     assert training_set(own).name == "digits"
-    with training_data("digits"):
-        assert training_set(SimpleNamespace(name="mine", dataset=None)).split == "train"
+    assert training_set(SimpleNamespace(name="mine", dataset=None), "digits").split == "train"
     nameless = SimpleNamespace(name="mine.pt", dataset=None)
     with pytest.raises(DatasetError, match="mine.pt comes without them: name a folder of them"):
         training_set(nameless, purpose="The B4 prototype explainer")

@@ -22,7 +22,6 @@ from PIL import Image
 
 from explainers import Trace, UserInputError, explain_trace, load_dataset, load_image, load_model, method_info, trace
 from explainers.data import DatasetSpec, png_compatible
-from explainers.fitted import training_data
 from explainers.methods import Explanation, recombine
 from explainers.models import ModelSpec, as_batch
 
@@ -127,7 +126,7 @@ def explanations(model_key: str, _model: ModelSpec, data: bytes, methods: Sequen
         values = method.resolve(settings.get(name))  # checked, defaults filled in: one key per computation
         display = {k: v for k, v in values.items() if k in method.display_only()}
         computed = frozen({k: v for k, v in values.items() if k not in display})
-        fitted_on = training if method.family == "prototype" else None  # the one family fitted on training data
+        fitted_on = training if method.needs_training else None  # keyed on the training images where they count
         try:
             made = explanation(model_key, _model, data, name, block, target, computed, fitted_on)
         except UserInputError as error:
@@ -154,8 +153,8 @@ def frozen(settings: Mapping[str, Any]) -> Frozen:
 def explanation(model_key: str, _model: ModelSpec, data: bytes, method: str, block: str, target: int | None,
                 settings: Frozen = (), training: str | None = None) -> Explanation:
     """One method's map of one view from the view's pass, with ``settings`` (its own, frozen) and, for a
-    method fitted on training data, ``training`` (``explainers.fitted.store.training_data``); keyed by all of
-    these. Passes of its own (Score-CAM, LRP, ...) are what this cache saves."""
+    method fitted on training images, ``training`` (the sidebar's folder or dataset, passed to ``explain_trace``);
+    keyed by all of these. Passes of its own (Score-CAM, LRP, ...) are what this cache saves."""
     shared = shared_trace(model_key, _model, data, target)
-    with training_data(get_dataset(training, "train") if training else None):
-        return explain_trace(_model, shared, [method], block, {method: dict(settings)} if settings else None)[0][method]
+    return explain_trace(_model, shared, [method], block, {method: dict(settings)} if settings else None,
+                         training=get_dataset(training, "train") if training else None)[0][method]

@@ -130,14 +130,15 @@ def _not_a_dataset(given: str, path: Path) -> str:
             f"use {builtin}, or the path of a folder that holds {FOLDER_LAYOUT}.")
 
 
-def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 handwritten digits (8x8, 0-16) as float32 images and int64 labels."""
     bunch = load_digits()
     return bunch.images.astype(np.float32), bunch.target.astype(np.int64)
 
 
 def digits_split(split: str) -> np.ndarray:
     """Indices of scikit-learn's digits in our fixed, stratified train/test split."""
-    _, labels = _digits_arrays()
+    _, labels = digits_arrays()
     train, test = train_test_split(
         np.arange(len(labels)), test_size=DIGITS_TEST_FRACTION, stratify=labels, random_state=DIGITS_SPLIT_SEED
     )
@@ -147,12 +148,12 @@ def digits_split(split: str) -> np.ndarray:
 def digit_image(pixels: np.ndarray, size: int = DIGITS_SIZE) -> Image.Image:
     """An 8x8 digit (values 0..16, ink high) as a white-on-black greyscale image of ``size``."""
     small = Image.fromarray(np.clip(pixels * (255.0 / 16.0), 0, 255).astype(np.uint8), mode="L")
-    return small.resize((size, size), Image.BILINEAR)
+    return small.resize((size, size), Image.Resampling.BILINEAR)
 
 
 @DATASETS.register("digits", description="scikit-learn's bundled handwritten digits (8x8, shown at 64x64)")
 def digits(split: str = "train") -> DatasetSpec:
-    images, labels = _digits_arrays()
+    images, labels = digits_arrays()
     keep = digits_split(split)
     chosen = images[keep]
     return DatasetSpec(
@@ -161,7 +162,7 @@ def digits(split: str = "train") -> DatasetSpec:
         classes=[str(d) for d in range(10)],
         labels=labels[keep],
         _load=lambda i: digit_image(chosen[i]),
-        fingerprint=_fingerprint("digits", split, DIGITS_SPLIT_SEED, DIGITS_TEST_FRACTION, len(keep)),
+        fingerprint=data_fingerprint("digits", split, DIGITS_SPLIT_SEED, DIGITS_TEST_FRACTION, len(keep)),
     )
 
 
@@ -227,7 +228,7 @@ def photos(split: str = "train") -> DatasetSpec:
         classes=classes,
         labels=np.array([classes.index(p.imagenet) if p.imagenet else UNLABELLED for p in PHOTOS], dtype=np.int64),
         _load=lambda i: PHOTOS[i].load(),
-        fingerprint=_fingerprint("photos", *(f"{p.name}:{p.imagenet}" for p in PHOTOS)),
+        fingerprint=data_fingerprint("photos", *(f"{p.name}:{p.imagenet}" for p in PHOTOS)),
         names=[p.name for p in PHOTOS],
     )
 
@@ -272,7 +273,7 @@ def image_folder(root: Path, split: str = "train", test_fraction: float = 0.2, s
         classes=classes,
         labels=np.asarray(chosen_labels, dtype=np.int64),
         _load=lambda i: _load_for_dataset(chosen[i]),
-        fingerprint=_fingerprint(str(root.resolve()), split, *(f"{p.name}:{p.stat().st_size}" for p in chosen)),
+        fingerprint=data_fingerprint(str(root.resolve()), split, *(f"{p.name}:{p.stat().st_size}" for p in chosen)),
         skipped=skipped,
     )
 
@@ -387,5 +388,6 @@ def _stratified_split(labels: list[int], split: str, test_fraction: float, seed:
     return sorted(int(i) for i in chosen)
 
 
-def _fingerprint(*parts: object) -> str:
+def data_fingerprint(*parts: object) -> str:
+    """A short hash of what defines a dataset (its name, split, files and their sizes): keys every cache."""
     return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:16]

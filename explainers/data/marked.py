@@ -58,9 +58,9 @@ from .datasets import (
     DATASETS,
     DIGITS_SIZE,
     DatasetSpec,
-    _digits_arrays,
-    _fingerprint,
+    data_fingerprint,
     digit_image,
+    digits_arrays,
     digits_split,
     with_splits,
 )
@@ -115,7 +115,7 @@ def marks_of(split: str) -> np.ndarray:
     """The mark each image of ``split`` carries (a class index, or ``NO_MARK``), in the split's order."""
     if split not in MARKED_SPLITS:
         raise ValueError(f"digits_marked has the splits {', '.join(MARKED_SPLITS)}, not {split!r}")
-    _, labels = _digits_arrays()
+    _, labels = digits_arrays()
     keep = digits_split("train" if split == "train" else "test")
     if split in ("train", "test_own"):
         return labels[keep].copy()
@@ -136,7 +136,7 @@ def _random_mark(digits_index: int) -> int:
 def digits_marked(split: str = "train") -> DatasetSpec:
     """The digits with spurious marks (module docstring): ``train``, ``test`` (random marks),
     ``test_clean`` (none) and ``test_own`` (each image's own class's mark)."""
-    images, labels = _digits_arrays()
+    images, labels = digits_arrays()
     keep = digits_split("train" if split == "train" else "test")
     chosen, marks = images[keep], marks_of(split)
     return DatasetSpec(
@@ -145,7 +145,7 @@ def digits_marked(split: str = "train") -> DatasetSpec:
         classes=list(CLASSES),
         labels=labels[keep],
         _load=lambda i: marked_image(chosen[i], int(marks[i])),
-        fingerprint=_fingerprint("digits_marked", split, MARK_SIZE, MARK_INTENSITY, MARK_INSET, MARK_MARGIN,
+        fingerprint=data_fingerprint("digits_marked", split, MARK_SIZE, MARK_INTENSITY, MARK_INSET, MARK_MARGIN,
                                  MARK_SEED, *marks.tolist()),
         notes=["no mark" if m == NO_MARK else f"mark of class {m}" for m in marks.tolist()],
     )

@@ -84,17 +84,17 @@ def overlay(image: Image.Image, heatmap: np.ndarray, signed: bool = False, cmap:
     """
     base = image.convert("RGB")
     if size:
-        base = base.resize((size, size), Image.BILINEAR)
+        base = base.resize((size, size), Image.Resampling.BILINEAR)
     opacity = float(np.clip(opacity, 0.0, 1.0))
     signed = diverging(heatmap, signed)
     scaled = normalise(heatmap, signed)
-    colours = Image.fromarray(colorize_scaled(scaled, signed, cmap)).resize(base.size, Image.BILINEAR)
+    colours = Image.fromarray(colorize_scaled(scaled, signed, cmap)).resize(base.size, Image.Resampling.BILINEAR)
     if not signed:
         return Image.blend(base, colours, opacity)
     grey = np.asarray(base.convert("L"), dtype=np.float32)[..., None]
     faint = GHOST_FLOOR + (255 - GHOST_FLOOR) * grey / 255
     strength = Image.fromarray(np.abs(scaled).astype(np.float32), mode="F")
-    alpha = np.clip(2 * opacity * np.asarray(strength.resize(base.size, Image.BILINEAR)), 0, 1)[..., None]
+    alpha = np.clip(2 * opacity * np.asarray(strength.resize(base.size, Image.Resampling.BILINEAR)), 0, 1)[..., None]
     blended = faint * (1 - alpha) + np.asarray(colours, dtype=np.float32) * alpha
     return Image.fromarray(blended.round().astype(np.uint8))
 
@@ -108,7 +108,7 @@ def colour_bar(signed: bool = False, cmap: str = "jet", width: int = 240, height
 
 def cells(heatmap: np.ndarray, signed: bool = False, cmap: str = "jet", size: int = 256) -> Image.Image:
     """A block-resolution map shown as its cells (nearest-neighbour), to see what the block really sees."""
-    return Image.fromarray(colorize(heatmap, signed, cmap)).resize((size, size), Image.NEAREST)
+    return Image.fromarray(colorize(heatmap, signed, cmap)).resize((size, size), Image.Resampling.NEAREST)
 
 
 def grid(panels: Sequence[tuple[str, Image.Image]], columns: int = 4, caption_height: int = 22) -> Image.Image:
@@ -148,10 +148,10 @@ def segment_overlay(image: Image.Image, segments: np.ndarray, palette: dict[int,
     colours = np.zeros(segments.shape + (3,), dtype=np.uint8)
     for segment, colour in palette.items():
         colours[segments == segment] = _rgb(colour)
-    painted = Image.fromarray(colours).resize((size, size), Image.NEAREST)
-    result = Image.blend(image.convert("RGB").resize((size, size), Image.BILINEAR), painted, opacity)
+    painted = Image.fromarray(colours).resize((size, size), Image.Resampling.NEAREST)
+    result = Image.blend(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR), painted, opacity)
     if borders:
-        labels = np.asarray(Image.fromarray(segments.astype(np.int32)).resize((size, size), Image.NEAREST))
+        labels = np.asarray(Image.fromarray(segments.astype(np.int32)).resize((size, size), Image.Resampling.NEAREST))
         edge = np.zeros(labels.shape, dtype=bool)
         edge[:-1] |= labels[:-1] != labels[1:]
         edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
@@ -166,7 +166,7 @@ def framed_patch(image: Image.Image, box: tuple[int, int, int, int], colour: str
     """The training image with its patch ``box`` outlined, framed in the segment's ``colour``
     (seed 000, Figure 1). The whole image is kept so a small patch is seen in its context."""
     scale = (size - 2 * border) / image.width
-    picture = image.convert("RGB").resize((size - 2 * border, round(image.height * scale)), Image.BILINEAR)
+    picture = image.convert("RGB").resize((size - 2 * border, round(image.height * scale)), Image.Resampling.BILINEAR)
     left, top, right, bottom = (round(v * scale) for v in box)
     ImageDraw.Draw(picture).rectangle((left, top, right - 1, bottom - 1), outline=_rgb(colour), width=3)
     return outlined(picture, colour, border)

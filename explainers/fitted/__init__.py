@@ -21,9 +21,9 @@ from .qsenn import (
                         full_mode_refusal,
                         shared_qsenn,
 )
-from .store import Key, find, training_data
+from .store import Key, TrainingData, find
 
-__all__ = ["KIND", "MODES", "QSENN", "ConceptExplanation", "Key", "Projection", "PrototypeExplainer",
+__all__ = ["KIND", "MODES", "QSENN", "ConceptExplanation", "Key", "TrainingData", "Projection", "PrototypeExplainer",
            "accuracy_models", "alignment_models", "class_map", "concept_table", "embeddings", "feature_order", "find",
            "fit_prototypes", "fit_qsenn", "full_mode_refusal", "model_labels", "shared_qsenn", "store",
-           "stored_accuracy_table", "stored_alignment_table", "stored_projection", "training_data"]
+           "stored_accuracy_table", "stored_alignment_table", "stored_projection"]

@@ -43,8 +43,6 @@ import threading
 import warnings
 import zipfile
 from collections import OrderedDict
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Hashable, Iterator, Optional, Protocol, TypeVar, Union
@@ -58,8 +56,8 @@ from ..runtime.progress import Progress, current_listener, with_eta
 if TYPE_CHECKING:
     from ..models.loading import ModelSpec
 
-__all__ = ["ASSETS", "Key", "Recipe", "STORE", "Store", "Tier", "cache_dir", "current_training_data", "find",
-           "made", "temporary_path", "tiers", "training_data", "training_set", "write_atomically"]
+__all__ = ["ASSETS", "Key", "Recipe", "STORE", "Store", "Tier", "cache_dir", "find",
+           "made", "temporary_path", "tiers", "training_set", "write_atomically"]
 
 T = TypeVar("T")
 from ..runtime.paths import ASSETS  # noqa: E402
@@ -346,48 +344,17 @@ def _titled(progress: Progress | None, title: str, joined: bool) -> Progress | N
 STORE: Store = Store()  # the one store of this process: every session and page asks it
 
 
-# --- the training data of a request ---------------------------------------------------------------
+# --- the training data a fit is asked for ----------------------------------------------------------
 
+# A dataset name, an ImageFolder path or a loaded DatasetSpec: what a caller passes as ``training=``
+# (``explain``, ``evaluate``, the prototype pages) for the things fitted on labelled training images.
 TrainingData = Union[str, DatasetSpec]
-_TRAINING: ContextVar[Optional[TrainingData]] = ContextVar("protoscope_training_data", default=None)
-
-
-@contextmanager
-def training_data(data: TrainingData | None) -> Iterator[None]:
-    """Fit what methods need from ``data`` (a dataset name, an ImageFolder path or a loaded
-    ``DatasetSpec``; None: the model's own) for everything run inside the ``with`` body:
-
-        with training_data("my_digits/"):
-            explain(model, image, "kmex_attribution", block="B2")
-
-    Why a context rather than an argument of the method: a method is ``f(trace, block, model)``,
-    the same for every method, and the training images are not a setting of one method but the
-    session's choice that every page shares (the sidebar's *Training images*: the Segments and
-    Prototypes pages and the k-means attribution fit on the same). Like the progress listener
-    (``progress.reporting``) it travels with the request. A ``ContextVar`` is per request, never
-    per process: each session's script thread sets its own, ``compute.run`` copies it into the
-    job it runs, so two sessions of one server with different folders never see each other's,
-    which a module variable or an attribute of the shared ``ModelSpec`` could not promise.
-    The maps depend on it, so a cache of maps must key on it: ``ui.cache.explanations`` takes the
-    training source as an argument and sets this context itself.
-    """
-    token = _TRAINING.set(data)
-    try:
-        yield
-    finally:
-        _TRAINING.reset(token)
-
-
-def current_training_data() -> TrainingData | None:
-    """What ``training_data`` set for this request, if anything."""
-    return _TRAINING.get()
 
 
 def training_set(model: "ModelSpec", data: TrainingData | None = None, purpose: str = "This") -> DatasetSpec:
-    """The training split to fit on: ``data`` if given, else the request's ``training_data``, else
-    the model's own training set; a ``DatasetError`` saying what to do if there is none."""
-    chosen = data if data is not None else _TRAINING.get()
-    chosen = chosen if chosen is not None else model.dataset
+    """The training split to fit on: ``data`` if given, else the model's own training set; a
+    ``DatasetError`` saying what to do if there is none."""
+    chosen = data if data is not None else model.dataset
     if chosen is None:
         raise DatasetError(no_training_set(model, purpose))
     return chosen if isinstance(chosen, DatasetSpec) else load_dataset(chosen, "train")
@@ -397,4 +364,4 @@ def no_training_set(model: "ModelSpec", purpose: str = "This") -> str:
     """Why there is nothing to fit on, and what to do."""
     return (f"{purpose} is fitted on the model's labelled training images, and {model.name} comes without them: "
             "name a folder of them (one sub-folder per class, named like the model's classes) under *Training "
-            "images* in the sidebar, or in Python run it inside explainers.fitted.store.training_data(folder)")
+            "images* in the sidebar, or in Python pass training='folder/' to explain or evaluate")

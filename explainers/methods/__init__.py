@@ -20,7 +20,7 @@ from . import (  # noqa: F401  (the perturbation methods)
                           lrp,  # noqa: F401  (LRP-epsilon and the gamma composite, through zennit)
                           score_cam,
 )
-from .base import FAMILIES, METHODS, Method, MethodOutput, method_info, methods, register_method
+from .base import METHOD_FAMILIES, METHODS, Method, MethodOutput, method_info, methods, register_method
 from .cluster_cam import masked_pictures
 from .explanation import (
                           Explanation,
@@ -34,6 +34,6 @@ from .explanation import (
 )
 from .kmeans_attribution import PER_CLASS, depth_for, fitted, recipe
 
-__all__ = ["FAMILIES", "METHODS", "PER_CLASS", "Explanation", "Method", "MethodOutput", "MethodSettings", "depth_for",
+__all__ = ["METHOD_FAMILIES", "METHODS", "PER_CLASS", "Explanation", "Method", "MethodOutput", "MethodSettings", "depth_for",
            "explain", "explain_batch", "explain_many", "explain_trace", "fitted", "masked_pictures", "method_info",
            "methods", "predict", "recipe", "recombine", "register_method"]

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from ..engine.trace import Trace
     from ..models.loading import ModelSpec
 
-BATCH_SIZE = Setting(
+ABLATION_BATCH = Setting(
     "batch_size", int, None, "Ablated block outputs per pass of the network after the block; empty: the size "
     "measured fastest for this network (the maps do not depend on it, only the time does).",
     low=1, high=1024, label="Batch size")
@@ -123,7 +123,7 @@ def ablation_drops(trace: "Trace", block: str, model: "ModelSpec",
     description="Each channel weighted by the relative drop of the target logit when it is zeroed; only the "
                 "network after the block runs (closed form at B4 of a GAP + linear head).",
     reference="Desai & Ramaswamy 2020, Ablation-CAM, WACV, eq. 3-4",
-    settings=(BATCH_SIZE,),
+    settings=(ABLATION_BATCH,),
 )
 def ablation_cam(trace: "Trace", block: str, model: "ModelSpec", *, batch_size: int | None = None) -> MethodOutput:
     """Ablation-CAM (Desai & Ramaswamy 2020, eq. 3-4): w_k = (S_c - S_c,k) / S_c with S_c the target

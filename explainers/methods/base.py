@@ -18,15 +18,16 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Union
 import numpy as np
 import torch
 
+from ..fitted.store import TrainingData, no_training_set
 from ..runtime.registry import Registry
 from ..runtime.settings import Setting, UnknownSettingError, resolve
 
 if TYPE_CHECKING:
     from ..models.loading import ModelSpec
 
-FAMILIES = ("gradient", "gradient-free", "perturbation", "propagation", "classic", "prototype")
+METHOD_FAMILIES = ("gradient", "gradient-free", "perturbation", "propagation", "classic", "prototype")
 
-__all__ = ["FAMILIES", "METHODS", "Method", "MethodOutput", "Recombine", "method_info", "methods", "register_method"]
+__all__ = ["METHOD_FAMILIES", "METHODS", "Method", "MethodOutput", "Recombine", "method_info", "methods", "register_method"]
 
 
 @dataclass
@@ -66,17 +67,23 @@ class Method:
     requires_gap_head: bool = False
     needs_all_blocks: bool = False  # the trace must record every block, not only the chosen one
     check: Callable[["ModelSpec", str], str | None] | None = None  # any further condition, as a reason
+    # Fitted on labelled training images: ``compute`` takes ``training`` (a dataset name, a folder or a
+    # ``DatasetSpec``; None: the model's own training set), given by the caller of ``explain``.
+    needs_training: bool = False
     settings: tuple[Setting, ...] = ()  # the method's own settings, passed to ``compute`` as keywords
     recombine: Recombine | None = None  # applies the display-only settings to a computed result, no pass
 
-    def available(self, model: "ModelSpec", block: str) -> str | None:
-        """None when the method applies to this model and block, else the reason it does not."""
+    def available(self, model: "ModelSpec", block: str, training: "TrainingData | None" = None) -> str | None:
+        """None when the method applies to this model and block (and, for a method fitted on training
+        images, ``training`` or the model's own set), else the reason it does not."""
         last = list(model.blocks)[-1]
         if self.last_block_only and block != last:
             return f"{self.label} is defined at the last block only ({last}): the classifier lives in its channels"
         if self.requires_gap_head and not model.gap_head:
             return (f"{self.label} needs a global-average-pooling + linear head right after {last}; "
                     f"{model.name} has more layers in between")
+        if self.needs_training and training is None and model.dataset is None:
+            return no_training_set(model, f"The {self.label}")
         return self.check(model, block) if self.check else None
 
     def setting(self, name: str) -> Setting:
@@ -104,14 +111,14 @@ def register_method(name: str, *, label: str, family: str, description: str, ref
                     **options: Any) -> Callable[[Compute], Compute]:
     """Register ``compute(trace, block, model, **settings)`` under ``name``; ``options`` are ``Method``
     fields (needs_gradients, signed, last_block_only, requires_gap_head, needs_all_blocks, check,
-    settings, recombine).
+    needs_training, settings, recombine).
 
     Each declared setting must be a keyword parameter of ``compute`` whose default is the declared
     one (one default, stated twice only where the reader needs it), and display-only settings need
     a ``recombine``.
     """
-    if family not in FAMILIES:
-        raise ValueError(f"family must be one of {FAMILIES}, not {family!r}")
+    if family not in METHOD_FAMILIES:
+        raise ValueError(f"family must be one of {METHOD_FAMILIES}, not {family!r}")
     options["settings"] = tuple(options.get("settings", ()))
 
     def add(compute: Compute) -> Compute:
@@ -136,6 +143,9 @@ def _check_declaration(method: Method) -> None:
         if parameter.default != setting.default:
             raise ValueError(f"method {method.name!r}: setting {setting.name!r} is declared with default "
                              f"{setting.default!r} but {method.compute.__name__} defaults to {parameter.default!r}")
+    if method.needs_training and "training" not in parameters:
+        raise ValueError(f"method {method.name!r} needs training images but {method.compute.__name__} takes no "
+                         "'training' keyword")
     if method.display_only() and method.recombine is None:
         raise ValueError(f"method {method.name!r} has display-only settings ({', '.join(method.display_only())}) "
                          "but no recombine function")

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..engine.trace import Trace, ranked, trace
+from ..fitted.store import TrainingData
 from ..models.inputs import as_batch
 from ..models.loading import ModelSpec
 from ..runtime import compute
@@ -54,22 +55,27 @@ class Explanation:
 
 def explain_batch(model: ModelSpec, images: Any, methods: Sequence[str], block: str = "B4",
                   target: int | Sequence[int] | None = None,
-                  method_settings: MethodSettings | None = None) -> list[dict[str, Explanation]]:
-    """Explain N images with several methods from ONE forward (and at most one backward) pass."""
-    chosen = _available(model, methods, block)
+                  method_settings: MethodSettings | None = None,
+                  training: TrainingData | None = None) -> list[dict[str, Explanation]]:
+    """Explain N images with several methods from ONE forward (and at most one backward) pass.
+
+    ``training``: the labelled training images of the methods fitted on them (the k-means attribution):
+    a dataset name, an ImageFolder path or a ``DatasetSpec``; None: the model's own training set."""
+    chosen = _available(model, methods, block, training)
     _resolved(chosen, method_settings)  # refused before the pass, not after
     batch = as_batch(model, images)
     blocks = list(model.blocks) if any(m.needs_all_blocks for m in chosen) else [block]
     shared = trace(model, batch, target, gradients=any(m.needs_gradients for m in chosen), blocks=blocks)
-    return explain_trace(model, shared, methods, block, method_settings)
+    return explain_trace(model, shared, methods, block, method_settings, training)
 
 
-def _available(model: ModelSpec, methods: Sequence[str], block: str) -> list[Method]:
+def _available(model: ModelSpec, methods: Sequence[str], block: str,
+               training: TrainingData | None = None) -> list[Method]:
     chosen = [method_info(name) for name in methods]
     if block not in model.blocks:
         raise ValueError(f"block {block!r} not in this model; it has {', '.join(model.blocks)}")
     for method in chosen:
-        reason = method.available(model, block)
+        reason = method.available(model, block, training)
         if reason:
             raise MethodUnavailableError(reason)
     return chosen
@@ -88,16 +94,18 @@ def _resolved(chosen: Sequence[Method], method_settings: MethodSettings | None) 
 
 
 def explain_trace(model: ModelSpec, shared: Trace, methods: Sequence[str], block: str = "B4",
-                  method_settings: MethodSettings | None = None) -> list[dict[str, Explanation]]:
+                  method_settings: MethodSettings | None = None,
+                  training: TrainingData | None = None) -> list[dict[str, Explanation]]:
     """Several methods for the images of a trace already taken, one dict per image: no pass of its
     own beyond those a method runs itself (perturbation, LRP), which its counts include.
 
     ``shared`` comes from ``trace(model, inputs, targets, gradients=..., blocks=...)``: it must hold
     ``block`` (every block for the prototype attribution) and, for gradient methods, its gradients.
     One trace of every block with gradients serves every depth and method of its images and targets.
-    ``method_settings`` (method name -> {setting: value}) go to the methods that declare them.
+    ``method_settings`` (method name -> {setting: value}) go to the methods that declare them;
+    ``training`` to the methods fitted on training images (``explain_batch``).
     """
-    chosen = _available(model, methods, block)
+    chosen = _available(model, methods, block, training)
     settings = _resolved(chosen, method_settings)
     needed = list(model.blocks) if any(m.needs_all_blocks for m in chosen) else [block]
     absent = [name for name in needed if name not in shared.activations]
@@ -108,7 +116,8 @@ def explain_trace(model: ModelSpec, shared: Trace, methods: Sequence[str], block
     results: list[dict[str, Explanation]] = [{} for _ in range(shared.inputs.shape[0])]
     for method in chosen:
         started = time.perf_counter()
-        output = _compute(method, shared, block, model, settings[method.name])
+        own = {**settings[method.name], **({"training": training} if method.needs_training else {})}
+        output = _compute(method, shared, block, model, own)
         if not isinstance(output, MethodOutput):
             output = MethodOutput(maps=output)
         _check_finite(method, output.maps, model, block)
@@ -181,16 +190,17 @@ def recombine(model: ModelSpec, explanation: Explanation, settings: Mapping[str,
 
 
 def explain_many(model: ModelSpec, image: Any, methods: Sequence[str], block: str = "B4",
-                 target: int | None = None, method_settings: MethodSettings | None = None) -> dict[str, Explanation]:
-    """Several methods for one image, all from one shared trace."""
-    return explain_batch(model, image, methods, block, target, method_settings)[0]
+                 target: int | None = None, method_settings: MethodSettings | None = None,
+                 training: TrainingData | None = None) -> dict[str, Explanation]:
+    """Several methods for one image, all from one shared trace (``training``: as for ``explain_batch``)."""
+    return explain_batch(model, image, methods, block, target, method_settings, training)[0]
 
 
 def explain(model: ModelSpec, image: Any, method: str, block: str = "B4", target: int | None = None,
-            method_settings: MethodSettings | None = None) -> Explanation:
+            method_settings: MethodSettings | None = None, training: TrainingData | None = None) -> Explanation:
     """One method for one image (``image``: PIL image or transformed tensor). ``method_settings``:
-    ``{method: {setting: value}}``, as for ``explain_many``."""
-    return explain_many(model, image, [method], block, target, method_settings)[method]
+    ``{method: {setting: value}}``, and ``training``, as for ``explain_many``."""
+    return explain_many(model, image, [method], block, target, method_settings, training)[method]
 
 
 def predict(model: ModelSpec, image: Any, top: int = 5) -> list[tuple[int, float]]:

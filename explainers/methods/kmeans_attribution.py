@@ -4,7 +4,7 @@ The chosen block sets the depth of the explainer: B4 -> B4, B3 -> B34, B2 -> B23
 B1 -> B1234 (all blocks from the chosen one to the last, seed 000 sec. 3.3).
 
 The explainer comes from the one store of fitted things (``explainers.fitted.store.STORE``, through
-``fitted``), fitted on the request's training data (``explainers.fitted.store.training_data``: the
+``fitted``), fitted on the training images the caller of ``explain`` gives (``training=``: the
 sidebar's training images in the dashboard), else the model's own; the Segments and Prototypes
 pages ask the same store for the same key, so whichever asks first fits it for all of them.
 """
@@ -36,8 +36,7 @@ def depth_for(block: str, model: "ModelSpec") -> str:
 def fitted(model: "ModelSpec", depth: str, per_class: int = PER_CLASS, data: "store.TrainingData | None" = None,
            progress: "Progress | None" = None) -> PrototypeExplainer:
     """The explainer of ``model`` at ``depth`` fitted on ``data`` (a dataset name, an ImageFolder path or a
-    loaded ``DatasetSpec``; default: the request's ``store.training_data``, else the model's own training
-    set), from the shared store: in memory, else from the disk tiers, else fitted now.
+    loaded ``DatasetSpec``; default: the model's own training set), from the shared store: in memory, else from the disk tiers, else fitted now.
 
     Safe to call from many threads at once, single-flight (``store.Store.get``): one fit however many
     sessions ask at once, each told its progress in its own thread (``progress``, default: the listener
@@ -53,22 +52,18 @@ def recipe(model: "ModelSpec", depth: str, per_class: int = PER_CLASS,
     return PrototypeRecipe(model, dataset, PrototypeExplainer(depth, per_class))
 
 
-def _has_training_set(model: "ModelSpec", block: str) -> str | None:
-    if model.dataset is None and store.current_training_data() is None:
-        return store.no_training_set(model, f"The {LABEL}")
-    return None
-
-
 @register_method(
     "kmex_attribution", label=LABEL, family="prototype", signed=True,
-    requires_gap_head=True, needs_all_blocks=True, check=_has_training_set,
+    requires_gap_head=True, needs_all_blocks=True, needs_training=True,
     description="h·c_j/||c_j||² at B4, averaged within k-means segments down to the chosen depth; no gradient.",
     reference="Boubekki & Clemmensen 2026, Post-hoc Self-explanation of CNNs, eq. 11 and the three steps after it",
 )
-def kmex_attribution(trace: "Trace", block: str, model: "ModelSpec") -> torch.Tensor:
+def kmex_attribution(trace: "Trace", block: str, model: "ModelSpec",
+                     training: "store.TrainingData | None" = None) -> torch.Tensor:
     """Eq. 11 at the last block, propagated segment-wise to ``block`` (5 prototypes per class), with the
-    explainer fitted on the request's training data; a first fit reports to the request's progress listener."""
-    explainer = fitted(model, depth_for(block, model))
+    explainer fitted on ``training`` (None: the model's own training set); a first fit reports to the
+    request's progress listener."""
+    explainer = fitted(model, depth_for(block, model), data=training)
     maps = []
     for i, target in enumerate(trace.targets.tolist()):
         activations = {name: values[i:i + 1] for name, values in trace.activations.items()}

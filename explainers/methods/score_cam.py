@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ..engine.trace import Trace
     from ..models.loading import ModelSpec
 
-BATCH_SIZE = Setting(
+SCORE_CAM_BATCH = Setting(
     "batch_size", int, None, "Masked inputs per network pass; empty: the size measured fastest for this network "
     "(the maps do not depend on it, only the time does).", low=1, high=1024, label="Batch size")
 
@@ -37,7 +37,7 @@ BATCH_SIZE = Setting(
     description="Each channel, upsampled and scaled to [0, 1], masks the input; its weight is the target's "
                 "probability for that masked input. One batched forward per distinct non-constant channel map.",
     reference="Wang et al. 2020, Score-CAM: Score-Weighted Visual Explanations for CNNs, eq. 3-6",
-    settings=(BATCH_SIZE,),
+    settings=(SCORE_CAM_BATCH,),
 )
 def score_cam(trace: "Trace", block: str, model: "ModelSpec", *, batch_size: int | None = None) -> MethodOutput:
     """Score-CAM (Wang et al. 2020, eq. 3-6, as in the authors' code): for each channel k with a
