@@ -254,7 +254,8 @@ LAYERS: dict[str, set[str]] = {
     "methods": {"runtime", "data", "engine", "models", "fitted"},
     "evaluation": {"runtime", "data", "engine", "models", "fitted", "methods"},
     "display": {"runtime", "data", "engine", "models", "fitted", "methods", "evaluation"},
-    "cli": {"runtime", "data", "engine", "models", "fitted", "methods", "evaluation", "display"},
+    "jobs": {"runtime", "data", "engine", "models", "fitted", "methods", "evaluation", "display"},
+    "cli": {"runtime", "data", "engine", "models", "fitted", "methods", "evaluation", "display", "jobs"},
 }
 MAX_LINES = 600
 
