@@ -63,7 +63,7 @@ def masked_scores(model: "ModelSpec", image: torch.Tensor, maps: torch.Tensor, t
 
 @torch.inference_mode()
 def _masked_batch(network: torch.nn.Module, image: torch.Tensor, maps: torch.Tensor, target: int) -> torch.Tensor:
-    masks, _ = scaled_masks(maps, image.shape[-2:])
+    masks, _ = scaled_masks(maps, (image.shape[-2], image.shape[-1]))
     batch = (image.unsqueeze(0) * masks.unsqueeze(1)).contiguous(memory_format=torch.channels_last)
     return network(batch).softmax(dim=1)[:, target]
 

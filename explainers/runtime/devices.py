@@ -74,10 +74,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 def device_of(net: nn.Module) -> torch.device:
     """The device of a module's first parameter (or buffer); the CPU for a module that has neither."""
-    for tensor in net.parameters():
-        return tensor.device
-    for tensor in net.buffers():
-        return tensor.device
+    for parameter in net.parameters():
+        return parameter.device
+    for buffer in net.buffers():
+        return buffer.device
     return torch.device("cpu")
 
 

@@ -51,7 +51,7 @@ class Registry(Mapping[str, T], Generic[T]):
         with self._lock:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
-            entries = {**self._entries, name: entry}
+            entries: dict[str, Any] = {**self._entries, name: entry}  # an E is a T of this registry
             if last:
                 self._last.add(name)
             ordered = [n for n in entries if n not in self._last] + [n for n in entries if n in self._last]
