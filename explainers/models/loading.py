@@ -589,14 +589,6 @@ def find_blocks(net: nn.Module, family: str, preprocess: Preprocess,
     return dict(zip(BLOCK_NAMES, (known[path] for path in paths)))
 
 
-def _last_module_per_resolution(net: nn.Module, preprocess: Preprocess) -> list[nn.Module]:
-    """The generic rule (``families.graph_blocks``): stage outputs found in the traced graph, the last
-    per spatial size, each run once; the top-level children when the forward cannot be traced."""
-    observed = families.probe(net, len(preprocess.mean), preprocess.input_size)
-    paths = families.family_named("generic").block_paths(net, observed)
-    return [net.get_submodule(path) for path in paths]
-
-
 def _last_linear(net: nn.Module) -> nn.Linear:
     linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
     if not linears:

@@ -39,7 +39,7 @@ import sys
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -1064,7 +1064,3 @@ class GenericFamily(Family):
 
     def matches(self, net: nn.Module) -> bool:
         return True
-
-
-def iter_families() -> Iterator[Family]:
-    return iter(FAMILIES.values())
