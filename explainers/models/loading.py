@@ -1,6 +1,6 @@
 """Models by name, path or module: ``load_model`` returns a ``ModelSpec``.
 
-A ModelSpec knows the network (eval mode), its family (``explainers.models.families.core``: the adapter
+A ModelSpec knows the network (eval mode), its family (``explainers.models.families``: the adapter
 that knows where its stages are, its tail after a block, its LRP canonizers, how to rebuild it),
 its blocks ``B1..B4`` (the outputs of its four deepest stages, as the adapter names them), its
 final linear classifier, how to turn a PIL image into its input, and its classes.
@@ -27,6 +27,7 @@ from ..runtime import compute
 from ..runtime.devices import device_of, resolve_device
 from ..runtime.errors import CheckpointError, ModelUnavailableError, UserInputError
 from ..runtime.registry import Registry
+from . import families
 from .builtin.digits import (
     DIGITS_CARD,
     DIGITS_MARKED_CARD,
@@ -35,7 +36,6 @@ from .builtin.digits import (
     DigitsResNet,
     digits_transform,
 )
-from .families import core as families
 from .inference import inference_copy
 from .preprocess import (
     IMAGENET_MEAN,
@@ -561,7 +561,7 @@ def _spec(name: str, net: nn.Module, preprocess: Preprocess, classes: list[str],
 
 
 def _family(net: nn.Module) -> families.Family:
-    """The family adapter of ``net`` (``explainers.models.families.core``: the first registered one that matches)."""
+    """The family adapter of ``net`` (``explainers.models.families``: the first registered one that matches)."""
     return families.family_for(net)
 
 
