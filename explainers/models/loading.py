@@ -550,7 +550,7 @@ def _spec(name: str, net: nn.Module, preprocess: Preprocess, classes: list[str],
     """The ModelSpec of ``net``: its family adapter (``family`` names one, else the first that matches),
     its blocks (checked: each runs once per forward, at decreasing resolutions), and one probe pass.
     ``sample_dataset`` names the built-in image set that suits its input (``ModelSpec.sample_dataset``)."""
-    adapter = families.family_named(family) if family in families.FAMILIES else _family(net)
+    adapter = families.family_named(family) if family in families.MODEL_FAMILIES else _family(net)
     modules = find_blocks(net, adapter.name, preprocess, blocks)
     paths = {block: _module_path(net, module) for block, module in modules.items()}
     spec = ModelSpec(name=name, net=net, blocks=modules, block_paths=paths, classifier=_last_linear(net),

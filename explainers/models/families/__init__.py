@@ -13,7 +13,7 @@ The machinery every adapter shares:
 - ``lrp_coverage``: whether zennit's rules cover every operation of the traced graph;
 - ``canonizers``: the LRP canonizers added to zennit's;
 - ``timm_support``: what the adapters read from timm's networks;
-- ``base``: ``Family`` (its defaults are the generic rule) and the registry, ``FAMILIES``.
+- ``base``: ``Family`` (its defaults are the generic rule) and the registry, ``MODEL_FAMILIES``.
 
 The adapters, one module per group, registered when imported below, in this order; the first
 adapter that matches a network is its family:
@@ -30,10 +30,10 @@ from ...runtime.errors import BlockError
 from . import torchvision_cnns  # noqa: F401
 from . import fallbacks  # noqa: F401
 # isort: on
-from .base import FAMILIES, Family, families, family_for, family_named, family_of, register_family
+from .base import MODEL_FAMILIES, Family, families, family_for, family_named, family_of, register_family
 from .graph import graph_blocks
 from .probe import BLOCK_NAMES, Probe, check_blocks, probe
 from .tail import TailRun, tail_module
 
-__all__ = ["BLOCK_NAMES", "FAMILIES", "BlockError", "Family", "Probe", "TailRun", "check_blocks", "families",
+__all__ = ["BLOCK_NAMES", "MODEL_FAMILIES", "BlockError", "Family", "Probe", "TailRun", "check_blocks", "families",
            "family_for", "family_named", "family_of", "graph_blocks", "probe", "register_family", "tail_module"]

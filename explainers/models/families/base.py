@@ -1,5 +1,5 @@
-"""The family adapter (``Family``) and the registry of adapters (``FAMILIES``): what Protoscope knows about
-each CNN family, one registered adapter per family.
+"""The family adapter (``Family``) and the registry of adapters (``MODEL_FAMILIES``): what Protoscope
+knows about each CNN family, one registered adapter per family.
 
 An adapter answers, for a network of its family:
 
@@ -47,7 +47,7 @@ from .tail import TailRun, tail_module
 if TYPE_CHECKING:
     from ..loading import ModelSpec
 
-__all__ = ["FAMILIES", "Family", "families", "family_for", "family_named", "family_of", "register_family"]
+__all__ = ["MODEL_FAMILIES", "Family", "families", "family_for", "family_named", "family_of", "register_family"]
 
 
 class Family:
@@ -116,29 +116,29 @@ def _crossing_values(prefix: fx.GraphModule, image: torch.Tensor) -> tuple:
     return tuple(values)
 
 
-FAMILIES: Registry[Family] = Registry("model family")
+MODEL_FAMILIES: Registry[Family] = Registry("model family")
 
 
 def register_family(cls: type[Family]) -> type[Family]:
     """Class decorator: register one instance under ``cls.name`` (matched in registration order;
     the catch-all ``generic`` stays last)."""
-    FAMILIES.add(cls.name, cls(), cls.description, last=cls.name == "generic")
+    MODEL_FAMILIES.add(cls.name, cls(), cls.description, last=cls.name == "generic")
     return cls
 
 
 def families() -> list[str]:
     """The names of the registered adapters, in the order they are tried."""
-    return list(FAMILIES)
+    return list(MODEL_FAMILIES)
 
 
 def family_for(net: nn.Module) -> Family:
     """The first registered adapter that matches ``net`` (``generic`` matches every network)."""
-    return next(family for family in FAMILIES.values() if family.matches(net))
+    return next(family for family in MODEL_FAMILIES.values() if family.matches(net))
 
 
 def family_named(name: str) -> Family:
     """The adapter registered as ``name``."""
-    return FAMILIES[name]  # an unknown name raises UnknownNameError listing the known ones
+    return MODEL_FAMILIES[name]  # an unknown name raises UnknownNameError listing the known ones
 
 
 def family_of(model: "ModelSpec") -> Family:
