@@ -370,8 +370,8 @@ def test_a_missing_checkpoint_path_object_and_a_folder(tmp_path):
 
 def test_an_unknown_architecture_names_the_known_ones():
     from explainers import CheckpointError, load_model
+    from explainers.models import MODELS
     from explainers.models.builtin.digits import DIGITS_WEIGHTS
-    from explainers.models.loading import MODELS
 
     with pytest.raises(CheckpointError) as caught:
         load_model(DIGITS_WEIGHTS, arch="bogus")

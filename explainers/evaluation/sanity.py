@@ -72,10 +72,10 @@ from ..engine import batching
 from ..engine.trace import trace
 from ..methods import method_info
 from ..methods.explanation import explain_trace
+from ..models import ModelSpec
 from ..models.families import Probe, probe
 from ..models.inference import hookless_copy
 from ..models.inputs import as_batch
-from ..models.loading import ModelSpec
 from ..runtime import compute
 from ..runtime.errors import MethodUnavailableError, UserInputError
 from ..runtime.progress import Progress, current_listener, report, reporting, scaled

@@ -31,7 +31,7 @@ from .masking import batches
 
 if TYPE_CHECKING:
     from ..engine.trace import Trace
-    from ..models.loading import ModelSpec
+    from ..models import ModelSpec
 
 BATCH_SIZE = Setting(
     "batch_size", int, None, "Ablated block outputs per pass of the network after the block; empty: the size "

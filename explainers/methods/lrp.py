@@ -80,7 +80,7 @@ from .base import MethodOutput, register_method
 
 if TYPE_CHECKING:
     from ..engine.trace import Trace
-    from ..models.loading import ModelSpec
+    from ..models import ModelSpec
 
 EPSILON = 0.25
 GAMMA = 0.25

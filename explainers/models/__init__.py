@@ -6,13 +6,11 @@ A new model family is one ``Family`` subclass registered in ``families``; a new 
 one function registered in ``MODELS`` (see the README's "Extending").
 """
 from . import builtin  # noqa: F401  (registers the built-in models)
+from .builtin.digits import SHIPPED_MODELS
 from .builtin.imagenet import BORDER_NOTE
+from .families import BLOCK_NAMES
 from .inputs import as_batch
 from .loading import (
-                      BLOCK_NAMES,
-                      MODELS,
-                      SHIPPED_MODELS,
-                      ModelSpec,
                       from_checkpoint,
                       from_module,
                       load_model,
@@ -21,6 +19,7 @@ from .loading import (
                       torchvision_model,
 )
 from .preprocess import Preprocess
+from .spec import MODELS, ModelSpec
 
 __all__ = ["BLOCK_NAMES", "BORDER_NOTE", "MODELS", "SHIPPED_MODELS", "ModelSpec", "Preprocess", "as_batch",
            "from_checkpoint", "from_module", "load_model", "model_name", "timm_model", "torchvision_model"]

@@ -45,7 +45,7 @@ from .probe import Probe
 from .tail import TailRun, tail_module
 
 if TYPE_CHECKING:
-    from ..loading import ModelSpec
+    from ..spec import ModelSpec
 
 __all__ = ["MODEL_FAMILIES", "Family", "families", "family_for", "family_named", "family_of", "register_family"]
 
