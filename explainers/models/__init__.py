@@ -10,15 +10,9 @@ from .builtin.digits import SHIPPED_MODELS
 from .builtin.imagenet import BORDER_NOTE
 from .families import BLOCK_NAMES
 from .inputs import as_batch
-from .loading import (
-                      from_checkpoint,
-                      from_module,
-                      load_model,
-                      model_name,
-                      timm_model,
-                      torchvision_model,
-)
+from .loading import from_checkpoint, from_module, load_model, model_name
 from .preprocess import Preprocess
+from .pretrained import timm_model, torchvision_model
 from .spec import MODELS, ModelSpec
 
 __all__ = ["BLOCK_NAMES", "BORDER_NOTE", "MODELS", "SHIPPED_MODELS", "ModelSpec", "Preprocess", "as_batch",

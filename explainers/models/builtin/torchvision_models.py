@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..loading import torchvision_model
+from ..pretrained import torchvision_model
 from ..spec import MODELS, ModelSpec
 
 __all__ = ["TORCHVISION_MODELS"]
