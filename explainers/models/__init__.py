@@ -1,6 +1,11 @@
 """Classifiers by name, path or module (``load_model`` -> ``ModelSpec``), each with its family
 adapter (``families``: where its blocks are, its tail after a block, its LRP canonizers), its
-preprocessing, and the built-in models (``builtin``: digits, digits_marked, EfficientNet-Lite0).
+preprocessing, and the built-in models (``builtin``: digits, digits_marked, five torchvision
+classifiers, EfficientNet-Lite0).
+
+``spec``: what a loaded model is, and ``MODELS``; ``loading``: ``load_model``, checkpoints and
+modules; ``pretrained``: torchvision's and timm's classifiers by name; ``preprocess``, ``inputs``:
+images into a model's input; ``inference``: the fast copy for gradient-free passes.
 
 A new model family is one ``Family`` subclass registered in ``families``; a new built-in model is
 one function registered in ``MODELS`` (see the README's "Extending").

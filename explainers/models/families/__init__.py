@@ -28,6 +28,7 @@ from ...runtime.errors import BlockError
 # The adapters register when imported, in this order: the first that matches a network wins.
 # isort: off
 from . import torchvision_cnns  # noqa: F401
+# from . import transformers  (to come: after the CNNs, before the fallbacks)
 from . import fallbacks  # noqa: F401
 # isort: on
 from .base import MODEL_FAMILIES, Family, families, family_for, family_named, family_of, register_family
