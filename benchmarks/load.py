@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `make bench` runs this file directly
 
 from explainers import explain_many, load_dataset, load_model  # noqa: E402
-from explainers.models.loading import MODELS  # noqa: E402
+from explainers.models import MODELS  # noqa: E402
 from explainers.runtime import compute
 from ui.cache import explanations, image_bytes  # noqa: E402
 

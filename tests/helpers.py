@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from explainers import load_dataset, load_model
-from explainers.models.loading import ModelSpec
+from explainers.models import ModelSpec
 from explainers.runtime.hooks import _dispatch
 
 ALL_METHODS = ("cam", "gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam", "eigengradcam")
@@ -48,7 +48,7 @@ def random_torchvision(name: str) -> ModelSpec:
 
 @functools.lru_cache(maxsize=None)
 def _digits_test_batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from explainers.models.loading import digits_transform
+    from explainers.models.builtin.digits import digits_transform
 
     dataset = load_dataset("digits", "test")
     transform = digits_transform()

@@ -484,7 +484,7 @@ def test_one_forward_pass_per_view_and_one_decode_per_selection(monkeypatch):
     from helpers import count_passes
 
     from explainers.data.datasets import Photo
-    from explainers.models.loading import Preprocess
+    from explainers.models import Preprocess
 
     app = page("pages/saliency.py")  # loads the model (its load-time probe is not a view's pass)
     model = app.session_state["_selection"].model

@@ -370,8 +370,8 @@ def test_a_missing_checkpoint_path_object_and_a_folder(tmp_path):
 
 def test_an_unknown_architecture_names_the_known_ones():
     from explainers import CheckpointError, load_model
+    from explainers.models import MODELS
     from explainers.models.builtin.digits import DIGITS_WEIGHTS
-    from explainers.models.loading import MODELS
 
     with pytest.raises(CheckpointError) as caught:
         load_model(DIGITS_WEIGHTS, arch="bogus")
@@ -383,7 +383,7 @@ def test_an_unknown_architecture_names_the_known_ones():
 
 
 def test_unknown_torchvision_names_and_weights_get_our_message():
-    from explainers.models.loading import torchvision_model
+    from explainers.models import torchvision_model
 
     with pytest.raises(ValueError, match="unknown model 'resnet19'.*resnet18"):
         torchvision_model("resnet19")
@@ -519,8 +519,8 @@ def test_model_names_a_person_can_get_wrong_are_user_input_errors(monkeypatch):
     import sys
 
     from explainers import ModelUnavailableError, UserInputError, load_model
+    from explainers.models import model_name, timm_model
     from explainers.models.builtin.imagenet import efficientnet_lite0
-    from explainers.models.loading import model_name, timm_model
 
     with pytest.raises(UserInputError, match="unknown model 'resnet19'"):
         load_model("resnet19")

@@ -25,8 +25,9 @@ from torchvision import models as tv
 from explainers import MethodUnavailableError, ModelUnavailableError, explain, load_model, trace
 from explainers.methods import ablation_cam as P
 from explainers.methods import lrp as L
-from explainers.models.families import core as FAM
-from explainers.models.loading import _rebuild_with_classes, from_module, timm_model
+from explainers.models import families as FAM
+from explainers.models import from_module, timm_model
+from explainers.models.loading import _rebuild_with_classes
 from tests.test_app import panel_labels
 
 SIZE = (64, 64)

@@ -93,7 +93,7 @@ def stem_variance_ratio(mean: tuple[float, ...], std: tuple[float, ...]) -> floa
     from PIL import Image
     from sklearn.datasets import load_sample_images
 
-    from explainers.models.loading import Preprocess
+    from explainers.models import Preprocess
 
     preprocess = Preprocess(input_size=(224, 224), mode="RGB", mean=mean, std=std, resize=256)
     images = [photo(name) for name in ("chelsea", "coffee", "rocket", "astronaut", "motorcycle")]

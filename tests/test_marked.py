@@ -30,8 +30,8 @@ from explainers.data.marked import (
     mark_reliance,
     marks_of,
 )
+from explainers.models import MODELS
 from explainers.models.builtin.digits import DIGITS_MARKED_CARD
-from explainers.models.loading import MODELS
 from explainers.runtime.errors import DatasetError
 
 

@@ -7,7 +7,7 @@ import pytest
 from explainers import UserInputError
 from explainers.data.datasets import DATASETS
 from explainers.methods import METHODS, Method, method_info, methods
-from explainers.models.loading import MODELS
+from explainers.models import MODELS
 from explainers.runtime.registry import Registry, UnknownNameError
 
 

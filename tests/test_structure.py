@@ -261,7 +261,7 @@ MAX_LINES = 600
 
 
 def layer_of(module: str) -> str | None:
-    """``explainers.models.families.core`` -> ``models``; the package's own face -> None."""
+    """``explainers.models.families.probe`` -> ``models``; the package's own face -> None."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else None
 

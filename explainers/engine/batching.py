@@ -31,7 +31,7 @@ from ..runtime import compute
 from ..runtime.devices import is_out_of_memory, release_memory, synchronize
 
 if TYPE_CHECKING:
-    from ..models.loading import ModelSpec
+    from ..models import ModelSpec
 
 CANDIDATES = (1, 2, 4, 8, 16, 32, 64)
 NEAR_BEST = 1.10  # sizes within this factor of the best time per image count as equally fast

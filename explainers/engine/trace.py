@@ -18,7 +18,7 @@ from ..runtime.errors import BlockError, UserInputError
 from ..runtime.hooks import tapped
 
 if TYPE_CHECKING:
-    from ..models.loading import ModelSpec
+    from ..models import ModelSpec
 
 
 @dataclass

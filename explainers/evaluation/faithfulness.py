@@ -47,8 +47,8 @@ from ..engine import batching
 from ..engine.trace import trace
 from ..methods import method_info
 from ..methods.explanation import MethodSettings, explain_trace
+from ..models import ModelSpec
 from ..models.inputs import as_batch
-from ..models.loading import ModelSpec
 from ..models.preprocess import IMAGENET_MEAN
 from ..runtime import compute
 from ..runtime.errors import DatasetError, ImageError, UserInputError

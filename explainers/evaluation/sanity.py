@@ -11,7 +11,7 @@ is never touched: no weight, hook, flag or fingerprint of it changes):
 - **independent**: one group at a time, every other group keeping its learned weights.
 
 Layer groups come from the model's own blocks (``ModelSpec.block_paths``, as the family adapters
-of ``explainers.models.families.core`` name them): every module that owns parameters or buffers belongs to
+of ``explainers.models.families`` name them): every module that owns parameters or buffers belongs to
 the first block whose output it precedes in the forward pass (a module inside a block, or between
 the previous block's output and this one's: VGG's convolutions before a stage's max pool,
 EfficientNet's stages between two feature levels and its head convolution), "stem" before B1 and
@@ -72,10 +72,10 @@ from ..engine import batching
 from ..engine.trace import trace
 from ..methods import method_info
 from ..methods.explanation import explain_trace
-from ..models.families.core import Probe, probe
+from ..models import ModelSpec
+from ..models.families import Probe, probe
 from ..models.inference import hookless_copy
 from ..models.inputs import as_batch
-from ..models.loading import ModelSpec
 from ..runtime import compute
 from ..runtime.errors import MethodUnavailableError, UserInputError
 from ..runtime.progress import Progress, current_listener, report, reporting, scaled

@@ -28,7 +28,7 @@ from scipy.spatial.distance import pdist
 from sklearn.neighbors import NearestNeighbors
 
 from ..data.datasets import DatasetSpec
-from ..models.loading import BLOCK_NAMES, ModelSpec
+from ..models import BLOCK_NAMES, ModelSpec
 from ..runtime.errors import UserInputError
 from ..runtime.progress import Progress, report_fraction, scaled
 from .features import LOGITS, FeatureCache, memory_budget

@@ -50,7 +50,7 @@ from ..runtime.progress import Progress, report_fraction
 from .store import cache_dir, write_atomically
 
 if TYPE_CHECKING:
-    from ..models.loading import ModelSpec
+    from ..models import ModelSpec
 
 FEATURES_VERSION = 1
 KIND = "features"  # .cache/features/

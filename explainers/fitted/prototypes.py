@@ -50,8 +50,8 @@ from threadpoolctl import threadpool_limits
 
 from ..data.datasets import DatasetSpec, plural
 from ..engine.trace import trace
+from ..models import BLOCK_NAMES, ModelSpec
 from ..models.inputs import as_batch
-from ..models.loading import BLOCK_NAMES, ModelSpec
 from ..runtime.errors import DatasetError, UserInputError
 from ..runtime.maps import upsample
 from ..runtime.progress import Progress, report_fraction, scaled

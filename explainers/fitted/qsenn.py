@@ -49,9 +49,9 @@ from torch.utils.data import DataLoader
 
 from ..data.datasets import DatasetSpec
 from ..engine.trace import trace
+from ..models import ModelSpec
 from ..models.inference import hookless_copy
 from ..models.inputs import as_batch
-from ..models.loading import ModelSpec
 from ..runtime import compute
 from ..runtime.errors import DatasetError, UserInputError
 from ..runtime.hooks import tapped

@@ -54,7 +54,7 @@ from ..runtime.errors import DatasetError, FitCancelled
 from ..runtime.progress import Progress, current_listener, with_eta
 
 if TYPE_CHECKING:
-    from ..models.loading import ModelSpec
+    from ..models import ModelSpec
 
 __all__ = ["ASSETS", "Key", "Recipe", "STORE", "Store", "Tier", "cache_dir", "find",
            "made", "temporary_path", "tiers", "training_set", "write_atomically"]

@@ -20,7 +20,7 @@ import torch
 
 from ..engine import batching
 from ..engine.trace import trace as take_trace
-from ..models.families.core import TailRun, family_of
+from ..models.families import TailRun, family_of
 from ..runtime import compute
 from ..runtime.hooks import tapped
 from ..runtime.progress import current_listener, report
@@ -31,7 +31,7 @@ from .masking import batches
 
 if TYPE_CHECKING:
     from ..engine.trace import Trace
-    from ..models.loading import ModelSpec
+    from ..models import ModelSpec
 
 ABLATION_BATCH = Setting(
     "batch_size", int, None, "Ablated block outputs per pass of the network after the block; empty: the size "
@@ -40,7 +40,7 @@ ABLATION_BATCH = Setting(
 
 
 def tail_after(model: "ModelSpec", block: str) -> Callable[[torch.Tensor], TailRun | None] | None:
-    """The network after ``block`` as the model's family adapter gives it (``explainers.models.families.core``: the
+    """The network after ``block`` as the model's family adapter gives it (``explainers.models.families``: the
     forward traced with torch.fx and cut at the block's output, on the BN-folded channels-last inference
     copy): called with an image, the logits as a function of the block's outputs for that image. None
     when the network has no such cut; callers then use ``substituted_forward``. ``after_block`` checks

@@ -23,7 +23,7 @@ from ..runtime.registry import Registry
 from ..runtime.settings import Setting, UnknownSettingError, resolve
 
 if TYPE_CHECKING:
-    from ..models.loading import ModelSpec
+    from ..models import ModelSpec
 
 METHOD_FAMILIES = ("gradient", "gradient-free", "perturbation", "propagation", "classic", "prototype")
 

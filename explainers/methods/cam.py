@@ -13,7 +13,7 @@ from .base import register_method
 
 if TYPE_CHECKING:
     from ..engine.trace import Trace
-    from ..models.loading import ModelSpec
+    from ..models import ModelSpec
 
 
 def weighted_sum(activations: torch.Tensor, weights: torch.Tensor, relu: bool = True) -> torch.Tensor:

@@ -25,7 +25,7 @@ from .base import register_method
 
 if TYPE_CHECKING:
     from ..engine.trace import Trace
-    from ..models.loading import ModelSpec
+    from ..models import ModelSpec
 
 SPECTRAL_WIDTH = 64  # Hou & Zhang resize the image to 64 pixels wide
 SPECTRAL_SIGMA = 2.5  # their code: a 10 x 10 Gaussian, sigma 2.5, on the 64-pixel map

@@ -26,7 +26,7 @@ from .masking import masked_scores, scaled_masks
 
 if TYPE_CHECKING:
     from ..engine.trace import Trace
-    from ..models.loading import ModelSpec
+    from ..models import ModelSpec
 
 CLUSTERS = 6  # Q: the paper's Table 2 setting ("Here Q = 6 in Cluster-CAM")
 # alpha of eq. 22. The paper prints no value; its figures fix a range. In Fig. 3 the base

@@ -17,8 +17,8 @@ import torch
 
 from ..engine.trace import Trace, ranked, trace
 from ..fitted.store import TrainingData
+from ..models import ModelSpec
 from ..models.inputs import as_batch
-from ..models.loading import ModelSpec
 from ..runtime import compute
 from ..runtime.devices import describe_device, is_out_of_memory, release_memory
 from ..runtime.errors import MethodUnavailableError

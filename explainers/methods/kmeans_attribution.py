@@ -20,7 +20,7 @@ from .base import register_method
 
 if TYPE_CHECKING:
     from ..engine.trace import Trace
-    from ..models.loading import ModelSpec
+    from ..models import ModelSpec
     from ..runtime.progress import Progress
 
 PER_CLASS = 5

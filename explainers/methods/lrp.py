@@ -15,7 +15,7 @@ proportional rule).
   (gamma = 0.25, favouring positive contributions) in every other convolution; epsilon in the
   linear layers (Montavon et al. 2019, sec. 10.2: the recommended composite for CNNs).
 
-Canonizers and coverage come from the model's family adapter (``explainers.models.families.core``):
+Canonizers and coverage come from the model's family adapter (``explainers.models.families``):
 ``ResNetCanonizer`` for the ResNet family (torchvision ResNets, ResNeXt, Wide ResNets and the
 built-in digits model, whose stages are torchvision ``BasicBlock`` s), ``VGGCanonizer`` for VGG,
 and for DenseNet a ``NamedMergeBatchNorm`` of the pairs that are a convolution followed by its
@@ -69,7 +69,7 @@ from zennit.composites import EpsilonGammaBox, LayerMapComposite, layer_map_base
 from zennit.rules import Epsilon
 from zennit.types import Convolution
 
-from ..models.families.core import family_of
+from ..models.families import family_of
 from ..models.inference import structural_copy
 from ..runtime import compute
 from ..runtime.devices import accumulator_dtype
@@ -80,7 +80,7 @@ from .base import MethodOutput, register_method
 
 if TYPE_CHECKING:
     from ..engine.trace import Trace
-    from ..models.loading import ModelSpec
+    from ..models import ModelSpec
 
 EPSILON = 0.25
 GAMMA = 0.25
@@ -101,7 +101,7 @@ class Relevance:
 
 
 def canonizers_for(model: "ModelSpec") -> list:
-    """zennit's canonizers for the model, as its family adapter names them (``explainers.models.families.core``)."""
+    """zennit's canonizers for the model, as its family adapter names them (``explainers.models.families``)."""
     return family_of(model).canonizers(model.net)
 
 

@@ -19,7 +19,7 @@ from ..runtime import compute
 from ..runtime.maps import upsample
 
 if TYPE_CHECKING:
-    from ..models.loading import ModelSpec
+    from ..models import ModelSpec
 
 __all__ = ["batches", "distinct_maps", "masked_scores", "scaled_masks"]
 

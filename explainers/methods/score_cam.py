@@ -25,7 +25,7 @@ from .masking import distinct_maps, masked_scores
 
 if TYPE_CHECKING:
     from ..engine.trace import Trace
-    from ..models.loading import ModelSpec
+    from ..models import ModelSpec
 
 SCORE_CAM_BATCH = Setting(
     "batch_size", int, None, "Masked inputs per network pass; empty: the size measured fastest for this network "

@@ -22,7 +22,7 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..runtime.hooks import without_hooks
-from .families.core import family_for
+from .families import family_for
 
 __all__ = ["conv_bn_pairs", "fold_batch_norms", "hookless_copy", "inference_copy", "structural_copy"]
 

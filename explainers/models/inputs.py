@@ -1,7 +1,7 @@
 """Anything that holds images, turned into a model's input batch: ``as_batch``.
 
-Below the API (``explainers.methods.explanation``) and the prototype explainers (``explainers.fitted.prototypes``), which
-both take images in every form a user has them.
+Below the API (``explainers.methods.explanation``) and the prototype explainers
+(``explainers.fitted.prototypes``), which both take images in every form a user has them.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from ..data.images import ImageError, load_image
-from .loading import ModelSpec
+from .spec import ModelSpec
 
 __all__ = ["ACCEPTED", "ImageLike", "as_batch"]
 

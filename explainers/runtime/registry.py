@@ -14,7 +14,7 @@ more specific does.
     @MODELS.register("digits", description="compact ResNet trained on scikit-learn's digits")
     def digits(weights="DEFAULT"): ...
 
-    FAMILIES.add("generic", GenericFamily(), "any CNN", last=True)
+    MODEL_FAMILIES.add("generic", GenericFamily(), "any CNN", last=True)
 """
 from __future__ import annotations
 

@@ -3,23 +3,29 @@
 The network is the usual stem (conv, batch norm, ReLU, max pool) and four residual stages of
 torchvision ``BasicBlock`` s, so ``B1..B4`` mean what they mean for ResNet34 and LRP canonizers
 recognise the blocks; global average pooling and one linear layer close it (the GAP + linear
-head of seed 000, eq. 1-2). ``explainers.models.loading`` registers it as ``load_model("digits")``;
-``python -m explainers.cli train digits`` trains it. ``load_model("digits_marked")`` is the same
-network trained the same way on ``digits_marked`` (``explainers.data.marked``), whose training images
-carry a class-specific mark: a model that learned a spurious feature.
+head of seed 000, eq. 1-2). It is registered here as ``load_model("digits")`` (``digits_model``);
+``python -m explainers.cli train digits`` trains it. ``load_model("digits_marked")``
+(``digits_marked_model``) is the same network trained the same way on ``digits_marked``
+(``explainers.data.marked``), whose training images carry a class-specific mark: a model that
+learned a spurious feature.
 """
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
+from ...runtime.paths import ASSETS
 from ..preprocess import Preprocess
+from ..spec import MODELS, ModelSpec, model_spec
 
 __all__ = ["ASSETS", "DIGITS_CARD", "DIGITS_DEPTHS", "DIGITS_INPUT", "DIGITS_MARKED_CARD", "DIGITS_MARKED_WEIGHTS",
-           "DIGITS_MEAN", "DIGITS_STD", "DIGITS_WEIGHTS", "DIGITS_WIDTHS", "DigitsResNet", "digits_transform"]
-
-from ...runtime.paths import ASSETS  # noqa: E402
+           "DIGITS_MEAN", "DIGITS_STD", "DIGITS_WEIGHTS", "DIGITS_WIDTHS", "SHIPPED_MODELS", "DigitsResNet",
+           "digits_marked_model", "digits_model", "digits_transform"]
 
 DIGITS_WEIGHTS = ASSETS / "digits_resnet.pt"
 DIGITS_CARD = ASSETS / "digits_resnet.json"
@@ -75,3 +81,35 @@ def _stage(planes_in: int, planes: int, depth: int, stride: int) -> nn.Sequentia
     blocks = [BasicBlock(planes_in, planes, stride, downsample)]
     blocks += [BasicBlock(planes, planes) for _ in range(depth - 1)]
     return nn.Sequential(*blocks)
+
+
+# The built-in models whose trained weights ship in assets/: nothing to download, so the sidebar
+# offers no "Random weights (no download)" for them.
+SHIPPED_MODELS = ("digits", "digits_marked")
+
+
+@MODELS.register("digits", description="compact ResNet trained on scikit-learn's digits (built in, offline)")
+def digits_model(weights: str | None = "DEFAULT") -> ModelSpec:
+    """The digits ResNet with its shipped weights (``weights=None``: random ones)."""
+    return _digits_resnet("digits", DIGITS_WEIGHTS, DIGITS_CARD, weights)
+
+
+@MODELS.register("digits_marked", description="the digits ResNet trained on digits_marked: it learned the "
+                                              "class-specific mark (spurious correlation; built in, offline)")
+def digits_marked_model(weights: str | None = "DEFAULT") -> ModelSpec:
+    """The digits ResNet trained on ``digits_marked``, with its shipped weights (``weights=None``: random ones)."""
+    return _digits_resnet("digits_marked", DIGITS_MARKED_WEIGHTS, DIGITS_MARKED_CARD, weights)
+
+
+def _digits_resnet(name: str, weights_file: Path, card_file: Path, weights: str | None) -> ModelSpec:
+    """A ``DigitsResNet`` with the shipped weights of ``name`` (random ones for ``weights=None``), whose
+    training set and sidebar images are the registered dataset of the same name."""
+    net = DigitsResNet()
+    card: dict[str, Any] = {}
+    if weights is not None:
+        net.load_state_dict(torch.load(weights_file, map_location="cpu", weights_only=True))
+        card = json.loads(card_file.read_text()) if card_file.exists() else {}
+    spec = model_spec(name, net.eval(), digits_transform(), [str(d) for d in range(10)], "digits", card,
+                      sample_dataset=name)
+    spec.dataset = name
+    return spec

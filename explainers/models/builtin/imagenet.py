@@ -59,8 +59,9 @@ from torch import nn
 
 from ...data.datasets import imagenet_classes
 from ...runtime.errors import ModelUnavailableError, UserInputError
-from ..loading import BLOCK_NAMES, MODELS, ModelSpec, _module_path
+from ..families import BLOCK_NAMES
 from ..preprocess import Preprocess, imagenet_preprocess
+from ..spec import MODELS, ModelSpec, module_path
 
 __all__ = ["BORDER_NOTE", "LITE0_BLOCKS", "LITE0_BORDER_NOTE", "LITE0_MEAN", "LITE0_STD", "imagenet_classes",
            "lite0_state_dict", "lite0_weights_file"]
@@ -172,7 +173,7 @@ def efficientnet_lite0(weights: str | None = "DEFAULT") -> ModelSpec:
     blocks = {name: net.get_submodule(path) for name, path in LITE0_BLOCKS.items()}
     assert list(blocks) == list(BLOCK_NAMES)
     spec = ModelSpec(name="efficientnet_lite0", net=net, blocks=blocks,
-                     block_paths={name: _module_path(net, module) for name, module in blocks.items()},
+                     block_paths={name: module_path(net, module) for name, module in blocks.items()},
                      classifier=net.classifier, transform=lite0_transform(), classes=list(imagenet_classes()),
                      family="efficientnet", card=card, sample_dataset="photos")
     spec._probe()  # once, at load (block shapes and the GAP-head check): one pass on the compute thread
