@@ -25,10 +25,18 @@ from .faithfulness import (
                            unit_scaled,
 )
 from .imputation import noisy_linear_imputation
-from .sanity import GROUPS, MODES, THRESHOLD, RandomizationResult, layer_groups, randomization_check, randomized_models
+from .sanity import (
+    GROUPS,
+    SANITY_MODES,
+    THRESHOLD,
+    RandomizationResult,
+    layer_groups,
+    randomization_check,
+    randomized_models,
+)
 
 __all__ = [
-    "GROUPS", "METRICS", "MODES", "THRESHOLD", "Evaluation", "EvaluationSettings", "RandomizationResult",
+    "GROUPS", "METRICS", "SANITY_MODES", "THRESHOLD", "Evaluation", "EvaluationSettings", "RandomizationResult",
     "confidence_change", "deletion_baseline", "deletion_insertion", "evaluate", "evaluate_maps", "layer_groups",
     "noisy_linear_imputation", "pixel_order", "randomization_check", "randomized_models", "road", "step_counts",
     "subset", "suggested_blur", "unit_scaled",
