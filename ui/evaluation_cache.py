@@ -7,7 +7,6 @@ from typing import Any
 import streamlit as st
 
 from explainers.evaluation import METRICS, Evaluation, EvaluationSettings, evaluate
-from explainers.fitted import training_data
 from explainers.models import ModelSpec
 from explainers.runtime import current_listener, with_eta
 
@@ -21,6 +20,6 @@ def evaluation(model_key: str, _model: ModelSpec, block: str, methods: tuple[str
     """``explainers.evaluation.evaluate`` of the ``_images`` named by ``images_key``; progress goes to the
     page's bar (``ui.progress.progress_bar``) with the time left. ``training``: the sidebar's training
     images, which the k-means attribution fits on."""
-    with training_data(get_dataset(training, "train") if training else None):
-        return evaluate(_model, _images, list(methods), block, target, metrics, settings,
-                        progress=with_eta(current_listener()))
+    return evaluate(_model, _images, list(methods), block, target, metrics, settings,
+                    progress=with_eta(current_listener()),
+                    training=get_dataset(training, "train") if training else None)

@@ -239,10 +239,12 @@ def _long_empty(column: str) -> pd.DataFrame:
 def evaluate(model: ModelSpec, images: Any, methods: Sequence[str], block: str = "B4",
              targets: int | Sequence[int] | None = None, metrics: Sequence[str] = METRICS,
              settings: EvaluationSettings | None = None, method_settings: MethodSettings | None = None,
-             progress: Progress | None = None) -> Evaluation:
+             progress: Progress | None = None, *, training: str | DatasetSpec | None = None) -> Evaluation:
     """Every metric of ``metrics`` for the maps of ``methods`` at ``block`` over ``images`` (a list of
     images in any form ``explain`` takes, an (N, C, H, W) tensor, or a ``DatasetSpec``, e.g.
     ``subset(load_dataset("digits", "test"), 50)``); ``targets`` default to each image's predicted class.
+    ``training``: the training images of methods fitted on them (the k-means attribution; a folder, a
+    dataset name or a ``DatasetSpec``), as ``explain_trace`` takes it.
 
     Images go in chunks: one trace per chunk gives every method's map (``explain_trace``), then the
     metrics' distinct perturbed inputs run batched (module docstring). A method that does not apply,
@@ -257,7 +259,7 @@ def evaluate(model: ModelSpec, images: Any, methods: Sequence[str], block: str =
 
     def maps_of(inputs: torch.Tensor, wanted: torch.Tensor | None, listener: Progress | None) -> _Maps:
         return _traced_maps(model, inputs, wanted, [n for n in chosen if n not in failures], block,
-                            method_settings or {}, failures, listener)
+                            method_settings or {}, failures, listener, training)
 
     return _run(model, block, images, targets, metrics, settings, progress, maps_of, chosen, failures)
 
@@ -288,32 +290,34 @@ def evaluate_maps(model: ModelSpec, images: Any, maps: Mapping[str, Any], target
 
 def confidence_change(model: ModelSpec, images: Any, methods: Sequence[str], block: str = "B4",
                       targets: int | Sequence[int] | None = None, method_settings: MethodSettings | None = None,
-                      progress: Progress | None = None) -> pd.DataFrame:
+                      progress: Progress | None = None, *, training: str | DatasetSpec | None = None) -> pd.DataFrame:
     """Seed 002's Table 1 for this model (eq. 23): one row per method, ``method``, ``drop`` and
     ``increase`` in %. Methods that could not be evaluated are left out (``evaluate`` says why)."""
     return evaluate(model, images, methods, block, targets, ("confidence",), None, method_settings,
-                    progress).confidence_table()
+                    progress, training=training).confidence_table()
 
 
 def deletion_insertion(model: ModelSpec, images: Any, methods: Sequence[str], block: str = "B4",
                        targets: int | Sequence[int] | None = None, steps: int = STEPS,
-                       method_settings: MethodSettings | None = None,
-                       progress: Progress | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                       method_settings: MethodSettings | None = None, progress: Progress | None = None, *,
+                       training: str | DatasetSpec | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """RISE's deletion and insertion: the table of mean AUCs per method (``method``, ``deletion``,
     ``insertion``) and every curve (``Evaluation.curves``)."""
     found = evaluate(model, images, methods, block, targets, ("deletion", "insertion"),
-                     EvaluationSettings(steps=steps), method_settings, progress)
+                     EvaluationSettings(steps=steps), method_settings, progress, training=training)
     return found.auc_table(), found.curves()
 
 
 def road(model: ModelSpec, images: Any, methods: Sequence[str], block: str = "B4",
          targets: int | Sequence[int] | None = None, fractions: Sequence[float] = ROAD_FRACTIONS,
          noise: float = ROAD_NOISE, method_settings: MethodSettings | None = None,
-         progress: Progress | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+         progress: Progress | None = None, *, training: str | DatasetSpec | None = None
+         ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """ROAD (Rong et al. 2022): the table (``method``, ``morf``, ``lerf``, ``gap``) and every curve
     (``Evaluation.road_curves``)."""
     found = evaluate(model, images, methods, block, targets, ("road",),
-                     EvaluationSettings(road_fractions=tuple(fractions), road_noise=noise), method_settings, progress)
+                     EvaluationSettings(road_fractions=tuple(fractions), road_noise=noise), method_settings, progress,
+                     training=training)
     return found.road_table(), found.road_curves()
 
 
@@ -453,7 +457,8 @@ def _predicted(model: ModelSpec, inputs: torch.Tensor) -> torch.Tensor:
 
 
 def _traced_maps(model: ModelSpec, inputs: torch.Tensor, targets: torch.Tensor | None, names: list[str], block: str,
-                 method_settings: MethodSettings, failures: dict[str, str], listener: Progress | None) -> _Maps:
+                 method_settings: MethodSettings, failures: dict[str, str], listener: Progress | None,
+                 training: str | DatasetSpec | None) -> _Maps:
     """Every method's map of a chunk from one trace; a method failing its own check joins ``failures``."""
     started = time.perf_counter()
     infos = [method_info(name) for name in names]
@@ -465,7 +470,8 @@ def _traced_maps(model: ModelSpec, inputs: torch.Tensor, targets: torch.Tensor |
         try:
             with reporting(scaled(listener, index / max(1, len(names)), (index + 1) / max(1, len(names)))):
                 found = explain_trace(model, shared, [name], block,
-                                      {name: method_settings[name]} if name in method_settings else None)
+                                      {name: method_settings[name]} if name in method_settings else None,
+                                      training=training)
         except UserInputError as error:  # the method's own check failed on this input: it is not scored
             failures[name] = str(error)
             continue

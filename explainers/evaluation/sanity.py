@@ -68,6 +68,7 @@ from scipy.stats import spearmanr
 from skimage.metrics import structural_similarity
 from torch import nn
 
+from ..data.datasets import DatasetSpec
 from ..engine import batching
 from ..engine.trace import trace
 from ..methods import method_info
@@ -328,7 +329,8 @@ def randomization_check(model: ModelSpec, images: Any, methods: Sequence[str], b
                         method_settings: Mapping[str, Mapping[str, Any]] | None = None, seed: int = SEED,
                         keep_statistics: bool = False,
                         threshold: float = THRESHOLD, keep: int = 1, batch_size: int = IMAGES_PER_PASS,
-                        progress: Progress | None = None) -> RandomizationResult:
+                        progress: Progress | None = None, *,
+                        training: str | DatasetSpec | None = None) -> RandomizationResult:
     """Adebayo et al. 2018's model-randomisation test of ``methods`` at ``block`` on ``images``.
 
     Maps of the original model, then of each randomised copy (``randomized_models``: ``mode``
@@ -339,6 +341,7 @@ def randomization_check(model: ModelSpec, images: Any, methods: Sequence[str], b
     ``progress.reporting``), one step per randomisation step and batch of ``batch_size`` images, with the
     methods' own progress inside each step.
 
+    ``training``: the training images of methods fitted on them, as ``explain_trace`` takes it.
     ``keep_statistics``: batch norms keep their running statistics, as Adebayo's trainable-variables-only
     randomisation does (default: reset with the rest; module docstring).
 
@@ -356,7 +359,7 @@ def randomization_check(model: ModelSpec, images: Any, methods: Sequence[str], b
     groups = layer_groups(model)
     steps = [ORIGINAL, *groups]
     plan = _Plan(inputs, chosen, block, dict(method_settings or {}), batch_size, len(steps),
-                 progress or current_listener())
+                 progress or current_listener(), training)
     original, failures, targets = _maps(plan, model, ORIGINAL, 0, _targets(model, inputs, target))
     missing = [m for m in chosen if m not in original]
     if missing:
@@ -394,6 +397,7 @@ class _Plan:
     batch_size: int
     steps: int
     listener: Progress | None
+    training: str | DatasetSpec | None = None
 
     @property
     def parts(self) -> list[slice]:
@@ -478,7 +482,7 @@ def _explain(plan: _Plan, spec: ModelSpec, shared: Any, method: str, step: str, 
              failures: dict[tuple[str, str], str]) -> None:
     given = {method: plan.settings[method]} if method in plan.settings else None
     try:
-        result = explain_trace(spec, shared, [method], plan.block, given)
+        result = explain_trace(spec, shared, [method], plan.block, given, training=plan.training)
     except MethodUnavailableError as error:  # its own check failed here (non-finite values, conservation)
         failures[(method, step)] = str(error)
         return

@@ -88,7 +88,7 @@ def _resolved(chosen: Sequence[Method], method_settings: MethodSettings | None) 
 
 
 def explain_trace(model: ModelSpec, shared: Trace, methods: Sequence[str], block: str = "B4",
-                  method_settings: MethodSettings | None = None) -> list[dict[str, Explanation]]:
+                  method_settings: MethodSettings | None = None, training: Any = None) -> list[dict[str, Explanation]]:
     """Several methods for the images of a trace already taken, one dict per image: no pass of its
     own beyond those a method runs itself (perturbation, LRP), which its counts include.
 
