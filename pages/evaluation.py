@@ -43,7 +43,7 @@ with st.expander("Metric settings"):
 if chosen is None:
     st.stop()
 fractions = (0.1, 0.3, 0.5, 0.7, 0.9) if not levels.endswith("(9)") else tuple(round(0.1 * k, 1) for k in range(1, 10))
-metrics = METRICS if levels != "off" else tuple(m for m in METRICS if m != "road")
+metrics = tuple(name for name in METRICS if name != "road" or levels != "off")
 settings = EvaluationSettings(steps=int(steps), road_fractions=fractions, blur_sigma=float(sigma))
 target = selection.target if chosen.kind == "current" else None
 key = (selection.model_key, block, tuple(selection.methods), chosen.key, target, settings)
