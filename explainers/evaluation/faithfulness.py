@@ -319,11 +319,11 @@ def _gather(result: Evaluation, parts: list[tuple[_Maps, _Scores]], names: list[
     result.methods = names
     result.targets = np.concatenate([maps.targets.cpu().numpy() for maps, _ in parts]) if parts else result.targets
     result.original = np.concatenate([scores.original for _, scores in parts]) if parts else result.original
-    for array in {array for name in result.metrics for array in METRICS[name].arrays}:
+    for array in dict.fromkeys(array for metric in result.metrics for array in METRICS[metric].arrays):
         table = result.arrays[array]
         for name in names:
-            found = [scores.arrays[array].get(name) for _, scores in parts]
-            if found and all(f is not None for f in found):
+            found = [part for _, scores in parts if (part := scores.arrays[array].get(name)) is not None]
+            if found and len(found) == len(parts):  # scored in every chunk
                 table[name] = np.concatenate(found)
     count = max(1, len(result.original))
     for name in names:
