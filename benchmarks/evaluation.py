@@ -2,7 +2,8 @@
 
 For the built-in ``digits`` model (test digits) and the built-in ImageNet network ``efficientnet_lite0``
 (the photos bundled with scikit-image), and for Grad-CAM, Score-CAM and Cluster-CAM maps at B4, it
-prints one row per metric (confidence drop/increase, deletion, insertion, ROAD):
+prints one row per registered metric (``explainers.evaluation.METRICS``: confidence drop/increase, deletion,
+insertion, ROAD):
 
 - images per second of the metric alone (the maps are computed once beforehand, ``explain_batch``);
 - the distinct perturbed inputs it ran per image;
@@ -28,11 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `make bench` 
 
 from explainers import explain_batch, load_dataset, load_model  # noqa: E402
 from explainers.engine import batching  # noqa: E402
-from explainers.evaluation import EvaluationSettings, evaluate_maps, subset, suggested_blur  # noqa: E402
+from explainers.evaluation import METRICS, EvaluationSettings, evaluate_maps, subset, suggested_blur  # noqa: E402
 from explainers.models.inputs import as_batch  # noqa: E402
 
 METHODS = ("gradcam", "scorecam", "clustercam")
-METRICS = ("confidence", "deletion", "insertion", "road")
 TARGET_SHARE = 0.8
 
 
@@ -58,7 +58,8 @@ def rows(name: str, dataset: str, count: int) -> None:
             verdict = "PASS" if share >= TARGET_SHARE else "MISS"
             print(f"{method:12} {metric:11} {len(images) / seconds:9.2f} {result.inputs_run / len(images):10.1f} "
                   f"{share:12.0%} {verdict} {result.pass_seconds / seconds:9.0%}"
-                  + (f"   (imputation {result.imputation_seconds / seconds:.0%} of the time)" if metric == "road" else ""))
+                  + (f"   (imputation {result.imputation_seconds / seconds:.0%} of the time)"
+                     if metric == "road" else ""))
 
 
 def main() -> None:

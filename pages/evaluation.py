@@ -1,4 +1,8 @@
-"""Evaluation: which map to trust. Faithfulness metrics of the sidebar's methods over a set of images."""
+"""Evaluation: which map to trust. Faithfulness metrics of the sidebar's methods over a set of images.
+
+Every registered metric (``explainers.evaluation.METRICS``) gets its section from its own declaration: its
+table with each score's direction, its caption, its curves, its downloads."""
+import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 from plotly.colors import qualitative
@@ -43,7 +47,7 @@ with st.expander("Metric settings"):
 if chosen is None:
     st.stop()
 fractions = (0.1, 0.3, 0.5, 0.7, 0.9) if not levels.endswith("(9)") else tuple(round(0.1 * k, 1) for k in range(1, 10))
-metrics = METRICS if levels != "off" else tuple(m for m in METRICS if m != "road")
+metrics = tuple(name for name in METRICS if name != "road" or levels != "off")
 settings = EvaluationSettings(steps=int(steps), road_fractions=fractions, blur_sigma=float(sigma))
 target = selection.target if chosen.kind == "current" else None
 key = (selection.model_key, block, tuple(selection.methods), chosen.key, target, settings)
@@ -56,25 +60,26 @@ if chosen.kind != "current" and st.session_state.get("eval_requested") != key:
         st.rerun()
     st.stop()
 
+per_image = tuple(name for name in metrics if METRICS[name].curves_per_image)  # curves of the sidebar's image
 with progress_bar():
     found = evaluation(selection.model_key, model, block, tuple(selection.methods), chosen.key,
                        chosen.images(selection), target, settings, metrics, training=selection.train_source)
-    if chosen.kind == "current":
+    if chosen.kind == "current" or not per_image:
         here = found
     else:  # the curves are drawn for the sidebar's image, which need not be in the set
         here = evaluation(selection.model_key, model, block, tuple(selection.methods), current_image_key(selection),
-                          [selection.image], selection.target, settings, ("deletion", "insertion"),
-                          selection.train_source)
+                          [selection.image], selection.target, settings, per_image, selection.train_source)
 
-labels = {name: method_info(name).label for name in found.methods}
-colours = {name: qualitative.D3[i % len(qualitative.D3)] for i, name in enumerate(found.methods)}  # same in every panel
+shown_methods = list(dict.fromkeys(found.methods + here.methods))
+labels = {name: method_info(name).label for name in shown_methods}
+colours = {name: qualitative.D3[i % len(qualitative.D3)] for i, name in enumerate(shown_methods)}  # same everywhere
 for name, reason in found.failures.items():
     st.warning(f"**{method_info(name).label}** is not evaluated: {reason}")
 if not found.methods:
     st.stop()
-st.markdown(f"**{chosen.label}** · {model.name} at **{block}** · maps in {measured_time(found.map_seconds)}; the metrics "
-            f"ran {found.inputs_run:,} distinct perturbed inputs ({found.inputs_requested:,} asked for: the shared ones "
-            f"ran once) in {measured_time(found.metric_seconds)}.")
+st.markdown(f"**{chosen.label}** · {model.name} at **{block}** · maps in {measured_time(found.map_seconds)}; the "
+            f"metrics ran {found.inputs_run:,} distinct perturbed inputs ({found.inputs_requested:,} asked for: the "
+            f"shared ones ran once) in {measured_time(found.metric_seconds)}.")
 
 
 def labelled(table):
@@ -86,89 +91,87 @@ def csv_button(table, name: str, text: str) -> None:
                        mime="text/csv", key=f"csv_{name}")
 
 
-st.subheader("Confidence drop and increase (seed 002, Table 1)")
-confidence = labelled(found.confidence_table())
-st.dataframe(confidence, hide_index=True, width="stretch",
-             column_config={"drop": st.column_config.NumberColumn("drop (%)", format="%.2f"),
-                            "increase": st.column_config.NumberColumn("increase (%)", format="%.1f")})
-st.caption("The image is multiplied by its map scaled to [0, 1] (X ∘ H, on the normalised input: a hidden pixel "
-           "becomes the normalisation mean). **Good: a low drop and a high increase** — the map keeps what the "
-           "network needs. The drop here is *relative*, as in seed 002's eq. 23: max(0, S(X) − S(X∘H)) / S(X) per "
-           "image, averaged. pytorch-grad-cam's confidence change is *absolute* and signed: S(X∘H) − S(X) averaged, "
-           "so images whose probability rises cancel those where it falls, and a drop from 0.9 to 0.8 counts like "
-           "one from 0.2 to 0.1 (here 11% against 50%).")
-csv_button(confidence, "confidence", "Confidence table (CSV)")
+def score_columns(members) -> dict:
+    """Each score's label, format and direction (as the column's help) from its metric's declaration."""
+    return {score.column: st.column_config.NumberColumn(score.label, format=score.format,
+                                                        help=score.direction.capitalize())
+            for metric in members for score in metric.scores}
 
-st.subheader("Deletion and insertion (RISE)")
-problem = found.insertion_problem() or here.insertion_problem()
-kinds = ["deletion"] + ([] if problem else ["insertion"])
-curves = here.curves()
-curves = curves[curves["curve"].isin(kinds)]
-figure = make_subplots(1, len(kinds), subplot_titles=[f"{k} — current image" for k in kinds], shared_yaxes=True)
-for column, kind in enumerate(kinds, start=1):
-    for name in here.methods:
-        line = curves[(curves["curve"] == kind) & (curves["method"] == name)]
-        figure.add_trace(go.Scatter(x=line["fraction"], y=line["probability"], mode="lines+markers", name=labels[name],
-                                    legendgroup=name, showlegend=column == 1, marker=dict(size=4),
-                                    line=dict(color=colours[name])), 1, column)
-figure.update_xaxes(title_text="fraction of pixels", range=[0, 1])
-figure.update_yaxes(title_text="probability of the class", range=[0, 1.02], col=1)
-figure.update_layout(height=360, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
-st.plotly_chart(figure, width="stretch", key="eval_curves")
-if problem:
-    st.warning(f"Insertion is not shown: {problem}.")
-auc = labelled(found.auc_table())[["method", *kinds]]
-st.dataframe(auc, hide_index=True, width="stretch",
-             column_config={k: st.column_config.NumberColumn(f"{k} AUC", format="%.3f") for k in kinds})
-st.caption(f"Pixels are taken in the order of the map, most relevant first, in {settings.steps} steps; the area under "
-           "each probability curve is by the trapezoid rule over the fraction of pixels. **Deletion**: pixels are "
-           "replaced by a constant, the mean pixel of the model's training data — **good: a low area** (the class "
-           f"vanishes fast). **Insertion**: pixels go into a copy blurred by a Gaussian of σ = {settings.blur_sigma:g} "
-           "px — **good: a high area** (the class comes back fast). The table averages over the image set; the "
-           "curves are the current image's.")
-downloads = st.columns(3)
-with downloads[0]:
-    csv_button(auc, "auc", "AUC table (CSV)")
-with downloads[1]:
-    csv_button(curves.assign(method=curves["method"].map(labels)), "curves", "Curves of this image (CSV)")
-with downloads[2]:
-    st.download_button("Curves (PNG)", curves_png(curves, "curve", labels, f"{model.name} at {block}"),
-                       file_name="protoscope-deletion-insertion.png", mime="image/png", key="png_curves")
 
-st.subheader("ROAD: remove and debias (Rong et al. 2022)")
-if "road" not in metrics:
-    st.info("ROAD is off for photos: it solves a sparse system per removal level, about 2 s per image and method "
-            "at 224x224. Turn it on under *Metric settings*.", icon=":material/timer:")
-else:
-    road_table = labelled(found.road_table())
-    st.dataframe(road_table, hide_index=True, width="stretch",
-                 column_config={"morf": st.column_config.NumberColumn("MoRF", format="%.3f"),
-                                "lerf": st.column_config.NumberColumn("LeRF", format="%.3f"),
-                                "gap": st.column_config.NumberColumn("gap (LeRF − MoRF)", format="%.3f")})
-    st.caption("The most relevant (MoRF) or least relevant (LeRF) pixels are removed and filled in from their "
-               "neighbours, with a little noise, so that the shape of the hole tells the network nothing. Mean "
-               f"probability over the removal levels ({', '.join(f'{f:.0%}' for f in settings.road_fractions)}) and "
-               "images. **Good: a low MoRF, a high LeRF, a large gap** (LeRF − MoRF).")
-    road_curves = found.road_curves()
-    means = road_curves.groupby(["order", "method", "fraction"], sort=False)["probability"].mean().reset_index()
-    road_figure = make_subplots(1, 2, subplot_titles=["MoRF (mean over the images)", "LeRF (mean over the images)"],
-                                shared_yaxes=True)
-    for column, order in enumerate(("MoRF", "LeRF"), start=1):
-        for name in found.methods:
-            line = means[(means["order"] == order) & (means["method"] == name)]
-            road_figure.add_trace(go.Scatter(x=line["fraction"], y=line["probability"], mode="lines+markers",
-                                             name=labels[name], legendgroup=name, showlegend=column == 1,
-                                             line=dict(color=colours[name])), 1, column)
-    road_figure.update_xaxes(title_text="fraction removed", range=[0, 1])
-    road_figure.update_yaxes(range=[0, 1.02])
-    road_figure.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.3))
-    st.plotly_chart(road_figure, width="stretch", key="eval_road_curves")
-    downloads = st.columns(2)
+def caption(members) -> str:
+    texts = [m.preamble(settings) for m in members] + [m.caption(settings) for m in members]
+    if any(m.curves_per_image for m in members):
+        texts.append("The table averages over the image set; the curves are the current image's.")
+    return " ".join(dict.fromkeys(text for text in texts if text))
+
+
+def curves_figure(members, name: str) -> pd.DataFrame:
+    """One panel per curve of ``members``: the current image's (``curves_per_image``) or the mean over the
+    images; returns the curves drawn, long format."""
+    frames, panels = [], []
+    for metric in members:
+        source = here if metric.curves_per_image else found
+        frame = source.curve_table([metric.name])
+        frames.append(frame)
+        means = frame.groupby(["curve", "method", "fraction"], sort=False)["probability"].mean().reset_index()
+        for label in metric.curves.values():
+            panels.append((metric, label, means[means["curve"] == label]))
+    titles = [f"{label} — current image" if metric.curves_per_image else f"{label} (mean over the images)"
+              for metric, label, _ in panels]
+    figure = make_subplots(1, len(panels), subplot_titles=titles, shared_yaxes=True)
+    for column, (metric, _, means) in enumerate(panels, start=1):
+        for method in dict.fromkeys(means["method"]):
+            line = means[means["method"] == method]
+            figure.add_trace(go.Scatter(x=line["fraction"], y=line["probability"], mode="lines+markers",
+                                        name=labels[method], legendgroup=method, showlegend=column == 1,
+                                        marker=dict(size=4), line=dict(color=colours[method])), 1, column)
+        figure.update_xaxes(title_text=metric.curve_axis, range=[0, 1], row=1, col=column)
+    figure.update_yaxes(range=[0, 1.02])
+    figure.update_yaxes(title_text="probability of the class", col=1)
+    figure.update_layout(height=360, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
+    st.plotly_chart(figure, width="stretch", key=f"eval_{name}_curves")
+    return pd.concat(frames, ignore_index=True)
+
+
+def constant(c) -> str:
+    return f"{c.name} = {f'{c.value:g}' if isinstance(c.value, float) else c.value} — {c.source}"
+
+
+sections: dict[str, list] = {}  # metrics that share a heading are shown together (deletion and insertion)
+for metric in METRICS.values():
+    sections.setdefault(metric.section, []).append(metric)
+for title, members in sections.items():
+    st.subheader(title)
+    computed = [m for m in members if m.name in found.metrics]
+    if not computed:
+        st.info(members[0].off_note or f"{title} is off.", icon=":material/timer:")
+        continue
+    withheld = {m.label: reason for m in computed
+                if (reason := found.problem(m.name) or (here.problem(m.name) if m.name in here.metrics else None))}
+    for label, reason in withheld.items():
+        st.warning(f"{label} is not shown: {reason}.")
+    members = [m for m in computed if m.label not in withheld]
+    if not members:
+        continue
+    name = members[0].name
+    table = labelled(found.table([m.name for m in members]))
+    st.dataframe(table, hide_index=True, width="stretch", column_config=score_columns(members))
+    st.caption(caption(members))
+    curved = [m for m in members if m.curves]
+    curves = curves_figure(curved, name) if curved else None
+    downloads = st.columns(3)
     with downloads[0]:
-        csv_button(road_table, "road", "ROAD table (CSV)")
-    with downloads[1]:
-        st.download_button("ROAD curves (PNG)", curves_png(road_curves, "order", labels, f"{model.name} at {block}"),
-                           file_name="protoscope-road.png", mime="image/png", key="png_road")
+        csv_button(table, name, "Table (CSV)")
+    if curves is not None:
+        with downloads[1]:
+            csv_button(curves.assign(method=curves["method"].map(labels)), f"{name}-curves", "Curves (CSV)")
+        with downloads[2]:
+            st.download_button("Curves (PNG)", curves_png(curves, "curve", labels, f"{model.name} at {block}"),
+                               file_name=f"protoscope-{name}-curves.png", mime="image/png", key=f"png_{name}")
+
+with st.expander("The metrics' constants and where they come from"):
+    st.markdown("\n".join(f"- **{metric.label}** ({metric.reference}): {'; '.join(map(constant, metric.constants))}"
+                           for metric in METRICS.values() if metric.constants))
 
 st.subheader("Cost of each map (seed 002, Table 2)")
 timing = labelled(found.timing_table())

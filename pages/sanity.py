@@ -7,7 +7,7 @@ from explainers import UserInputError, method_info
 from explainers.data import plural
 from explainers.display import maps_sheet, step_label, step_pictures
 from explainers.display import sanity_curves_png as curves_png
-from explainers.evaluation import MODES
+from explainers.evaluation import SANITY_MODES
 from ui.progress import progress_bar
 from ui.sanity import MAX_IMAGES, curves_figure, randomisation, test_images
 from ui.sidebar import current_with_image, runnable_methods
@@ -22,7 +22,7 @@ model, block = selection.model, selection.block
 
 controls = st.columns([3, 2, 3, 3])
 mode = controls[0].radio(
-    "Randomisation", MODES, key="sanity_mode", horizontal=True,
+    "Randomisation", SANITY_MODES, key="sanity_mode", horizontal=True,
     help="Cascading: from the classifier down, each step adding one group to those already randomised, until no "
          "learned weight is left. Independent: one group at a time, the others keeping their learned weights.")
 dataset, split = test_images(model)

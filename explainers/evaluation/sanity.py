@@ -68,6 +68,7 @@ from scipy.stats import spearmanr
 from skimage.metrics import structural_similarity
 from torch import nn
 
+from ..data.datasets import DatasetSpec
 from ..engine import batching
 from ..engine.trace import trace
 from ..methods import method_info
@@ -82,15 +83,16 @@ from ..runtime.progress import Progress, current_listener, report, reporting, sc
 from ..runtime.settings import UnknownSettingError
 from .faithfulness import image_source
 
-__all__ = ["GROUPS", "MODES", "ORIGINAL", "THRESHOLD", "RandomizationResult", "layer_groups", "randomization_check",
-           "randomized_models", "rank_correlation", "structural_similarity_of_maps"]
+__all__ = ["GROUPS", "IMAGES_PER_PASS", "ORIGINAL", "THRESHOLD", "RandomizationResult", "SANITY_MODES",
+           "layer_groups", "randomization_check", "randomized_models", "rank_correlation",
+           "structural_similarity_of_maps"]
 
 GROUPS = ("classifier", "B4", "B3", "B2", "B1", "stem")  # cascading order: from the top of the network down
-MODES = ("cascading", "independent")
+SANITY_MODES = ("cascading", "independent")
 ORIGINAL = "original"  # the first step: the model as loaded
 THRESHOLD = 0.5
 SEED = 0
-BATCH_SIZE = 16  # images per pass: a step's maps for N images take ceil(N / 16) traces
+IMAGES_PER_PASS = 16  # images per pass: a step's maps for N images take ceil(N / 16) traces
 
 
 class UnsuitableMethodError(MethodUnavailableError):
@@ -163,8 +165,8 @@ def randomized_models(model: ModelSpec, mode: str = "cascading", seed: int = SEE
     when the caller has it already. ``keep_statistics``: batch norms keep their running statistics
     (Adebayo's protocol, see the module docstring); by default they are reset with the rest.
     """
-    if mode not in MODES:
-        raise UserInputError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if mode not in SANITY_MODES:
+        raise UserInputError(f"mode must be one of {', '.join(SANITY_MODES)}, not {mode!r}")
     groups = groups or layer_groups(model)
     previous: nn.Module | None = None
     randomised: list[str] = []
@@ -304,13 +306,13 @@ class RandomizationResult:
                 continue
             steps = self.insensitive_steps(method)
             if steps and len(steps) == len(self.steps) - 1:
-                found[method] = (f"{label} does not depend on the model's weights{self._on()}: randomising any one group "
-                                 f"({', '.join(steps)}) leaves its maps with a rank correlation of at least "
+                found[method] = (f"{label} does not depend on the model's weights{self._on()}: randomising any one "
+                                 f"group ({', '.join(steps)}) leaves its maps with a rank correlation of at least "
                                  f"{self.threshold:g} with the original.")
             elif steps:
-                found[method] = (f"{label} barely depends on the weights of {', '.join(steps)}{self._on()}: randomising "
-                                 f"{'it' if len(steps) == 1 else 'any one of them'} alone leaves its maps with a rank "
-                                 f"correlation of at least {self.threshold:g} with the original.")
+                found[method] = (f"{label} barely depends on the weights of {', '.join(steps)}{self._on()}: "
+                                 f"randomising {'it' if len(steps) == 1 else 'any one of them'} alone leaves its maps "
+                                 f"with a rank correlation of at least {self.threshold:g} with the original.")
         for method in found:
             if method_info(method).family == "classic":  # expected, and what the check is calibrated against
                 found[method] += " As it should: it is computed from the image alone, a baseline for the others."
@@ -326,25 +328,28 @@ def randomization_check(model: ModelSpec, images: Any, methods: Sequence[str], b
                         mode: str = "cascading", target: int | Sequence[int] | None = None,
                         method_settings: Mapping[str, Mapping[str, Any]] | None = None, seed: int = SEED,
                         keep_statistics: bool = False,
-                        threshold: float = THRESHOLD, keep: int = 1, batch_size: int = BATCH_SIZE,
-                        progress: Progress | None = None) -> RandomizationResult:
+                        threshold: float = THRESHOLD, keep: int = 1, batch_size: int = IMAGES_PER_PASS,
+                        progress: Progress | None = None, *,
+                        training: str | DatasetSpec | None = None) -> RandomizationResult:
     """Adebayo et al. 2018's model-randomisation test of ``methods`` at ``block`` on ``images``.
 
     Maps of the original model, then of each randomised copy (``randomized_models``: ``mode``
     "cascading" or "independent"), for the same target classes (``target``; None: each image's class
-    as the *original* model predicts it; in a list, None for one image's predicted class), compared with the original map by rank correlation and SSIM
-    (module docstring). Every pass is a job of the compute thread (``explainers.engine.trace``); progress goes
-    to ``progress`` (default: the listener of ``progress.reporting``), one step per randomisation step
-    and batch of ``batch_size`` images, with the methods' own progress inside each step.
+    as the *original* model predicts it; in a list, None for one image's predicted class), compared with the
+    original map by rank correlation and SSIM (module docstring). Every pass is a job of the compute thread
+    (``explainers.engine.trace``); progress goes to ``progress`` (default: the listener of
+    ``progress.reporting``), one step per randomisation step and batch of ``batch_size`` images, with the
+    methods' own progress inside each step.
 
+    ``training``: the training images of methods fitted on them, as ``explain_trace`` takes it.
     ``keep_statistics``: batch norms keep their running statistics, as Adebayo's trainable-variables-only
     randomisation does (default: reset with the rest; module docstring).
 
     A method that gives no honest map on a randomised copy (non-finite values, LRP's conservation)
     is reported in ``failures`` and its row of that step left empty, never filled in.
     """
-    if mode not in MODES:
-        raise UserInputError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if mode not in SANITY_MODES:
+        raise UserInputError(f"mode must be one of {', '.join(SANITY_MODES)}, not {mode!r}")
     if block not in model.blocks:
         raise UserInputError(f"block {block!r} is not in {model.name}; it has {', '.join(model.blocks)}")
     chosen = _suitable(model, methods, block)
@@ -354,7 +359,7 @@ def randomization_check(model: ModelSpec, images: Any, methods: Sequence[str], b
     groups = layer_groups(model)
     steps = [ORIGINAL, *groups]
     plan = _Plan(inputs, chosen, block, dict(method_settings or {}), batch_size, len(steps),
-                 progress or current_listener())
+                 progress or current_listener(), training)
     original, failures, targets = _maps(plan, model, ORIGINAL, 0, _targets(model, inputs, target))
     missing = [m for m in chosen if m not in original]
     if missing:
@@ -392,6 +397,7 @@ class _Plan:
     batch_size: int
     steps: int
     listener: Progress | None
+    training: str | DatasetSpec | None = None
 
     @property
     def parts(self) -> list[slice]:
@@ -476,7 +482,7 @@ def _explain(plan: _Plan, spec: ModelSpec, shared: Any, method: str, step: str, 
              failures: dict[tuple[str, str], str]) -> None:
     given = {method: plan.settings[method]} if method in plan.settings else None
     try:
-        result = explain_trace(spec, shared, [method], plan.block, given)
+        result = explain_trace(spec, shared, [method], plan.block, given, training=plan.training)
     except MethodUnavailableError as error:  # its own check failed here (non-finite values, conservation)
         failures[(method, step)] = str(error)
         return
