@@ -35,6 +35,7 @@ from .builtin.digits import (
     DigitsResNet,
     digits_transform,
 )
+from .builtin.digits_vit import DIGITS_VIT_CARD, DIGITS_VIT_WEIGHTS, digits_vit_network
 from .families import core as families
 from .inference import inference_copy
 from .preprocess import (
@@ -78,6 +79,9 @@ class ModelSpec:
     _block_shapes: dict[str, tuple[int, int, int]] | None = field(default=None, repr=False)
     _gap_head: bool | None = field(default=None, repr=False)
     _inference_net: nn.Module | None = field(default=None, repr=False)
+    # A transformer's tokens, layers and attention (``explainers.models.families.transformers.Transformer``); None
+    # for a CNN. Its ``layouts`` lay each block's tokens on the patch grid in the trace.
+    transformer: Any = None
     # Guards the lazily computed fields above: a ModelSpec is shared by every session of a server.
     _lazy: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -248,7 +252,7 @@ def _no_checkpoint_at(given: str, path: Path) -> str:
 
 # The built-in models whose trained weights ship in assets/: nothing to download, so the sidebar
 # offers no "Random weights (no download)" for them.
-SHIPPED_MODELS = ("digits", "digits_marked")
+SHIPPED_MODELS = ("digits", "digits_marked", "digits_vit")
 
 
 @MODELS.register("digits", description="compact ResNet trained on scikit-learn's digits (built in, offline)")
@@ -260,6 +264,21 @@ def digits(weights: str | None = "DEFAULT") -> ModelSpec:
                                               "class-specific mark (spurious correlation; built in, offline)")
 def digits_marked(weights: str | None = "DEFAULT") -> ModelSpec:
     return _digits_resnet("digits_marked", DIGITS_MARKED_WEIGHTS, DIGITS_MARKED_CARD, weights)
+
+
+@MODELS.register("digits_vit", description="small Vision Transformer (timm, 8x8-pixel patches, no class token, "
+                                           "average-pooled tokens) trained on scikit-learn's digits (built in)")
+def digits_vit(weights: str | None = "DEFAULT") -> ModelSpec:
+    """The built-in digits ViT (``explainers.models.builtin.digits_vit``) with its shipped weights."""
+    net = digits_vit_network()
+    card: dict[str, Any] = {}
+    if weights is not None:
+        net.load_state_dict(torch.load(DIGITS_VIT_WEIGHTS, map_location="cpu", weights_only=True))
+        card = json.loads(DIGITS_VIT_CARD.read_text()) if DIGITS_VIT_CARD.exists() else {}
+    spec = _spec("digits_vit", net.eval(), digits_transform(), [str(d) for d in range(10)], None, card,
+                 sample_dataset="digits")
+    spec.dataset = "digits"
+    return spec
 
 
 def _digits_resnet(name: str, weights_file: Path, card_file: Path, weights: str | None) -> ModelSpec:
@@ -551,11 +570,15 @@ def _spec(name: str, net: nn.Module, preprocess: Preprocess, classes: list[str],
     its blocks (checked: each runs once per forward, at decreasing resolutions), and one probe pass.
     ``sample_dataset`` names the built-in image set that suits its input (``ModelSpec.sample_dataset``)."""
     adapter = families.family_named(family) if family in families.FAMILIES else _family(net)
+    if hasattr(adapter, "fit_input"):  # a transformer's position embedding, for the input size (before the probe)
+        adapter.fit_input(net, preprocess.input_size)
     modules = find_blocks(net, adapter.name, preprocess, blocks)
     paths = {block: _module_path(net, module) for block, module in modules.items()}
     spec = ModelSpec(name=name, net=net, blocks=modules, block_paths=paths, classifier=_last_linear(net),
                      transform=preprocess, classes=classes, family=adapter.name, card=card,
                      sample_dataset=sample_dataset)
+    if hasattr(adapter, "transformer"):
+        spec.transformer = adapter.transformer(net, paths)
     spec._probe()  # once, at load: explanations then run exactly one forward pass each
     return spec
 
@@ -585,7 +608,7 @@ def find_blocks(net: nn.Module, family: str, preprocess: Preprocess,
     missing = [path for path in paths if path not in known or not path]
     if missing:
         raise families.BlockError(f"no module called {', '.join(map(repr, missing))} in this network")
-    families.check_blocks(net, paths, observed)
+    getattr(families.family_named(family), "check_blocks", families.check_blocks)(net, paths, observed)
     return dict(zip(BLOCK_NAMES, (known[path] for path in paths)))
 
 

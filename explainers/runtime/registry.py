@@ -42,19 +42,25 @@ class Registry(Mapping[str, T], Generic[T]):
         self._entries: dict[str, T] = {}
         self._descriptions: dict[str, str] = {}
         self._last: set[str] = set()
+        self._first: set[str] = set()
         self._lock = threading.Lock()  # registration may happen while another thread reads
 
     # --- registering ---------------------------------------------------------------------------
 
-    def add(self, name: str, entry: E, description: str = "", *, last: bool = False) -> E:
-        """Register ``entry`` under ``name``; returns it. A name registered twice is an error."""
+    def add(self, name: str, entry: E, description: str = "", *, last: bool = False, first: bool = False) -> E:
+        """Register ``entry`` under ``name``; returns it. A name registered twice is an error. ``first``: ahead
+        of the entries registered without it (a specific family adapter before a broader one registered earlier)."""
         with self._lock:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             entries = {**self._entries, name: entry}
             if last:
                 self._last.add(name)
-            ordered = [n for n in entries if n not in self._last] + [n for n in entries if n in self._last]
+            if first:
+                self._first.add(name)
+            ordered = ([n for n in entries if n in self._first]
+                       + [n for n in entries if n not in self._last and n not in self._first]
+                       + [n for n in entries if n in self._last])
             self._entries = {n: entries[n] for n in ordered}  # replaced whole: readers never see half an update
             self._descriptions[name] = description
         return entry
