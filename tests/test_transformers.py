@@ -252,3 +252,24 @@ def test_digits_vit_is_accurate_and_theorem_1_holds_on_tokens():
     assert model.gap_head and model.family == "timm_vit"
     maps = explain_many(model, images[0], ["gradcam", "legrad", "rollout", "chefer"], block="B2")
     assert all(e.raw.shape == (8, 8) for e in maps.values())
+
+
+def test_the_saliency_page_shows_digits_vit_with_attention_methods():
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from explainers import method_info
+
+    repo = Path(__file__).resolve().parents[1]
+    script = ("import runpy\nfrom ui.sidebar import sidebar\nsidebar()\n"
+              f"runpy.run_path({str(repo / 'pages/saliency.py')!r}, run_name='__main__')\n")
+    app = AppTest.from_string(script, default_timeout=120)
+    app.query_params["model"] = "digits_vit"
+    app.query_params["methods"] = "gradcam,legrad,rollout,chefer"
+    app.run()
+    assert not app.exception, app.exception
+    assert not app.error, [e.value for e in app.error]
+    titles = [m.value.split("**")[1] for m in app.markdown if m.value.startswith("**")]
+    for name in ("gradcam", "legrad", "rollout", "chefer"):
+        assert method_info(name).label in titles

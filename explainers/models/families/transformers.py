@@ -21,6 +21,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torchvision.models import SwinTransformer, VisionTransformer
 
 from ...runtime.errors import BlockError, UserInputError
 from .core import BLOCK_NAMES, FAMILIES, Family, Probe
@@ -178,8 +179,6 @@ class TorchvisionViTFamily(TransformerFamily):
                    "B4 = encoder.ln, patch tokens on their grid, the class token apart")
 
     def matches(self, net: nn.Module) -> bool:
-        from torchvision.models import VisionTransformer
-
         return isinstance(net, VisionTransformer)
 
     def block_paths(self, net: nn.Module, probe_result: Probe) -> list[str]:
@@ -223,8 +222,6 @@ class SwinFamily(TransformerFamily):
                    "(the head averages its tokens); windowed attention: no attention methods")
 
     def matches(self, net: nn.Module) -> bool:
-        from torchvision.models import SwinTransformer
-
         return isinstance(net, SwinTransformer) or _timm_class(net, "timm.models.swin_transformer", "SwinTransformer")
 
     def block_paths(self, net: nn.Module, probe_result: Probe) -> list[str]:
