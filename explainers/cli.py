@@ -2,6 +2,7 @@
 
     python -m explainers.cli train digits        # reproduces assets/digits_resnet.pt
     python -m explainers.cli train digits_marked # reproduces assets/digits_marked_resnet.pt
+    python -m explainers.cli train digits_vit    # reproduces assets/digits_vit.pt (about 4 minutes on 2 idle cores)
     python -m explainers.cli prototypes digits   # reproduces digits' files in assets/prototypes/ from those weights
     python -m explainers.cli qsenn digits        # reproduces digits' file in assets/qsenn/ (Concepts' default layer)
     python -m explainers.cli prototypes digits_marked   # the same for digits_marked (each model's files its own)
@@ -19,6 +20,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -55,6 +57,7 @@ from .models.builtin.digits import (
     DigitsResNet,
     digits_transform,
 )
+from .models.builtin.digits_vit import DIGITS_VIT_CARD, DIGITS_VIT_CONFIG, DIGITS_VIT_WEIGHTS, digits_vit_network
 from .models.loading import load_model
 from .runtime.progress import terminal, with_eta
 
@@ -78,7 +81,12 @@ SHIPPED_MANIFEST = "shipped.json"
 
 # What ``train`` can train: each built-in DigitsResNet, trained on the registered dataset of its name,
 # with the files its weights and model card are written to.
-TRAINABLE = {"digits": (DIGITS_WEIGHTS, DIGITS_CARD), "digits_marked": (DIGITS_MARKED_WEIGHTS, DIGITS_MARKED_CARD)}
+TRAINABLE = {"digits": (DIGITS_WEIGHTS, DIGITS_CARD), "digits_marked": (DIGITS_MARKED_WEIGHTS, DIGITS_MARKED_CARD),
+             "digits_vit": (DIGITS_VIT_WEIGHTS, DIGITS_VIT_CARD)}
+# The models that are not a DigitsResNet trained on the dataset of their name: (network, dataset, epochs, lr, what).
+OTHER_NETWORKS = {"digits_vit": (
+    digits_vit_network, "digits", 60, 3e-3,
+    f"timm VisionTransformer({', '.join(f'{k}={v!r}' for k, v in DIGITS_VIT_CONFIG.items())})")}
 
 
 def digits_tensors(split: str, dataset: str = "digits") -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,7 +126,8 @@ def accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_s
 
 
 def fit_digits(dataset: str = "digits", epochs: int = 40, seed: int = 0, batch_size: int = 64, lr: float = 3e-3,
-               stop_after: int | None = None) -> tuple[DigitsResNet, list[float]]:
+               stop_after: int | None = None, network: Callable[[], nn.Module] = DigitsResNet
+               ) -> tuple[nn.Module, list[float]]:
     """Train a ``DigitsResNet`` from scratch on ``dataset``'s training split: AdamW, one-cycle learning
     rate over ``epochs``, ``_augment``, label smoothing 0.05, everything seeded by ``seed``. The recipe
     is the same for every dataset, so ``digits`` and ``digits_marked`` differ only in their images.
@@ -129,7 +138,7 @@ def fit_digits(dataset: str = "digits", epochs: int = 40, seed: int = 0, batch_s
     generator = torch.Generator().manual_seed(seed)
     train_x, train_y = digits_tensors("train", dataset)
     test_x, test_y = digits_tensors("test", dataset)
-    net = DigitsResNet()
+    net = network()  # a DigitsResNet, or the digits ViT (``OTHER_NETWORKS``)
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=5e-4)
     steps = epochs * math.ceil(len(train_x) / batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
@@ -161,15 +170,19 @@ def train_digits(model: str = "digits", epochs: int = 40, seed: int = 0, batch_s
     training loss of the first and the last epoch."""
     out = out or TRAINABLE[model][0]
     card = card or TRAINABLE[model][1]
+    network, dataset, architecture = DigitsResNet, model, (f"DigitsResNet(widths={list(DIGITS_WIDTHS)}, "
+                                                            f"depths={list(DIGITS_DEPTHS)}, BasicBlock)")
+    if model in OTHER_NETWORKS:
+        network, dataset, _, _, architecture = OTHER_NETWORKS[model]
     started = time.perf_counter()
-    net, losses = fit_digits(model, epochs=epochs, seed=seed, batch_size=batch_size, lr=lr)
+    net, losses = fit_digits(dataset, epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, network=network)
     seconds = time.perf_counter() - started
-    splits = {split: digits_tensors(split, model) for split in dataset_splits(model)}
+    splits = {split: digits_tensors(split, dataset) for split in dataset_splits(dataset)}
     measured = {f"{split}_accuracy": round(accuracy(net, *tensors), 4) for split, tensors in splits.items()}
     summary = {
         "model": model,
-        "dataset": model,
-        "architecture": f"DigitsResNet(widths={list(DIGITS_WIDTHS)}, depths={list(DIGITS_DEPTHS)}, BasicBlock)",
+        "dataset": dataset,
+        "architecture": architecture,
         "input_size": [64, 64],
         **measured,  # train_accuracy, test_accuracy, and those of any other split (digits_marked's test_clean, ...)
         "epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr,
@@ -293,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a built-in model and write its weights to assets/")
     train.add_argument("model", choices=sorted(TRAINABLE))
-    train.add_argument("--epochs", type=int, default=40)
+    train.add_argument("--epochs", type=int, default=None, help="default: 40 (60 for digits_vit)")
     train.add_argument("--seed", type=int, default=0)
     shipped = commands.add_parser("prototypes", help="fit the prototype pages' defaults and write them to "
                                                      "assets/prototypes/ (read there on a fresh machine)")
@@ -310,7 +323,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     torch.set_num_threads(max(1, torch.get_num_threads()))
     np.random.seed(args.seed)
-    train_digits(args.model, epochs=args.epochs, seed=args.seed)
+    recipe = OTHER_NETWORKS.get(args.model)
+    epochs, lr = (args.epochs or recipe[2], recipe[3]) if recipe else (args.epochs or 40, 3e-3)
+    train_digits(args.model, epochs=epochs, seed=args.seed, lr=lr)
 
 
 if __name__ == "__main__":

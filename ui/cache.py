@@ -22,6 +22,7 @@ from PIL import Image
 
 from explainers import Trace, UserInputError, explain_trace, load_dataset, load_image, load_model, method_info, trace
 from explainers.data import DatasetSpec, png_compatible
+from explainers.engine import ATTENTION_NEEDS, attention_reason
 from explainers.methods import Explanation, recombine
 from explainers.models import ModelSpec, as_batch
 
@@ -83,7 +84,8 @@ def view_trace(model_key: str, _model: ModelSpec, data: bytes, target: int | Non
         inputs = as_batch(_model, _image if _image is not None else load_image(data))
     else:
         inputs = view_trace(model_key, _model, data, None, _image).inputs
-    return trace(_model, inputs, target, gradients=True)
+    attention = ATTENTION_NEEDS if attention_reason(_model) is None else ()  # a ViT's attention, same pass
+    return trace(_model, inputs, target, gradients=True, attention=attention)
 
 
 def shared_trace(model_key: str, model: ModelSpec, data: bytes, target: int | None = None,

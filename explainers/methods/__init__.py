@@ -7,12 +7,13 @@ method and its settings are: ``base`` and ``explainers.runtime.settings``.
 One module per method or family of methods: ``cam`` (the CAM family on the shared trace),
 ``kmeans_attribution`` (seed 000's gradient-free attribution), ``masking`` (the masked inputs that
 Score-CAM and Cluster-CAM share), ``score_cam``, ``ablation_cam``, ``cluster_cam``, ``lrp``,
-``classic``; ``explanation`` runs them on one shared trace.
+``classic``, ``attention`` (rollout, Chefer, LeGrad); ``explanation`` runs them on one shared trace.
 """
 from __future__ import annotations
 
 from . import (  # noqa: F401  (the perturbation methods)
                           ablation_cam,
+                          attention,  # noqa: F401  (rollout, Chefer, LeGrad: a transformer's attention)
                           cam,  # noqa: F401  (registers the CAM family)
                           classic,  # noqa: F401  (model-free image saliency)
                           cluster_cam,

@@ -72,6 +72,9 @@ class Method:
     needs_training: bool = False
     settings: tuple[Setting, ...] = ()  # the method's own settings, passed to ``compute`` as keywords
     recombine: Recombine | None = None  # applies the display-only settings to a computed result, no pass
+    # What of a transformer's attention the shared trace must record ("maps", "gradients", "layers":
+    # ``explainers.engine.attention``).
+    attention: tuple[str, ...] = ()
 
     def available(self, model: "ModelSpec", block: str, training: "TrainingData | None" = None) -> str | None:
         """None when the method applies to this model and block (and, for a method fitted on training
@@ -111,7 +114,7 @@ def register_method(name: str, *, label: str, family: str, description: str, ref
                     **options: Any) -> Callable[[Compute], Compute]:
     """Register ``compute(trace, block, model, **settings)`` under ``name``; ``options`` are ``Method``
     fields (needs_gradients, signed, last_block_only, requires_gap_head, needs_all_blocks, check,
-    needs_training, settings, recombine).
+    needs_training, settings, recombine, attention).
 
     Each declared setting must be a keyword parameter of ``compute`` whose default is the declared
     one (one default, stated twice only where the reader needs it), and display-only settings need

@@ -65,7 +65,9 @@ def explain_batch(model: ModelSpec, images: Any, methods: Sequence[str], block: 
     _resolved(chosen, method_settings)  # refused before the pass, not after
     batch = as_batch(model, images)
     blocks = list(model.blocks) if any(m.needs_all_blocks for m in chosen) else [block]
-    shared = trace(model, batch, target, gradients=any(m.needs_gradients for m in chosen), blocks=blocks)
+    attention = sorted({need for m in chosen for need in m.attention})
+    shared = trace(model, batch, target, gradients=any(m.needs_gradients for m in chosen), blocks=blocks,
+                   attention=attention)
     return explain_trace(model, shared, methods, block, method_settings, training)
 
 

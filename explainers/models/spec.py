@@ -54,6 +54,9 @@ class ModelSpec:
     _block_shapes: dict[str, tuple[int, int, int]] | None = field(default=None, repr=False)
     _gap_head: bool | None = field(default=None, repr=False)
     _inference_net: nn.Module | None = field(default=None, repr=False)
+    # A transformer's tokens, layers and attention (``explainers.models.families.transformers.Transformer``); None
+    # for a CNN. Its ``layouts`` lay each block's tokens on the patch grid in the trace.
+    transformer: Any = None
     # Guards the lazily computed fields above: a ModelSpec is shared by every session of a server.
     _lazy: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -148,11 +151,15 @@ def model_spec(name: str, net: nn.Module, preprocess: Preprocess, classes: list[
     its blocks (checked: each runs once per forward, at decreasing resolutions), and one probe pass.
     ``sample_dataset`` names the built-in image set that suits its input (``ModelSpec.sample_dataset``)."""
     adapter = families.family_named(family) if family in families.MODEL_FAMILIES else _family(net)
+    if hasattr(adapter, "fit_input"):  # a transformer's position embedding, for the input size (before the probe)
+        adapter.fit_input(net, preprocess.input_size)
     modules = find_blocks(net, adapter.name, preprocess, blocks)
     paths = {block: module_path(net, module) for block, module in modules.items()}
     spec = ModelSpec(name=name, net=net, blocks=modules, block_paths=paths, classifier=last_linear(net),
                      transform=preprocess, classes=classes, family=adapter.name, card=card,
                      sample_dataset=sample_dataset)
+    if hasattr(adapter, "transformer"):
+        spec.transformer = adapter.transformer(net, paths)
     spec._probe()  # once, at load: explanations then run exactly one forward pass each
     return spec
 
@@ -182,7 +189,7 @@ def find_blocks(net: nn.Module, family: str, preprocess: Preprocess,
     missing = [path for path in paths if path not in known or not path]
     if missing:
         raise families.BlockError(f"no module called {', '.join(map(repr, missing))} in this network")
-    families.check_blocks(net, paths, observed)
+    getattr(families.family_named(family), "check_blocks", families.check_blocks)(net, paths, observed)
     return dict(zip(BLOCK_NAMES, (known[path] for path in paths)))
 
 

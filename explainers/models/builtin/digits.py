@@ -85,7 +85,7 @@ def _stage(planes_in: int, planes: int, depth: int, stride: int) -> nn.Sequentia
 
 # The built-in models whose trained weights ship in assets/: nothing to download, so the sidebar
 # offers no "Random weights (no download)" for them.
-SHIPPED_MODELS = ("digits", "digits_marked")
+SHIPPED_MODELS = ("digits", "digits_marked", "digits_vit")
 
 
 @MODELS.register("digits", description="compact ResNet trained on scikit-learn's digits (built in, offline)")

@@ -19,8 +19,8 @@ The adapters, one module per group, registered when imported below, in this orde
 adapter that matches a network is its family:
 
 - ``torchvision_cnns``: digits, resnet, vgg, densenet, efficientnet, mobilenet, convnext, regnet;
-- (``transformers``: the vision transformers' adapters go in one more module here, imported before
-  ``fallbacks`` so that timm's transformers do not fall to the ``timm`` adapter);
+- ``transformers``: timm_vit (ViT, DeiT, the built-in digits_vit), torchvision_vit, swin; imported before
+  ``fallbacks`` so that timm's transformers do not fall to the ``timm`` adapter;
 - ``fallbacks``: timm (any other timm model) and generic (anything; always last).
 """
 from ...runtime.errors import BlockError
@@ -28,7 +28,7 @@ from ...runtime.errors import BlockError
 # The adapters register when imported, in this order: the first that matches a network wins.
 # isort: off
 from . import torchvision_cnns  # noqa: F401
-# from . import transformers  (to come: after the CNNs, before the fallbacks)
+from . import transformers  # noqa: F401
 from . import fallbacks  # noqa: F401
 # isort: on
 from .base import MODEL_FAMILIES, Family, families, family_for, family_named, family_of, register_family
