@@ -28,13 +28,12 @@ from explainers.fitted.alignment import (
     projection,
     projection_filename,
 )
+from explainers.fitted.checks import NotFittedError, class_map
 from explainers.fitted.prototypes import (
     SHIPPED,
-    NotFittedError,
     PrototypeExplainer,
     PrototypeRecipe,
     cache_key,
-    class_map,
     embeddings,
     fit_prototypes,
     hcheck,

@@ -31,8 +31,9 @@ from ..data.datasets import DatasetSpec
 from ..models.loading import BLOCK_NAMES, ModelSpec
 from ..runtime.errors import UserInputError
 from ..runtime.progress import Progress, report_fraction, scaled
+from .checks import model_labels
 from .features import LOGITS, FeatureCache, memory_budget
-from .prototypes import KIND, PrototypeExplainer, depth_blocks, embeddings, model_labels
+from .prototypes import PROTOTYPES_KIND, PrototypeExplainer, depth_blocks, embeddings
 from .store import cache_dir, find, write_atomically
 
 RESULTS_VERSION = 1  # bump when a table or the projection is computed differently: stored ones are then ignored
@@ -250,7 +251,7 @@ def accuracy_filename(model: ModelSpec, train: DatasetSpec, test: DatasetSpec,
 
 
 def _stored_rows(filename: str, compute: Callable[[], list[dict[str, object]]], cache: bool) -> list[dict[str, object]]:
-    found = find(KIND, filename) if cache else None
+    found = find(PROTOTYPES_KIND, filename) if cache else None
     if found is not None:
         try:
             return json.loads(found.read_text())["rows"]
@@ -258,7 +259,7 @@ def _stored_rows(filename: str, compute: Callable[[], list[dict[str, object]]], 
             pass  # unreadable: computed again below
     rows = compute()
     if cache:
-        write_rows(cache_dir() / KIND / filename, rows)
+        write_rows(cache_dir() / PROTOTYPES_KIND / filename, rows)
     return rows
 
 
@@ -306,7 +307,7 @@ def stored_projection(model: ModelSpec, train: DatasetSpec, test: DatasetSpec, k
     """``projection`` of ``train`` and ``test`` (Figure 2), stored. UMAP with a fixed ``seed`` (and
     ``n_jobs=1``) gives the same layout on every run, so a stored layout is the one a fit would draw."""
     filename = projection_filename(model, train, test, kmex, classes, seed, n_neighbors)
-    found = find(KIND, filename) if cache else None
+    found = find(PROTOTYPES_KIND, filename) if cache else None
     if found is not None:
         try:
             return load_projection(found)
@@ -317,7 +318,7 @@ def stored_projection(model: ModelSpec, train: DatasetSpec, test: DatasetSpec, k
     placed = projection(embed(train), model_labels(model, train), embed(test), model_labels(model, test), columns,
                         kmex, classes, seed=seed, n_neighbors=n_neighbors)
     if cache:
-        save_projection(placed, cache_dir() / KIND / filename)
+        save_projection(placed, cache_dir() / PROTOTYPES_KIND / filename)
     return placed
 
 

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from ..models.loading import ModelSpec
 
 FEATURES_VERSION = 1
-KIND = "features"  # .cache/features/
+FEATURES_KIND = "features"  # .cache/features/
 LOGITS = "logits"  # the name under which the logits of every image are kept beside the blocks
 DEFAULT_BUDGET_MB = 4096
 STORED = np.dtype(np.float16)  # block outputs
@@ -84,7 +84,7 @@ class FeatureCache:
         self.model, self.dataset = model, dataset
         self._temporary: tempfile.TemporaryDirectory | None = None
         if folder is None and persistent and dataset.fingerprint:
-            folder = cache_dir() / KIND / cache_name(model, dataset)
+            folder = cache_dir() / FEATURES_KIND / cache_name(model, dataset)
         if folder is None:
             self._temporary = tempfile.TemporaryDirectory(prefix="protoscope-features-")
             folder = Path(self._temporary.name)

@@ -57,9 +57,10 @@ from ..runtime.errors import DatasetError, UserInputError
 from ..runtime.hooks import tapped
 from ..runtime.maps import upsample
 from ..runtime.progress import Progress, report_fraction, scaled
+from .checks import NotFittedError, check_classes, mapping_note, model_labels
 from .features import LOGITS, FeatureCache, memory_budget
-from .prototypes import NotFittedError, _mapping_note, _plain, batches, check_classes, model_labels
-from .store import STORE, Key, made, write_atomically
+from .prototypes.depths import image_batches
+from .store import STORE, Key, made, plain_value, write_atomically
 
 __all__ = ["CACHE_VERSION", "ConceptExplanation", "FeatureEvidence", "MODES", "NotFittedError", "QSENN",
            "QSENNRecipe", "concept_table", "diversity_at_5", "diversity_per_image", "feature_diversity_loss",
@@ -313,7 +314,7 @@ def block_features(model: ModelSpec, dataset: DatasetSpec, block: str, batch_siz
     fine-tuned copies need this pass (a copy's features change every round); the frozen model's are read
     from the feature cache (``cached_block_features``)."""
     out = []
-    for start, inputs in batches(model, dataset, batch_size):
+    for start, inputs in image_batches(model, dataset, batch_size):
         with torch.inference_mode():
             out.append(trace(model, inputs, blocks=[block]).activations[block].mean(dim=(2, 3)).cpu())
         done = start + len(inputs)
@@ -809,7 +810,7 @@ def concept_table(layer: QSENN, splits: dict[str, DatasetSpec], progress: Progre
     done = 0
     for split, dataset in splits.items():
         labels = torch.as_tensor(model_labels(model, dataset))
-        for start, inputs in batches(model, dataset, layer.batch_size):
+        for start, inputs in image_batches(model, dataset, layer.batch_size):
             truth = labels[start:start + len(inputs)]
             with torch.inference_mode():
                 original = trace(model, inputs, blocks=[layer.block_])
@@ -868,10 +869,10 @@ class QSENNRecipe:
         layer.validate(model, dataset)
         self.model, self.dataset = model, dataset
         self.settings = layer.get_params() | {"block": layer.block_for(model)}
-        data = dataset.fingerprint + _mapping_note(model, dataset)
+        data = dataset.fingerprint + mapping_note(model, dataset)
         self.key = Key.of(KIND, model.fingerprint, data, version=CACHE_VERSION,
-                          **{name: _plain(value) for name, value in self.settings.items()})
-        text = json.dumps([CACHE_VERSION, model.fingerprint, data, self.settings], sort_keys=True, default=_plain)
+                          **{name: plain_value(value) for name, value in self.settings.items()})
+        text = json.dumps([CACHE_VERSION, model.fingerprint, data, self.settings], sort_keys=True, default=plain_value)
         self.filename = f"{layer.mode}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.npz"
         what = "full Q-SENN (fine-tuning a copy of the network)" if layer.mode == "full" else "post-hoc Q-SENN layer"
         self.title = f"Fitting the {what} (once; kept for every session)"

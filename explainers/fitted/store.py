@@ -49,6 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Hashable, Iterator, Optional, Protocol, TypeVar, Union
 
+import numpy as np
+
 from ..data.datasets import DatasetSpec, load_dataset
 from ..runtime import compute
 from ..runtime.devices import for_people
@@ -59,7 +61,7 @@ if TYPE_CHECKING:
     from ..models.loading import ModelSpec
 
 __all__ = ["ASSETS", "Key", "Recipe", "STORE", "Store", "Tier", "cache_dir", "current_training_data", "find",
-           "made", "temporary_path", "tiers", "training_data", "training_set", "write_atomically"]
+           "made", "plain_value", "temporary_path", "tiers", "training_data", "training_set", "write_atomically"]
 
 T = TypeVar("T")
 from ..runtime.paths import ASSETS  # noqa: E402
@@ -82,6 +84,11 @@ class Key:
     @classmethod
     def of(cls, kind: str, model: str, data: str, **settings: Hashable) -> "Key":
         return cls(kind, model, data, tuple(sorted(settings.items())))
+
+
+def plain_value(value: object) -> object:
+    """A numpy scalar as the Python number it is, for a key (so that 5 and np.int64(5) key alike)."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 class Recipe(Protocol[T]):
@@ -115,6 +122,8 @@ class Recipe(Protocol[T]):
 
 @dataclass(frozen=True)
 class Tier:
+    """One disk tier of a kind: its folder, whether fits are written there, and what a read from it is called."""
+
     folder: Path
     writable: bool
     loaded: str  # what the progress says when a file is read from here
