@@ -9,11 +9,11 @@ import torch
 
 from explainers import UserInputError, load_dataset, load_model
 from explainers.data.datasets import DatasetSpec
+from explainers.fitted.checks import NotFittedError
 from explainers.fitted.features import FeatureCache
 from explainers.fitted.prototypes import PrototypeExplainer
 from explainers.fitted.qsenn import (
     QSENN,
-    NotFittedError,
     QSENNRecipe,
     block_features,
     cached_block_features,
@@ -188,9 +188,11 @@ def test_a_model_whose_prototypes_were_fitted_runs_no_network_pass_for_post_hoc_
     with FeatureCache(model, train, folder=tmp_path / "features") as first:
         PrototypeExplainer("B4", per_class=2).fit(model, train, features=first)
         assert first.network_batches > 0
-    import explainers.fitted.qsenn as qsenn
+    import explainers.fitted.qsenn.layer as layer_module
+    import explainers.fitted.qsenn.tuning as tuning_module
     traced = []
-    monkeypatch.setattr(qsenn, "trace", lambda *a, **k: traced.append(1) or pytest.fail("Q-SENN ran the network"))
+    for module in (layer_module, tuning_module):  # the Q-SENN modules that run the network themselves
+        monkeypatch.setattr(module, "trace", lambda *a, **k: traced.append(1) or pytest.fail("Q-SENN ran the network"))
     with FeatureCache(model, train, folder=tmp_path / "features") as again:
         reused = QSENN(**settings).fit(model, train, features=again)
         assert again.network_batches == 0 and not traced
