@@ -3,6 +3,8 @@ implementations written here, and the layer on the built-in digits model (Table 
 diversity raised), post hoc and in full mode on a copy of the network."""
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -306,6 +308,15 @@ def test_saved_and_loaded_layer_predicts_the_same(fitted, digits, tmp_path):
     assert loaded.digest_ == fitted.digest_
     with pytest.raises(AttributeError, match="frozen"):
         loaded.alpha_ = 1.0
+
+
+def test_each_setting_is_declared_once_with_the_constructors_default():
+    """``QSENN.parameters`` declares every setting but the block (checked against the model's blocks), with the
+    constructor's default: ``fit`` validates against that declaration."""
+    signature = inspect.signature(QSENN).parameters
+    declared = {setting.name: setting.default for setting in QSENN.parameters}
+    assert declared == {name: signature[name].default for name in declared}
+    assert set(signature) - set(declared) == {"block"}
 
 
 def test_use_before_fit_and_bad_settings_are_clear_errors(digits):

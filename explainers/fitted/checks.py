@@ -14,6 +14,8 @@ from ..data.datasets import DatasetSpec, plural
 from ..models.loading import ModelSpec
 from ..runtime.errors import DatasetError, UserInputError
 
+LARGEST_SEED = 2 ** 32 - 1  # the largest seed the estimators take: scikit-learn's k-means takes no larger
+
 
 class NotFittedError(RuntimeError):
     """``predict`` or ``explain`` called before ``fit``."""

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,8 @@ from ...models.loading import BLOCK_NAMES, ModelSpec
 from ...runtime.errors import UserInputError
 from ...runtime.maps import upsample
 from ...runtime.progress import Progress, report_fraction, scaled
-from ..checks import NotFittedError, check_classes, check_dataset, check_model
+from ...runtime.settings import DeclaredParameters, Setting
+from ..checks import LARGEST_SEED, NotFittedError, check_classes, check_dataset, check_model
 from ..features import FeatureCache, memory_budget
 from ..store import write_atomically
 from .depths import block_activations, depth_blocks, depth_features, fit_stage, on_cpu, recorded_blocks, suffix_depths
@@ -50,13 +50,23 @@ class PrototypeExplanation:
     logits: np.ndarray
 
 
-class PrototypeExplainer:
+class PrototypeExplainer(DeclaredParameters):
     """KMEx (``depth="pooled"``) or the multi-depth explainer (``"B4"``, ``"B34"``, ``"B234"``, ``"B1234"``).
 
     ``max_pixels_per_class`` bounds the rows given to k-means for one class: when a class
     has more pixels (images x R'), a seeded uniform sample is drawn, the same number from
     every image. Assignments, nearest patches and predictions always use every pixel.
+    ``depth`` is checked against the model's blocks (``depth_blocks``); the other settings are declared
+    in ``parameters`` and checked there.
     """
+
+    parameters = (
+        Setting("per_class", int, 5, "Prototypes per class (K/C)", low=1),
+        Setting("seed", int, 0, "Seed of k-means and of the rows drawn for it", low=0, high=LARGEST_SEED),
+        Setting("max_pixels_per_class", int, 20_000, "Rows given to k-means for one class at most (a seeded sample "
+                "of every image beyond)", low=1),
+        Setting("batch_size", int, 128, "Images per network pass when the features are extracted", low=1),
+    )
 
     def __init__(self, depth: str = "B234", per_class: int = 5, seed: int = 0,
                  max_pixels_per_class: int = 20_000, batch_size: int = 128) -> None:
@@ -142,10 +152,7 @@ class PrototypeExplainer:
     def validate(self, model: ModelSpec, dataset: DatasetSpec) -> np.ndarray:
         """Check the settings, the model and the data at the door (a ``UserInputError`` or ``DatasetError``
         that says what was expected and what to do); return the data's labels as the model's classes."""
-        for name, low in (("per_class", 1), ("seed", 0), ("max_pixels_per_class", 1), ("batch_size", 1)):
-            value = getattr(self, name)
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or not low <= value < 2 ** 32:
-                raise UserInputError(f"{name} must be a whole number of at least {low}, not {value!r}")
+        self.validate_parameters()
         check_model(model)
         depth_blocks(self.depth, model)
         check_dataset(dataset, "prototypes")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import numbers
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +15,11 @@ from ...engine.trace import trace
 from ...models.inference import hookless_copy
 from ...models.inputs import as_batch
 from ...models.loading import ModelSpec
-from ...runtime.errors import DatasetError, UserInputError
+from ...runtime.errors import UserInputError
 from ...runtime.maps import upsample
 from ...runtime.progress import Progress, report_fraction, scaled
-from ..checks import NotFittedError, check_classes
+from ...runtime.settings import DeclaredParameters, Setting
+from ..checks import LARGEST_SEED, NotFittedError, check_classes, check_dataset, check_model
 from ..features import LOGITS, FeatureCache, memory_budget
 from ..store import write_atomically
 from .solver import quantise, refit_bias, select_features, sparse_baseline, sparse_layer
@@ -94,7 +94,7 @@ class ConceptExplanation:
         return [f for f in self.features if f.sign < 0]
 
 
-class QSENN:
+class QSENN(DeclaredParameters):
     """A Q-SENN layer for a model (scikit-learn style: ``__init__`` stores settings, ``fit`` learns the
     attributes ending in ``_``; ``predict`` before ``fit`` raises ``NotFittedError``).
 
@@ -112,7 +112,25 @@ class QSENN:
     features: weights, bias, mean, std), ``gallery_`` (per feature, the training images that activate it
     most), ``history_`` (per iteration, in full mode), ``timings_`` (seconds per stage) and, in full mode,
     ``network_`` (the fine-tuned copy's ModelSpec).
+
+    The settings but ``block`` (checked against the model's blocks) are declared in ``parameters`` and checked there.
     """
+
+    parameters = (
+        Setting("n_features", int, 50, "Features the layer reads (n_f*; fewer when the block has fewer channels)",
+                low=1),
+        Setting("weights_per_class", int, 5, "Non-zero weights per class on average (n_w / C)", low=1),
+        Setting("mode", str, "post-hoc", "Post hoc (frozen backbone) or full Q-SENN (the backbone fine-tuned)",
+                choices=QSENN_MODES),
+        Setting("seed", int, 0, "Seed of the paths' shuffling and of the fine-tuning", low=0, high=LARGEST_SEED),
+        Setting("iterations", int, 3, "Rounds of fine-tuning in full mode (N)", low=1),
+        Setting("epochs", int, 2, "Epochs of each round of fine-tuning", low=1),
+        Setting("lr", float, 1e-4, "Learning rate of the first round of fine-tuning", low=0.0, high=1e3),
+        Setting("lr_decay", float, 0.9, "Factor of the learning rate from one round to the next", low=0.0, high=1e3),
+        Setting("beta", float, 0.196, "Weight of the Feature Diversity Loss (eq. 2)", low=0.0, high=1e3),
+        Setting("path_steps", int, 30, "Lambdas of the sparse layer's regularisation path", low=2),
+        Setting("batch_size", int, 128, "Images per network pass", low=1),
+    )
 
     def __init__(self, n_features: int = 50, weights_per_class: int = 5, block: str | None = None,
                  mode: str = "post-hoc", seed: int = 0, iterations: int = 3, epochs: int = 2, lr: float = 1e-4,
@@ -147,28 +165,12 @@ class QSENN:
     def validate(self, model: ModelSpec, dataset: DatasetSpec) -> np.ndarray:
         """Check settings, model and data at the door (``UserInputError`` saying what to do); the labels
         of ``dataset`` as the model's classes."""
-        for name, low in (("n_features", 1), ("weights_per_class", 1), ("seed", 0), ("iterations", 1),
-                          ("epochs", 1), ("path_steps", 2), ("batch_size", 1)):
-            value = getattr(self, name)
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or not low <= value < 2 ** 31:
-                raise UserInputError(f"{name} must be a whole number of at least {low}, not {value!r}")
-        for name in ("lr", "lr_decay", "beta"):
-            value = getattr(self, name)
-            if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0 <= value < 1e3:
-                raise UserInputError(f"{name} must be a non-negative number, not {value!r}")
-        if self.mode not in QSENN_MODES:
-            raise UserInputError(f"mode must be one of {', '.join(QSENN_MODES)}, not {self.mode!r}")
-        if not isinstance(model, ModelSpec):
-            raise UserInputError(f"model must be a ModelSpec (explainers.load_model gives one), not "
-                                 f"{type(model).__name__}")
+        self.validate_parameters()
+        check_model(model)
         block = self.block_for(model)
         if block not in model.blocks:
             raise UserInputError(f"{model.name} has no block {block!r} (it has {', '.join(model.blocks)})")
-        if not isinstance(dataset, DatasetSpec):
-            raise UserInputError(f"dataset must be a DatasetSpec (explainers.load_dataset gives one), not "
-                                 f"{type(dataset).__name__}")
-        if len(dataset) == 0:
-            raise DatasetError(f"{dataset.name} has no {dataset.split} images to fit a Q-SENN layer on")
+        check_dataset(dataset, "a Q-SENN layer")
         if self.mode == "full":
             refusal = full_mode_refusal(model)
             if refusal:
