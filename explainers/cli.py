@@ -40,8 +40,9 @@ from .fitted.alignment import (
     stored_projection,
     write_rows,
 )
+from .fitted.checks import model_labels
 from .fitted.features import FeatureCache
-from .fitted.prototypes import cache_key, embeddings, fit_prototypes, model_labels
+from .fitted.prototypes import cache_key, embeddings, fit_prototypes
 from .fitted.qsenn import QSENN, QSENNRecipe
 from .fitted.store import write_atomically
 from .models.builtin.digits import (

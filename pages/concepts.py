@@ -5,7 +5,7 @@ import streamlit as st
 
 from explainers.data import DATASETS
 from explainers.display import overlay
-from explainers.fitted import MODES, feature_order, full_mode_refusal
+from explainers.fitted import QSENN_MODES, feature_order, full_mode_refusal
 from ui.cache import get_dataset
 from ui.concepts import explanation, layer, splits, table
 from ui.prototype_cache import offer_digits
@@ -34,7 +34,7 @@ if problem:
     st.stop()
 
 controls = st.columns([3, 1, 1])
-mode = controls[0].radio("Mode", MODES, key="qsenn_mode", horizontal=True, format_func=MODE_NAMES.get,
+mode = controls[0].radio("Mode", QSENN_MODES, key="qsenn_mode", horizontal=True, format_func=MODE_NAMES.get,
                          help="Post-hoc: features of the frozen network, selection, sparse path and quantisation "
                               "(any model with labelled images). Full: seed 003's loop, N rounds of fine-tuning a "
                               "copy of the backbone with the layer fixed (Feature Diversity Loss) and recomputing it.")

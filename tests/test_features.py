@@ -20,8 +20,10 @@ from torchvision.models import resnet18
 from explainers import load_dataset
 from explainers.data.datasets import image_folder
 from explainers.engine.trace import trace
+from explainers.fitted.checks import model_labels
 from explainers.fitted.features import LOGITS, FeatureCache, FitCancelled
-from explainers.fitted.prototypes import PrototypeExplainer, _row_sample, hcheck, model_labels
+from explainers.fitted.prototypes import PrototypeExplainer, hcheck
+from explainers.fitted.prototypes.kmeans import _row_sample
 from explainers.models.loading import from_module
 from tests.helpers import digits_model
 
@@ -254,7 +256,7 @@ def test_cancel_stops_a_shared_fit_and_the_next_one_resumes(model, train, tmp_pa
 
 
 def test_distinct_rows_counts_up_to_what_is_enough():
-    from explainers.fitted.prototypes import distinct_rows
+    from explainers.fitted.prototypes.kmeans import distinct_rows
 
     rows = np.repeat(np.arange(4, dtype=np.float32)[:, None], 3, axis=0).reshape(-1, 1).repeat(5, axis=1)
     assert distinct_rows(rows, 10) == 4 == len(np.unique(rows, axis=0))

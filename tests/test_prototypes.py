@@ -2,6 +2,7 @@
 real digits model: identities from the paper, agreement with brute force, and the tables."""
 from __future__ import annotations
 
+import inspect
 import json
 import threading
 import time
@@ -28,13 +29,12 @@ from explainers.fitted.alignment import (
     projection,
     projection_filename,
 )
+from explainers.fitted.checks import NotFittedError, class_map
 from explainers.fitted.prototypes import (
     SHIPPED,
-    NotFittedError,
     PrototypeExplainer,
     PrototypeRecipe,
     cache_key,
-    class_map,
     embeddings,
     fit_prototypes,
     hcheck,
@@ -217,6 +217,15 @@ def test_unfitted_and_impossible_requests_say_so(model, train):
         PrototypeExplainer("B45").fit(model, train)
 
 
+def test_each_setting_is_declared_once_with_the_constructors_default():
+    """``PrototypeExplainer.parameters`` declares every setting but the depth (checked against the model's
+    blocks), with the constructor's default: ``fit`` validates against that declaration."""
+    signature = inspect.signature(PrototypeExplainer).parameters
+    declared = {setting.name: setting.default for setting in PrototypeExplainer.parameters}
+    assert declared == {name: signature[name].default for name in declared}
+    assert set(signature) - set(declared) == {"depth"}
+
+
 def test_init_only_stores_and_fit_validates_at_the_door(model, train):
     """scikit-learn's contract: any settings construct (and print, and key), ``fit`` refuses the bad ones
     with a UserInputError that says what is accepted, before any work."""
@@ -229,11 +238,11 @@ def test_init_only_stores_and_fit_validates_at_the_door(model, train):
     refused = {
         PrototypeExplainer("B43"): "blocks in increasing order such as B4, B34, B234, B1234, not 'B43'",
         PrototypeExplainer(None): "depth must be 'pooled' or blocks",
-        PrototypeExplainer("B4", per_class=0): "per_class must be a whole number of at least 1, not 0",
-        PrototypeExplainer("B4", per_class="5"): "per_class must be a whole number of at least 1, not '5'",
-        PrototypeExplainer("B4", per_class=True): "per_class must be a whole number",
-        PrototypeExplainer("B4", seed=-1): "seed must be a whole number of at least 0",
-        PrototypeExplainer("B4", batch_size=2.5): "batch_size must be a whole number",
+        PrototypeExplainer("B4", per_class=0): "per_class must be an integer >= 1, not 0",
+        PrototypeExplainer("B4", per_class="5"): "per_class must be an integer >= 1, not '5'",
+        PrototypeExplainer("B4", per_class=True): "per_class must be an integer",
+        PrototypeExplainer("B4", seed=-1): "seed must be an integer in [0, ",
+        PrototypeExplainer("B4", batch_size=2.5): "batch_size must be an integer",
     }
     for explainer, message in refused.items():
         with pytest.raises(UserInputError) as error:

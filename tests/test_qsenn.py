@@ -3,17 +3,19 @@ implementations written here, and the layer on the built-in digits model (Table 
 diversity raised), post hoc and in full mode on a copy of the network."""
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
 
 from explainers import UserInputError, load_dataset, load_model
 from explainers.data.datasets import DatasetSpec
+from explainers.fitted.checks import NotFittedError
 from explainers.fitted.features import FeatureCache
 from explainers.fitted.prototypes import PrototypeExplainer
 from explainers.fitted.qsenn import (
     QSENN,
-    NotFittedError,
     QSENNRecipe,
     block_features,
     cached_block_features,
@@ -188,9 +190,11 @@ def test_a_model_whose_prototypes_were_fitted_runs_no_network_pass_for_post_hoc_
     with FeatureCache(model, train, folder=tmp_path / "features") as first:
         PrototypeExplainer("B4", per_class=2).fit(model, train, features=first)
         assert first.network_batches > 0
-    import explainers.fitted.qsenn as qsenn
+    import explainers.fitted.qsenn.layer as layer_module
+    import explainers.fitted.qsenn.tuning as tuning_module
     traced = []
-    monkeypatch.setattr(qsenn, "trace", lambda *a, **k: traced.append(1) or pytest.fail("Q-SENN ran the network"))
+    for module in (layer_module, tuning_module):  # the Q-SENN modules that run the network themselves
+        monkeypatch.setattr(module, "trace", lambda *a, **k: traced.append(1) or pytest.fail("Q-SENN ran the network"))
     with FeatureCache(model, train, folder=tmp_path / "features") as again:
         reused = QSENN(**settings).fit(model, train, features=again)
         assert again.network_batches == 0 and not traced
@@ -304,6 +308,15 @@ def test_saved_and_loaded_layer_predicts_the_same(fitted, digits, tmp_path):
     assert loaded.digest_ == fitted.digest_
     with pytest.raises(AttributeError, match="frozen"):
         loaded.alpha_ = 1.0
+
+
+def test_each_setting_is_declared_once_with_the_constructors_default():
+    """``QSENN.parameters`` declares every setting but the block (checked against the model's blocks), with the
+    constructor's default: ``fit`` validates against that declaration."""
+    signature = inspect.signature(QSENN).parameters
+    declared = {setting.name: setting.default for setting in QSENN.parameters}
+    assert declared == {name: signature[name].default for name in declared}
+    assert set(signature) - set(declared) == {"block"}
 
 
 def test_use_before_fit_and_bad_settings_are_clear_errors(digits):

@@ -12,7 +12,6 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import explainers.fitted.alignment as alignment
-import explainers.fitted.qsenn as qsenn
 from explainers import load_dataset, load_model
 from explainers.cli import (
     SHIPPED_FIGURE2_CLASSES,
@@ -125,7 +124,6 @@ def test_digits_marked_pages_open_from_the_shipped_files(path, tmp_path, monkeyp
     monkeypatch.setenv("PROTOSCOPE_CACHE", str(tmp_path))
     fresh = Store()
     monkeypatch.setattr(store, "STORE", fresh)
-    monkeypatch.setattr(qsenn, "STORE", fresh)  # qsenn holds the store by name
     monkeypatch.setattr(PrototypeExplainer, "fit", lambda *a, **k: pytest.fail("fitted prototypes"))
     monkeypatch.setattr(QSENN, "fit", lambda *a, **k: pytest.fail("fitted a Q-SENN layer"))
     import ui.prototype_cache

@@ -14,7 +14,7 @@ import streamlit as st
 
 from explainers import UserInputError
 from explainers.fitted import (
-    KIND,
+    PROTOTYPES_KIND,
     Key,
     Projection,
     PrototypeExplainer,
@@ -95,7 +95,7 @@ def explainer(model: ModelSpec, source: str, depth: str, per_class: int) -> Prot
                       on_click=cancelled.discard, args=(wanted.key,))
             st.stop()
         slot = st.empty()
-        if wanted.key not in store.STORE and find(KIND, wanted.filename) is None:  # a fit, not a read: it may be long
+        if wanted.key not in store.STORE and find(PROTOTYPES_KIND, wanted.filename) is None:  # a fit, not a read: it may be long
             slot.button("Cancel this fit", key=f"cancel_{depth}_{per_class}", icon=":material/stop_circle:",
                         on_click=_cancel, args=(wanted.key,),
                         help="Stops the fit at its next step, for every session waiting for it. The features "

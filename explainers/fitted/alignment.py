@@ -31,8 +31,9 @@ from ..data.datasets import DatasetSpec
 from ..models import BLOCK_NAMES, ModelSpec
 from ..runtime.errors import UserInputError
 from ..runtime.progress import Progress, report_fraction, scaled
+from .checks import model_labels
 from .features import LOGITS, FeatureCache, memory_budget
-from .prototypes import KIND, PrototypeExplainer, depth_blocks, embeddings, model_labels
+from .prototypes import PROTOTYPES_KIND, PrototypeExplainer, depth_blocks, embeddings
 from .store import cache_dir, find, write_atomically
 
 RESULTS_VERSION = 1  # bump when a table or the projection is computed differently: stored ones are then ignored
@@ -90,7 +91,8 @@ def accuracies(model: ModelSpec, dataset: DatasetSpec, explainers: dict[str, Pro
 
 
 def accuracy_table(model: ModelSpec, train: DatasetSpec, test: DatasetSpec,
-                   explainers: dict[str, PrototypeExplainer], progress: Progress | None = None) -> list[dict[str, object]]:
+                   explainers: dict[str, PrototypeExplainer],
+                   progress: Progress | None = None) -> list[dict[str, object]]:
     """Table 2 rows: train and test accuracy (percent) of the CNN and of every explainer given."""
     share = len(train) / max(1, len(train) + len(test))  # progress in proportion to the images scored
     on_train = accuracies(model, train, explainers, scaled(progress, 0.0, share))
@@ -234,23 +236,27 @@ def alignment_models(kmex1: PrototypeExplainer, kmex: PrototypeExplainer) -> dic
     return {"KMEx (K/C=1)": kmex1} | {f"KMEx (K/C={kmex.per_class})": kmex}
 
 
-def accuracy_models(kmex: PrototypeExplainer, b4: PrototypeExplainer, b234: PrototypeExplainer) -> dict[str, PrototypeExplainer]:
+def accuracy_models(kmex: PrototypeExplainer, b4: PrototypeExplainer,
+                    b234: PrototypeExplainer) -> dict[str, PrototypeExplainer]:
     """The explainer rows of Table 2 as the Prototypes page names them."""
     return {f"KMEx (K/C={kmex.per_class})": kmex, "B4": b4, "B234": b234}
 
 
 def alignment_filename(model: ModelSpec, train: DatasetSpec, kmex: dict[str, PrototypeExplainer]) -> str:
-    return _key("table1", model.fingerprint, train.fingerprint, [(name, e.digest_) for name, e in kmex.items()]) + ".json"
+    """Table 1's file name in the disk tiers: keyed by the model, the training data and the KMEx explainers."""
+    fitted = [(name, e.digest_) for name, e in kmex.items()]
+    return _key("table1", model.fingerprint, train.fingerprint, fitted) + ".json"
 
 
 def accuracy_filename(model: ModelSpec, train: DatasetSpec, test: DatasetSpec,
                       explainers: dict[str, PrototypeExplainer]) -> str:
+    """Table 2's file name in the disk tiers: keyed by the model, both splits and the explainers."""
     return _key("table2", model.fingerprint, train.fingerprint, test.fingerprint,
                 [(name, e.digest_) for name, e in explainers.items()]) + ".json"
 
 
 def _stored_rows(filename: str, compute: Callable[[], list[dict[str, object]]], cache: bool) -> list[dict[str, object]]:
-    found = find(KIND, filename) if cache else None
+    found = find(PROTOTYPES_KIND, filename) if cache else None
     if found is not None:
         try:
             return json.loads(found.read_text())["rows"]
@@ -258,45 +264,55 @@ def _stored_rows(filename: str, compute: Callable[[], list[dict[str, object]]], 
             pass  # unreadable: computed again below
     rows = compute()
     if cache:
-        write_rows(cache_dir() / KIND / filename, rows)
+        write_rows(cache_dir() / PROTOTYPES_KIND / filename, rows)
     return rows
 
 
-def _embedder(model: ModelSpec, embed: Callable[[DatasetSpec], np.ndarray] | None) -> Callable[[DatasetSpec], np.ndarray]:
+def _embedder(model: ModelSpec,
+              embed: Callable[[DatasetSpec], np.ndarray] | None) -> Callable[[DatasetSpec], np.ndarray]:
     return embed or (lambda dataset: embeddings(model, dataset))
 
 
 def stored_alignment_table(model: ModelSpec, train: DatasetSpec, kmex: dict[str, PrototypeExplainer],
                            embed: Callable[[DatasetSpec], np.ndarray] | None = None,
                            cache: bool = True) -> list[dict[str, object]]:
-    """``alignment_table`` on ``train``'s embeddings (``embed``, default ``embeddings``: only called when not stored)."""
-    return _stored_rows(alignment_filename(model, train, kmex), lambda: alignment_table(model, _embedder(model, embed)(train),
-                                                          model_labels(model, train), kmex), cache)
+    """``alignment_table`` on ``train``'s embeddings (``embed``, default ``embeddings``: only called when not
+    stored)."""
+    def compute() -> list[dict[str, object]]:
+        return alignment_table(model, _embedder(model, embed)(train), model_labels(model, train), kmex)
+
+    return _stored_rows(alignment_filename(model, train, kmex), compute, cache)
 
 
 def stored_accuracy_table(model: ModelSpec, train: DatasetSpec, test: DatasetSpec,
                           explainers: dict[str, PrototypeExplainer], progress: Progress | None = None,
                           cache: bool = True) -> list[dict[str, object]]:
     """``accuracy_table``, stored."""
-    return _stored_rows(accuracy_filename(model, train, test, explainers), lambda: accuracy_table(model, train, test, explainers, progress), cache)
+    return _stored_rows(accuracy_filename(model, train, test, explainers),
+                        lambda: accuracy_table(model, train, test, explainers, progress), cache)
 
 
 def projection_filename(model: ModelSpec, train: DatasetSpec, test: DatasetSpec, kmex: PrototypeExplainer,
                         classes: Sequence[int], seed: int = 0, n_neighbors: int = 15) -> str:
+    """Figure 2's file name in the disk tiers: keyed by the model, both splits, KMEx, the classes and UMAP's
+    settings."""
     return _key("figure2", model.fingerprint, train.fingerprint, test.fingerprint, kmex.digest_,
                 sorted(int(c) for c in classes), seed, n_neighbors) + ".npz"
 
 
 def save_projection(placed: Projection, path: Path) -> None:
+    """Write a projection as npz (arrays only), atomically."""
     arrays = {f.name: getattr(placed, f.name) for f in fields(Projection) if f.name != "off_manifold"}
     arrays |= {f"off_manifold_{kind}": flags for kind, flags in placed.off_manifold.items()}
     write_atomically(path, lambda temporary: np.savez(temporary, **arrays))
 
 
 def load_projection(path: Path) -> Projection:
+    """A projection written by ``save_projection``."""
     with np.load(path, allow_pickle=False) as data:
         values = {name: data[name] for name in data.files if not name.startswith("off_manifold_")}
-        off = {name.removeprefix("off_manifold_"): data[name] for name in data.files if name.startswith("off_manifold_")}
+        off = {name.removeprefix("off_manifold_"): data[name]
+               for name in data.files if name.startswith("off_manifold_")}
     return Projection(**values, off_manifold=off)
 
 
@@ -306,7 +322,7 @@ def stored_projection(model: ModelSpec, train: DatasetSpec, test: DatasetSpec, k
     """``projection`` of ``train`` and ``test`` (Figure 2), stored. UMAP with a fixed ``seed`` (and
     ``n_jobs=1``) gives the same layout on every run, so a stored layout is the one a fit would draw."""
     filename = projection_filename(model, train, test, kmex, classes, seed, n_neighbors)
-    found = find(KIND, filename) if cache else None
+    found = find(PROTOTYPES_KIND, filename) if cache else None
     if found is not None:
         try:
             return load_projection(found)
@@ -317,7 +333,7 @@ def stored_projection(model: ModelSpec, train: DatasetSpec, test: DatasetSpec, k
     placed = projection(embed(train), model_labels(model, train), embed(test), model_labels(model, test), columns,
                         kmex, classes, seed=seed, n_neighbors=n_neighbors)
     if cache:
-        save_projection(placed, cache_dir() / KIND / filename)
+        save_projection(placed, cache_dir() / PROTOTYPES_KIND / filename)
     return placed
 
 

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from ..models import ModelSpec
 
 FEATURES_VERSION = 1
-KIND = "features"  # .cache/features/
+FEATURES_KIND = "features"  # .cache/features/
 LOGITS = "logits"  # the name under which the logits of every image are kept beside the blocks
 DEFAULT_BUDGET_MB = 4096
 STORED = np.dtype(np.float16)  # block outputs
@@ -84,7 +84,7 @@ class FeatureCache:
         self.model, self.dataset = model, dataset
         self._temporary: tempfile.TemporaryDirectory | None = None
         if folder is None and persistent and dataset.fingerprint:
-            folder = cache_dir() / KIND / cache_name(model, dataset)
+            folder = cache_dir() / FEATURES_KIND / cache_name(model, dataset)
         if folder is None:
             self._temporary = tempfile.TemporaryDirectory(prefix="protoscope-features-")
             folder = Path(self._temporary.name)
@@ -176,7 +176,8 @@ class FeatureCache:
                 if done[name] >= stop:
                     continue  # already written by an earlier pass (a block cached further than the others)
                 values = recorded[name].cpu().numpy().astype(stored_dtype(name), copy=False)
-                os.pwrite(files[name], np.ascontiguousarray(values).tobytes(), first * self.image_bytes([name], stored=True))
+                os.pwrite(files[name], np.ascontiguousarray(values).tobytes(),
+                          first * self.image_bytes([name], stored=True))
             for name in names:
                 if done[name] < stop:
                     os.fsync(files[name])  # the data are on disk before the count that says so
@@ -266,7 +267,8 @@ def prefetched(model: "ModelSpec", dataset: DatasetSpec, start: int, batch: int,
         return
 
     def load(first: int) -> torch.Tensor:
-        return torch.stack(list(pool.map(lambda i: model.transform(dataset[i][0]), range(first, min(first + batch, stop)))))
+        indices = range(first, min(first + batch, stop))
+        return torch.stack(list(pool.map(lambda i: model.transform(dataset[i][0]), indices)))
 
     with ThreadPoolExecutor(max_workers=LOADER_THREADS, thread_name_prefix="protoscope-loader") as pool, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="protoscope-batches") as ahead:

@@ -47,6 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Hashable, Iterator, Optional, Protocol, TypeVar, Union
 
+import numpy as np
+
 from ..data.datasets import DatasetSpec, load_dataset
 from ..runtime import compute
 from ..runtime.devices import for_people
@@ -57,7 +59,7 @@ if TYPE_CHECKING:
     from ..models import ModelSpec
 
 __all__ = ["ASSETS", "Key", "Recipe", "STORE", "Store", "Tier", "cache_dir", "find",
-           "made", "temporary_path", "tiers", "training_set", "write_atomically"]
+           "made", "plain_value", "temporary_path", "tiers", "training_set", "write_atomically"]
 
 T = TypeVar("T")
 from ..runtime.paths import ASSETS  # noqa: E402
@@ -80,6 +82,11 @@ class Key:
     @classmethod
     def of(cls, kind: str, model: str, data: str, **settings: Hashable) -> "Key":
         return cls(kind, model, data, tuple(sorted(settings.items())))
+
+
+def plain_value(value: object) -> object:
+    """A numpy scalar as the Python number it is, for a key (so that 5 and np.int64(5) key alike)."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 class Recipe(Protocol[T]):
@@ -113,6 +120,8 @@ class Recipe(Protocol[T]):
 
 @dataclass(frozen=True)
 class Tier:
+    """One disk tier of a kind: its folder, whether fits are written there, and what a read from it is called."""
+
     folder: Path
     writable: bool
     loaded: str  # what the progress says when a file is read from here
