@@ -19,7 +19,7 @@ from PIL import Image
 from streamlit.runtime.pages_manager import PagesManager
 
 from explainers import UserInputError, method_info, methods
-from explainers.data import DatasetSpec, dataset_splits, plural
+from explainers.data import DatasetSpec, dataset_splits, image_notes, plural
 from explainers.fitted import class_map
 from explainers.models import MODELS, SHIPPED_MODELS, ModelSpec, model_name
 from explainers.runtime import default_device, describe_device
@@ -183,6 +183,7 @@ def _model_label(name: str) -> str:
 
 def _load_checkpoint(selection: Selection) -> None:
     arch_names = [AS_SAVED, *MODELS.names()]
+    _restore("checkpoint_arch")
     if st.session_state.get("checkpoint_arch") not in arch_names:  # a typed name stays unless it is not a name
         try:
             model_name(str(st.session_state.get("checkpoint_arch", "")))
@@ -191,13 +192,14 @@ def _load_checkpoint(selection: Selection) -> None:
     chosen = st.selectbox("Architecture of the checkpoint", arch_names, key="checkpoint_arch", accept_new_options=True,
                           help="As saved in the file: its \"arch\" entry, or the digits ResNet when the keys are "
                                "its. Or pick a built-in, or type any torchvision classifier or timm:<name>.")
-    upload = st.file_uploader("State dict saved with torch.save", type=["pt", "pth"], key="checkpoint_file")
+    _remember("checkpoint_arch")
+    upload = _kept_upload("State dict saved with torch.save", ["pt", "pth"], "checkpoint_file")
     if upload is None:
         st.info("Upload a state dict (.pt) to explain your own model.")
         return
     try:
         arch = None if chosen in (None, AS_SAVED) else model_name(chosen)  # a typed path is refused, saying why
-        selection.model = get_checkpoint_model(upload.getvalue(), upload.name, arch, str(default_device()))
+        selection.model = get_checkpoint_model(upload.data, upload.name, arch, str(default_device()))
     except UserInputError as error:  # unreadable, another architecture, blocks that do not fit, ...
         _refuse_model(selection, error)
         return
@@ -211,9 +213,11 @@ def _choose_training_images(selection: Selection) -> None:
     if model.dataset is not None:
         selection.train_source = model.dataset
         return
-    with st.expander("Training images (for the prototype pages)"):
+    _restore("train_folder")
+    with st.expander("Training images (for the prototype pages)", expanded=bool(st.session_state.get("train_folder"))):
         folder = st.text_input("Folder with one sub-folder of images per class", key="train_folder",
-                               placeholder="/data/CUB_200_2011/images")
+                               placeholder="/data/CUB_200_2011/images").strip()
+        _remember("train_folder")
         if not folder:
             return
         try:
@@ -251,16 +255,18 @@ def _choose_image(selection: Selection) -> None:
     source = st.radio("Image", ["dataset", "upload"], key="source", horizontal=True,
                       format_func=lambda s: {"dataset": "from the dataset", "upload": "upload"}[s])
     if source == "upload":
-        upload = st.file_uploader("An image file", type=UPLOAD_TYPES, key="upload")
+        upload = _kept_upload("An image file", UPLOAD_TYPES, "upload")
         if upload is None:
             st.info("Upload an image, or pick one from the dataset.")
             return
         try:
-            image, data = uploaded_image(upload.getvalue(), upload.name)  # decoded once, not on every rerun
+            image, data = uploaded_image(upload.data, upload.name)  # decoded once, not on every rerun
         except UserInputError as error:  # ImageError: not an image, too large, damaged
             st.error(str(error))
             return
-        _set_image(selection, image, f"uploaded: {upload.name} ({image.width}×{image.height}, {image.mode})", data)
+        notes = image_notes(image, background="black" if model.transform.mode == "L" else "white")
+        caption = f"uploaded: {upload.name} ({image.width}×{image.height}, {image.mode})"
+        _set_image(selection, image, caption + "".join(f"; {note}" for note in notes), data)
         return
     if get_dataset(model.sample_dataset, "train").names:  # photos: one set, each picked by its name
         _choose_named_image(selection, model.sample_dataset)
@@ -365,6 +371,56 @@ def _choose_methods(selection: Selection) -> None:
     shelf = "  \n".join(f"**{family}**: {', '.join(labels)}" for family, labels in families.items())
     selection.methods = st.multiselect("Methods", options, key="methods", format_func=lambda m: method_info(m).label,
                                        help=f"Shown side by side on the Saliency page.  \n{shelf}")
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A file the person uploaded in this session: its name and bytes."""
+
+    name: str
+    data: bytes
+
+
+def _kept_upload(label: str, types: list[str], key: str) -> Upload | None:
+    """A file uploader whose file outlives the widget for the session.
+
+    Streamlit forgets a widget's value on the first run it is not drawn (another model chosen, a model
+    that failed to load): the file is kept in the session under ``_kept_<key>`` and used again when the
+    box comes back empty. Removing the file from the box (it held one on the run before) forgets it.
+    """
+    kept_key, held_key = f"_kept_{key}", f"_held_{key}"
+    drawn_last_run = key in st.session_state  # a widget's state lives only while it is drawn on every run
+    upload = st.file_uploader(label, type=types, key=key)
+    kept: Upload | None = st.session_state.get(kept_key)
+    if upload is not None:
+        kept = Upload(upload.name, upload.getvalue())
+        st.session_state[kept_key] = kept
+    elif kept is not None and drawn_last_run and st.session_state.get(held_key):
+        del st.session_state[kept_key]  # the person took the file out of the box
+        kept = None
+    st.session_state[held_key] = upload is not None
+    if upload is None and kept is not None:
+        st.caption(f"Using **{kept.name}** ({_size(len(kept.data))}), uploaded earlier in this session; "
+                   "upload another file to replace it.")
+        if st.button(f"Forget {kept.name}", key=f"_forget_{key}"):
+            del st.session_state[kept_key]
+            st.rerun()
+    return kept
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**20:.1f} MB" if count >= 2**20 else f"{max(1, round(count / 1024))} KB"
+
+
+def _restore(key: str) -> None:
+    """Give a widget back the value it had when it was last drawn, if Streamlit dropped it since
+    (a widget not drawn on one run loses its state); call before drawing it, with ``_remember`` after."""
+    if key not in st.session_state and f"_kept_{key}" in st.session_state:
+        st.session_state[key] = st.session_state[f"_kept_{key}"]
+
+
+def _remember(key: str) -> None:
+    st.session_state[f"_kept_{key}"] = st.session_state.get(key)
 
 
 def _ensure(key: str, options: list, default: object, cast: type | None = None) -> object | None:
