@@ -176,3 +176,60 @@ def test_the_training_folder_survives_a_failed_checkpoint_and_a_switch_to_digits
     assert app.text_input(key="train_folder").value == str(folder)
     assert app.session_state["_selection"].train_source == str(folder)
     assert not app.exception
+
+
+# --- Item 6: a link's values that cannot be used are named, with the reason and what is shown instead --
+
+def link_notice(app) -> str:
+    """The one warning about the link's values (it is the only one that starts so)."""
+    notices = [w.value for w in app.warning if "of this link w" in w.value]
+    assert len(notices) == 1, [w.value for w in app.warning]
+    return notices[0]
+
+
+@pytest.mark.parametrize("query, words", [
+    ({"block": "B9"}, "`block=B9`: efficientnet_lite0 has no depth of that name (B1, B2, B3, B4); showing B4 instead."),
+    ({"model": "timm:nonexistent"}, "`model=timm:nonexistent`: not a model of this server's list"),
+    ({"methods": "gradcam,nosuchcam"}, "`methods=gradcam,nosuchcam`: unknown method nosuchcam"),
+    ({"index": "999"}, "`index=999`: the photos for efficientnet_lite0 are numbered 0–"),
+    ({"index": "seven"}, "`index=seven`: not a whole number; showing the default instead."),
+    ({"model": "digits", "split": "valid"}, "`split=valid`: digits has no split of that name"),
+    ({"model": "digits", "index": "5000"}, "`index=5000`: digits test has images 0–"),
+    ({"model": "digits", "target_mode": "other", "target": "99"}, "`target=99`: class out of range: digits has classes 0–9"),
+    ({"source": "camera"}, "`source=camera`: the image source is dataset or upload"),
+])
+def test_each_link_value_not_used_is_named_with_why_and_what_is_shown(query, words):
+    app = page("pages/saliency.py", **query)
+    assert not app.exception
+    notice = link_notice(app)
+    assert words in notice, notice
+    assert "A value of this link was not used" in notice
+
+
+def test_several_values_are_listed_in_one_warning_until_dismissed():
+    app = page("pages/saliency.py", model="digits", block="B9", methods="nosuchcam", random_weights="yes")
+    notice = link_notice(app)
+    assert "3 values of this link were not used" in notice
+    for words in ("`block=B9`", "`methods=nosuchcam`: unknown method nosuchcam", "showing the default methods instead",
+                  "`random_weights=yes`: not 0 or 1"):
+        assert words in notice, notice
+    assert app.session_state["methods"] and app.radio(key="block").value == "B4"
+    app.radio(key="block").set_value("B2").run()  # the person's own changes keep it up ...
+    assert link_notice(app)
+    app.button(key="_url_notes_seen_3").click().run()  # ... until dismissed
+    assert not [w.value for w in app.warning if "of this link w" in w.value]
+
+
+def test_a_page_setting_out_of_range_joins_the_sidebars_list():
+    app = page("pages/segments.py", model="digits", per_class="999", block="B9")
+    notice = link_notice(app)
+    assert "`per_class=999`: prototypes per class (K/C) go from 1 to 10; showing 5 instead." in notice, notice
+    assert "`block=B9`" in notice and "2 values" in notice
+    assert app.select_slider(key="per_class").value == 5
+
+
+def test_a_link_whose_values_are_all_used_says_nothing_and_a_later_reset_is_not_blamed_on_it():
+    app = page("pages/saliency.py", model="digits", block="B2", methods="gradcam,layercam", index="7")
+    assert not [w.value for w in app.warning if "of this link w" in w.value]
+    app.selectbox(key="model").set_value("efficientnet_lite0").run()  # index 7 and B2 are checked again: fine
+    assert not [w.value for w in app.warning if "of this link w" in w.value]

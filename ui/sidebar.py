@@ -25,7 +25,7 @@ from explainers.models import MODELS, SHIPPED_MODELS, ModelSpec, model_name
 from explainers.runtime import default_device, describe_device
 
 from .cache import dataset_image, get_checkpoint_model, get_dataset, get_model, image_bytes, top_classes, uploaded_image
-from .url_state import decode, seed_from_query, write_query
+from .url_state import PENDING, accepted, decode, notice_area, refused, seed_from_query, write_query
 
 CHECKPOINT = "checkpoint"
 DEFAULT_METHODS = ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "cam", "eigencam", "eigengradcam"]
@@ -117,6 +117,7 @@ def _hand_over_to_the_entry_script() -> None:
 
 def sidebar() -> Selection:
     seed_from_query()
+    notice_area()  # the top of the page: a link's values that could not be used are listed there
     selection = Selection()
     with st.sidebar:
         st.markdown("## Protoscope")
@@ -138,7 +139,8 @@ def sidebar() -> Selection:
 
 def _choose_model(selection: Selection) -> None:
     names = MODELS.names() + [CHECKPOINT]
-    _ensure("model", names, "efficientnet_lite0")  # the built-in ImageNet model: a photo, a real network
+    _ensure("model", names, "efficientnet_lite0",  # the built-in ImageNet model: a photo, a real network
+            "not a model of this server's list (a torchvision or timm name goes in model_name=)")
     name = st.selectbox("Model", names, key="model", format_func=lambda n: _model_label(n),
                         help="The built-in efficientnet_lite0 (ImageNet) and digits models work offline; "
                              "torchvision's need their weights in torchvision's cache or a network.")
@@ -251,7 +253,8 @@ def _choose_image(selection: Selection) -> None:
     model = selection.model
     assert model is not None
     st.divider()
-    _ensure("source", ["dataset", "upload"], "dataset")
+    _ensure("source", ["dataset", "upload"], "dataset", "the image source is dataset or upload",
+            "an image of the dataset")
     source = st.radio("Image", ["dataset", "upload"], key="source", horizontal=True,
                       format_func=lambda s: {"dataset": "from the dataset", "upload": "upload"}[s])
     if source == "upload":
@@ -280,16 +283,18 @@ def _choose_numbered_image(selection: Selection, dataset_name: str) -> None:
     assert model is not None
     held = dataset_splits(dataset_name)
     splits = sorted(held, key=lambda s: (s != "test", s))  # test first: images the model has not seen
-    _ensure("split", splits, "test")
+    _ensure("split", splits, "test", f"{dataset_name} has no split of that name ({', '.join(splits)})")
     split = st.radio("Split", splits, key="split", horizontal=True,
                      help="  \n".join(f"**{name}**: {what}" for name, what in held.items()))
     dataset = get_dataset(dataset_name, split)
     class_options = ["any"] + dataset.classes
-    _ensure("cls", class_options, "any")
+    _ensure("cls", class_options, "any", f"{dataset_name} has no class of that name", "any class")
     chosen_class = st.selectbox("Class", class_options, key="cls")
     pool = list(range(len(dataset))) if chosen_class == "any" else dataset.indices_of(
         dataset.classes.index(chosen_class)).tolist()
-    _ensure("index", list(range(len(pool))), 0, cast=int)  # a class switch or a URL may point past the end
+    among = f"{dataset_name} {split}" + ("" if chosen_class == "any" else f", class {chosen_class},")
+    _ensure("index", list(range(len(pool))), 0, f"{among} has images 0–{len(pool) - 1}", "image 0",
+            cast=int)  # a class switch or a URL may point past the end
     position = st.number_input(f"Image number (0–{len(pool) - 1})", 0, len(pool) - 1, key="index", step=1)
     index = pool[int(position)]
     image, data, _ = dataset_image(dataset_name, split, index)
@@ -303,7 +308,8 @@ def _choose_named_image(selection: Selection, dataset_name: str) -> None:
     model = selection.model
     assert model is not None
     photos = get_dataset(dataset_name, "train")
-    _ensure("index", list(range(len(photos))), 0, cast=int)  # a digits number or a URL may point past the end
+    _ensure("index", list(range(len(photos))), 0,  # a digits number or a URL may point past the end
+            f"the photos for {model.name} are numbered 0–{len(photos) - 1}", f"photo 0 ({photos.names[0]})", cast=int)
     index = int(st.selectbox("Photo", list(range(len(photos))), key="index",
                              format_func=lambda i: _photo_label(photos, i),
                              help="The photographs inside scikit-image's wheel (no download), with their "
@@ -334,13 +340,16 @@ def _choose_target(selection: Selection) -> None:
     st.divider()
     lines = [f"`{model.class_name(c)[:28]}` {p:6.1%}" for c, p in selection.top]
     st.markdown("**Top-5 prediction**  \n" + "  \n".join(lines))
-    _ensure("target_mode", ["predicted", "other"], "predicted")
+    _ensure("target_mode", ["predicted", "other"], "predicted", "the class explained is predicted or other",
+            "the predicted class")
     mode = st.radio("Explain", ["predicted", "other"], key="target_mode", horizontal=True,
                     format_func=lambda m: {"predicted": "the predicted class", "other": "another class"}[m])
     if mode == "other":
         indices = list(range(model.num_classes))
-        refused = _ensure("target", indices, selection.top[0][0], cast=int)
-        if refused is not None:
+        refused = _ensure("target", indices, selection.top[0][0],
+                          f"class out of range: {model.name} has classes 0–{model.num_classes - 1}",
+                          "the predicted class", cast=int)
+        if refused is not None and refused is not FROM_LINK:
             st.warning(f"Class {refused} is out of range: {model.name} has classes 0–{model.num_classes - 1}. "
                        "Showing the predicted class instead.")
         selection.target = st.selectbox("Target class", indices, key="target",
@@ -352,9 +361,10 @@ def _choose_block(selection: Selection) -> None:
     assert model is not None
     st.divider()
     blocks = list(model.blocks)
-    _ensure("block", blocks, blocks[-1])
+    _ensure("block", blocks, blocks[-1], f"{model.name} has no depth of that name ({', '.join(blocks)})")
     selection.block = st.radio("Depth", blocks, key="block", horizontal=True,
-                               help="B1 is the shallowest stage (fine detail), B4 the deepest (what the classifier reads).")
+                               help="B1 is the shallowest stage (fine detail), B4 the deepest "
+                                    "(what the classifier reads).")
     shapes = model.block_shapes
     rows = "\n".join(f"| {b} | `{model.block_paths[b]}` | {shapes[b][0]} × {shapes[b][1]} × {shapes[b][2]} |"
                      for b in blocks)
@@ -364,7 +374,7 @@ def _choose_block(selection: Selection) -> None:
 
 def _choose_methods(selection: Selection) -> None:
     options = methods()
-    _ensure_many("methods", options, [m for m in DEFAULT_METHODS if m in options])
+    _ensure_many("methods", options, [m for m in DEFAULT_METHODS if m in options])  # says which a link named wrongly
     families: dict[str, list[str]] = {}
     for name in options:
         families.setdefault(method_info(name).family, []).append(method_info(name).label)
@@ -423,22 +433,44 @@ def _remember(key: str) -> None:
     st.session_state[f"_kept_{key}"] = st.session_state.get(key)
 
 
-def _ensure(key: str, options: list, default: object, cast: type | None = None) -> object | None:
+FROM_LINK = object()  # what ``_ensure`` returns for a refused value the link gave (already said at the top)
+
+
+def _ensure(key: str, options: list, default: object, reason: str, instead: str | None = None,
+            cast: type | None = None) -> object | None:
     """Keep a widget's stored value among its current options (a model switch or a URL can break it).
 
-    Returns the refused value, if any, so the caller can say what happened.
+    A value the URL gave that is not among them is named, with ``reason`` and what is shown instead
+    (``instead``, else the default), in the page's warning about the link (``url_state.refused``).
+    Returns the refused value (``FROM_LINK`` when the link gave it and it was said), or None.
     """
     value = st.session_state.get(key, default)
     if cast is int:
         value = _whole_number(value)
     valid = value in options
     st.session_state[key] = value if valid else default
-    return None if valid else value
+    if valid:
+        accepted(key)
+        return None
+    return FROM_LINK if refused(key, reason, instead if instead is not None else str(default)) else value
 
 
 def _ensure_many(key: str, options: list, default: list) -> None:
+    """Keep the chosen methods among the registry's; a link's unknown names are said, and a link with
+    no known method at all gets the default methods."""
     value = st.session_state.get(key, default)
-    st.session_state[key] = [v for v in value if v in options]
+    kept = [v for v in value if v in options]
+    unknown = [v for v in value if v not in options]
+    if unknown:
+        from_link = st.session_state.get(PENDING, {}).get(key) is not None
+        if from_link and not kept:
+            kept = list(default)
+        instead = "the link's other methods" if value != unknown else "the default methods"
+        refused(key, f"unknown method{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} (the Methods list "
+                     "in the sidebar has every one)", instead)
+    else:
+        accepted(key)
+    st.session_state[key] = kept
 
 
 def _whole_number(value: object) -> object:
