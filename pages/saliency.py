@@ -1,4 +1,8 @@
 """Saliency: one panel per method, side by side, all from one shared pass."""
+from ui.entry import through_app
+
+through_app()  # first: a link on a fresh server reaches app.py before the imports below
+
 import io
 
 import streamlit as st

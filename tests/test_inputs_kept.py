@@ -195,7 +195,9 @@ def link_notice(app) -> str:
     ({"index": "seven"}, "`index=seven`: not a whole number; showing the default instead."),
     ({"model": "digits", "split": "valid"}, "`split=valid`: digits has no split of that name"),
     ({"model": "digits", "index": "5000"}, "`index=5000`: digits test has images 0–"),
-    ({"model": "digits", "target_mode": "other", "target": "99"}, "`target=99`: class out of range: digits has classes 0–9"),
+    ({"model": "digits", "target_mode": "other", "target": "99"},
+     "`target=99`: class out of range: digits has classes 0–9"),
+     "`target=99`: class out of range: digits has classes 0–9"),
     ({"source": "camera"}, "`source=camera`: the image source is dataset or upload"),
 ])
 def test_each_link_value_not_used_is_named_with_why_and_what_is_shown(query, words):
@@ -233,3 +235,62 @@ def test_a_link_whose_values_are_all_used_says_nothing_and_a_later_reset_is_not_
     assert not [w.value for w in app.warning if "of this link w" in w.value]
     app.selectbox(key="model").set_value("efficientnet_lite0").run()  # index 7 and B2 are checked again: fine
     assert not [w.value for w in app.warning if "of this link w" in w.value]
+
+
+# --- Item 5: a link on a fresh server shows the page titles at once, not raw file names -------------
+
+FIRST_PAINT_PAGES = ["pages/overview.py", "pages/saliency.py", "pages/clustercam.py", "pages/segments.py"]
+
+
+def test_app_py_declares_the_navigation_before_importing_anything_heavy():
+    """The navigation (page titles) and a loading note reach the browser before torch is imported:
+    everything app.py imports before ``st.navigation`` imports neither torch nor the library.
+    (Measured: benchmarks/first_paint.py.)"""
+    import ast
+    import subprocess
+    import sys
+
+    from test_app import REPO
+
+    tree = ast.parse((REPO / "app.py").read_text())
+    first_navigation = next(node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call)
+    early = [node for node in tree.body
+             if isinstance(node, (ast.Import, ast.ImportFrom)) and node.lineno < first_navigation]
+    early = [node for node in tree.body
+             if isinstance(node, (ast.Import, ast.ImportFrom)) and node.lineno < first_navigation]
+    modules = [alias.name for node in early for alias in node.names] + [
+        node.module for node in early if isinstance(node, ast.ImportFrom) and node.module]
+    heavy = ("torch", "explainers", "ui.sidebar")
+    probe = f"import sys; {statements}; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    statements = "; ".join(f"import {m}" for m in ["streamlit", "ui.entry", "ui.style"])
+    heavy = ("torch", "explainers", "ui.sidebar")
+    probe = f"import sys; {statements}; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr
+
+
+@pytest.mark.parametrize("path", FIRST_PAINT_PAGES)
+def test_a_page_hands_over_to_app_py_before_its_heavy_imports(path):
+    """On a fresh server a deep link runs the page file on its own (Streamlit's legacy pages/ mode):
+    its first statement must hand over to app.py, before the imports that load torch."""
+    import ast
+
+    from test_app import REPO
+
+    body = ast.parse((REPO / path).read_text()).body
+    body = body[1:] if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) else body  # docstring
+    assert isinstance(body[0], ast.ImportFrom) and body[0].module == "ui.entry", ast.dump(body[0])[:120]
+    call = body[1]
+    assert isinstance(call, ast.Expr) and isinstance(call.value, ast.Call) and call.value.func.id == "through_app"
+
+
+def test_a_page_run_on_its_own_is_handed_over_at_once():
+    """A page file run without app.py (the legacy mode's first run) reruns before importing the library."""
+    from streamlit.testing.v1 import AppTest
+    from test_app import REPO, TIMEOUT
+
+    for path in FIRST_PAINT_PAGES:
+        app = AppTest.from_file(str(REPO / path), default_timeout=TIMEOUT)
+        app.run()
+        assert not app.exception, app.exception
+        assert app.session_state["_handed_over"] is True  # it asked for the rerun through app.py (one at most)

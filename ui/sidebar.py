@@ -16,7 +16,6 @@ from typing import Sequence
 
 import streamlit as st
 from PIL import Image
-from streamlit.runtime.pages_manager import PagesManager
 
 from explainers import UserInputError, method_info, methods
 from explainers.data import DatasetSpec, dataset_splits, image_notes, plural
@@ -25,6 +24,7 @@ from explainers.models import MODELS, SHIPPED_MODELS, ModelSpec, model_name
 from explainers.runtime import default_device, describe_device
 
 from .cache import dataset_image, get_checkpoint_model, get_dataset, get_model, image_bytes, top_classes, uploaded_image
+from .entry import HANDED_OVER, THROUGH_ENTRY, through_app
 from .url_state import PENDING, accepted, decode, notice_area, refused, seed_from_query, write_query
 
 CHECKPOINT = "checkpoint"
@@ -95,24 +95,15 @@ def runnable_methods(names: list[str], reason_of) -> tuple[list[str], list[tuple
 
 
 def _hand_over_to_the_entry_script() -> None:
-    """Rerun through app.py when Streamlit ran a page file on its own.
-
-    With a ``pages/`` folder beside the entry script, Streamlit serves a server's first
-    request in its legacy multipage mode until ``st.navigation`` has run once: a deep link
-    such as ``/segments?block=B2`` would run that page without app.py, hence without the
-    sidebar, and the server would stay in that mode. Leaving it and rerunning costs one
-    extra run, once per session that came in while the server was in that mode: when a
-    classroom opens a link on a fresh server at once, several sessions start in it before the
-    first one leaves it, so the test is whether *this run* went through app.py's sidebar, not
-    the server-wide flag. One rerun at most in a row, so a page run alone cannot loop.
-    """
-    if st.session_state.pop("_through_entry", False):
-        st.session_state.pop("_handed_over", None)
+    """Rerun through app.py when Streamlit ran a page file on its own (``ui.entry``, which every page
+    calls first, explains why); here for a page that does not. One extra run, once per session that came in
+    while a fresh server was in its legacy mode: the test is whether *this run* went through app.py's
+    sidebar, not the server-wide flag (a classroom opening a link at once starts several sessions in
+    that mode before the first one leaves it)."""
+    if st.session_state.pop(THROUGH_ENTRY, False):
+        st.session_state.pop(HANDED_OVER, None)
         return
-    PagesManager.uses_pages_directory = False
-    if not st.session_state.get("_handed_over"):
-        st.session_state["_handed_over"] = True
-        st.rerun()
+    through_app()
 
 
 def sidebar() -> Selection:
@@ -133,7 +124,7 @@ def sidebar() -> Selection:
             _choose_methods(selection)
     write_query()
     st.session_state["_selection"] = selection
-    st.session_state["_through_entry"] = True  # this run went through app.py (see current())
+    st.session_state[THROUGH_ENTRY] = True  # this run went through app.py (see current())
     return selection
 
 
