@@ -197,7 +197,6 @@ def link_notice(app) -> str:
     ({"model": "digits", "index": "5000"}, "`index=5000`: digits test has images 0–"),
     ({"model": "digits", "target_mode": "other", "target": "99"},
      "`target=99`: class out of range: digits has classes 0–9"),
-     "`target=99`: class out of range: digits has classes 0–9"),
     ({"source": "camera"}, "`source=camera`: the image source is dataset or upload"),
 ])
 def test_each_link_value_not_used_is_named_with_why_and_what_is_shown(query, words):
@@ -254,14 +253,12 @@ def test_app_py_declares_the_navigation_before_importing_anything_heavy():
 
     tree = ast.parse((REPO / "app.py").read_text())
     first_navigation = next(node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call)
-    early = [node for node in tree.body
-             if isinstance(node, (ast.Import, ast.ImportFrom)) and node.lineno < first_navigation]
+                            and getattr(node.func, "attr", "") == "navigation")
     early = [node for node in tree.body
              if isinstance(node, (ast.Import, ast.ImportFrom)) and node.lineno < first_navigation]
     modules = [alias.name for node in early for alias in node.names] + [
         node.module for node in early if isinstance(node, ast.ImportFrom) and node.module]
-    heavy = ("torch", "explainers", "ui.sidebar")
-    probe = f"import sys; {statements}; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    assert "ui.sidebar" not in modules and not any(m.startswith("explainers") for m in modules), modules
     statements = "; ".join(f"import {m}" for m in ["streamlit", "ui.entry", "ui.style"])
     heavy = ("torch", "explainers", "ui.sidebar")
     probe = f"import sys; {statements}; print(sorted(m for m in {heavy!r} if m in sys.modules))"
