@@ -291,3 +291,14 @@ def test_a_page_run_on_its_own_is_handed_over_at_once():
         app.run()
         assert not app.exception, app.exception
         assert app.session_state["_handed_over"] is True  # it asked for the rerun through app.py (one at most)
+
+
+# --- Words a student follows: the border note is one sentence, its figures one click away --------------
+
+def test_the_border_note_is_one_sentence_with_the_detail_behind_a_click():
+    app = page("pages/saliency.py", methods="gradcam")
+    notes = [c.value for c in app.caption if "maps have a pattern of their own" in c.value]
+    short = min(notes, key=len)
+    assert len(notes) == 2 and short.count(". ") == 0 and "padding" not in short and "mirrored" in short, notes
+    (detail,) = [e for e in app.expander if e.label == "The border pattern, measured"]
+    assert [c.value for c in detail.caption] == [max(notes, key=len)] and '"same" padding' in max(notes, key=len)
