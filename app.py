@@ -1,8 +1,14 @@
-"""Protoscope: the entry point. Declares the pages, draws the shared sidebar, runs the chosen page."""
+"""Protoscope: the entry point. Declares the pages, draws the shared sidebar, runs the chosen page.
+
+The navigation is declared before anything heavy is imported: on a freshly started server the first
+run imports torch and the models (seconds), and a classroom opening a shared link sees the page
+titles and a loading note at once instead of a blank page under Streamlit's raw file names.
+"""
+import sys
+
 import streamlit as st
 
-from ui.sidebar import sidebar
-from ui.style import style
+from ui.style import style  # Streamlit alone
 
 st.set_page_config(page_title="Protoscope", page_icon=":material/biotech:", layout="wide")
 style()
@@ -18,5 +24,16 @@ pages = [
     st.Page("pages/sanity.py", title="Sanity checks", icon=":material/shuffle:", url_path="sanity"),
 ]
 navigation = st.navigation(pages)
+
+starting = st.empty()
+if "ui.sidebar" not in sys.modules:  # the server's first run: the libraries and the model are still to load
+    with starting.container():
+        st.title(f"Protoscope · {navigation.title}")
+        st.info("Starting: loading PyTorch and the model (a few seconds, once per server)…",
+                icon=":material/hourglass_top:")
+
+from ui.sidebar import sidebar  # noqa: E402  (torch, the models: after the first paint)
+
 sidebar()
+starting.empty()
 navigation.run()

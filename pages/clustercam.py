@@ -1,5 +1,9 @@
 """Cluster-CAM: the block's channels in Q clusters, the input masked by each cluster's mean, and the
 best (cognition-base) and worst (cognition-scissors) masks combined (seed 002, eq. 17-22)."""
+from ui.entry import through_app
+
+through_app()  # first: a link on a fresh server reaches app.py before the imports below
+
 
 import streamlit as st
 from PIL import Image

@@ -1,4 +1,8 @@
 """Overview: the model card and a map of the pages."""
+from ui.entry import through_app
+
+through_app()  # first: a link on a fresh server reaches app.py before the imports below
+
 import streamlit as st
 
 from explainers import method_info, methods

@@ -1,4 +1,8 @@
 """Saliency: one panel per method, side by side, all from one shared pass."""
+from ui.entry import through_app
+
+through_app()  # first: a link on a fresh server reaches app.py before the imports below
+
 import io
 
 import streamlit as st
@@ -80,7 +84,12 @@ with header[1]:
                 f"{len(maps)} maps" + (f"; {len(own)} of them also ran passes of their own (counted on their "
                                        "panels)." if own else "."))
     if selection.block == "B4" and BORDER_NOTE in model.card:  # the network's own border response, measured
-        st.caption(model.card[BORDER_NOTE])
+        note = model.card[BORDER_NOTE]
+        claim, _, _ = note.partition(":")  # one sentence here: what it is and how to tell; the figures on a click
+        test = note.rsplit(". ", 1)[-1]
+        st.caption(f"{claim}: {test[:1].lower()}{test[1:]}" if claim != note else note)
+        with st.expander("The border pattern, measured"):
+            st.caption(note)
     for name, reason in skipped:
         st.caption(f"Not shown — {reason}.")
     for name, reason in failed.items():

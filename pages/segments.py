@@ -1,4 +1,8 @@
 """Segments: the k-means explanation of the encoder (seed 000, sec. 3.3 and Figure 1)."""
+from ui.entry import through_app
+
+through_app()  # first: a link on a fresh server reaches app.py before the imports below
+
 import plotly.graph_objects as go
 import streamlit as st
 from PIL import Image

@@ -33,6 +33,7 @@ from explainers.runtime import current_listener, with_eta
 from .cache import get_dataset
 from .progress import progress_bar
 from .sidebar import Selection
+from .url_state import accepted, refused
 
 PER_CLASS_OPTIONS = list(range(1, 11))
 
@@ -72,6 +73,11 @@ def per_class_control(container: object = st) -> int:
     # which would start this one at its first option; a value set here carries over (and mends a URL's
     # value out of range).
     st.session_state["per_class"] = value if value in PER_CLASS_OPTIONS else PER_CLASS
+    if value in PER_CLASS_OPTIONS:
+        accepted("per_class")
+    else:  # a link's value out of range is said at the top of the page
+        refused("per_class", f"prototypes per class (K/C) go from {PER_CLASS_OPTIONS[0]} to {PER_CLASS_OPTIONS[-1]}",
+                str(PER_CLASS))
     return container.select_slider(  # type: ignore[attr-defined]
         "Prototypes per class (K/C)", PER_CLASS_OPTIONS, key="per_class",
         help=f"k-means prototypes per class. {PER_CLASS} (the default) opens at once on the built-in model; "

@@ -16,16 +16,16 @@ from typing import Sequence
 
 import streamlit as st
 from PIL import Image
-from streamlit.runtime.pages_manager import PagesManager
 
 from explainers import UserInputError, method_info, methods
-from explainers.data import DatasetSpec, dataset_splits, plural
+from explainers.data import DatasetSpec, dataset_splits, image_notes, plural
 from explainers.fitted import class_map
 from explainers.models import MODELS, SHIPPED_MODELS, ModelSpec, model_name
 from explainers.runtime import default_device, describe_device
 
 from .cache import dataset_image, get_checkpoint_model, get_dataset, get_model, image_bytes, top_classes, uploaded_image
-from .url_state import decode, seed_from_query, write_query
+from .entry import HANDED_OVER, THROUGH_ENTRY, through_app
+from .url_state import PENDING, accepted, decode, notice_area, refused, seed_from_query, write_query
 
 CHECKPOINT = "checkpoint"
 DEFAULT_METHODS = ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "cam", "eigencam", "eigengradcam"]
@@ -95,28 +95,20 @@ def runnable_methods(names: list[str], reason_of) -> tuple[list[str], list[tuple
 
 
 def _hand_over_to_the_entry_script() -> None:
-    """Rerun through app.py when Streamlit ran a page file on its own.
-
-    With a ``pages/`` folder beside the entry script, Streamlit serves a server's first
-    request in its legacy multipage mode until ``st.navigation`` has run once: a deep link
-    such as ``/segments?block=B2`` would run that page without app.py, hence without the
-    sidebar, and the server would stay in that mode. Leaving it and rerunning costs one
-    extra run, once per session that came in while the server was in that mode: when a
-    classroom opens a link on a fresh server at once, several sessions start in it before the
-    first one leaves it, so the test is whether *this run* went through app.py's sidebar, not
-    the server-wide flag. One rerun at most in a row, so a page run alone cannot loop.
-    """
-    if st.session_state.pop("_through_entry", False):
-        st.session_state.pop("_handed_over", None)
+    """Rerun through app.py when Streamlit ran a page file on its own (``ui.entry``, which every page
+    calls first, explains why); here for a page that does not. One extra run, once per session that came in
+    while a fresh server was in its legacy mode: the test is whether *this run* went through app.py's
+    sidebar, not the server-wide flag (a classroom opening a link at once starts several sessions in
+    that mode before the first one leaves it)."""
+    if st.session_state.pop(THROUGH_ENTRY, False):
+        st.session_state.pop(HANDED_OVER, None)
         return
-    PagesManager.uses_pages_directory = False
-    if not st.session_state.get("_handed_over"):
-        st.session_state["_handed_over"] = True
-        st.rerun()
+    through_app()
 
 
 def sidebar() -> Selection:
     seed_from_query()
+    notice_area()  # the top of the page: a link's values that could not be used are listed there
     selection = Selection()
     with st.sidebar:
         st.markdown("## Protoscope")
@@ -132,13 +124,14 @@ def sidebar() -> Selection:
             _choose_methods(selection)
     write_query()
     st.session_state["_selection"] = selection
-    st.session_state["_through_entry"] = True  # this run went through app.py (see current())
+    st.session_state[THROUGH_ENTRY] = True  # this run went through app.py (see current())
     return selection
 
 
 def _choose_model(selection: Selection) -> None:
     names = MODELS.names() + [CHECKPOINT]
-    _ensure("model", names, "efficientnet_lite0")  # the built-in ImageNet model: a photo, a real network
+    _ensure("model", names, "efficientnet_lite0",  # the built-in ImageNet model: a photo, a real network
+            "not a model of this server's list (a torchvision or timm name goes in model_name=)")
     name = st.selectbox("Model", names, key="model", format_func=lambda n: _model_label(n),
                         help="The built-in efficientnet_lite0 (ImageNet) and digits models work offline; "
                              "torchvision's need their weights in torchvision's cache or a network.")
@@ -183,6 +176,7 @@ def _model_label(name: str) -> str:
 
 def _load_checkpoint(selection: Selection) -> None:
     arch_names = [AS_SAVED, *MODELS.names()]
+    _restore("checkpoint_arch")
     if st.session_state.get("checkpoint_arch") not in arch_names:  # a typed name stays unless it is not a name
         try:
             model_name(str(st.session_state.get("checkpoint_arch", "")))
@@ -191,13 +185,14 @@ def _load_checkpoint(selection: Selection) -> None:
     chosen = st.selectbox("Architecture of the checkpoint", arch_names, key="checkpoint_arch", accept_new_options=True,
                           help="As saved in the file: its \"arch\" entry, or the digits ResNet when the keys are "
                                "its. Or pick a built-in, or type any torchvision classifier or timm:<name>.")
-    upload = st.file_uploader("State dict saved with torch.save", type=["pt", "pth"], key="checkpoint_file")
+    _remember("checkpoint_arch")
+    upload = _kept_upload("State dict saved with torch.save", ["pt", "pth"], "checkpoint_file")
     if upload is None:
         st.info("Upload a state dict (.pt) to explain your own model.")
         return
     try:
         arch = None if chosen in (None, AS_SAVED) else model_name(chosen)  # a typed path is refused, saying why
-        selection.model = get_checkpoint_model(upload.getvalue(), upload.name, arch, str(default_device()))
+        selection.model = get_checkpoint_model(upload.data, upload.name, arch, str(default_device()))
     except UserInputError as error:  # unreadable, another architecture, blocks that do not fit, ...
         _refuse_model(selection, error)
         return
@@ -211,9 +206,11 @@ def _choose_training_images(selection: Selection) -> None:
     if model.dataset is not None:
         selection.train_source = model.dataset
         return
-    with st.expander("Training images (for the prototype pages)"):
+    _restore("train_folder")
+    with st.expander("Training images (for the prototype pages)", expanded=bool(st.session_state.get("train_folder"))):
         folder = st.text_input("Folder with one sub-folder of images per class", key="train_folder",
-                               placeholder="/data/CUB_200_2011/images")
+                               placeholder="/data/CUB_200_2011/images").strip()
+        _remember("train_folder")
         if not folder:
             return
         try:
@@ -247,20 +244,23 @@ def _choose_image(selection: Selection) -> None:
     model = selection.model
     assert model is not None
     st.divider()
-    _ensure("source", ["dataset", "upload"], "dataset")
+    _ensure("source", ["dataset", "upload"], "dataset", "the image source is dataset or upload",
+            "an image of the dataset")
     source = st.radio("Image", ["dataset", "upload"], key="source", horizontal=True,
                       format_func=lambda s: {"dataset": "from the dataset", "upload": "upload"}[s])
     if source == "upload":
-        upload = st.file_uploader("An image file", type=UPLOAD_TYPES, key="upload")
+        upload = _kept_upload("An image file", UPLOAD_TYPES, "upload")
         if upload is None:
             st.info("Upload an image, or pick one from the dataset.")
             return
         try:
-            image, data = uploaded_image(upload.getvalue(), upload.name)  # decoded once, not on every rerun
+            image, data = uploaded_image(upload.data, upload.name)  # decoded once, not on every rerun
         except UserInputError as error:  # ImageError: not an image, too large, damaged
             st.error(str(error))
             return
-        _set_image(selection, image, f"uploaded: {upload.name} ({image.width}×{image.height}, {image.mode})", data)
+        notes = image_notes(image, background="black" if model.transform.mode == "L" else "white")
+        caption = f"uploaded: {upload.name} ({image.width}×{image.height}, {image.mode})"
+        _set_image(selection, image, caption + "".join(f"; {note}" for note in notes), data)
         return
     if get_dataset(model.sample_dataset, "train").names:  # photos: one set, each picked by its name
         _choose_named_image(selection, model.sample_dataset)
@@ -274,16 +274,18 @@ def _choose_numbered_image(selection: Selection, dataset_name: str) -> None:
     assert model is not None
     held = dataset_splits(dataset_name)
     splits = sorted(held, key=lambda s: (s != "test", s))  # test first: images the model has not seen
-    _ensure("split", splits, "test")
+    _ensure("split", splits, "test", f"{dataset_name} has no split of that name ({', '.join(splits)})")
     split = st.radio("Split", splits, key="split", horizontal=True,
                      help="  \n".join(f"**{name}**: {what}" for name, what in held.items()))
     dataset = get_dataset(dataset_name, split)
     class_options = ["any"] + dataset.classes
-    _ensure("cls", class_options, "any")
+    _ensure("cls", class_options, "any", f"{dataset_name} has no class of that name", "any class")
     chosen_class = st.selectbox("Class", class_options, key="cls")
     pool = list(range(len(dataset))) if chosen_class == "any" else dataset.indices_of(
         dataset.classes.index(chosen_class)).tolist()
-    _ensure("index", list(range(len(pool))), 0, cast=int)  # a class switch or a URL may point past the end
+    among = f"{dataset_name} {split}" + ("" if chosen_class == "any" else f", class {chosen_class},")
+    _ensure("index", list(range(len(pool))), 0, f"{among} has images 0–{len(pool) - 1}", "image 0",
+            cast=int)  # a class switch or a URL may point past the end
     position = st.number_input(f"Image number (0–{len(pool) - 1})", 0, len(pool) - 1, key="index", step=1)
     index = pool[int(position)]
     image, data, _ = dataset_image(dataset_name, split, index)
@@ -297,7 +299,8 @@ def _choose_named_image(selection: Selection, dataset_name: str) -> None:
     model = selection.model
     assert model is not None
     photos = get_dataset(dataset_name, "train")
-    _ensure("index", list(range(len(photos))), 0, cast=int)  # a digits number or a URL may point past the end
+    _ensure("index", list(range(len(photos))), 0,  # a digits number or a URL may point past the end
+            f"the photos for {model.name} are numbered 0–{len(photos) - 1}", f"photo 0 ({photos.names[0]})", cast=int)
     index = int(st.selectbox("Photo", list(range(len(photos))), key="index",
                              format_func=lambda i: _photo_label(photos, i),
                              help="The photographs inside scikit-image's wheel (no download), with their "
@@ -328,13 +331,16 @@ def _choose_target(selection: Selection) -> None:
     st.divider()
     lines = [f"`{model.class_name(c)[:28]}` {p:6.1%}" for c, p in selection.top]
     st.markdown("**Top-5 prediction**  \n" + "  \n".join(lines))
-    _ensure("target_mode", ["predicted", "other"], "predicted")
+    _ensure("target_mode", ["predicted", "other"], "predicted", "the class explained is predicted or other",
+            "the predicted class")
     mode = st.radio("Explain", ["predicted", "other"], key="target_mode", horizontal=True,
                     format_func=lambda m: {"predicted": "the predicted class", "other": "another class"}[m])
     if mode == "other":
         indices = list(range(model.num_classes))
-        refused = _ensure("target", indices, selection.top[0][0], cast=int)
-        if refused is not None:
+        refused = _ensure("target", indices, selection.top[0][0],
+                          f"class out of range: {model.name} has classes 0–{model.num_classes - 1}",
+                          "the predicted class", cast=int)
+        if refused is not None and refused is not FROM_LINK:
             st.warning(f"Class {refused} is out of range: {model.name} has classes 0–{model.num_classes - 1}. "
                        "Showing the predicted class instead.")
         selection.target = st.selectbox("Target class", indices, key="target",
@@ -346,9 +352,10 @@ def _choose_block(selection: Selection) -> None:
     assert model is not None
     st.divider()
     blocks = list(model.blocks)
-    _ensure("block", blocks, blocks[-1])
+    _ensure("block", blocks, blocks[-1], f"{model.name} has no depth of that name ({', '.join(blocks)})")
     selection.block = st.radio("Depth", blocks, key="block", horizontal=True,
-                               help="B1 is the shallowest stage (fine detail), B4 the deepest (what the classifier reads).")
+                               help="B1 is the shallowest stage (fine detail), B4 the deepest "
+                                    "(what the classifier reads).")
     shapes = model.block_shapes
     rows = "\n".join(f"| {b} | `{model.block_paths[b]}` | {shapes[b][0]} × {shapes[b][1]} × {shapes[b][2]} |"
                      for b in blocks)
@@ -358,7 +365,7 @@ def _choose_block(selection: Selection) -> None:
 
 def _choose_methods(selection: Selection) -> None:
     options = methods()
-    _ensure_many("methods", options, [m for m in DEFAULT_METHODS if m in options])
+    _ensure_many("methods", options, [m for m in DEFAULT_METHODS if m in options])  # says which a link named wrongly
     families: dict[str, list[str]] = {}
     for name in options:
         families.setdefault(method_info(name).family, []).append(method_info(name).label)
@@ -367,22 +374,94 @@ def _choose_methods(selection: Selection) -> None:
                                        help=f"Shown side by side on the Saliency page.  \n{shelf}")
 
 
-def _ensure(key: str, options: list, default: object, cast: type | None = None) -> object | None:
+@dataclass(frozen=True)
+class Upload:
+    """A file the person uploaded in this session: its name and bytes."""
+
+    name: str
+    data: bytes
+
+
+def _kept_upload(label: str, types: list[str], key: str) -> Upload | None:
+    """A file uploader whose file outlives the widget for the session.
+
+    Streamlit forgets a widget's value on the first run it is not drawn (another model chosen, a model
+    that failed to load): the file is kept in the session under ``_kept_<key>`` and used again when the
+    box comes back empty. Removing the file from the box (it held one on the run before) forgets it.
+    """
+    kept_key, held_key = f"_kept_{key}", f"_held_{key}"
+    drawn_last_run = key in st.session_state  # a widget's state lives only while it is drawn on every run
+    upload = st.file_uploader(label, type=types, key=key)
+    kept: Upload | None = st.session_state.get(kept_key)
+    if upload is not None:
+        kept = Upload(upload.name, upload.getvalue())
+        st.session_state[kept_key] = kept
+    elif kept is not None and drawn_last_run and st.session_state.get(held_key):
+        del st.session_state[kept_key]  # the person took the file out of the box
+        kept = None
+    st.session_state[held_key] = upload is not None
+    if upload is None and kept is not None:
+        st.caption(f"Using **{kept.name}** ({_size(len(kept.data))}), uploaded earlier in this session; "
+                   "upload another file to replace it.")
+        if st.button(f"Forget {kept.name}", key=f"_forget_{key}"):
+            del st.session_state[kept_key]
+            st.rerun()
+    return kept
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**20:.1f} MB" if count >= 2**20 else f"{max(1, round(count / 1024))} KB"
+
+
+def _restore(key: str) -> None:
+    """Give a widget back the value it had when it was last drawn, if Streamlit dropped it since
+    (a widget not drawn on one run loses its state); call before drawing it, with ``_remember`` after."""
+    if key not in st.session_state and f"_kept_{key}" in st.session_state:
+        st.session_state[key] = st.session_state[f"_kept_{key}"]
+
+
+def _remember(key: str) -> None:
+    st.session_state[f"_kept_{key}"] = st.session_state.get(key)
+
+
+FROM_LINK = object()  # what ``_ensure`` returns for a refused value the link gave (already said at the top)
+
+
+def _ensure(key: str, options: list, default: object, reason: str, instead: str | None = None,
+            cast: type | None = None) -> object | None:
     """Keep a widget's stored value among its current options (a model switch or a URL can break it).
 
-    Returns the refused value, if any, so the caller can say what happened.
+    A value the URL gave that is not among them is named, with ``reason`` and what is shown instead
+    (``instead``, else the default), in the page's warning about the link (``url_state.refused``).
+    Returns the refused value (``FROM_LINK`` when the link gave it and it was said), or None.
     """
     value = st.session_state.get(key, default)
     if cast is int:
         value = _whole_number(value)
     valid = value in options
     st.session_state[key] = value if valid else default
-    return None if valid else value
+    if valid:
+        accepted(key)
+        return None
+    return FROM_LINK if refused(key, reason, instead if instead is not None else str(default)) else value
 
 
 def _ensure_many(key: str, options: list, default: list) -> None:
+    """Keep the chosen methods among the registry's; a link's unknown names are said, and a link with
+    no known method at all gets the default methods."""
     value = st.session_state.get(key, default)
-    st.session_state[key] = [v for v in value if v in options]
+    kept = [v for v in value if v in options]
+    unknown = [v for v in value if v not in options]
+    if unknown:
+        from_link = st.session_state.get(PENDING, {}).get(key) is not None
+        if from_link and not kept:
+            kept = list(default)
+        instead = "the link's other methods" if value != unknown else "the default methods"
+        refused(key, f"unknown method{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} (the Methods list "
+                     "in the sidebar has every one)", instead)
+    else:
+        accepted(key)
+    st.session_state[key] = kept
 
 
 def _whole_number(value: object) -> object:

@@ -14,8 +14,8 @@ from .datasets import (
                        load_dataset,
                        plural,
 )
-from .images import load_image, png_compatible
+from .images import image_notes, load_image, png_compatible
 from .marked import MARKED_SPLITS, mark_reliance
 
 __all__ = ["DATASETS", "MARKED_SPLITS", "PHOTOS", "DatasetSpec", "dataset_splits", "image_folder", "imagenet_classes",
-           "load_dataset", "load_image", "mark_reliance", "plural", "png_compatible"]
+           "image_notes", "load_dataset", "load_image", "mark_reliance", "plural", "png_compatible"]

@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..runtime.errors import ImageError
 
@@ -23,6 +23,11 @@ def load_image(source: bytes | str | Path, name: str | None = None) -> Image.Ima
     caches images as PNG bytes): greyscale, palette, RGB and their alpha variants are kept,
     16-bit and float greyscale are rescaled to 8 bits, and the rest (CMYK, YCbCr, LAB, HSV)
     become RGB. Models convert the result to their own mode themselves.
+
+    The image is returned upright: an EXIF orientation tag (most phone and camera photos store
+    the pixels as the sensor saw them and the turn in the tag) is applied, so its size is the one a
+    photo viewer shows. Of an animation (GIF, WebP, APNG) the first frame is used; how many frames
+    the file had is kept for ``image_notes``.
     """
     name = name or (str(source) if isinstance(source, (str, Path)) else "the file")
     data = _read(source, name)
@@ -33,14 +38,16 @@ def load_image(source: bytes | str | Path, name: str | None = None) -> Image.Ima
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
+            opened = Image.open(io.BytesIO(data))
+            width, height = opened.size
             if width * height > MAX_PIXELS:
                 raise ImageError(
                     f"{name} is {width}x{height} pixels ({width * height / 1e6:.0f} MP); the limit is "
                     f"{MAX_PIXELS / 1e6:.0f} MP. Downscale it first: the model only sees a few hundred pixels a side."
                 )
-            image.load()
+            opened.load()
+            frames = int(getattr(opened, "n_frames", 1) or 1)
+            image = upright(opened)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
@@ -56,7 +63,43 @@ def load_image(source: bytes | str | Path, name: str | None = None) -> Image.Ima
         raise ImageError(f"{name} is not an image that can be read: use PNG, JPEG, BMP, GIF, TIFF or WebP.") from error
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"{name} looks like an image but is damaged or truncated: {error}") from error
-    return png_compatible(image)
+    image = png_compatible(image)
+    if frames > 1:
+        image.info[FRAMES] = frames  # info travels with copies, conversions and pickling (caches)
+    return image
+
+
+ORIENTATION = 0x0112  # the EXIF tag: 1 upright, 2-8 mirrored and/or turned by a multiple of 90 degrees
+FRAMES = "protoscope.frames"  # image.info key: how many frames the file held (only when more than one)
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """``image`` as a viewer shows it: its EXIF orientation applied (and the tag reset), else itself."""
+    if image.getexif().get(ORIENTATION, 1) in (2, 3, 4, 5, 6, 7, 8):
+        return ImageOps.exif_transpose(image)
+    return image
+
+
+def has_transparency(image: Image.Image) -> bool:
+    """Whether some pixel of ``image`` is not fully opaque (an alpha channel that is all 255 does not count)."""
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        low = image.getchannel("A").getextrema()[0]  # one channel: (min, max)
+        return bool(low < 255)  # type: ignore[operator]
+    if "transparency" in image.info:
+        return has_transparency(image.convert("RGBA"))
+    return False
+
+
+def image_notes(image: Image.Image, background: str = "white") -> list[str]:
+    """What of the file is not what the model sees, in words for a caption: the first frame of an
+    animation, transparent pixels seen on ``background`` (the colour the model's preprocessing flattens them onto)."""
+    notes = []
+    frames = int(image.info.get(FRAMES, 1))
+    if frames > 1:
+        notes.append(f"an animation of {frames} frames: the first is explained")
+    if has_transparency(image):
+        notes.append(f"transparent parts are seen on {background} (the alpha channel is not used)")
+    return notes
 
 
 # Modes PNG stores as they are; models convert any of them to their own "L" or "RGB".
