@@ -321,7 +321,6 @@ def test_every_name_a_face_exports_exists():
     assert not missing, "exported but not imported:\n  " + "\n  ".join(missing)
 
 
-@pytest.mark.xfail(strict=True, reason='issue 19: being split and renamed')
 def test_no_private_name_is_imported_from_another_module():
     """``_name`` is the machinery of its own module: no library module imports one from another."""
     modules = package_modules()
@@ -335,7 +334,6 @@ def test_no_private_name_is_imported_from_another_module():
     assert not wrong, "private names imported across modules:\n  " + "\n  ".join(wrong)
 
 
-@pytest.mark.xfail(strict=True, reason='issue 19: being split and renamed')
 def test_no_public_name_is_defined_twice_in_the_library():
     """One meaning per name: a public function, class or constant is defined in one module only
     (imports and ``__all__`` aside; a ``TypeVar`` named T is everyone's)."""
@@ -358,7 +356,6 @@ def test_no_public_name_is_defined_twice_in_the_library():
         f"{item}: {', '.join(places)}" for item, places in sorted(twice.items()))
 
 
-@pytest.mark.xfail(strict=True, reason='issue 19: being split and renamed')
 def test_no_library_file_is_longer_than_the_limit():
     """A module over 600 lines is several modules: split it where its sections are."""
     long = sorted((len(path.read_text().splitlines()), str(path.relative_to(REPO)))
