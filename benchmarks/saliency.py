@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `make bench` runs this file directly
 
-from explainers import Explanation, ModelSpec, explain, explain_many, load_dataset, load_model, methods  # noqa: E402
+from explainers import Explanation, ModelSpec, explain, explain_many, load_dataset, load_model, method_names  # noqa: E402
 from explainers.methods.ablation_cam import ablation_cam_plain  # noqa: E402
 from explainers.methods.masking import scaled_masks  # noqa: E402
 from explainers.methods.score_cam import score_cam_plain  # noqa: E402
@@ -335,7 +335,7 @@ def imagenet_case(settings: Settings, names: list[str]) -> None:
 
     model = load_model("efficientnet_lite0")
     image = model.transform(PHOTOS[0].load())  # chelsea, preprocessed once: preprocessing excluded
-    print(f"\n== efficientnet_lite0 (ImageNet-1k weights, 224x224, scikit-image's cat photo, predicted class)")
+    print("\n== efficientnet_lite0 (ImageNet-1k weights, 224x224, scikit-image's cat photo, predicted class)")
     for block in ("B4", "B3"):
         chosen = [name for name in names if method_info(name).available(model, block) is None]
         runs = {
@@ -406,7 +406,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = QUICK if args.quick else FULL
     torch.set_num_threads(args.threads)
-    names = [name for name in methods() if name in CAM_FAMILY]
+    names = [name for name in method_names() if name in CAM_FAMILY]
     missing = sorted(set(CAM_FAMILY) - set(names))
     if missing:
         sys.exit(f"methods missing from the registry: {', '.join(missing)}")

@@ -118,6 +118,7 @@ def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 @torch.inference_mode()
 def accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> float:
+    """The share of ``images`` whose argmax logit is their label, in batches of ``batch_size``."""
     net.eval()
     correct = 0
     for start in range(0, len(images), batch_size):
@@ -303,6 +304,7 @@ def record_shipped(out: Path, model_name: str, written: list[Path]) -> list[Path
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The command line (``python -m explainers.cli --help``)."""
     parser = argparse.ArgumentParser(prog="python -m explainers.cli", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a built-in model and write its weights to assets/")

@@ -56,7 +56,8 @@ st.markdown(f"Explaining class **{target}** at **{block}** (`{model.block_paths[
 def frame(picture: Image.Image, index: int) -> Image.Image:
     """Green frame for the base, red for the scissors, a thin grey one for the others."""
     colour = BASE if index == parts.base else SCISSORS if index == parts.scissors else "#dddddd"
-    return outlined(picture.resize((thumb, thumb), Image.Resampling.NEAREST), colour, border=6 if colour != "#dddddd" else 2)
+    thumbnail = picture.resize((thumb, thumb), Image.Resampling.NEAREST)
+    return outlined(thumbnail, colour, border=6 if colour != "#dddddd" else 2)
 
 
 def role(index: int) -> str:

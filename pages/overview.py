@@ -5,7 +5,7 @@ through_app()  # first: a link on a fresh server reaches app.py before the impor
 
 import streamlit as st
 
-from explainers import method_info, methods
+from explainers import method_info, method_names
 from explainers.data import MARKED_SPLITS, mark_reliance
 from ui.sidebar import current
 
@@ -95,4 +95,4 @@ st.header("Methods")
 st.table([{"method": f"**{method_info(n).label}**  \n`{n}`", "family": method_info(n).family,
            "needs gradients": "yes" if method_info(n).needs_gradients else "no",
            "what it computes": _plain(method_info(n).description), "paper": _plain(method_info(n).reference)}
-          for n in methods()], hide_index=True)  # every row, the text wrapped: nothing cut off
+          for n in method_names()], hide_index=True)  # every row, the text wrapped: nothing cut off

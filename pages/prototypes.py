@@ -60,8 +60,9 @@ for position, column in ((0, 1), (1, 2)):
     for index, label in enumerate(placed.classes):
         colour = palette[index % len(palette)]
         name = f"class {model.class_name(int(label))}"
-        for split, xy, labels, where, opacity in (("train", placed.train_xy, placed.train_labels, placed.train_index, 0.75),
-                                                   ("test", placed.test_xy, placed.test_labels, placed.test_index, 0.2)):
+        splits = (("train", placed.train_xy, placed.train_labels, placed.train_index, 0.75),
+                  ("test", placed.test_xy, placed.test_labels, placed.test_index, 0.2))
+        for split, xy, labels, where, opacity in splits:
             keep = labels == label
             figure.add_trace(go.Scattergl(
                 x=xy[keep, 0], y=xy[keep, 1], mode="markers", name=name, legendgroup=name,
@@ -74,7 +75,8 @@ for position, column in ((0, 1), (1, 2)):
                       (placed.rescaled_xy[index], "triangle-up", "c_j rescaled", far["rescaled"][index]))
         else:
             mine = placed.kmex_labels == label
-            points = tuple((xy, "square", "KMEx prototype", off) for xy, off in zip(placed.kmex_xy[mine], far["kmex"][mine]))
+            points = tuple((xy, "square", "KMEx prototype", off)
+                           for xy, off in zip(placed.kmex_xy[mine], far["kmex"][mine]))
         for xy, symbol, kind, off in points:
             where_from = "off the data: placed by its true distances" if off else "among the data: placed by UMAP"
             figure.add_trace(go.Scatter(

@@ -20,8 +20,8 @@ st.caption("Every pixel of the chosen depth goes to its nearest k-means prototyp
            "its nearest training patch, framed in the segment's colour.")
 
 selection = current()
-problem = selection.load_failure or unavailable(selection) or (None if selection.image else
-                                      "Choose an image in the sidebar; if an upload could not be used, the sidebar says why.")
+no_image = "Choose an image in the sidebar; if an upload could not be used, the sidebar says why."
+problem = selection.load_failure or unavailable(selection) or (None if selection.image else no_image)
 if problem:
     st.info(problem)
     offer_digits(selection)
@@ -50,7 +50,8 @@ for column, depth in zip(st.columns(len(depths)), depths):
     with column:
         st.subheader(f"{depth} · {result.segments.shape[0]}×{result.segments.shape[1]} cells")
         pictures = st.columns(3)
-        pictures[0].image(display_image.resize((size, size), Image.Resampling.BILINEAR), caption="input", width="stretch")
+        shown = display_image.resize((size, size), Image.Resampling.BILINEAR)
+        pictures[0].image(shown, caption="input", width="stretch")
         pictures[1].image(segment_overlay(display_image, result.segments, palette, size, opacity=0.45),
                           caption=f"{len(palette)} segments (explanation map, eq. 9)", width="stretch")
         attribution = colorize(result.attribution, signed=False, cmap=DIVERGING)

@@ -21,7 +21,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import ui.cache
-from explainers import method_info, methods
+from explainers import method_info, method_names
 
 TIMEOUT = 120
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +58,7 @@ def png(image: Image.Image) -> bytes:
 
 def panel_labels(app: AppTest) -> list[str]:
     """The method panels shown, in order, read from their bold titles."""
-    labels = {method_info(m).label for m in methods()}
+    labels = {method_info(m).label for m in method_names()}
     titles = [m.value.split("**")[1] for m in app.markdown if m.value.startswith("**")]
     return [title for title in titles if title in labels]
 
@@ -251,7 +251,7 @@ def test_cluster_cam_page_at_another_depth_and_with_spectral_clustering():
 
 
 def test_saliency_page_offers_every_method_of_issue_4():
-    assert set(ISSUE_4_METHODS) <= set(methods())
+    assert set(ISSUE_4_METHODS) <= set(method_names())
     app = page("pages/saliency.py", model="digits", methods=",".join(["gradcam", *ISSUE_4_METHODS]))
     assert not app.error
     assert panel_labels(app) == [method_info(m).label for m in ["gradcam", *ISSUE_4_METHODS]]

@@ -16,7 +16,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 from torchvision import models as tv
 
-from explainers import explain_batch, explain_many, load_dataset, load_model, methods, predict
+from explainers import explain_batch, explain_many, load_dataset, load_model, method_names, predict
 from explainers.evaluation import EvaluationSettings, evaluate, randomization_check, subset
 from explainers.fitted.features import FeatureCache
 from explainers.fitted.prototypes import PrototypeExplainer
@@ -120,7 +120,7 @@ def test_a_module_stays_where_it_is_unless_a_device_is_given():
 @pytest.mark.parametrize("block", ["B4", "B3"])
 def test_every_method_on_the_device_gives_the_cpu_map_as_numpy(digits_pair, digit, block):
     cpu, device = digits_pair
-    names = [n for n in methods() if method_info(n).available(cpu, block) is None]
+    names = [n for n in method_names() if method_info(n).available(cpu, block) is None]
     same_batches = {"scorecam": {"batch_size": 16}, "ablationcam": {"batch_size": 16}}  # each device times its own
     with one_thread():
         found = explain_many(device, digit, names, block=block, method_settings=same_batches)

@@ -13,13 +13,13 @@ REPO = Path(__file__).resolve().parents[1]
 CHECKS = '''
 import torch
 from torch import nn
-from explainers import explain, load_dataset, load_model, methods
+from explainers import explain, load_dataset, load_model, method_names
 from explainers.evaluation import evaluate
 from explainers.models import from_module
 
 model = load_model("digits")
 image, _ = load_dataset("digits", "test")[0]
-assert "gradcam_abs" in methods()
+assert "gradcam_abs" in method_names()
 found = explain(model, image, "gradcam_abs", block="B3")
 assert found.raw.shape == (8, 8) and (found.raw >= 0).all() and found.raw.max() > 0
 

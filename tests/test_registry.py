@@ -6,7 +6,7 @@ import pytest
 
 from explainers import UserInputError
 from explainers.data.datasets import DATASETS
-from explainers.methods import METHODS, Method, method_info, methods
+from explainers.methods import METHODS, Method, method_info, method_names
 from explainers.models import MODELS
 from explainers.runtime.registry import Registry, UnknownNameError
 
@@ -14,7 +14,7 @@ from explainers.runtime.registry import Registry, UnknownNameError
 def test_methods_models_and_datasets_share_the_registry_class():
     for registry, kind in ((METHODS, "method"), (MODELS, "model"), (DATASETS, "dataset")):
         assert isinstance(registry, Registry) and registry.kind == kind
-    assert list(METHODS) == methods() and all(isinstance(m, Method) for m in METHODS.values())
+    assert list(METHODS) == method_names() and all(isinstance(m, Method) for m in METHODS.values())
     assert METHODS["gradcam"] is method_info("gradcam")
     assert METHODS.description("gradcam") == method_info("gradcam").description
     assert "digits" in MODELS and "digits" in DATASETS

@@ -14,7 +14,7 @@ from helpers import count_passes, digits_model, digits_test_batch, one_thread
 from test_app import page
 
 import ui.cache
-from explainers import UserInputError, explain, explain_many, method_info, methods, trace
+from explainers import UserInputError, explain, explain_many, method_info, method_names, trace
 from explainers.methods import lrp as L
 from explainers.methods.base import register_method
 from explainers.methods.cluster_cam import cluster_cam
@@ -36,7 +36,7 @@ def model():
 # --- the declaration ----------------------------------------------------------------------------
 
 def test_declared_settings_appear_in_method_info():
-    declared = {name: {s.name: s for s in method_info(name).settings} for name in methods()}
+    declared = {name: {s.name: s for s in method_info(name).settings} for name in method_names()}
     assert list(declared["clustercam"]) == ["q", "alpha", "clustering"]
     q, alpha, clustering = declared["clustercam"].values()
     assert (q.type, q.default, q.low, q.high) == (int, 6, 2, 16)
@@ -46,9 +46,9 @@ def test_declared_settings_appear_in_method_info():
     assert list(declared["lrp_gamma"]) == ["gamma", "epsilon"] and declared["lrp_gamma"]["gamma"].default == L.GAMMA
     assert declared["scorecam"]["batch_size"].default is None and declared["scorecam"]["batch_size"].optional
     assert method_info("clustercam").display_only() == ("alpha",)
-    assert all(not s.display_only for name in methods() if name != "clustercam" for s in declared[name].values())
+    assert all(not s.display_only for name in method_names() if name != "clustercam" for s in declared[name].values())
     assert not declared["gradcam"], "the CAM family has no settings of its own"
-    for name in methods():  # one default: the function's keyword default is the declared one
+    for name in method_names():  # one default: the function's keyword default is the declared one
         parameters = inspect.signature(method_info(name).compute).parameters
         for setting in declared[name].values():
             assert parameters[setting.name].default == setting.default, (name, setting.name)
@@ -70,7 +70,7 @@ def test_a_declaration_that_does_not_fit_its_function_is_refused_at_registration
     with pytest.raises(ValueError, match="display-only settings \\(width\\) but no recombine"):
         register_method("bad_display", label="x", family="gradient-free", description="", reference="",
                         settings=(Setting("width", int, 4, "w", display_only=True),))(compute)
-    assert not {"bad_default", "bad_name", "bad_display"} & set(methods()), "a refused method stays out"
+    assert not {"bad_default", "bad_name", "bad_display"} & set(method_names()), "a refused method stays out"
 
 
 def test_a_setting_converts_what_means_the_same_and_refuses_the_rest():

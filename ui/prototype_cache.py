@@ -101,7 +101,8 @@ def explainer(model: ModelSpec, source: str, depth: str, per_class: int) -> Prot
                       on_click=cancelled.discard, args=(wanted.key,))
             st.stop()
         slot = st.empty()
-        if wanted.key not in store.STORE and find(PROTOTYPES_KIND, wanted.filename) is None:  # a fit, not a read: it may be long
+        # a fit, not a read: it may be long
+        if wanted.key not in store.STORE and find(PROTOTYPES_KIND, wanted.filename) is None:
             slot.button("Cancel this fit", key=f"cancel_{depth}_{per_class}", icon=":material/stop_circle:",
                         on_click=_cancel, args=(wanted.key,),
                         help="Stops the fit at its next step, for every session waiting for it. The features "
@@ -144,7 +145,8 @@ def _figure2(model_key: str, _model: ModelSpec, source: str, classes: tuple[int,
 @st.cache_data(show_spinner="Computing Table 1…", max_entries=16)
 def _table1(model_key: str, _model: ModelSpec, source: str, digests: tuple[str, ...],
             _kmex: dict[str, PrototypeExplainer]) -> list[dict]:
-    return stored_alignment_table(_model, get_dataset(source, "train"), _kmex, embed=_embedder(model_key, _model, source))
+    embed = _embedder(model_key, _model, source)
+    return stored_alignment_table(_model, get_dataset(source, "train"), _kmex, embed=embed)
 
 
 @st.cache_data(show_spinner="Computing Table 2 (every train and test image through every explainer)…",
@@ -156,7 +158,8 @@ def _table2(model_key: str, _model: ModelSpec, source: str, digests: tuple[str, 
                                  progress=with_eta(current_listener()))
 
 
-def figure2(model_key: str, model: ModelSpec, source: str, classes: tuple[int, ...], kmex: PrototypeExplainer) -> Projection:
+def figure2(model_key: str, model: ModelSpec, source: str, classes: tuple[int, ...],
+            kmex: PrototypeExplainer) -> Projection:
     """Figure 2 of the chosen classes with the KMEx prototypes of ``kmex``."""
     return _figure2(model_key, model, source, classes, kmex.digest_, kmex)
 

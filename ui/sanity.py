@@ -31,8 +31,8 @@ def randomisation(model_key: str, _model: ModelSpec, data: bytes, count: int, me
                   mode: str, target: int | None, keep_statistics: bool = False) -> RandomizationResult:
     """``randomization_check`` of the current image (``data``) plus the first ``count`` other images of the
     test split (``test_images``; the current image is not counted twice), keyed by model (its
-    key holds the fingerprint), images, methods, block, mode, target and the batch-norm choice. Progress goes to the listener of
-    the caller's ``progress_bar``."""
+    key holds the fingerprint), images, methods, block, mode, target and the batch-norm choice. Progress goes
+    to the listener of the caller's ``progress_bar``."""
     images = [load_image(data)]
     name, split = test_images(_model)
     for index in range(len(get_dataset(name, split))):
@@ -64,5 +64,6 @@ def curves_figure(result: RandomizationResult) -> go.Figure:
                      annotation_text=f"flagged at or above {result.threshold:g}", annotation_position="bottom right")
     figure.update_yaxes(range=[-1.05, 1.05], row=1, col=1)
     figure.update_yaxes(range=[-0.05, 1.05], row=1, col=2)
-    figure.update_layout(height=380, margin={"t": 40, "b": 10, "l": 10, "r": 10}, legend={"orientation": "h", "y": -0.2})
+    figure.update_layout(height=380, margin={"t": 40, "b": 10, "l": 10, "r": 10},
+                         legend={"orientation": "h", "y": -0.2})
     return figure

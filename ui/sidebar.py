@@ -17,7 +17,7 @@ from typing import Sequence
 import streamlit as st
 from PIL import Image
 
-from explainers import UserInputError, method_info, methods
+from explainers import UserInputError, method_info, method_names
 from explainers.data import DatasetSpec, dataset_splits, image_notes, plural
 from explainers.fitted import class_map
 from explainers.models import MODELS, SHIPPED_MODELS, ModelSpec, model_name
@@ -364,7 +364,7 @@ def _choose_block(selection: Selection) -> None:
 
 
 def _choose_methods(selection: Selection) -> None:
-    options = methods()
+    options = method_names()
     _ensure_many("methods", options, [m for m in DEFAULT_METHODS if m in options])  # says which a link named wrongly
     families: dict[str, list[str]] = {}
     for name in options:

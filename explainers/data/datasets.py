@@ -153,6 +153,7 @@ def digit_image(pixels: np.ndarray, size: int = DIGITS_SIZE) -> Image.Image:
 
 @DATASETS.register("digits", description="scikit-learn's bundled handwritten digits (8x8, shown at 64x64)")
 def digits(split: str = "train") -> DatasetSpec:
+    """scikit-learn's digits, split 80/20 by a seeded stratified draw (``digits_split``), shown at 64x64."""
     images, labels = digits_arrays()
     keep = digits_split(split)
     chosen = images[keep]

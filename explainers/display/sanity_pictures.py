@@ -30,8 +30,8 @@ def step_pictures(result: RandomizationResult, method: str, image: Image.Image, 
     """The maps of kept image ``index`` for ``method`` at every step, drawn over ``image`` as the Saliency page
     draws them; (step, None) where the method gave no map at that step."""
     maps = result.maps[method]
-    return [(step, overlay(image, maps[step][index], result.signed[method], cmap, opacity, size) if step in maps else None)
-            for step in result.steps]
+    return [(step, overlay(image, maps[step][index], result.signed[method], cmap, opacity, size)
+             if step in maps else None) for step in result.steps]
 
 
 def maps_sheet(result: RandomizationResult, image: Image.Image, size: int = 160, cmap: str = "jet") -> Image.Image:

@@ -48,8 +48,8 @@ from ..data.datasets import DatasetSpec
 from ..engine.trace import trace
 from ..methods import method_info
 from ..methods.explanation import MethodSettings, explain_trace
-from ..models.inputs import as_batch
 from ..models import ModelSpec
+from ..models.inputs import as_batch
 from ..runtime import compute
 from ..runtime.errors import DatasetError, ImageError, UserInputError
 from ..runtime.progress import Progress, current_listener, reporting, scaled

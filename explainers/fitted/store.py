@@ -45,7 +45,7 @@ import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Hashable, Iterator, Optional, Protocol, TypeVar, Union
+from typing import TYPE_CHECKING, Callable, Hashable, Protocol, TypeVar, Union
 
 import numpy as np
 

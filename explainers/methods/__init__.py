@@ -1,7 +1,7 @@
 """The explanation methods, registered by name, and running them (``explain``, ``explain_many``).
 
 A new method is one function plus one ``@register_method`` line in a module of this package
-(listed below); the sidebar, the API (``methods()``) and the tests read this registry. What a
+(listed below); the sidebar, the API (``method_names()``) and the tests read this registry. What a
 method and its settings are: ``base`` and ``explainers.runtime.settings``.
 
 One module per method or family of methods: ``cam`` (the CAM family on the shared trace),
@@ -21,7 +21,7 @@ from . import (  # noqa: F401  (the perturbation methods)
                           lrp,  # noqa: F401  (LRP-epsilon and the gamma composite, through zennit)
                           score_cam,
 )
-from .base import METHOD_FAMILIES, METHODS, Method, MethodOutput, method_info, methods, register_method
+from .base import METHOD_FAMILIES, METHODS, Method, MethodOutput, method_info, method_names, register_method
 from .cluster_cam import masked_pictures
 from .explanation import (
                           Explanation,
@@ -35,6 +35,6 @@ from .explanation import (
 )
 from .kmeans_attribution import PER_CLASS, depth_for, fitted, recipe
 
-__all__ = ["METHOD_FAMILIES", "METHODS", "PER_CLASS", "Explanation", "Method", "MethodOutput", "MethodSettings", "depth_for",
-           "explain", "explain_batch", "explain_many", "explain_trace", "fitted", "masked_pictures", "method_info",
-           "methods", "predict", "recipe", "recombine", "register_method"]
+__all__ = ["METHOD_FAMILIES", "METHODS", "PER_CLASS", "Explanation", "Method", "MethodOutput", "MethodSettings",
+           "depth_for", "explain", "explain_batch", "explain_many", "explain_trace", "fitted", "masked_pictures",
+           "method_info", "method_names", "predict", "recipe", "recombine", "register_method"]

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 METHOD_FAMILIES = ("gradient", "gradient-free", "perturbation", "propagation", "classic", "prototype")
 
-__all__ = ["METHOD_FAMILIES", "METHODS", "Method", "MethodOutput", "Recombine", "method_info", "methods", "register_method"]
+__all__ = ["METHOD_FAMILIES", "METHODS", "Method", "MethodOutput", "Recombine", "method_info", "method_names",
+           "register_method"]
 
 
 @dataclass
@@ -55,6 +56,9 @@ Recombine = Callable[..., "tuple[np.ndarray, dict[str, Any]]"]
 
 @dataclass(frozen=True)
 class Method:
+    """A registered method: its compute function, what it needs (gradients, every block, a GAP head,
+    training images, attention) and its settings, with the words the pages show."""
+
     name: str
     label: str
     family: str
@@ -154,7 +158,7 @@ def _check_declaration(method: Method) -> None:
                          "but no recombine function")
 
 
-def methods(family: str | None = None) -> list[str]:
+def method_names(family: str | None = None) -> list[str]:
     """Registry ids, in registration order, optionally of one family."""
     return [name for name, method in METHODS.items() if family is None or method.family == family]
 

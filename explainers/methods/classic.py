@@ -127,6 +127,7 @@ def _per_image(trace: "Trace", model: "ModelSpec", saliency: Callable[[np.ndarra
     reference="Hou & Zhang 2007, Saliency Detection: A Spectral Residual Approach, CVPR, eq. 5-9",
 )
 def spectral_residual_method(trace: "Trace", block: str, model: "ModelSpec") -> torch.Tensor:
+    """``spectral_residual`` of each image of the trace, at the input's resolution."""
     return _per_image(trace, model, spectral_residual)
 
 
@@ -136,6 +137,7 @@ def spectral_residual_method(trace: "Trace", block: str, model: "ModelSpec") -> 
     reference="Lecture (seed 001), 'Local Entropy'; scikit-image filters.rank.entropy",
 )
 def local_entropy_method(trace: "Trace", block: str, model: "ModelSpec") -> torch.Tensor:
+    """``local_entropy`` of each image of the trace, at the input's resolution."""
     return _per_image(trace, model, local_entropy)
 
 
@@ -145,4 +147,5 @@ def local_entropy_method(trace: "Trace", block: str, model: "ModelSpec") -> torc
     reference="Itti, Koch & Niebur 1998, A Model of Saliency-Based Visual Attention, IEEE TPAMI, eq. 1-5",
 )
 def center_surround_method(trace: "Trace", block: str, model: "ModelSpec") -> torch.Tensor:
+    """``center_surround`` of each image of the trace (in colour), at the input's resolution."""
     return _per_image(trace, model, center_surround, colour=True)

@@ -36,7 +36,8 @@ def depth_for(block: str, model: "ModelSpec") -> str:
 def fitted(model: "ModelSpec", depth: str, per_class: int = PER_CLASS, data: "store.TrainingData | None" = None,
            progress: "Progress | None" = None) -> PrototypeExplainer:
     """The explainer of ``model`` at ``depth`` fitted on ``data`` (a dataset name, an ImageFolder path or a
-    loaded ``DatasetSpec``; default: the model's own training set), from the shared store: in memory, else from the disk tiers, else fitted now.
+    loaded ``DatasetSpec``; default: the model's own training set), from the shared store: in memory, else
+    from the disk tiers, else fitted now.
 
     Safe to call from many threads at once, single-flight (``store.Store.get``): one fit however many
     sessions ask at once, each told its progress in its own thread (``progress``, default: the listener

@@ -97,7 +97,8 @@ class Relevance:
     pixels: torch.Tensor
     block: torch.Tensor | None
     logits: torch.Tensor
-    absorbed: torch.Tensor | None = None  # (N,) relevance the rule layers kept (biases, stabilisers); see ``conservation``
+    # (N,) relevance the rule layers kept (biases, stabilisers); see ``conservation``
+    absorbed: torch.Tensor | None = None
 
 
 def canonizers_for(model: "ModelSpec") -> list:
@@ -157,6 +158,7 @@ def composite_for(model: "ModelSpec", rule: str, shape: torch.Size, epsilon: flo
 
 
 def model_dtype(model: "ModelSpec") -> torch.dtype:
+    """The dtype of the model's weights (LRP's input is cast to it)."""
     return next(model.net.parameters()).dtype
 
 
@@ -313,6 +315,7 @@ GAMMA_SETTING = Setting(
     check=lrp_unavailable, settings=(EPSILON_SETTING,),
 )
 def lrp_epsilon(trace: "Trace", block: str, model: "ModelSpec", *, epsilon: float = EPSILON) -> MethodOutput:
+    """LRP-epsilon on every layer (Bach et al. 2015), through zennit, conservation checked."""
     return lrp_output(trace, block, model, "epsilon", epsilon=epsilon)
 
 
@@ -325,4 +328,5 @@ def lrp_epsilon(trace: "Trace", block: str, model: "ModelSpec", *, epsilon: floa
 )
 def lrp_gamma(trace: "Trace", block: str, model: "ModelSpec", *, gamma: float = GAMMA,
               epsilon: float = EPSILON) -> MethodOutput:
+    """zennit's EpsilonGammaBox composite (Montavon et al. 2019), conservation checked."""
     return lrp_output(trace, block, model, "gamma", epsilon=epsilon, gamma=gamma)

@@ -24,7 +24,8 @@ from .registry import Registry, UnknownNameError
 from .settings import DeclaredParameters, Setting, SettingError, SettingValueError, UnknownSettingError
 
 __all__ = [
-    "ASSETS", "DEVICE_VARIABLE", "HOME", "BlockError", "CheckpointError", "DatasetError", "DeclaredParameters", "DeviceOutOfMemoryError",
+    "ASSETS", "DEVICE_VARIABLE", "HOME", "BlockError", "CheckpointError", "DatasetError", "DeclaredParameters",
+    "DeviceOutOfMemoryError",
     "DeviceUnavailableError", "FitCancelled", "ImageError", "MethodUnavailableError", "ModelUnavailableError",
     "Progress", "Registry", "Setting", "SettingError", "SettingValueError", "UnknownNameError", "UnknownSettingError",
     "UserInputError", "current_listener", "default_device", "describe_device", "device_of", "normalise", "reporting",

@@ -62,8 +62,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise DeviceUnavailableError(f"{device!r} was asked for, but Apple's MPS is not available here: use cpu"
                                      f"{', or cuda' if torch.cuda.is_available() else ''}.")
     if chosen.type == "meta":  # holds shapes, not values: every weight would be lost on the way there
-        raise DeviceUnavailableError(f"{device!r} keeps no values (PyTorch's shape-only device): use cpu"
-                                     f"{', cuda' if torch.cuda.is_available() else ''}{', mps' if _mps_available() else ''}.")
+        others = f"{', cuda' if torch.cuda.is_available() else ''}{', mps' if _mps_available() else ''}"
+        raise DeviceUnavailableError(f"{device!r} keeps no values (PyTorch's shape-only device): use cpu{others}.")
     try:  # any other backend PyTorch knows (a registered accelerator): usable if it holds a tensor
         torch.empty(0, device=chosen)
     except Exception as error:  # noqa: BLE001 - a backend not built in raises what it likes (xpu: AssertionError)

@@ -11,8 +11,8 @@ import torch
 
 from ...data.datasets import DatasetSpec
 from ...engine.trace import trace
-from ...models.inputs import as_batch
 from ...models import BLOCK_NAMES, ModelSpec
+from ...models.inputs import as_batch
 from ...runtime.errors import UserInputError
 from ...runtime.maps import upsample
 from ...runtime.progress import Progress, report_fraction, scaled

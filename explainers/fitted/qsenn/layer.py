@@ -12,9 +12,9 @@ import torch
 
 from ...data.datasets import DatasetSpec
 from ...engine.trace import trace
+from ...models import ModelSpec
 from ...models.inference import hookless_copy
 from ...models.inputs import as_batch
-from ...models import ModelSpec
 from ...runtime.errors import UserInputError
 from ...runtime.maps import upsample
 from ...runtime.progress import Progress, report_fraction, scaled

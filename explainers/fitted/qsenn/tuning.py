@@ -13,8 +13,8 @@ from torch import nn
 
 from ...data.datasets import DatasetSpec
 from ...engine.trace import trace
-from ...models.inference import hookless_copy
 from ...models import ModelSpec
+from ...models.inference import hookless_copy
 from ...runtime import compute
 from ...runtime.hooks import tapped
 from ...runtime.progress import Progress, report_fraction
