@@ -331,8 +331,7 @@ def _engine_arguments(parser: argparse.ArgumentParser, engine: bool = True) -> N
 
 
 def _job_parsers(commands: Any) -> None:
-    app = commands.add_parser("app", help="start the dashboard (streamlit run app.py); other arguments go to streamlit")
-    app.add_argument("streamlit_arguments", nargs=argparse.REMAINDER)
+    commands.add_parser("app", help="start the dashboard (streamlit run app.py); other arguments go to streamlit")
     explain = commands.add_parser("explain", help="saliency maps of every image: overlays (PNG), raw maps (.npy), CSV")
     explain.add_argument("model", help="a built-in name (digits), a torchvision or timm: name, or a checkpoint")
     explain.add_argument("images", nargs="+", help="image files, folders (every image below), or a built-in dataset")
@@ -439,7 +438,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     concepts = commands.add_parser("qsenn", help="fit the Concepts page's default Q-SENN layer and write it to "
                                                  "assets/qsenn/ (read there on a fresh machine)")
     concepts.add_argument("model", choices=sorted(TRAINABLE))
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    args, extra = parser.parse_known_args(list(argv) if argv is not None else None)
+    if extra and args.command != "app":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.streamlit_arguments = extra
     if args.command in JOBS:
         status = run_job(args)
         if status:

@@ -97,12 +97,15 @@ def explain_folder(model: str, sources: Sequence[str], methods: Sequence[str], o
     refs = list_images(sources, split)
     folder = OutputFolder(out, {"command": "explain", "model": model, "methods": methods, "block": block,
                                 "target": target, "cmap": cmap}, ("overlays", "maps", "rows"), overwrite)
-    todo = [ref for ref in refs if not folder.path("rows", f"{ref.name}.csv").is_file()]
+    todo = [ref for ref in refs if folder.replace or not folder.path("rows", f"{ref.name}.csv").is_file()]
     result = JobReport(resumed=len(refs) - len(todo))
     batches = [(chunk, methods, block, target, cmap) for chunk in batched(todo, batch_size)]
     report(result.resumed, len(refs), f"{result.resumed:,} of {len(refs):,} images", progress)
-    if batches:
+    if not batches:
+        folder.create()
+    else:
         with open_engine(model, options) as engine:
+            folder.create()
             for _, (explained, skipped) in engine.run("explain", batches):
                 for one in explained:
                     write_file(folder.path("overlays", f"{one.name}.png"), lambda p, b=one.sheet: p.write_bytes(b))
@@ -146,11 +149,14 @@ def evaluate_folder(model: str, sources: Sequence[str], methods: Sequence[str], 
                                 "images": [ref.name for ref in refs]}, ("parts",), overwrite)
     batches = batched(refs, batch_size)
     paths = [folder.path("parts", f"{i:06d}.npz") for i in range(len(batches))]
-    todo = [i for i, path in enumerate(paths) if not path.is_file()]
+    todo = [i for i, path in enumerate(paths) if folder.replace or not path.is_file()]
     result = JobReport(resumed=sum(len(batches[i]) for i in range(len(batches)) if i not in todo))
     report(result.resumed, len(refs), f"{result.resumed:,} of {len(refs):,} images", progress)
-    if todo:
+    if not todo:
+        folder.create()
+    else:
         with open_engine(model, options) as engine:
+            folder.create()
             work = [(batches[i], methods, block, tuple(metrics), settings) for i in todo]
             for index, part in engine.run("evaluate", work):
                 save_part(paths[todo[index]], part)
@@ -159,6 +165,7 @@ def evaluate_folder(model: str, sources: Sequence[str], methods: Sequence[str], 
                 report(min(finished, len(refs)), len(refs), f"{result.done + result.resumed:,} of {len(refs):,} images",
                        progress)
     parts = [load_part(path) for path in paths]
+    result.resumed = sum(len(part.names) for i, part in enumerate(parts) if i not in todo)  # readable ones
     result.skipped = [item for part in parts for item in part.skipped]
     found = gather(parts, methods)
     if found is None:
@@ -223,7 +230,7 @@ def sanity_folder(model: str, sources: Sequence[str], methods: Sequence[str], ou
     methods = checked_methods(methods)
     refs = list_images(sources, split)
     folder = OutputFolder(out, {"command": "sanity", "model": model, "methods": methods, "block": block,
-                                "mode": mode, "images": [ref.name for ref in refs]}, (), overwrite)
+                                "mode": mode, "images": [ref.name for ref in refs]}, (), overwrite).create()
     result = JobReport()
     if folder.path("flags.txt").is_file():
         result.resumed = len(refs)

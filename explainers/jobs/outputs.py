@@ -30,7 +30,10 @@ def write_file(path: Path, write: Callable[[Path], None]) -> None:
 class OutputFolder:
     """The folder ``root`` of one job, described by ``settings`` (JSON-able): made if missing, resumed if it
     holds the same job, refused if it holds another one or other files, unless ``overwrite`` (then this
-    job's own sub-folders ``parts`` are emptied; files this command did not write are left alone)."""
+    job's own sub-folders ``parts`` are emptied; files this command did not write are left alone).
+
+    Checked when made, written by ``create``: a job checks everything else (its engine's cluster answers)
+    before it writes anything."""
 
     def __init__(self, root: Path, settings: dict[str, Any], parts: tuple[str, ...], overwrite: bool = False) -> None:
         self.root = Path(root)
@@ -38,18 +41,25 @@ class OutputFolder:
         if self.root.exists() and not self.root.is_dir():
             raise UserInputError(f"{self.root} is a file: give a folder for the outputs")
         found = self._recorded()
-        if self.root.is_dir() and any(self.root.iterdir()) and found != self.settings:
-            if not overwrite:
-                why = ("holds the outputs of another job (other settings)" if found is not None
-                       else "is not empty and holds no job of this command")
-                raise UserInputError(f"the output folder {self.root} {why}: add --overwrite to replace them, or "
-                                     "choose a new folder (the same command with the same settings resumes)")
-            for part in parts:
+        self.replace = self.root.is_dir() and any(self.root.iterdir()) and found != self.settings
+        self.parts = parts
+        if self.replace and not overwrite:
+            why = ("holds the outputs of another job (other settings)" if found is not None
+                   else "is not empty and holds no job of this command")
+            raise UserInputError(f"the output folder {self.root} {why}: add --overwrite to replace them, or "
+                                 "choose a new folder (the same command with the same settings resumes)")
+
+    def create(self) -> "OutputFolder":
+        """Make the folder (emptying another job's parts when ``overwrite`` allowed it) and record this job."""
+        if self.replace:
+            for part in self.parts:
                 shutil.rmtree(self.root / part, ignore_errors=True)
             (self.root / JOB_FILE).unlink(missing_ok=True)
+            self.replace = False
         self.root.mkdir(parents=True, exist_ok=True)
         text = json.dumps(self.settings, indent=1, sort_keys=True) + "\n"
         write_file(self.root / JOB_FILE, lambda temporary: temporary.write_text(text))
+        return self
 
     def _recorded(self) -> dict[str, Any] | None:
         try:
