@@ -29,10 +29,10 @@ from ..runtime.progress import Progress, report
 from .engines import EngineOptions, open_engine
 from .evaluations import gather, load_part, save_part
 from .features import feature_names, ray_feature_pass
-from .outputs import OutputFolder, write_file
+from .outputs import OutputFolder, write_bytes, write_file, write_text
 from .sources import ImageRef, list_images, load_ref
 
-__all__ = ["CSV_COLUMNS", "JobReport", "evaluate_folder", "explain_folder", "fit_folder", "sanity_folder"]
+__all__ = ["CSV_COLUMNS", "JobReport", "evaluate_folder", "explain_folder", "fit_folder", "sanity_folder", "scaled"]
 
 CSV_COLUMNS = ("image", "class", "class_name", "score", "method", "block", "forwards", "backwards", "passes",
                "seconds")
@@ -108,10 +108,10 @@ def explain_folder(model: str, sources: Sequence[str], methods: Sequence[str], o
             folder.create()
             for _, (explained, skipped) in engine.run("explain", batches):
                 for one in explained:
-                    write_file(folder.path("overlays", f"{one.name}.png"), lambda p, b=one.sheet: p.write_bytes(b))
+                    write_bytes(folder.path("overlays", f"{one.name}.png"), one.sheet)
                     for method, raw in one.maps.items():
-                        write_file(folder.path("maps", one.name, f"{method}.npy"), lambda p, a=raw: _save_npy(p, a))
-                    write_file(folder.path("rows", f"{one.name}.csv"), lambda p, r=one.rows: p.write_text(_csv_text(r)))
+                        write_bytes(folder.path("maps", one.name, f"{method}.npy"), _npy_bytes(raw))
+                    write_text(folder.path("rows", f"{one.name}.csv"), _csv_text(one.rows))
                 result.done += len(explained)
                 result.skipped.extend(skipped)
                 finished = result.resumed + result.done + len(result.skipped)
@@ -124,9 +124,10 @@ def explain_folder(model: str, sources: Sequence[str], methods: Sequence[str], o
     return result
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with path.open("wb") as handle:
-        np.save(handle, np.asarray(array, dtype=np.float32))
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array, dtype=np.float32))
+    return buffer.getvalue()
 
 
 def evaluate_folder(model: str, sources: Sequence[str], methods: Sequence[str], out: Path, block: str = "B4",
@@ -180,13 +181,13 @@ def evaluate_folder(model: str, sources: Sequence[str], methods: Sequence[str], 
         tables["road"] = found.road_table()
         tables["road_curves"] = found.road_curves()
     for name, table in tables.items():
-        write_file(folder.path(f"{name}.csv"), lambda p, t=table: t.to_csv(p, index=False))
+        write_text(folder.path(f"{name}.csv"), table.to_csv(index=False))
         result.outputs.append(folder.path(f"{name}.csv"))
     for name, column in (("curves", "curve"), ("road_curves", "order")):
         if name in tables and len(tables[name]):
             png = evaluation_curves_png(tables[name], column, {m: method_info(m).label for m in found.methods},
                                         title=f"{found.model} at {block}, {found.images:,} images")
-            write_file(folder.path(f"{name}.png"), lambda p, b=png: p.write_bytes(b))
+            write_bytes(folder.path(f"{name}.png"), png)
             result.outputs.append(folder.path(f"{name}.png"))
     if found.failures:
         text = "".join(f"{name}\t{why}\n" for name, why in found.failures.items())
@@ -208,17 +209,26 @@ def fit_folder(model: str, data: str, depth: str = "B234", per_class: int = 5, s
     names = feature_names(spec, depth)
     cache = FeatureCache(spec, dataset)
     result.resumed = min(cache.done(name) for name in names)
+    fitting = progress
     if options.engine == "ray":
-        listener = (lambda f, t: progress(0.5 * f, f"feature pass on Ray: {t}")) if progress else None
-        result.done = ray_feature_pass(model, data, "train", cache, names, options, listener)
-        progress = (lambda f, t, p=progress: p(0.5 + 0.5 * f, t)) if progress else None
+        result.done = ray_feature_pass(model, data, "train", cache, names, options,
+                                       scaled(progress, 0.0, 0.5, "feature pass on Ray: "))
+        fitting = scaled(progress, 0.5, 1.0)
     else:
         result.done = len(dataset) - result.resumed
-    fit_prototypes(spec, dataset, depth, per_class, seed, progress=progress)
+    fit_prototypes(spec, dataset, depth, per_class, seed, progress=fitting)
     written = sorted((store.cache_dir() / "prototypes").glob(f"{depth}-k{per_class}-*.npz"),
                      key=lambda path: path.stat().st_mtime)
     result.outputs = written[-1:]  # the file just written or read (the newest of these settings)
     return result, cache.folder
+
+
+def scaled(progress: Progress | None, low: float, high: float, prefix: str = "") -> Progress | None:
+    """``progress`` for one stage of a job: fractions [0, 1] to [low, high], messages after ``prefix``."""
+    if progress is None:
+        return None
+    listener = progress
+    return lambda fraction, text: listener(low + (high - low) * fraction, prefix + text)
 
 
 def sanity_folder(model: str, sources: Sequence[str], methods: Sequence[str], out: Path, block: str = "B4",

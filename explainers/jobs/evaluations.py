@@ -43,7 +43,7 @@ def save_part(path: Path, part: EvaluationPart) -> None:
 
 def _save(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with path.open("wb") as handle:
-        np.savez(handle, **arrays)
+        np.savez(handle, **arrays)  # type: ignore[arg-type]
 
 
 def load_part(path: Path) -> EvaluationPart:
@@ -52,7 +52,7 @@ def load_part(path: Path) -> EvaluationPart:
         meta = json.loads(bytes(data["meta"]).decode())
         skipped = [tuple(item) for item in meta["skipped"]]
         if "methods" not in meta:
-            return EvaluationPart(meta["names"], None, skipped)  # type: ignore[arg-type]
+            return EvaluationPart(meta["names"], None, skipped)
         settings = dict(meta["settings"])
         settings["road_fractions"] = tuple(settings["road_fractions"])
         found = Evaluation(model=meta["model"], block=meta["block"], methods=meta["methods"],
@@ -64,7 +64,7 @@ def load_part(path: Path) -> EvaluationPart:
             for name in data.files:
                 if name.startswith(f"{key}/"):
                     table[name.split("/", 1)[1]] = data[name]
-    return EvaluationPart(meta["names"], found, skipped)  # type: ignore[arg-type]
+    return EvaluationPart(meta["names"], found, skipped)
 
 
 def gather(parts: Sequence[EvaluationPart], methods: Sequence[str]) -> Evaluation | None:

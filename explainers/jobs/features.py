@@ -16,10 +16,10 @@ import json
 import os
 from typing import Any, Sequence
 
-from ..fitted import store
 from ..fitted.features import FEATURES_VERSION, LOGITS, FeatureCache, stored_dtype
 from ..runtime.progress import Progress, report
 from .engines import EngineOptions, JobInterrupted, actor_shape, connect
+from .outputs import write_text
 from .work import FAULT_VARIABLE, ModelWorker
 
 __all__ = ["BATCH", "feature_names", "ray_feature_pass"]
@@ -58,7 +58,7 @@ class _Writer:
         meta = {"version": FEATURES_VERSION, "images": self.total, "shape": list(self.cache.shape(name)),
                 "dtype": stored_dtype(name).name, "done": done, "model": self.cache.model.name,
                 "data": self.cache.dataset.name, "split": self.cache.dataset.split}
-        store.write_atomically(self.cache.folder / f"{name}.json", lambda path: path.write_text(json.dumps(meta)))
+        write_text(self.cache.folder / f"{name}.json", json.dumps(meta))
 
     def write(self, first: int, stop: int, arrays: dict[str, bytes]) -> int:
         """Write images ``first:stop``; returns how many images, from the first, are now whole on disk."""
@@ -119,7 +119,8 @@ def ray_feature_pass(model_source: str, dataset_source: str, split: str, cache: 
         computed = ray.data.from_items(batches, override_num_blocks=len(batches)).map_batches(
             _FeatureActor, batch_size=1, concurrency=workers, batch_format="numpy",
             fn_constructor_args=(model_source, device, dataset_source, split, names, fault),
-            max_restarts=options.retries, max_task_retries=options.retries, **resources)
+            num_cpus=resources.get("num_cpus"), num_gpus=resources.get("num_gpus"),
+            max_restarts=options.retries, max_task_retries=options.retries)
         try:
             for out in computed.iter_batches(batch_size=None, batch_format="numpy"):
                 for row in range(len(out["first"])):

@@ -17,14 +17,27 @@ from typing import Any, Callable
 from ..fitted import store
 from ..runtime import UserInputError
 
-__all__ = ["JOB_FILE", "OutputFolder", "write_file"]
+__all__ = ["JOB_FILE", "OutputFolder", "write_bytes", "write_file", "write_text"]
 
 JOB_FILE = "job.json"
 
 
-def write_file(path: Path, write: Callable[[Path], None]) -> None:
+def write_file(path: Path, write: Callable[[Path], object]) -> None:
     """``write(temporary)``, then rename it to ``path``: a reader sees the whole file or none."""
-    store.write_atomically(path, write)
+    def written(temporary: Path) -> None:
+        write(temporary)
+
+    store.write_atomically(path, written)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """``data`` to ``path``, whole or not at all."""
+    write_file(path, lambda temporary: temporary.write_bytes(data))
+
+
+def write_text(path: Path, text: str) -> None:
+    """``text`` to ``path``, whole or not at all."""
+    write_file(path, lambda temporary: temporary.write_text(text))
 
 
 class OutputFolder:
