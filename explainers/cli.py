@@ -1,4 +1,13 @@
-"""The command that trains the built-in models and writes what ships in ``assets/``.
+"""The ``protoscope`` command: the dashboard, dataset-scale jobs, and training and shipping the built-in models.
+
+    protoscope app                                  # the dashboard (streamlit run app.py)
+    protoscope explain digits folder/ --methods gradcam,cam --block B4 --out maps/
+    protoscope evaluate digits folder/ --methods gradcam,cam --metrics confidence,deletion --out eval/
+    protoscope fit digits train_folder/ --depth B234 --per-class 5      # into .cache/prototypes/, read by the pages
+    protoscope sanity digits folder/ --methods gradcam,spectral_residual --out sanity/
+    (each also with --device, and explain, evaluate and fit with --engine ray [--ray-address auto|host:port])
+
+The shipping commands (``python -m explainers.cli ...`` is the same as ``protoscope ...``):
 
     python -m explainers.cli train digits        # reproduces assets/digits_resnet.pt
     python -m explainers.cli train digits_marked # reproduces assets/digits_marked_resnet.pt
@@ -17,10 +26,12 @@ import argparse
 import json
 import math
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data.datasets import dataset_splits, load_dataset
+from .evaluation import METRICS, SANITY_MODES, EvaluationSettings
 from .fitted.alignment import (
     accuracy_filename,
     accuracy_models,
@@ -45,6 +57,16 @@ from .fitted.features import FeatureCache
 from .fitted.prototypes import cache_key, embeddings, fit_prototypes
 from .fitted.qsenn import QSENN, QSENNRecipe
 from .fitted.store import write_atomically
+from .jobs import (
+    ENGINES,
+    EngineOptions,
+    JobInterrupted,
+    JobReport,
+    evaluate_folder,
+    explain_folder,
+    fit_folder,
+    sanity_folder,
+)
 from .models.builtin.digits import (
     ASSETS,
     DIGITS_CARD,
@@ -60,11 +82,12 @@ from .models.builtin.digits import (
 )
 from .models.builtin.digits_vit import DIGITS_VIT_CARD, DIGITS_VIT_CONFIG, DIGITS_VIT_WEIGHTS, digits_vit_network
 from .models.loading import load_model
+from .runtime import HOME, UserInputError
 from .runtime.progress import terminal, with_eta
 
 __all__ = ["DIGITS_CARD", "DIGITS_MARKED_CARD", "DIGITS_MARKED_WEIGHTS", "DIGITS_MEAN", "DIGITS_STD", "DIGITS_WEIGHTS",
            "DigitsResNet", "SHIPPED_FIGURE2_CLASSES", "SHIPPED_FITS", "SHIPPED_PER_CLASS", "TRAINABLE", "accuracy",
-           "SHIPPED_MANIFEST", "digits_tensors", "fit_digits", "main", "record_shipped", "ship_prototypes",
+           "SHIPPED_MANIFEST", "digits_tensors", "fit_digits", "main", "record_shipped", "run_job", "ship_prototypes",
            "ship_qsenn", "train_digits"]
 
 PROTOTYPES = ASSETS / "prototypes"
@@ -303,10 +326,121 @@ def record_shipped(out: Path, model_name: str, written: list[Path]) -> list[Path
     return removed
 
 
-def main(argv: list[str] | None = None) -> None:
-    """The command line (``python -m explainers.cli --help``)."""
-    parser = argparse.ArgumentParser(prog="python -m explainers.cli", description=__doc__.split("\n\n")[0])
+def _listed(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _engine_arguments(parser: argparse.ArgumentParser, engine: bool = True) -> None:
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: a GPU when there is one)")
+    if not engine:
+        return
+    parser.add_argument("--engine", choices=ENGINES, default="local",
+                        help="local: this process (default); ray: batches on Ray actors, one model each")
+    parser.add_argument("--ray-address", default=None,
+                        help="auto (the cluster running here) or host:port; default: a local cluster for this job")
+    parser.add_argument("--workers", type=int, default=None, help="Ray actors (default: one per GPU, else per CPU)")
+    parser.add_argument("--retries", type=int, default=2, help="times a lost Ray worker is restarted (default 2)")
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds a --ray-address may take to answer")
+
+
+def _job_parsers(commands: Any) -> None:
+    commands.add_parser("app", help="start the dashboard (streamlit run app.py); other arguments go to streamlit")
+    explain = commands.add_parser("explain", help="saliency maps of every image: overlays (PNG), raw maps (.npy), CSV")
+    explain.add_argument("model", help="a built-in name (digits), a torchvision or timm: name, or a checkpoint")
+    explain.add_argument("images", nargs="+", help="image files, folders (every image below), or a built-in dataset")
+    explain.add_argument("--methods", type=_listed, required=True, help="comma-separated registry names")
+    explain.add_argument("--block", default="B4")
+    explain.add_argument("--target", type=int, default=None, help="class to explain (default: the predicted one)")
+    explain.add_argument("--batch", type=int, default=16, help="images per shared trace (default 16)")
+    explain.add_argument("--out", type=Path, required=True)
+    explain.add_argument("--overwrite", action="store_true", help="replace the outputs of another job in --out")
+    _engine_arguments(explain)
+    evaluate = commands.add_parser("evaluate", help="the Evaluation page's tables and curves over a folder (CSV, PNG)")
+    evaluate.add_argument("model")
+    evaluate.add_argument("images", nargs="+")
+    evaluate.add_argument("--methods", type=_listed, required=True)
+    evaluate.add_argument("--metrics", type=_listed, default=list(METRICS), help=f"among {', '.join(METRICS)}")
+    evaluate.add_argument("--block", default="B4")
+    evaluate.add_argument("--steps", type=int, default=20, help="deletion / insertion steps")
+    evaluate.add_argument("--blur", type=float, default=None, help="insertion blur sigma in pixels (default: "
+                                                                  "20 for digits, 5 for photos)")
+    evaluate.add_argument("--out", type=Path, required=True)
+    evaluate.add_argument("--overwrite", action="store_true")
+    _engine_arguments(evaluate)
+    fit = commands.add_parser("fit", help="fit k-means prototypes into the cache the pages read (.cache/prototypes/)")
+    fit.add_argument("model")
+    fit.add_argument("data", help="a training folder (one sub-folder per class) or a built-in dataset")
+    fit.add_argument("--depth", default="B234", help="pooled (KMEx), B4, B34, B234 or B1234")
+    fit.add_argument("--per-class", type=int, default=5)
+    fit.add_argument("--seed", type=int, default=0)
+    _engine_arguments(fit)
+    sanity = commands.add_parser("sanity", help="model-randomisation sanity check (Adebayo et al.) over images")
+    sanity.add_argument("model")
+    sanity.add_argument("images", nargs="+")
+    sanity.add_argument("--methods", type=_listed, required=True)
+    sanity.add_argument("--block", default="B4")
+    sanity.add_argument("--mode", choices=SANITY_MODES, default="cascading")
+    sanity.add_argument("--out", type=Path, required=True)
+    sanity.add_argument("--overwrite", action="store_true")
+    _engine_arguments(sanity, engine=False)
+
+
+def _options(args: argparse.Namespace) -> EngineOptions:
+    return EngineOptions(engine=args.engine, address=args.ray_address, workers=args.workers, retries=args.retries,
+                         timeout=args.timeout, device=args.device)
+
+
+def run_job(args: argparse.Namespace) -> int:
+    """Run one job command (``args`` from ``main``'s parser); the exit status: 0 done, 1 bad input (one line
+    on stderr, no traceback), 3 stopped by a lost worker, 130 stopped by Ctrl-C (outputs whole; rerun resumes)."""
+    if args.command == "app":
+        return subprocess.call([sys.executable, "-m", "streamlit", "run", str(HOME / "app.py"),
+                                *args.streamlit_arguments])
+    progress = with_eta(terminal(args.command))
+    try:
+        report: JobReport
+        where: Path | str
+        if args.command == "explain":
+            report = explain_folder(args.model, args.images, args.methods, args.out, args.block, args.target,
+                                    _options(args), args.overwrite, args.batch, progress=progress)
+            where = args.out
+        elif args.command == "evaluate":
+            settings = EvaluationSettings(steps=args.steps, **({"blur_sigma": args.blur} if args.blur else {}))
+            if args.blur is None and args.model in ("digits", "digits_marked"):
+                settings = EvaluationSettings(steps=args.steps, blur_sigma=20.0)  # suggested_blur's, without a load
+            report = evaluate_folder(args.model, args.images, args.methods, args.out, args.block, args.metrics,
+                                     settings, _options(args), args.overwrite, progress=progress)
+            where = args.out
+        elif args.command == "fit":
+            report, _ = fit_folder(args.model, args.data, args.depth, args.per_class, args.seed, _options(args),
+                                   progress)
+            where = ", ".join(map(str, report.outputs)) or "the prototype cache"
+        else:
+            report = sanity_folder(args.model, args.images, args.methods, args.out, args.block, args.mode,
+                                   args.device, args.overwrite, progress=progress)
+            where = args.out
+    except UserInputError as error:
+        print(f"\nprotoscope {args.command}: {error}", file=sys.stderr)
+        return 1
+    except JobInterrupted as error:
+        print(f"\nprotoscope {args.command}: stopped: {error}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print(f"\nprotoscope {args.command}: stopped (Ctrl-C); every file written is whole: run the same command "
+              "again to resume", file=sys.stderr)
+        return 130
+    print(f"protoscope {args.command}: {report.summary()}; written to {where}")
+    return 0
+
+
+JOBS = ("app", "explain", "evaluate", "fit", "sanity")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The ``protoscope`` command (``python -m explainers.cli``): see the module docstring."""
+    parser = argparse.ArgumentParser(prog="protoscope", description=(__doc__ or "").split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    _job_parsers(commands)
     train = commands.add_parser("train", help="train a built-in model and write its weights to assets/")
     train.add_argument("model", choices=sorted(TRAINABLE))
     train.add_argument("--epochs", type=int, default=None, help="default: 40 (60 for digits_vit)")
@@ -317,7 +451,15 @@ def main(argv: list[str] | None = None) -> None:
     concepts = commands.add_parser("qsenn", help="fit the Concepts page's default Q-SENN layer and write it to "
                                                  "assets/qsenn/ (read there on a fresh machine)")
     concepts.add_argument("model", choices=sorted(TRAINABLE))
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(list(argv) if argv is not None else None)
+    if extra and args.command != "app":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.streamlit_arguments = extra
+    if args.command in JOBS:
+        status = run_job(args)
+        if status:
+            raise SystemExit(status)
+        return
     if args.command == "prototypes":
         ship_prototypes(args.model)
         return

