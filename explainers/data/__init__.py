@@ -6,6 +6,7 @@ A new dataset is one function registered in ``DATASETS`` (see the README's "Exte
 from . import marked  # noqa: F401  (registers the digits_marked dataset)
 from .datasets import (
                        DATASETS,
+                       IMAGE_SUFFIXES,
                        PHOTOS,
                        DatasetSpec,
                        dataset_splits,
@@ -17,5 +18,6 @@ from .datasets import (
 from .images import image_notes, load_image, png_compatible
 from .marked import MARKED_SPLITS, mark_reliance
 
-__all__ = ["DATASETS", "MARKED_SPLITS", "PHOTOS", "DatasetSpec", "dataset_splits", "image_folder", "imagenet_classes",
+__all__ = ["DATASETS", "IMAGE_SUFFIXES", "MARKED_SPLITS", "PHOTOS", "DatasetSpec", "dataset_splits", "image_folder",
+           "imagenet_classes",
            "image_notes", "load_dataset", "load_image", "mark_reliance", "plural", "png_compatible"]

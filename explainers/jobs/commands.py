@@ -32,7 +32,7 @@ from .features import feature_names, ray_feature_pass
 from .outputs import OutputFolder, write_bytes, write_file, write_text
 from .sources import ImageRef, list_images, load_ref
 
-__all__ = ["CSV_COLUMNS", "JobReport", "evaluate_folder", "explain_folder", "fit_folder", "sanity_folder", "scaled"]
+__all__ = ["CSV_COLUMNS", "JobReport", "evaluate_folder", "explain_folder", "fit_folder", "sanity_folder"]
 
 CSV_COLUMNS = ("image", "class", "class_name", "score", "method", "block", "forwards", "backwards", "passes",
                "seconds")
@@ -213,8 +213,8 @@ def fit_folder(model: str, data: str, depth: str = "B234", per_class: int = 5, s
     fitting = progress
     if options.engine == "ray":
         result.done = ray_feature_pass(model, data, "train", cache, names, options,
-                                       scaled(progress, 0.0, 0.5, "feature pass on Ray: "))
-        fitting = scaled(progress, 0.5, 1.0)
+                                       _stage(progress, 0.0, 0.5, "feature pass on Ray: "))
+        fitting = _stage(progress, 0.5, 1.0)
     else:
         result.done = len(dataset) - result.resumed
     fit_prototypes(spec, dataset, depth, per_class, seed, progress=fitting)
@@ -224,7 +224,7 @@ def fit_folder(model: str, data: str, depth: str = "B234", per_class: int = 5, s
     return result, cache.folder
 
 
-def scaled(progress: Progress | None, low: float, high: float, prefix: str = "") -> Progress | None:
+def _stage(progress: Progress | None, low: float, high: float, prefix: str = "") -> Progress | None:
     """``progress`` for one stage of a job: fractions [0, 1] to [low, high], messages after ``prefix``."""
     if progress is None:
         return None

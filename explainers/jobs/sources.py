@@ -13,12 +13,11 @@ from typing import Sequence
 
 from PIL import Image
 
-from ..data import DATASETS, load_dataset, load_image
+from ..data import DATASETS, IMAGE_SUFFIXES, load_dataset, load_image
 from ..runtime import DatasetError, ImageError
 
-__all__ = ["IMAGE_SUFFIXES", "ImageRef", "list_images", "load_ref"]
+__all__ = ["ImageRef", "list_images", "load_ref"]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 @dataclass(frozen=True)
