@@ -1,0 +1,62 @@
+"""Which map to trust: faithfulness metrics (seed 002 eq. 23, RISE's deletion and insertion, ROAD), one
+class each in the registry ``METRICS``, and sanity checks by weight randomisation (Adebayo et al. 2018).
+
+    from explainers import load_dataset, load_model
+    from explainers.evaluation import confidence_change, randomization_check, subset
+    model = load_model("digits")
+    images = subset(load_dataset("digits", "test"), 50)
+    confidence_change(model, images, ["gradcam", "scorecam", "clustercam"], block="B4")
+    randomization_check(model, images, ["gradcam", "spectral_residual"], block="B4", mode="cascading").table
+"""
+from .faithfulness import confidence_change, deletion_insertion, evaluate, evaluate_maps, road, subset
+from .imputation import noisy_linear_imputation
+from .metrics import (
+    METRICS,
+    ConfidenceMetric,
+    Constant,
+    DeletionMetric,
+    InsertionMetric,
+    MappedImage,
+    Metric,
+    PixelCurveMetric,
+    RoadMetric,
+    Score,
+    register_metric,
+)
+from .perturbation import (
+    BaselineInput,
+    BlurredInput,
+    DeletedInput,
+    ImputedInput,
+    InsertedInput,
+    Perturbation,
+    PerturbationPlan,
+    PlainInput,
+    ScaledInput,
+    deletion_baseline,
+    pixel_order,
+    removal_mask,
+    step_counts,
+    unit_scaled,
+)
+from .result import Evaluation
+from .sanity import (
+    GROUPS,
+    SANITY_MODES,
+    THRESHOLD,
+    RandomizationResult,
+    layer_groups,
+    randomization_check,
+    randomized_models,
+)
+from .settings import EvaluationSettings, suggested_blur
+
+__all__ = [
+    "GROUPS", "METRICS", "SANITY_MODES", "THRESHOLD", "BaselineInput", "BlurredInput", "ConfidenceMetric", "Constant",
+    "DeletedInput", "DeletionMetric", "Evaluation", "EvaluationSettings", "ImputedInput", "InsertedInput",
+    "InsertionMetric", "MappedImage", "Metric", "Perturbation", "PerturbationPlan", "PixelCurveMetric", "PlainInput",
+    "RandomizationResult", "RoadMetric", "ScaledInput", "Score", "confidence_change", "deletion_baseline",
+    "deletion_insertion", "evaluate", "evaluate_maps", "layer_groups", "noisy_linear_imputation", "pixel_order",
+    "randomization_check", "randomized_models", "register_metric", "removal_mask", "road", "step_counts", "subset",
+    "suggested_blur", "unit_scaled",
+]

@@ -1,0 +1,35 @@
+"""What is fitted to a model and its training data, and kept: the store (memory, cache, shipped
+files), the feature cache, seed 000's prototype explainers (KMEx, B4..B1234), their alignment and
+accuracy tables and Figure 2's projection, and seed 003's Q-SENN layer.
+
+Its modules, from the bottom: ``store`` (keys, the disk tiers, the one store of the process), ``features``
+(block outputs of a dataset, on disk), ``checks`` (the model, the data and their classes, shared by both
+estimators), ``prototypes/`` (KMEx and the multi-depth explainer), ``alignment`` (their tables and Figure 2)
+and ``qsenn/`` (the Q-SENN layer)."""
+from . import store
+from .alignment import (
+                        Projection,
+                        accuracy_models,
+                        alignment_models,
+                        stored_accuracy_table,
+                        stored_alignment_table,
+                        stored_projection,
+)
+from .checks import NotFittedError, class_map, model_labels
+from .prototypes import PROTOTYPES_KIND, PrototypeExplainer, embeddings, fit_prototypes
+from .qsenn import (
+                        QSENN,
+                        QSENN_MODES,
+                        ConceptExplanation,
+                        concept_table,
+                        feature_order,
+                        fit_qsenn,
+                        full_mode_refusal,
+                        shared_qsenn,
+)
+from .store import Key, TrainingData, find
+
+__all__ = ["PROTOTYPES_KIND", "QSENN", "QSENN_MODES", "ConceptExplanation", "Key", "NotFittedError", "Projection",
+           "PrototypeExplainer", "accuracy_models", "alignment_models", "class_map", "concept_table", "embeddings",
+           "feature_order", "find", "fit_prototypes", "fit_qsenn", "full_mode_refusal", "model_labels", "shared_qsenn",
+           "store", "stored_accuracy_table", "stored_alignment_table", "stored_projection", "TrainingData"]

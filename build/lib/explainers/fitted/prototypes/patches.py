@@ -1,0 +1,103 @@
+"""The training patch nearest each prototype (stage 3 of a fit): an exact scan of every pixel in the feature cache."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Mapping
+
+import numpy as np
+import torch
+
+from ...models import ModelSpec
+from ...runtime.progress import Progress, report_fraction
+from ..features import FeatureCache
+from .depths import depth_blocks, depth_features
+
+if TYPE_CHECKING:
+    from .explainer import Level
+
+PATCH_BYTES = 400  # a Patch in memory (a dataclass of 7 fields and a tuple), for the store's bound
+
+
+@dataclass
+class Patch:
+    """The training pixel (row of h-check) closest to one prototype, and where it is."""
+
+    prototype: int
+    image: int          # index in the training dataset
+    row: int            # cell at R' (row-major); 0 for KMEx
+    col: int
+    distance: float
+    segment: int        # the prototype that pixel is assigned to (eq. 9); usually ``prototype``
+    box: tuple[int, int, int, int]  # left, top, right, bottom in input pixels
+
+
+def receptive_box(row: int, col: int, grid: tuple[int, int], image: tuple[int, int],
+                  minimum_fraction: float = 1 / 8) -> tuple[int, int, int, int]:
+    """The input pixels of one R' cell, widened to at least ``minimum_fraction`` of the image side."""
+    (h, w), (height, width) = grid, image
+    side_y = max(height / h, height * minimum_fraction)
+    side_x = max(width / w, width * minimum_fraction)
+    centre_y, centre_x = (row + 0.5) * height / h, (col + 0.5) * width / w
+    top = int(round(min(max(centre_y - side_y / 2, 0), height - side_y)))
+    left = int(round(min(max(centre_x - side_x / 2, 0), width - side_x)))
+    return left, top, int(round(left + side_x)), int(round(top + side_y))
+
+
+def nearest_patches(model: ModelSpec, levels: Mapping[str, Level], cache: FeatureCache, budget: int,
+                    progress: Progress | None) -> dict[str, list[Patch]]:
+    """For every prototype of every level, the training pixel closest to it (exact: every pixel is scanned, from
+    the feature cache, a chunk of images at a time so that the rows and their distances to every prototype fit
+    the budget)."""
+    depths = list(levels)
+    blocks = sorted({b for d in depths for b in depth_blocks(d)})
+    # per depth and prototype: distance, image index, pixel index, segment of that pixel
+    best = {d: np.zeros((len(levels[d].labels), 4)) for d in depths}
+    for table in best.values():
+        table[:, 0] = np.inf
+    total = len(cache.dataset)
+    scanned = 0
+    # The scan is the fit's largest computation (images x pixels x prototypes x dimensions): it runs on the
+    # model's device, a GPU when there is one; only each chunk's nearest rows come back.
+    device = model.device
+    prototypes = {d: torch.from_numpy(levels[d].prototypes).to(device) for d in depths}
+    for chosen, arrays in cache.chunks(blocks, np.arange(total), scan_chunk_bytes(cache, blocks, levels, budget)):
+        activations = {b: torch.from_numpy(a).to(device) for b, a in arrays.items()}
+        for depth in depths:
+            features = depth_features(activations, depth)
+            pixels = features[0].numel() // features.shape[-1]
+            flat = features.reshape(-1, features.shape[-1])
+            distances = torch.cdist(flat, prototypes[depth])
+            rows = distances.argmin(dim=0)  # the first of equal minima, as numpy's: 4x faster down columns
+            nearest = distances[rows, torch.arange(len(rows), device=device)].cpu().numpy()
+            segments = distances[rows].argmin(dim=1).cpu().numpy()
+            rows = rows.cpu().numpy()
+            found = np.stack([nearest, chosen[rows // pixels], rows % pixels, segments], axis=1)
+            closer = found[:, 0] < best[depth][:, 0]
+            best[depth][closer] = found[closer]
+        scanned += len(chosen)
+        report_fraction(scanned / total,
+                        f"stage 3 of 3, finding the nearest training patches: {scanned:,} / {total:,} images", progress)
+    return {depth: level_patches(model, levels[depth], best[depth]) for depth in depths}
+
+
+def scan_chunk_bytes(cache: FeatureCache, blocks: list[str], levels: Mapping[str, Level], budget: int) -> int:
+    """The ``max_bytes`` of a scan chunk's block arrays such that they, their rows of h-check and the
+    rows' distances to every prototype take at most a quarter of the budget."""
+    per_image = cache.image_bytes(blocks)
+    extra = 0
+    for level in levels.values():
+        h, w = level.resolution
+        extra += 4 * h * w * (level.prototypes.shape[1] + 2 * len(level.labels))
+    images = max(1, budget // 4 // (per_image + extra))
+    return images * per_image
+
+
+def level_patches(model: ModelSpec, level: Level, best: np.ndarray) -> list[Patch]:
+    """The ``Patch`` of each prototype of ``level`` from its row of ``best`` (distance, image, pixel, segment)."""
+    h, w = level.resolution
+    patches = []
+    for k, (distance, image, pixel, segment) in enumerate(best):
+        row, col = divmod(int(pixel), w)
+        box = receptive_box(row, col, (h, w), model.input_size)
+        patches.append(Patch(k, int(image), row, col, float(distance), int(segment), box))
+    return patches
