@@ -45,7 +45,7 @@ import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Hashable, Protocol, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Protocol, TypeVar, Union
 
 import numpy as np
 
@@ -153,7 +153,7 @@ def temporary_path(path: Path) -> Path:
     return path.with_name(f".{path.stem}.{os.getpid()}-{threading.get_ident()}.tmp{path.suffix}")
 
 
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
     """``write(temporary)`` then rename it to ``path``: a half-written file is never read back."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = temporary_path(path)
@@ -285,7 +285,7 @@ class Store:
             self._bytes -= freed
 
     @staticmethod
-    def _wait(flight: _Flight, progress: Progress | None) -> T:
+    def _wait(flight: _Flight, progress: Progress | None) -> Any:
         shown = None
         while not flight.done.wait(WAIT_POLL if progress is not None else None):
             state = flight.state
@@ -296,7 +296,7 @@ class Store:
             raise flight.error
         if progress is not None and shown is not None:
             progress(1.0, "done")
-        return flight.result  # type: ignore[return-value]
+        return flight.result
 
     def cancel(self, key: Key) -> bool:
         """Stop the work under way for ``key`` at its next step (every session waiting for it is told

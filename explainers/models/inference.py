@@ -72,8 +72,8 @@ def conv_bn_pairs(net: nn.Module) -> list[tuple[str, str]]:
             continue
         source = node.args[0] if node.args else None
         if (isinstance(source, fx.Node) and source.op == "call_module"
-                and isinstance(modules.get(source.target), nn.Conv2d) and len(source.users) == 1
-                and calls[source.target] == 1 and calls[node.target] == 1):
+                and isinstance(modules.get(str(source.target)), nn.Conv2d) and len(source.users) == 1
+                and calls[str(source.target)] == 1 and calls[str(node.target)] == 1):
             pairs.append((str(source.target), str(node.target)))
     return pairs
 
@@ -87,6 +87,7 @@ def fold_batch_norms(net: nn.Module, pairs: list[tuple[str, str]] | None = None)
     folded = hookless_copy(net)
     for conv_name, bn_name in conv_bn_pairs(folded) if pairs is None else pairs:
         conv, bn = folded.get_submodule(conv_name), folded.get_submodule(bn_name)
+        assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.modules.batchnorm._BatchNorm)
         folded.set_submodule(conv_name, fuse_conv_bn_eval(conv, bn))
         folded.set_submodule(bn_name, _after_normalising(bn))
     return folded

@@ -103,7 +103,7 @@ class _ExactIdentity:
     def register(self, linears: list, batch_norm: nn.Module) -> None:
         super().register(linears, batch_norm)  # type: ignore[misc]
         self.batch_norm_eps = batch_norm.eps
-        batch_norm.eps = 0.0
+        setattr(batch_norm, "eps", 0.0)  # a float attribute of the module, not a submodule or tensor
 
     def remove(self) -> None:
         super().remove()  # type: ignore[misc]

@@ -48,7 +48,7 @@ class ModuleTracer(fx.Tracer):
     the call created (so a module's span in the graph is known). ``leaf`` decides which modules are
     called whole instead of traced through."""
 
-    def __init__(self, leaf: Callable[[nn.Module, str], bool] | None = None) -> None:
+    def __init__(self, leaf: Callable[[nn.Module, str], bool | None] | None = None) -> None:
         leaves, functions = _tracer_leaves_and_functions()
         super().__init__(autowrap_functions=functions)
         self.leaves = leaves

@@ -64,7 +64,7 @@ def _probe_job(net: nn.Module, channels: int, input_size: tuple[int, int]) -> Pr
     # A module registered under two names is one module: it keeps its first name.
     with tapped({module: counter(name) for module, name in names.items()}, private=True):
         net(torch.zeros(1, channels, *input_size, device=device_of(net)))
-    return Probe(calls=calls, shapes=shapes, order=order, input_size=tuple(input_size))
+    return Probe(calls=calls, shapes=shapes, order=order, input_size=(int(input_size[0]), int(input_size[1])))
 
 
 def check_blocks(net: nn.Module, paths: list[str], probe_result: Probe) -> None:
