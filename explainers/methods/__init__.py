@@ -20,9 +20,11 @@ from . import (  # noqa: F401  (the perturbation methods)
                           kmeans_attribution,  # noqa: F401  (registers the k-means attribution)
                           lrp,  # noqa: F401  (LRP-epsilon and the gamma composite, through zennit)
                           score_cam,
+                          textspan,  # noqa: F401  (TEXTSPAN's head decomposition)
 )
 from .base import METHOD_FAMILIES, METHODS, Method, MethodOutput, method_info, methods, register_method
 from .cluster_cam import masked_pictures
+from .decomposition import COMPLETENESS_TOLERANCE, Decomposition, class_directions, decompose
 from .explanation import (
                           Explanation,
                           MethodSettings,
@@ -34,7 +36,10 @@ from .explanation import (
                           recombine,
 )
 from .kmeans_attribution import PER_CLASS, depth_for, fitted, recipe
+from .textspan import textspan_reason
 
-__all__ = ["METHOD_FAMILIES", "METHODS", "PER_CLASS", "Explanation", "Method", "MethodOutput", "MethodSettings", "depth_for",
+__all__ = ["COMPLETENESS_TOLERANCE", "Decomposition", "class_directions", "decompose", "textspan_reason",
+           "METHOD_FAMILIES", "METHODS", "PER_CLASS", "Explanation", "Method", "MethodOutput", "MethodSettings",
+           "depth_for",
            "explain", "explain_batch", "explain_many", "explain_trace", "fitted", "masked_pictures", "method_info",
            "methods", "predict", "recipe", "recombine", "register_method"]
