@@ -11,6 +11,7 @@ Score-CAM and Cluster-CAM share), ``score_cam``, ``ablation_cam``, ``cluster_cam
 """
 from __future__ import annotations
 
+from ..engine.decomposition import COMPLETENESS_TOLERANCE, Decomposition, class_directions, decompose
 from . import (  # noqa: F401  (the perturbation methods)
                           ablation_cam,
                           attention,  # noqa: F401  (rollout, Chefer, LeGrad: a transformer's attention)
@@ -24,7 +25,6 @@ from . import (  # noqa: F401  (the perturbation methods)
 )
 from .base import METHOD_FAMILIES, METHODS, Method, MethodOutput, method_info, methods, register_method
 from .cluster_cam import masked_pictures
-from .decomposition import COMPLETENESS_TOLERANCE, Decomposition, class_directions, decompose
 from .explanation import (
                           Explanation,
                           MethodSettings,

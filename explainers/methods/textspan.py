@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..engine.attention import attention_reason
+from ..engine.decomposition import Decomposition, decompose
 from .base import MethodOutput, register_method
-from .decomposition import Decomposition, decompose
 
 if TYPE_CHECKING:
     from ..engine.trace import Trace

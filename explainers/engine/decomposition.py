@@ -36,8 +36,8 @@ from torch import nn
 from ..runtime.errors import MethodUnavailableError
 
 if TYPE_CHECKING:
-    from ..engine.trace import Trace
     from ..models import ModelSpec
+    from .trace import Trace
 
 __all__ = ["COMPLETENESS_TOLERANCE", "Decomposition", "class_directions", "decompose"]
 
