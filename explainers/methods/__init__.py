@@ -16,6 +16,7 @@ from . import (  # noqa: F401  (the perturbation methods)
                           ablation_cam,
                           attention,  # noqa: F401  (rollout, Chefer, LeGrad: a transformer's attention)
                           cam,  # noqa: F401  (registers the CAM family)
+                          chili,  # noqa: F401  (CHILI: TEXTSPAN's heads weighted by their object overlap)
                           classic,  # noqa: F401  (model-free image saliency)
                           cluster_cam,
                           kmeans_attribution,  # noqa: F401  (registers the k-means attribution)
