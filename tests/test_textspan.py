@@ -177,7 +177,7 @@ def test_chili_saliency_is_the_weighted_sum_of_filtered_head_maps():
     rng = np.random.default_rng(1)
     maps, weights = rng.normal(size=(2, 3, 4, 6, 6)), rng.random((3, 4))
     parts = chili_maps(maps, weights, kernel=3)
-    expected = sum(weights[l, h] * median_maps(maps[:, l, h], 3) for l in range(3) for h in range(4))
+    expected = sum(weights[layer, h] * median_maps(maps[:, layer, h], 3) for layer in range(3) for h in range(4))
     np.testing.assert_allclose(parts["saliency"], expected)
     np.testing.assert_allclose(parts["object"] + parts["context"], median_maps(maps, 3))
 
