@@ -213,3 +213,39 @@ def test_a_mask_folder_is_read_and_a_misfit_mask_gets_a_clear_message(tmp_path, 
         (tmp_path / case).mkdir()
         with pytest.raises(UserInputError, match=messages[case]):
             read_probing_folder(digits_vit, _folder(tmp_path / case, **options))
+
+
+# --- the Heads page ------------------------------------------------------------------------------------------
+
+def heads_page(model: str):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    repo = Path(__file__).resolve().parents[1]
+    script = ("import runpy\nfrom ui.sidebar import sidebar\nsidebar()\n"
+              f"runpy.run_path({str(repo / 'pages/heads.py')!r}, run_name='__main__')\n")
+    app = AppTest.from_string(script, default_timeout=120)
+    app.query_params["model"] = model
+    app.run()
+    assert not app.exception, app.exception
+    return app
+
+
+def test_the_heads_page_shows_the_grid_and_chili_on_digits_vit():
+    app = heads_page("digits_vit")
+    assert not app.error, [e.value for e in app.error]
+    assert not app.warning, [w.value for w in app.warning]
+    assert len(app.get("plotly_chart")) == 4  # the head grid, one head's map, object and context weights
+    assert any("alpha = 5" in c.value for c in app.caption)
+    app.selectbox(key="heads_cell").set_value((2, 1)).run()
+    assert not app.exception, app.exception
+    assert any("Layer 2, head 1" in str(chart.proto.spec) for chart in app.get("plotly_chart"))
+
+
+def test_the_heads_page_on_a_cnn_says_it_needs_a_transformer_and_offers_digits_vit():
+    app = heads_page("digits")
+    assert any("needs a Vision Transformer" in i.value for i in app.info)
+    app.button(key="heads_switch").click().run()
+    assert not app.exception, app.exception
+    assert app.session_state["model"] == "digits_vit"
