@@ -4,7 +4,6 @@ import numpy as np
 import streamlit as st
 
 from explainers import UserInputError, method_info
-from explainers.fitted.chili import ALPHA, KERNEL, THRESHOLD
 from explainers.methods import textspan_reason
 from ui.cache import Failure, explanations
 from ui.heads import clicked_head, head_grid, head_map, remainder_rows
@@ -73,8 +72,7 @@ st.plotly_chart(head_map(maps[layer, head], f"Layer {layer}, head {head}: A_(l,h
 
 st.subheader("CHILI: object and context weights per head")
 chili = found["chili"]
-alpha, kernel, threshold = (chili_settings.get(k, d) for k, d in (("alpha", ALPHA), ("kernel", KERNEL),
-                                                                     ("threshold", THRESHOLD)))
+alpha, kernel, threshold = chili_settings["alpha"], chili_settings["kernel"], chili_settings["threshold"]
 if isinstance(chili, Failure):
     st.warning(f"{method_info('chili').label} is not shown: {chili.reason}")
 else:
