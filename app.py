@@ -16,6 +16,7 @@ style()
 pages = [
     st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
     st.Page("pages/saliency.py", title="Saliency", icon=":material/local_fire_department:", url_path="saliency"),
+    st.Page("pages/heads.py", title="Heads", icon=":material/view_module:", url_path="heads"),
     st.Page("pages/clustercam.py", title="Cluster-CAM", icon=":material/scatter_plot:", url_path="clustercam"),
     st.Page("pages/segments.py", title="Segments", icon=":material/grid_view:", url_path="segments"),
     st.Page("pages/prototypes.py", title="Prototypes", icon=":material/hub:", url_path="prototypes"),

@@ -26,7 +26,7 @@ from explainers import method_info, method_names
 TIMEOUT = 120
 REPO = Path(__file__).resolve().parents[1]
 PAGES = ["pages/overview.py", "pages/saliency.py", "pages/clustercam.py", "pages/segments.py",
-         "pages/prototypes.py", "pages/concepts.py", "pages/evaluation.py", "pages/sanity.py"]
+         "pages/prototypes.py", "pages/concepts.py", "pages/evaluation.py", "pages/sanity.py", "pages/heads.py"]
 
 
 def page(path: str, **query: str) -> AppTest:

@@ -1,7 +1,8 @@
 """The attention part of the shared trace: a transformer's attention maps, from the same one forward pass.
 
 A method that reads attention declares what it needs (``Method.attention``): ``"maps"`` (A^l of every layer,
-(N, H, T, T)), ``"gradients"`` (dy_c/dA^l of the target logit, from the trace's one backward pass) or
+(N, H, T, T)), ``"gradients"`` (dy_c/dA^l of the target logit, from the trace's one backward pass),
+``"stream"`` (the residual stream's terms for TEXTSPAN: Z^0, each layer's MLP branch and Z^L, ``Stream``) or
 ``"layers"`` (LeGrad's ds^l/dA^l, the gradient of layer l's own prediction s^l with respect to its own
 attention, Bousselham et al. 2024). ``trace(..., attention=...)`` then runs its forward inside
 ``explainers.runtime.attention.exposed_attention`` (this request only; the model's outputs are unchanged) and
@@ -29,9 +30,19 @@ from ..runtime.hooks import tapped
 if TYPE_CHECKING:
     from ..models import ModelSpec
 
-ATTENTION_NEEDS = ("maps", "gradients", "layers")
+ATTENTION_NEEDS = ("maps", "gradients", "layers", "stream")
 
-__all__ = ["ATTENTION_NEEDS", "AttentionCapture", "AttentionTrace", "attention_reason"]
+__all__ = ["ATTENTION_NEEDS", "AttentionCapture", "AttentionTrace", "Stream", "attention_reason"]
+
+
+@dataclass
+class Stream:
+    """The residual stream's terms from the shared pass (``Transformer.stream``), detached: ``start`` Z^0
+    (N, T, C), ``mlps[l]`` layer l's MLP branch (N, T, C), ``final`` Z^L, the input of the final norm."""
+
+    start: torch.Tensor
+    mlps: list[torch.Tensor]
+    final: torch.Tensor
 
 
 @dataclass
@@ -48,10 +59,19 @@ class AttentionTrace:
     gradients: list[torch.Tensor] | None = None
     layer_gradients: list[torch.Tensor] | None = None
     layer_backwards: int = 0
+    stream: Stream | None = None
 
 
 def _untouched(_output: torch.Tensor) -> None:
     return None
+
+
+def _both_recorded(first: Any, second: Any) -> Any:
+    def both(output: torch.Tensor) -> None:
+        first(output)
+        second(output)
+
+    return both
 
 
 def attention_reason(model: "ModelSpec") -> str | None:
@@ -68,7 +88,7 @@ class AttentionCapture:
 
     model: "ModelSpec"
     needs: frozenset[str]
-    outputs: dict[int, torch.Tensor] = field(default_factory=dict)
+    outputs: dict[int | str, torch.Tensor] = field(default_factory=dict)
     maps: list[AttentionMaps] = field(default_factory=list)
 
     @classmethod
@@ -90,16 +110,29 @@ class AttentionCapture:
 
     def taps(self) -> dict[nn.Module, Any]:
         """Record each layer's output Z^l (only where LeGrad needs it); the output passes unchanged."""
-        if "layers" not in self.needs:
-            return {}
+        taps: dict[nn.Module, Any] = {}
 
-        def recorder(index: int):
+        def recorder(index: "int | str"):
             def record(output: torch.Tensor) -> None:
                 self.outputs[index] = output
 
             return record
 
-        return {layer: recorder(i) for i, layer in enumerate(self.layers)}
+        if "stream" in self.needs:
+            declared = self.model.transformer.stream
+            if declared is None or declared.reason:
+                raise MethodUnavailableError(
+                    f"the residual stream of {self.model.name} cannot be decomposed: "
+                    f"{declared.reason if declared else 'its family does not declare it'}")
+            taps[declared.start] = recorder("start")
+            taps.update({module: recorder(f"mlp{i}") for i, module in enumerate(declared.mlps)})
+            taps[self.layers[-1]] = recorder("final")
+        if "layers" in self.needs:
+            last = len(self.layers) - 1
+            taps.update({layer: recorder(i) for i, layer in enumerate(self.layers)})
+            if "stream" in self.needs:
+                taps[self.layers[-1]] = _both_recorded(recorder(last), recorder("final"))
+        return taps
 
     @contextmanager
     def exposing(self) -> Iterator[None]:
@@ -111,6 +144,18 @@ class AttentionCapture:
                 f"{self.model.name} computed {len(self.maps)} attention maps in its forward pass where its "
                 f"{len(self.layers)} blocks were expected to give one each (through F.scaled_dot_product_attention or "
                 "nn.MultiheadAttention): its attention is computed some other way, so no map of it is shown")
+
+    def stream(self) -> Stream | None:
+        if "stream" not in self.needs:
+            return None
+        count = len(self.layers)
+        missing = [k for k in ["start", "final", *(f"mlp{i}" for i in range(count))] if k not in self.outputs]
+        if missing:
+            raise MethodUnavailableError(f"{self.model.name}'s forward pass did not run {', '.join(missing)} of its "
+                                         "declared residual stream: the stream is computed some other way")
+        return Stream(start=self.outputs["start"].detach(),
+                      mlps=[self.outputs[f"mlp{i}"].detach() for i in range(count)],
+                      final=self.outputs["final"].detach())
 
     def layer_gradients(self, targets: torch.Tensor) -> list[torch.Tensor]:
         """ds^l/dA^l for each layer l, s^l = the layer's prediction of each image's target (LeGrad, eq. 4-5):
@@ -130,4 +175,5 @@ class AttentionCapture:
                               values=[m.values.detach() for m in self.maps],
                               gradients=[g.detach() for g in gradients] if gradients is not None else None,
                               layer_gradients=layer_gradients,
-                              layer_backwards=len(layer_gradients) if layer_gradients is not None else 0)
+                              layer_backwards=len(layer_gradients) if layer_gradients is not None else 0,
+                              stream=self.stream())

@@ -1,11 +1,11 @@
 """What is fitted to a model and its training data, and kept: the store (memory, cache, shipped
 files), the feature cache, seed 000's prototype explainers (KMEx, B4..B1234), their alignment and
-accuracy tables and Figure 2's projection, and seed 003's Q-SENN layer.
+accuracy tables and Figure 2's projection, seed 003's Q-SENN layer, and CHILI's head weights (seed 001).
 
 Its modules, from the bottom: ``store`` (keys, the disk tiers, the one store of the process), ``features``
 (block outputs of a dataset, on disk), ``checks`` (the model, the data and their classes, shared by both
-estimators), ``prototypes/`` (KMEx and the multi-depth explainer), ``alignment`` (their tables and Figure 2)
-and ``qsenn/`` (the Q-SENN layer)."""
+estimators), ``prototypes/`` (KMEx and the multi-depth explainer), ``alignment`` (their tables and Figure 2),
+``qsenn/`` (the Q-SENN layer) and ``chili`` (CHILI's head weights from a probing set with masks)."""
 from . import store
 from .alignment import (
                         Projection,
@@ -16,6 +16,7 @@ from .alignment import (
                         stored_projection,
 )
 from .checks import NotFittedError, class_map, model_labels
+from .chili import ChiliWeights, ProbingSet, fitted_chili, probing_set, read_probing_folder
 from .prototypes import PROTOTYPES_KIND, PrototypeExplainer, embeddings, fit_prototypes
 from .qsenn import (
                         QSENN,
@@ -29,7 +30,8 @@ from .qsenn import (
 )
 from .store import Key, TrainingData, find
 
-__all__ = ["PROTOTYPES_KIND", "QSENN", "QSENN_MODES", "ConceptExplanation", "Key", "NotFittedError", "Projection",
-           "PrototypeExplainer", "accuracy_models", "alignment_models", "class_map", "concept_table", "embeddings",
-           "feature_order", "find", "fit_prototypes", "fit_qsenn", "full_mode_refusal", "model_labels", "shared_qsenn",
-           "store", "stored_accuracy_table", "stored_alignment_table", "stored_projection", "TrainingData"]
+__all__ = ["PROTOTYPES_KIND", "QSENN", "QSENN_MODES", "ChiliWeights", "ConceptExplanation", "Key", "NotFittedError",
+           "ProbingSet", "Projection", "PrototypeExplainer", "TrainingData", "accuracy_models", "alignment_models",
+           "class_map", "concept_table", "embeddings", "feature_order", "find", "fit_prototypes", "fit_qsenn",
+           "fitted_chili", "full_mode_refusal", "model_labels", "probing_set", "read_probing_folder", "shared_qsenn",
+           "store", "stored_accuracy_table", "stored_alignment_table", "stored_projection"]

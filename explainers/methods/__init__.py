@@ -11,15 +11,18 @@ Score-CAM and Cluster-CAM share), ``score_cam``, ``ablation_cam``, ``cluster_cam
 """
 from __future__ import annotations
 
+from ..engine.decomposition import COMPLETENESS_TOLERANCE, Decomposition, class_directions, decompose
 from . import (  # noqa: F401  (the perturbation methods)
                           ablation_cam,
                           attention,  # noqa: F401  (rollout, Chefer, LeGrad: a transformer's attention)
                           cam,  # noqa: F401  (registers the CAM family)
+                          chili,  # noqa: F401  (CHILI: TEXTSPAN's heads weighted by their object overlap)
                           classic,  # noqa: F401  (model-free image saliency)
                           cluster_cam,
                           kmeans_attribution,  # noqa: F401  (registers the k-means attribution)
                           lrp,  # noqa: F401  (LRP-epsilon and the gamma composite, through zennit)
                           score_cam,
+                          textspan,  # noqa: F401  (TEXTSPAN's head decomposition)
 )
 from .base import METHOD_FAMILIES, METHODS, Method, MethodOutput, method_info, method_names, register_method
 from .cluster_cam import masked_pictures
@@ -34,7 +37,9 @@ from .explanation import (
                           recombine,
 )
 from .kmeans_attribution import PER_CLASS, depth_for, fitted, recipe
+from .textspan import textspan_reason
 
-__all__ = ["METHOD_FAMILIES", "METHODS", "PER_CLASS", "Explanation", "Method", "MethodOutput", "MethodSettings",
-           "depth_for", "explain", "explain_batch", "explain_many", "explain_trace", "fitted", "masked_pictures",
-           "method_info", "method_names", "predict", "recipe", "recombine", "register_method"]
+__all__ = ["COMPLETENESS_TOLERANCE", "METHOD_FAMILIES", "METHODS", "PER_CLASS", "Decomposition", "Explanation", "Method",
+           "MethodOutput", "MethodSettings", "class_directions", "decompose", "depth_for", "explain", "explain_batch",
+           "explain_many", "explain_trace", "fitted", "masked_pictures", "method_info", "method_names", "predict",
+           "recipe", "recombine", "register_method", "textspan_reason"]

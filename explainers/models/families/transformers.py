@@ -27,8 +27,8 @@ from ...runtime.errors import BlockError, UserInputError
 from .base import MODEL_FAMILIES, Family
 from .probe import BLOCK_NAMES, Probe
 
-__all__ = ["SwinFamily", "TimmViTFamily", "TokenGrid", "TorchvisionViTFamily", "Transformer", "TransformerFamily",
-           "depth_paths", "register_transformer_family"]
+__all__ = ["ResidualStream", "SwinFamily", "TimmViTFamily", "TokenGrid", "TorchvisionViTFamily", "Transformer",
+           "TransformerFamily", "depth_paths", "register_transformer_family"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,29 @@ class TokenGrid:
 
 
 @dataclass
+class ResidualStream:
+    """Where a ViT's residual stream can be read, for TEXTSPAN's decomposition (Gandelsman et al. 2024, sec. 3):
+    Z^L = Z^0 + sum_l MSA^l + sum_l MLP^l, then the final norm, the readout, the head.
+
+    ``start``: the module whose output is Z^0 (the tokens entering the first layer: patch, class and position
+    embeddings); ``mlps``: per layer, the module whose output is the MLP branch added to the stream;
+    ``scales``: per layer, the linear map without bias between W_O and the stream (timm's LayerScale ``ls1``,
+    else Identity); ``norm``: the final per-token LayerNorm; ``pooled_norm``: a norm after the readout (timm's
+    ``fc_norm``; Identity or LayerNorm); ``projection``: a bias-free linear map after it (CLIP's P) or None;
+    ``head``: the classifier (None where the class directions come from elsewhere: CLIP's text embeddings);
+    ``reason``: None when all of this is linear but the norms, else why the decomposition does not apply."""
+
+    start: nn.Module | None = None
+    mlps: list[nn.Module] = field(default_factory=list)
+    scales: list[nn.Module] = field(default_factory=list)
+    norm: nn.Module | None = None
+    pooled_norm: nn.Module | None = None
+    projection: nn.Module | None = None
+    head: nn.Linear | None = None
+    reason: str | None = None
+
+
+@dataclass
 class Transformer:
     """What the attention methods know of a transformer (``ModelSpec.transformer``).
 
@@ -79,6 +102,7 @@ class Transformer:
     projections: list[nn.Linear] = field(default_factory=list)
     heads: int = 0
     attention: str | None = None
+    stream: ResidualStream | None = None  # TEXTSPAN's residual stream; None: not declared by the family
 
 
 def depth_paths(container: str, count: int, last: str) -> list[str]:
@@ -168,7 +192,7 @@ class TimmViTFamily(TransformerFamily):
         return Transformer(layers=list(net.blocks), layouts={b: TokenGrid(grid, prefix) for b in paths},
                            grid=grid, prefix=prefix, readout=readout, layer_logits=layer_logits,
                            projections=[block.attn.proj for block in net.blocks],
-                           heads=int(net.blocks[0].attn.num_heads))
+                           heads=int(net.blocks[0].attn.num_heads), stream=_timm_stream(net))
 
 
 @register_transformer_family
@@ -206,7 +230,50 @@ class TorchvisionViTFamily(TransformerFamily):
         return Transformer(layers=layers, layouts={b: TokenGrid(grid, 1) for b in paths}, grid=grid, prefix=1,
                            readout=[0], layer_logits=layer_logits,
                            projections=[layer.self_attention.out_proj for layer in layers],
-                           heads=int(layers[0].self_attention.num_heads))
+                           heads=int(layers[0].self_attention.num_heads), stream=_torchvision_stream(net))
+
+
+def _linear_scale(module: nn.Module) -> bool:
+    """Identity, or timm's LayerScale (x * gamma): linear and without bias."""
+    return isinstance(module, nn.Identity) or (type(module).__name__ == "LayerScale" and hasattr(module, "gamma"))
+
+
+def _timm_stream(net: nn.Module) -> ResidualStream:
+    """timm's ``Block``: x + ls1(attn(norm1(x))), then x + ls2(mlp(norm2(x))); ``norm``, the pooling, ``fc_norm``,
+    ``head``. Anything else between W_O and the stream, or after the final norm, that is not linear is refused."""
+    reasons = []
+    blocks = list(net.blocks)
+    parts = ("ls1", "ls2", "mlp", "attn")
+    if any(type(b).__name__ != "Block" or not all(hasattr(b, n) for n in parts) for b in blocks):
+        reasons.append("its blocks are not timm's pre-norm Block (x + ls1(attn(norm1(x))) + ls2(mlp(norm2(x))))")
+    elif any(not isinstance(getattr(b.attn, "norm", nn.Identity()), nn.Identity)
+             or getattr(b.attn, "gate", None) is not None or not _linear_scale(b.ls1) for b in blocks):
+        reasons.append("its attention has a norm, a gate or a scale between the heads and the residual stream")
+    if getattr(net, "head_dist", None) is not None:
+        reasons.append("it reads two tokens into two heads (DeiT-distilled)")
+    if net.global_pool not in ("token", "avg") or getattr(net, "attn_pool", None) is not None:
+        reasons.append(f"its pooling ({net.global_pool!r}) is not a class token or a mean of tokens")
+    elif net.global_pool == "avg" and getattr(net, "pool_include_prefix", False) and net.num_prefix_tokens:
+        reasons.append("its mean pooling includes the prefix tokens")
+    if not isinstance(net.norm, (nn.Identity, nn.LayerNorm)):
+        reasons.append(f"its final norm is a {type(net.norm).__name__}, not a LayerNorm")
+    if not isinstance(net.fc_norm, (nn.Identity, nn.LayerNorm)) or not isinstance(net.head, nn.Linear):
+        reasons.append("its head is not a (LayerNorm +) linear layer")
+    return ResidualStream(start=net.norm_pre, mlps=[getattr(b, "ls2", None) for b in blocks],
+                          scales=[getattr(b, "ls1", None) for b in blocks], norm=net.norm, pooled_norm=net.fc_norm,
+                          head=net.head if isinstance(net.head, nn.Linear) else None,
+                          reason="; ".join(reasons) or None)
+
+
+def _torchvision_stream(net: VisionTransformer) -> ResidualStream:
+    """torchvision's ``EncoderBlock``: x + dropout(self_attention(ln_1(x))), then + mlp(ln_2(.)); Z^0 is the
+    output of ``encoder.dropout``; ``encoder.ln``, the class token, ``heads.head``."""
+    layers = list(net.encoder.layers)
+    plain_head = list(dict(net.heads.named_children())) == ["head"]
+    return ResidualStream(start=net.encoder.dropout, mlps=[layer.mlp for layer in layers],
+                          scales=[nn.Identity() for _ in layers], norm=net.encoder.ln, pooled_norm=nn.Identity(),
+                          head=net.heads.head if plain_head else None,
+                          reason=None if plain_head else "its head has a pre-logits layer with a tanh (not linear)")
 
 
 SWIN_REASON = ("Swin attends within (shifted) windows of a few patches, never from every token to every other: it has "
