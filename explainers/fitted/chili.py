@@ -53,7 +53,7 @@ __all__ = ["ALPHA", "CHILI_KIND", "INK", "KERNEL", "PROBES", "THRESHOLD", "Chili
 CHILI_KIND = "chili"
 ALPHA, KERNEL, THRESHOLD, PROBES = 5.0, 3, 0.5, 256
 INK = 0.3  # a digits patch is ink where its mean grey level (0..1) exceeds this
-BATCH = 64
+PROBES_PER_PASS = 64
 
 
 @dataclass
@@ -203,8 +203,8 @@ class ChiliWeights:
 def probe_head_maps(model: ModelSpec, probing: ProbingSet, progress: Progress | None = None) -> np.ndarray:
     """TEXTSPAN's checked head maps (P, L, H, h, w) of every probe, for its label (or its predicted class)."""
     out = []
-    for start in range(0, len(probing), BATCH):
-        indices = range(start, min(start + BATCH, len(probing)))
+    for start in range(0, len(probing), PROBES_PER_PASS):
+        indices = range(start, min(start + PROBES_PER_PASS, len(probing)))
         x = torch.stack([model.transform(probing.load(i)) for i in indices])
         targets = [probing.labels[i] for i in indices] if probing.labels is not None else None
         recorded = trace(model, x, targets, attention=("maps", "stream"))

@@ -22,9 +22,9 @@ from .engines import EngineOptions, JobInterrupted, actor_shape, connect
 from .outputs import write_text
 from .work import FAULT_VARIABLE, ModelWorker
 
-__all__ = ["BATCH", "feature_names", "ray_feature_pass"]
+__all__ = ["FEATURE_BATCH", "feature_names", "ray_feature_pass"]
 
-BATCH = 128  # images per pass: the local fit's (PrototypeExplainer's batch_size)
+FEATURE_BATCH = 128  # images per pass: the local fit's (PrototypeExplainer's batch_size)
 
 
 def feature_names(model: Any, depth: str) -> list[str]:
@@ -114,7 +114,8 @@ def ray_feature_pass(model_source: str, dataset_source: str, split: str, cache: 
     writer = _Writer(cache, names)
     try:
         workers, resources, device = actor_shape(options)
-        batches = [{"first": first, "stop": min(first + BATCH, total)} for first in range(start, total, BATCH)]
+        batches = [{"first": first, "stop": min(first + FEATURE_BATCH, total)}
+                   for first in range(start, total, FEATURE_BATCH)]
         fault = os.environ.get(FAULT_VARIABLE)
         computed = ray.data.from_items(batches, override_num_blocks=len(batches)).map_batches(
             _FeatureActor, batch_size=1, concurrency=workers, batch_format="numpy",

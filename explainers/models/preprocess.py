@@ -109,7 +109,8 @@ def imagenet_preprocess(input_size: tuple[int, int] = IMAGENET_INPUT, *, mean: t
         # floor, as timm's transforms_imagenet_eval: 224 / 0.95 gives 235, not 236
         height, width = (math.floor(side / crop) for side in input_size)
         resize = height if height == width else (height, width)
-    return Preprocess(input_size=(int(input_size[0]), int(input_size[1])), mode="RGB", mean=tuple(mean), std=tuple(std), resize=resize,
+    size = (int(input_size[0]), int(input_size[1]))
+    return Preprocess(input_size=size, mode="RGB", mean=tuple(mean), std=tuple(std), resize=resize,
                       interpolation=interpolation, crop_mode=crop_mode)
 
 
