@@ -41,5 +41,5 @@ from .textspan import textspan_reason
 
 __all__ = ["COMPLETENESS_TOLERANCE", "METHOD_FAMILIES", "METHODS", "PER_CLASS", "Decomposition", "Explanation",
            "Method", "MethodOutput", "MethodSettings", "class_directions", "decompose", "depth_for", "explain",
-           "explain_batch", "explain_many", "explain_trace", "fitted", "masked_pictures", "method_info", "method_names", "predict",
-           "recipe", "recombine", "register_method", "textspan_reason"]
+           "explain_batch", "explain_many", "explain_trace", "fitted", "masked_pictures", "method_info",
+           "method_names", "predict", "recipe", "recombine", "register_method", "textspan_reason"]
