@@ -33,8 +33,8 @@ from .explanation import (
                           predict,
                           recombine,
 )
-from .kmeans_attribution import PER_CLASS, depth_for, fitted, recipe
+from .kmeans_attribution import PER_CLASS, depth_for, fitted, prototypes_fitted, recipe
 
 __all__ = ["METHOD_FAMILIES", "METHODS", "PER_CLASS", "Explanation", "Method", "MethodOutput", "MethodSettings", "depth_for",
            "explain", "explain_batch", "explain_many", "explain_trace", "fitted", "masked_pictures", "method_info",
-           "methods", "predict", "recipe", "recombine", "register_method"]
+           "methods", "predict", "prototypes_fitted", "recipe", "recombine", "register_method"]
