@@ -17,7 +17,8 @@ the previous block's output and this one's: VGG's convolutions before a stage's 
 EfficientNet's stages between two feature levels and its head convolution), "stem" before B1 and
 "classifier" after the last block (the final linear layer and anything between it and the last
 block, DenseNet's last batch norm). Tensors the network holds itself (a ViT's position embedding and class
-token, added to the patch embedding before the first block) belong to the stem. The order comes from one probe forward of the copy.
+token, added to the patch embedding before the first block) belong to the stem. The order comes from one
+probe forward of the copy.
 
 Re-initialisation: each module's own ``reset_parameters()`` (what PyTorch's constructors run:
 Kaiming-uniform convolutions and linear layers), seeded per group, so a group gets the same random
