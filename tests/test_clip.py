@@ -180,3 +180,25 @@ def test_vit_b_32_at_its_size(configs):
     assert spec.transformer.readout == [0] and spec.transformer.heads == 12
     found = explain_many(spec, torch.randn(3, 224, 224), ["gradcam", "rollout"], block="B3")
     assert found["gradcam"].raw.shape == (7, 7)
+
+
+def test_the_sidebar_takes_clip_with_typed_classes_and_keeps_them_in_the_url():
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    repo = Path(__file__).resolve().parents[1]
+    script = ("import runpy\nfrom ui.sidebar import sidebar\nsidebar()\n"
+              f"runpy.run_path({str(repo / 'pages/saliency.py')!r}, run_name='__main__')\n")
+    app = AppTest.from_string(script, default_timeout=240)
+    for key, value in dict(model_name="open_clip:ViT-B-32", random_weights="1", clip_classes="cat, dog,teapot",
+                           methods="gradcam,rollout,chefer", block="B3").items():
+        app.query_params[key] = value
+    app.run()
+    assert not app.exception, app.exception
+    assert not app.error, [e.value for e in app.error]
+    top = next(m.value for m in app.markdown if m.value.startswith("**Top-5 prediction**"))
+    assert all(f"`{name}`" in top for name in ("cat", "dog", "teapot"))
+    assert app.query_params["clip_classes"] in ("cat, dog,teapot", ["cat, dog,teapot"])
+    app.checkbox(key="random_weights").uncheck().run()  # no weights file named: what to do, in the sidebar
+    assert any("needs a weights file" in e.value for e in app.error)
