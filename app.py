@@ -23,6 +23,7 @@ pages = [
     st.Page("pages/concepts.py", title="Concepts", icon=":material/category:", url_path="concepts"),
     st.Page("pages/evaluation.py", title="Evaluation", icon=":material/fact_check:", url_path="evaluation"),
     st.Page("pages/sanity.py", title="Sanity checks", icon=":material/shuffle:", url_path="sanity"),
+    st.Page("pages/compare.py", title="Side by side", icon=":material/compare:", url_path="compare"),
 ]
 navigation = st.navigation(pages)
 

@@ -49,6 +49,10 @@ def _reason(name: str) -> str | None:
 
 
 runnable, skipped = runnable_methods(selection.methods, _reason)
+if "rollout" in runnable:  # known, not found: say it before the curves do
+    st.caption(":orange[Attention rollout ignores the class and the weights of the head: it multiplies the "
+               "layers' attention maps only. So it fails the class check and the cascade's first step (the "
+               "classifier randomised) by design, and changes only once the attention layers are randomised.]")
 if any(method_info(n).family == "perturbation" for n in runnable):
     controls[3].caption(":orange[Perturbation methods run their masked passes again at every step: seven times "
                         "the Saliency page's time per image.]")

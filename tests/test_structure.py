@@ -22,6 +22,7 @@ PACKAGE = "explainers"
 OPTIONAL_HEAVY = {
     "umap": "the Prototypes page's Figure 2 only; 2-3 s to import, and numba compiles it on first use",
     "timm": "timm models and EfficientNet-Lite0 only; ~1.5 s to import on top of torchvision",
+    "open_clip": "CLIP models (open_clip:<arch>) only; imports timm and its tokenizer on first use",
     "huggingface_hub": "reading a timm model's weights from the Hugging Face cache only (comes with timm)",
     "safetensors": "reading a timm model's .safetensors weights only (comes with timm)",
     "ray": "the --engine ray jobs only (explainers.jobs); an optional extra, protoscope[ray], ~0.3 s to import",

@@ -24,13 +24,24 @@ from explainers import Trace, UserInputError, explain_trace, load_dataset, load_
 from explainers.data import DatasetSpec, png_compatible
 from explainers.engine import ATTENTION_NEEDS, attention_reason
 from explainers.methods import Explanation, recombine
-from explainers.models import ModelSpec, as_batch
+from explainers.models import OPEN_CLIP_PREFIX, ModelSpec, as_batch, split_open_clip_name
 
 
 @st.cache_resource(show_spinner="Loading the model…")
 def get_model(name: str, random_weights: bool = False, device: str = "cpu") -> ModelSpec:
     """One model per name, weights and device (``explainers.runtime.devices``), shared by every session."""
     return load_model(name, weights=None if random_weights else "DEFAULT", device=device)
+
+
+@st.cache_resource(show_spinner="Loading CLIP and embedding the class prompts…")
+def get_zero_shot_model(name: str, classes: tuple[str, ...] | None, random_weights: bool = False,
+                        device: str = "cpu") -> ModelSpec:
+    """CLIP (``open_clip:<arch>[@<weights file>]``) as a zero-shot classifier of ``classes`` (None: ImageNet's
+    names), one per name, class list, weights and device, shared by every session."""
+    if random_weights:  # the architecture alone: the weights file, if named, is not read
+        name = OPEN_CLIP_PREFIX + split_open_clip_name(name)[0]
+    return load_model(name, weights=None if random_weights else "DEFAULT", classes=None if classes is None
+                      else list(classes), device=device)
 
 
 @st.cache_resource(show_spinner="Loading the checkpoint…")

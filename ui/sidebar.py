@@ -20,10 +20,19 @@ from PIL import Image
 from explainers import UserInputError, method_info, method_names
 from explainers.data import DatasetSpec, dataset_splits, image_notes, plural
 from explainers.fitted import class_map
-from explainers.models import MODELS, SHIPPED_MODELS, ModelSpec, model_name
+from explainers.models import MODELS, OPEN_CLIP_PREFIX, SHIPPED_MODELS, ModelSpec, model_name
 from explainers.runtime import default_device, describe_device
 
-from .cache import dataset_image, get_checkpoint_model, get_dataset, get_model, image_bytes, top_classes, uploaded_image
+from .cache import (
+    dataset_image,
+    get_checkpoint_model,
+    get_dataset,
+    get_model,
+    get_zero_shot_model,
+    image_bytes,
+    top_classes,
+    uploaded_image,
+)
 from .entry import HANDED_OVER, THROUGH_ENTRY, through_app
 from .url_state import PENDING, accepted, decode, notice_area, refused, seed_from_query, write_query
 
@@ -135,12 +144,13 @@ def _choose_model(selection: Selection) -> None:
     name = st.selectbox("Model", names, key="model", format_func=lambda n: _model_label(n),
                         help="The built-in efficientnet_lite0 (ImageNet) and digits models work offline; "
                              "torchvision's need their weights in torchvision's cache or a network.")
-    typed = st.text_input("or any torchvision / timm:name", key="model_name",
-                          placeholder="convnext_tiny, timm:resnet50",
+    typed = st.text_input("or any torchvision / timm:name / open_clip:arch@weights", key="model_name",
+                          placeholder="convnext_tiny, timm:resnet50, open_clip:ViT-B-32@/path/to/weights.bin",
                           help="Any torchvision classifier (torchvision.models.list_models()) or timm model "
                                "(timm:<name>, timm.list_models()). timm's pretrained weights are read from the local "
-                               "cache only; tick Random weights for the untrained architecture. Clear the box to "
-                               "use the list above.").strip()
+                               "cache only; tick Random weights for the untrained architecture. CLIP: "
+                               "open_clip:<arch>@<path of a local weights file> (never downloaded), a zero-shot "
+                               "classifier of the classes typed below. Clear the box to use the list above.").strip()
     try:
         if typed:
             name = model_name(typed)  # a path or a file name is refused, saying where checkpoints go
@@ -152,12 +162,26 @@ def _choose_model(selection: Selection) -> None:
         if name not in SHIPPED_MODELS:
             random_weights = st.checkbox("Random weights (no download)", key="random_weights",
                                          help="An untrained network: useful to see what architecture alone does.")
-        selection.model = get_model(name, random_weights, str(default_device()))
+        if name.startswith(OPEN_CLIP_PREFIX):
+            selection.model = get_zero_shot_model(name, _zero_shot_classes(), random_weights, str(default_device()))
+        else:
+            selection.model = get_model(name, random_weights, str(default_device()))
         # The device is part of the key: a trace cached on one device is never handed to a model on another.
         selection.model_key = (f"{name}:{'random' if random_weights else 'trained'}:{selection.model.device}:"
                                f"{selection.model.fingerprint}")
     except UserInputError as error:  # the message says what to do (Random weights, ...)
         _refuse_model(selection, error)
+
+
+def _zero_shot_classes() -> tuple[str, ...] | None:
+    """The classes a CLIP model tells apart, typed comma-separated (``clip_classes`` in the URL); None, ImageNet's
+    1,000 names, when the box is empty."""
+    typed = st.text_input("Zero-shot classes (comma-separated)", key="clip_classes", placeholder="ImageNet's 1,000",
+                          help="One text prompt per class, \"a photo of a {class}.\"; its CLIP text embedding, "
+                               "normalised and times CLIP's logit scale, is the class's row of a linear head on the "
+                               "normalised image embedding. Empty: ImageNet-1k's class names (the photos' classes).")
+    names = tuple(name.strip() for name in typed.split(",") if name.strip())
+    return names or None
 
 
 def _refuse_model(selection: Selection, error: Exception) -> None:

@@ -26,7 +26,8 @@ QUERY_KEYS = {"model": "str", "random_weights": "bool", "source": "str", "split"
 # The Sanity checks page's controls.
 QUERY_KEYS.update({"sanity_mode": "str", "sanity_images": "int", "sanity_keep_statistics": "bool"})
 QUERY_KEYS["model_name"] = "str"  # a torchvision or timm:name typed in the sidebar, which the model list lacks
-OMITTED_WHEN_EMPTY = {"model_name"}  # an empty text box is its default: no key in the URL for it
+QUERY_KEYS["clip_classes"] = "str"  # a CLIP model's zero-shot classes, typed comma-separated
+OMITTED_WHEN_EMPTY = {"model_name", "clip_classes"}  # an empty text box is its default: no key in the URL for it
 INTEGER = re.compile(r"[+-]?\d+")
 NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 

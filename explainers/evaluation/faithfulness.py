@@ -271,7 +271,8 @@ def _traced_maps(model: ModelSpec, inputs: torch.Tensor, targets: torch.Tensor |
     started = time.perf_counter()
     infos = [method_info(name) for name in names]
     blocks = list(model.blocks) if any(m.needs_all_blocks for m in infos) else [block]
-    shared = trace(model, inputs, targets, gradients=any(m.needs_gradients for m in infos), blocks=blocks)
+    shared = trace(model, inputs, targets, gradients=any(m.needs_gradients for m in infos), blocks=blocks,
+                   attention=sorted({need for m in infos for need in m.attention}))  # a ViT's attention maps
     heatmaps: dict[str, np.ndarray] = {}
     cost: dict[str, dict[str, float]] = {}
     for index, name in enumerate(names):

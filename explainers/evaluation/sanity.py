@@ -16,7 +16,9 @@ the first block whose output it precedes in the forward pass (a module inside a 
 the previous block's output and this one's: VGG's convolutions before a stage's max pool,
 EfficientNet's stages between two feature levels and its head convolution), "stem" before B1 and
 "classifier" after the last block (the final linear layer and anything between it and the last
-block, DenseNet's last batch norm). The order comes from one probe forward of the copy.
+block, DenseNet's last batch norm). Tensors the network holds itself (a ViT's position embedding and class
+token, added to the patch embedding before the first block) belong to the stem. The order comes from one
+probe forward of the copy.
 
 Re-initialisation: each module's own ``reset_parameters()`` (what PyTorch's constructors run:
 Kaiming-uniform convolutions and linear layers), seeded per group, so a group gets the same random
@@ -117,6 +119,9 @@ def _groups(net: nn.Module, model: ModelSpec) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {group: [] for group in GROUPS}
     for path, module in net.named_modules():
         owns = any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False))
+        if owns and path == "" and not callable(getattr(module, "reset_parameters", None)):
+            found["stem"].append(path)  # the network's own tensors: a ViT's position embedding and class token
+            continue
         if not owns or path not in position:  # owns nothing, or never runs: randomising it changes nothing
             continue
         found[_group_of(path, position[path], blocks, ends, stem_end)].append(path)
@@ -467,7 +472,8 @@ def _maps(plan: _Plan, spec: ModelSpec, step: str, step_index: int, targets: Any
         listener, done, total = plan.unit(step_index, number)
         wanted = targets[part] if isinstance(targets, (list, torch.Tensor)) else targets
         with reporting(listener):  # a method's own progress (Score-CAM's masked inputs) fills this unit
-            shared = trace(spec, plan.inputs[part], wanted, gradients=gradients, blocks=blocks)
+            shared = trace(spec, plan.inputs[part], wanted, gradients=gradients, blocks=blocks,
+                           attention=sorted({need for i in infos for need in i.attention}))  # a ViT's maps
             chosen_targets += [int(t) for t in shared.targets]
             for method in plan.methods:
                 if (method, step) not in failures:

@@ -36,10 +36,11 @@ from .explanation import (
                           predict,
                           recombine,
 )
-from .kmeans_attribution import PER_CLASS, depth_for, fitted, recipe
+from .kmeans_attribution import PER_CLASS, depth_for, fitted, prototypes_fitted, recipe
 from .textspan import textspan_reason
 
 __all__ = ["COMPLETENESS_TOLERANCE", "METHOD_FAMILIES", "METHODS", "PER_CLASS", "Decomposition", "Explanation",
            "Method", "MethodOutput", "MethodSettings", "class_directions", "decompose", "depth_for", "explain",
            "explain_batch", "explain_many", "explain_trace", "fitted", "masked_pictures", "method_info",
-           "method_names", "predict", "recipe", "recombine", "register_method", "textspan_reason"]
+           "method_names", "predict", "prototypes_fitted", "recipe", "recombine", "register_method",
+           "textspan_reason"]

@@ -53,6 +53,16 @@ def recipe(model: "ModelSpec", depth: str, per_class: int = PER_CLASS,
     return PrototypeRecipe(model, dataset, PrototypeExplainer(depth, per_class))
 
 
+def prototypes_fitted(model: "ModelSpec", block: str, data: "store.TrainingData | None" = None) -> bool:
+    """Whether the explainer ``kmex_attribution`` needs at ``block`` is already fitted (in memory, in
+    ``.cache/`` or shipped in ``assets/``): then the method runs no fit. False when there is no training set."""
+    try:
+        wanted = recipe(model, depth_for(block, model), data=data)
+    except ValueError:  # no training set, or settings the data cannot take: nothing fitted for it either
+        return False
+    return wanted.key in store.STORE or store.find(wanted.key.kind, wanted.filename) is not None
+
+
 @register_method(
     "kmex_attribution", label=LABEL, family="prototype", signed=True,
     requires_gap_head=True, needs_all_blocks=True, needs_training=True,

@@ -1,6 +1,7 @@
 """Models by name, path or module: ``load_model`` returns a ``ModelSpec`` (``explainers.models.spec``).
 
-A name is a registered model (``MODELS``), a torchvision classifier or ``timm:<name>``; a path is a
+A name is a registered model (``MODELS``), a torchvision classifier, ``timm:<name>`` or ``open_clip:<arch>``
+(CLIP as a zero-shot classifier, ``explainers.models.clip``); a path is a
 checkpoint (a state dict, read as weights only); a module is any classifier ending in a linear layer.
 """
 from __future__ import annotations
@@ -16,9 +17,11 @@ from ..runtime.devices import resolve_device
 from ..runtime.errors import CheckpointError, UserInputError
 from . import families
 from .builtin.digits import DigitsResNet
+from .clip import OPEN_CLIP_PREFIX, open_clip_model, split_open_clip_name
 from .preprocess import Preprocess, imagenet_preprocess
 from .pretrained import TIMM_PREFIX, is_torchvision_classifier, timm_model, torchvision_model
 from .spec import MODELS, ModelSpec, last_linear, model_spec, module_path
+from .vit_checkpoints import vit_misfit
 
 __all__ = ["CHECKPOINT_SUFFIXES", "from_checkpoint", "from_module", "load_model", "model_name"]
 
@@ -33,6 +36,9 @@ def load_model(model: str | Path | nn.Module, *, weights: str | None = "DEFAULT"
       gives random weights.
     - ``"timm:<name>"``, any timm model (``timm.list_models()``): pretrained weights only from the
       local cache (never downloaded), ``weights=None`` for random ones.
+    - ``"open_clip:<arch>"`` (``open_clip:ViT-B-32``): CLIP as a zero-shot classifier of ``classes`` (default:
+      ImageNet-1k's names), its weights from a local file, ``weights="/path/to/weights.bin"`` or
+      ``"open_clip:<arch>@/path/to/weights.bin"`` (never downloaded), ``weights=None`` for random ones.
     - A checkpoint file: a state dict, or ``{"state_dict", "arch", "classes"}``; read with
       ``torch.load(..., weights_only=True)``, never unpickling code. ``arch`` names the
       architecture when the file does not.
@@ -60,6 +66,9 @@ def _moved(spec: ModelSpec, device: torch.device) -> ModelSpec:
 def _built(model: str | Path, weights: str | None, arch: str | None, classes: list[str] | None) -> ModelSpec:
     if isinstance(model, str) and model in MODELS:
         return MODELS.build(model, weights=weights)
+    if isinstance(model, str) and model.startswith(OPEN_CLIP_PREFIX):  # before the path test: "@/path" is allowed
+        clip_arch, weights_file = split_open_clip_name(model)
+        return open_clip_model(clip_arch, weights=weights_file or weights, classes=classes)
     path = Path(model).expanduser()
     if path.is_file():
         return from_checkpoint(path, arch=arch, classes=classes)
@@ -82,9 +91,15 @@ def model_name(typed: str) -> str:
     """A model name a person typed (a torchvision classifier, or ``timm:<name>``), stripped; a
     ``UserInputError`` when it is not shaped like one: a path or a checkpoint file is uploaded instead."""
     typed = typed.strip()
+    if typed.startswith(OPEN_CLIP_PREFIX):  # open_clip:<arch>, or open_clip:<arch>@<weights file>
+        clip_arch, _ = split_open_clip_name(typed)
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", clip_arch):
+            raise UserInputError(f"{typed!r} is not an open_clip model: write open_clip:ViT-B-32@/path/to/weights.bin")
+        return typed
     if not re.fullmatch(r"(timm:)?[A-Za-z0-9_.\-]+", typed) or typed.lower().endswith(CHECKPOINT_SUFFIXES):
-        raise UserInputError(f"{typed!r} is not a model name: type a torchvision classifier such as convnext_tiny "
-                             "or a timm model as timm:resnet50 (a checkpoint file is uploaded, not typed).")
+        raise UserInputError(f"{typed!r} is not a model name: type a torchvision classifier such as convnext_tiny, "
+                             "a timm model as timm:resnet50 or CLIP as open_clip:ViT-B-32@/path/to/weights.bin "
+                             "(a checkpoint file is uploaded, not typed).")
     return typed
 
 
@@ -136,7 +151,9 @@ def from_checkpoint(path: Path, arch: str | None = None, classes: list[str] | No
     unexpected = [k for k in state if k not in own]
     mismatched = _shape_mismatches(spec.net, state)
     if missing or unexpected or mismatched:
-        raise CheckpointError(_misfit_message(Path(path).name, arch, missing, unexpected, mismatched))
+        words = vit_misfit(own, state)  # a ViT of another patch or image size, said in words
+        raise CheckpointError(_misfit_message(Path(path).name, arch, missing, unexpected, mismatched)
+                              + (f" {words}" if words else ""))
     spec.net.load_state_dict(state)
     names = classes or meta.get("classes") or (spec.classes if len(spec.classes) == spec.num_classes
                                                else [str(i) for i in range(spec.num_classes)])

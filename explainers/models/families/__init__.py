@@ -21,6 +21,7 @@ adapter that matches a network is its family:
 - ``torchvision_cnns``: digits, resnet, vgg, densenet, efficientnet, mobilenet, convnext, regnet;
 - ``transformers``: timm_vit (ViT, DeiT, the built-in digits_vit), torchvision_vit, swin; imported before
   ``fallbacks`` so that timm's transformers do not fall to the ``timm`` adapter;
+- ``clip_vit``: open_clip (a CLIP ViT image tower under a zero-shot head, ``explainers.models.clip``);
 - ``fallbacks``: timm (any other timm model) and generic (anything; always last).
 """
 from ...runtime.errors import BlockError
@@ -29,6 +30,7 @@ from ...runtime.errors import BlockError
 # isort: off
 from . import torchvision_cnns  # noqa: F401
 from . import transformers  # noqa: F401
+from . import clip_vit  # noqa: F401
 from . import fallbacks  # noqa: F401
 # isort: on
 from .base import MODEL_FAMILIES, Family, families, family_for, family_named, family_of, register_family
