@@ -95,7 +95,11 @@ def view_trace(model_key: str, _model: ModelSpec, data: bytes, target: int | Non
         inputs = as_batch(_model, _image if _image is not None else load_image(data))
     else:
         inputs = view_trace(model_key, _model, data, None, _image).inputs
-    attention = ATTENTION_NEEDS if attention_reason(_model) is None else ()  # a ViT's attention, same pass
+    attention: tuple[str, ...] = ()
+    if attention_reason(_model) is None:  # a ViT's attention, same pass; its residual stream where it decomposes
+        stream = _model.transformer.stream
+        attention = tuple(need for need in ATTENTION_NEEDS
+                          if need != "stream" or (stream is not None and not stream.reason))
     return trace(_model, inputs, target, gradients=True, attention=attention)
 
 
