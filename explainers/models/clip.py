@@ -28,7 +28,7 @@ from .preprocess import Preprocess
 from .spec import ModelSpec, model_spec
 from .vit_checkpoints import vit_misfit
 
-__all__ = ["OPEN_CLIP_PREFIX", "PROMPT", "ZeroShotCLIP", "open_clip_model", "split_open_clip_name",
+__all__ = ["text_embeddings", "OPEN_CLIP_PREFIX", "PROMPT", "ZeroShotCLIP", "open_clip_model", "split_open_clip_name",
            "zero_shot_head"]
 
 OPEN_CLIP_PREFIX = "open_clip:"
@@ -142,11 +142,36 @@ def _prompts(prompt: str, names: list[str]) -> list[str]:
 
 
 @torch.no_grad()
+def text_embeddings(clip: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """``clip.encode_text(tokens)``, computed on the tokens up to the longest prompt's end only.
+
+    Exact, not an approximation: CLIP's text transformer is causal (its ``attn_mask`` lets a token see
+    only those before it) and the embedding is read at the end-of-text token, so the padding after the
+    longest prompt never reaches it; cutting the 77-token context to that length gives the same numbers
+    (checked by a test) in a fraction of the time (1,000 ImageNet prompts: about 10 tokens instead of 77).
+    Any other text tower (no causal mask, another pooling) gets ``encode_text`` itself."""
+    mask = getattr(clip, "attn_mask", None)
+    pooling = getattr(clip, "text_pool_type", None)
+    if mask is None or pooling != "argmax" or not hasattr(clip, "positional_embedding"):
+        return clip.encode_text(tokens)
+    length = int(tokens.argmax(dim=-1).max()) + 1  # the end-of-text token is the highest id of each prompt
+    tokens = tokens[:, :length]
+    cast = clip.transformer.get_cast_dtype()
+    x = clip.token_embedding(tokens).to(cast) + clip.positional_embedding[:length].to(cast)
+    x = clip.ln_final(clip.transformer(x, attn_mask=mask[:length, :length]))
+    x = x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)]
+    projection = clip.text_projection
+    if projection is None:
+        return x
+    return projection(x) if isinstance(projection, nn.Linear) else x @ projection
+
+
+@torch.no_grad()
 def zero_shot_head(clip: nn.Module, tokenizer: Any, names: list[str], prompt: str = PROMPT) -> nn.Linear:
     """The linear head of zero-shot classification: weight row j = exp(logit_scale) * t_j / |t_j|, t_j the text
     embedding of the prompt for class j; bias = CLIP's logit bias where it has one (SigLIP), else 0."""
     texts = _prompts(prompt, names)
-    embedded = torch.cat([clip.encode_text(tokenizer(texts[i:i + TEXT_BATCH]))
+    embedded = torch.cat([text_embeddings(clip, tokenizer(texts[i:i + TEXT_BATCH]))
                           for i in range(0, len(texts), TEXT_BATCH)])
     weight = clip.logit_scale.exp() * F.normalize(embedded, dim=-1)
     head = nn.Linear(weight.shape[1], weight.shape[0])
