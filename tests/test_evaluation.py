@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 from helpers import one_thread
-from torch import nn
 from scipy.ndimage import gaussian_filter
+from torch import nn
 
 from explainers import explain_many, load_dataset, load_model
 from explainers.evaluation import (
@@ -26,9 +26,9 @@ from explainers.evaluation import (
     unit_scaled,
 )
 from explainers.evaluation.imputation import NEIGHBOURS
-from explainers.models.preprocess import Preprocess
 from explainers.models.inputs import as_batch
 from explainers.models.loading import from_module
+from explainers.models.preprocess import Preprocess
 from explainers.runtime.settings import SettingValueError
 
 

@@ -8,8 +8,17 @@ class each in the registry ``METRICS``, and sanity checks by weight randomisatio
     confidence_change(model, images, ["gradcam", "scorecam", "clustercam"], block="B4")
     randomization_check(model, images, ["gradcam", "spectral_residual"], block="B4", mode="cascading").table
 """
-from .blur import BLUR_FRACTION, BLUR_LADDER, BlurChoice, insertion_blur, rise_blur, rise_kernel
-from .faithfulness import MetricWarning, confidence_change, deletion_insertion, evaluate, evaluate_maps, road, subset
+from .blur import BLUR_FRACTION, BLUR_LADDER, BlurChoice, rise_blur, rise_kernel
+from .faithfulness import (
+    MetricWarning,
+    confidence_change,
+    deletion_insertion,
+    evaluate,
+    evaluate_maps,
+    insertion_blur,
+    road,
+    subset,
+)
 from .imputation import noisy_linear_imputation
 from .metrics import (
     METRICS,

@@ -9,28 +9,23 @@ mean. ``rise_kernel`` and ``rise_blur`` are that, for any sigma, with RISE's sup
 
 RISE fixes sigma 5 for 224-pixel ImageNet photos. A blur that leaves the class readable makes insertion
 meaningless (every curve starts near its end), and how much blur hides a class depends on the model and the
-pictures (the 64-pixel digits stay readable at 5), so the sigma is measured (``insertion_blur``): the smallest
-of ``BLUR_LADDER`` whose blurred copy's probability for the class, averaged over the evaluated images, is below
-``BLUR_FRACTION`` of the images' own; when even the strongest does not get there, insertion is flagged.
+pictures (the 64-pixel digits stay readable at 5), so the sigma is measured (``faithfulness.insertion_blur``):
+the smallest of ``BLUR_LADDER`` whose blurred copy's probability for the class, averaged over the evaluated
+images, is below ``BLUR_FRACTION`` of the images' own; when even the strongest does not get there, insertion is flagged.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from ..models import ModelSpec
-from ..models.inputs import as_batch
-from ..runtime import compute
 from ..runtime.errors import UserInputError
 
-__all__ = ["BLUR_FRACTION", "BLUR_LADDER", "BLUR_PADDINGS", "BLUR_SIGMA", "BlurChoice", "insertion_blur",
-           "rise_blur", "rise_kernel"]
+__all__ = ["BLUR_FRACTION", "BLUR_LADDER", "BLUR_PADDINGS", "BLUR_SIGMA", "BlurChoice", "rise_blur", "rise_kernel"]
 
 BLUR_SIGMA = 5.0  # RISE's insertion start: gkern(klen=11, nsig=5)
 BLUR_LADDER = (5.0, 10.0, 20.0, 40.0)  # the sigmas tried, RISE's first, each twice the last
@@ -112,49 +107,3 @@ class BlurChoice:
                 f"average over the {self.images} image{'s' if self.images != 1 else ''}, below {self.fraction:.0%} "
                 f"of the images' own probability for the class ({self.full:.2f}). Mean probability of the blurred "
                 f"copy: {tried}; chosen: {verdict} σ = {self.sigma:g} px.")
-
-
-def insertion_blur(model: ModelSpec, images: Any, targets: int | Sequence[int] | None = None,
-                   ladder: Sequence[float] = BLUR_LADDER, fraction: float = BLUR_FRACTION,
-                   padding: str = "zeros", chunks: Callable[[], Any] | None = None) -> BlurChoice:
-    """The insertion blur for ``model`` on ``images`` (any form ``evaluate`` takes): the smallest sigma of
-    ``ladder`` whose RISE-blurred copy (``rise_blur``) gets a probability for the class (``targets``; default
-    each image's predicted class), averaged over the images, below ``fraction`` of the images' own average;
-    the largest when none does (``BlurChoice.meaningful`` is then False: insertion is flagged). One pass of
-    each image and of each blurred copy. ``chunks``: an iterable of (model inputs, targets or None) to use
-    instead of loading ``images`` (``evaluate`` passes its own)."""
-    ladder = tuple(sorted(float(s) for s in ladder))
-    if not ladder or not 0 < fraction <= 1:
-        raise ValueError("give at least one sigma and a fraction in (0, 1]")
-    if chunks is None:
-        from .faithfulness import image_source  # evaluate's loader; imported here, as faithfulness imports this
-
-        count, item = image_source(images)
-        wanted = None if targets is None else torch.as_tensor(targets, dtype=torch.long).reshape(-1)
-        if wanted is not None and wanted.numel() == 1:
-            wanted = wanted.expand(count)
-        chunks = lambda: ((as_batch(model, [item(i) for i in range(s, min(s + 16, count))]),  # noqa: E731
-                           None if wanted is None else wanted[s:s + 16]) for s in range(0, count, 16))
-    full, starts, seen = 0.0, np.zeros(len(ladder)), 0
-    for inputs, wanted_here in chunks():
-        plain, blurred = compute.run(_blurred_probabilities, model, inputs.to(model.device), wanted_here, ladder,
-                                     padding)
-        full += float(plain.sum())
-        starts += blurred.sum(axis=1)
-        seen += len(plain)
-    full, starts = full / max(1, seen), starts / max(1, seen)
-    chosen = next((s for s, p in zip(ladder, starts) if p < fraction * full), ladder[-1])
-    return BlurChoice(chosen, ladder, tuple(float(p) for p in starts), full, float(fraction), seen, padding)
-
-
-@torch.inference_mode()
-def _blurred_probabilities(model: ModelSpec, inputs: torch.Tensor, targets: torch.Tensor | None,
-                           ladder: tuple[float, ...], padding: str) -> tuple[np.ndarray, np.ndarray]:
-    """The class's probability for each image (n,) and each blurred copy (len(ladder), n)."""
-    network = model.inference_net
-    logits = network(inputs)
-    chosen = logits.argmax(dim=1) if targets is None else targets.to(inputs.device)
-    plain = logits.softmax(dim=1).gather(1, chosen[:, None])[:, 0]
-    blurred = [network(rise_blur(inputs, sigma, padding)).softmax(dim=1).gather(1, chosen[:, None])[:, 0]
-               for sigma in ladder]
-    return plain.cpu().double().numpy(), torch.stack(blurred).cpu().double().numpy()

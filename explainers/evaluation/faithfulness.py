@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import warnings
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -57,7 +57,7 @@ from ..runtime import compute
 from ..runtime.errors import DatasetError, ImageError, UserInputError
 from ..runtime.progress import Progress, current_listener, report, reporting, scaled
 from ..runtime.settings import UnknownSettingError
-from .blur import insertion_blur
+from .blur import BLUR_FRACTION, BLUR_LADDER, BlurChoice, rise_blur
 from .imputation import ROAD_NOISE
 from .metrics import BLUR_SIGMA, METRICS, ROAD_FRACTIONS, STEPS, MappedImage, Metric
 from .perturbation import PerturbationPlan, PlainInput, run_plan
@@ -65,7 +65,7 @@ from .result import Evaluation
 from .settings import EvaluationSettings
 
 __all__ = ["MetricWarning", "confidence_change", "deletion_insertion", "evaluate", "evaluate_maps", "image_source",
-           "road", "subset"]
+           "insertion_blur", "road", "subset"]
 
 MAP_SHARE = 0.3  # share of a chunk's progress given to its maps (the rest: the metrics' passes)
 BLUR_SHARE = 0.05  # share of the progress given to measuring insertion's blur, when it is measured
@@ -195,6 +195,52 @@ def image_source(images: Any) -> tuple[int, Callable[[int], Any]]:
             raise ImageError("no images were given (an empty list): give at least one image")
         return len(images), lambda i: images[i]
     return 1, lambda i: images
+
+
+# ------------------------------------------------------------------------------------- insertion's blur
+
+def insertion_blur(model: ModelSpec, images: Any, targets: int | Sequence[int] | None = None,
+                   ladder: Sequence[float] = BLUR_LADDER, fraction: float = BLUR_FRACTION,
+                   padding: str = "zeros", chunks: Callable[[], Any] | None = None) -> BlurChoice:
+    """The insertion blur for ``model`` on ``images`` (any form ``evaluate`` takes): the smallest sigma of
+    ``ladder`` whose RISE-blurred copy (``rise_blur``) gets a probability for the class (``targets``; default
+    each image's predicted class), averaged over the images, below ``fraction`` of the images' own average;
+    the largest when none does (``BlurChoice.meaningful`` is then False: insertion is flagged). One pass of
+    each image and of each blurred copy. ``chunks``: an iterable of (model inputs, targets or None) to use
+    instead of loading ``images`` (``evaluate`` passes its own)."""
+    ladder = tuple(sorted(float(s) for s in ladder))
+    if not ladder or not 0 < fraction <= 1:
+        raise ValueError("give at least one sigma and a fraction in (0, 1]")
+    if chunks is None:
+        count, item = image_source(images)
+        wanted = None if targets is None else torch.as_tensor(targets, dtype=torch.long).reshape(-1)
+        if wanted is not None and wanted.numel() == 1:
+            wanted = wanted.expand(count)
+        chunks = lambda: ((as_batch(model, [item(i) for i in range(s, min(s + 16, count))]),  # noqa: E731
+                           None if wanted is None else wanted[s:s + 16]) for s in range(0, count, 16))
+    full, starts, seen = 0.0, np.zeros(len(ladder)), 0
+    for inputs, wanted_here in chunks():
+        plain, blurred = compute.run(_blurred_probabilities, model, inputs.to(model.device), wanted_here, ladder,
+                                     padding)
+        full += float(plain.sum())
+        starts += blurred.sum(axis=1)
+        seen += len(plain)
+    full, starts = full / max(1, seen), starts / max(1, seen)
+    chosen = next((s for s, p in zip(ladder, starts) if p < fraction * full), ladder[-1])
+    return BlurChoice(chosen, ladder, tuple(float(p) for p in starts), full, float(fraction), seen, padding)
+
+
+@torch.inference_mode()
+def _blurred_probabilities(model: ModelSpec, inputs: torch.Tensor, targets: torch.Tensor | None,
+                           ladder: tuple[float, ...], padding: str) -> tuple[np.ndarray, np.ndarray]:
+    """The class's probability for each image (n,) and each blurred copy (len(ladder), n)."""
+    network = model.inference_net
+    logits = network(inputs)
+    chosen = logits.argmax(dim=1) if targets is None else targets.to(inputs.device)
+    plain = logits.softmax(dim=1).gather(1, chosen[:, None])[:, 0]
+    blurred = [network(rise_blur(inputs, sigma, padding)).softmax(dim=1).gather(1, chosen[:, None])[:, 0]
+               for sigma in ladder]
+    return plain.cpu().double().numpy(), torch.stack(blurred).cpu().double().numpy()
 
 
 # ------------------------------------------------------------------------------------- the run

@@ -83,8 +83,8 @@ class DeletionMetric(PixelCurveMetric):
     constants = (
         Constant("steps", STEPS, "ours: 5% of the pixels per step; the area by the trapezoid rule over the "
                  "fraction of pixels, as RISE's auc", "a fixed number of pixels per step in RISE's code (224, one row "
-                 "of a 224² image, in its example)", "coarser steps (20 instead of 224) for speed; the areas agree to the trapezoid "
-                 "rule's error on smooth curves"),
+                 "of a 224² image, in its example)", "coarser steps (20 instead of 224) for speed; the areas agree "
+                 "to the trapezoid rule's error on smooth curves"),
         TIES,
         Constant("baseline", "the mean pixel of the model's training data", "ImageNet's mean for an ImageNet "
                  "classifier, else the mean its preprocessing subtracts", "zeros of the normalised input in RISE's "
