@@ -130,7 +130,9 @@ class InsertionMetric(PixelCurveMetric):
                  "gkern(klen=11, nsig=5)", "only in extending RISE's 11 = 2·5 + 1 to the other sigmas"),
         Constant("blur_padding", "zeros", "rise_blur: conv2d(x, kern, padding=klen // 2) on the normalised input, so "
                  "the normalisation mean lies beyond the border", "zeros (RISE's code)", "'reflect' is offered (what "
-                 "torchvision's gaussian_blur did here until now; it moves EfficientNet-Lite0's AUCs by up to 0.054)"),
+                 "torchvision's gaussian_blur did here until now): on EfficientNet-Lite0 at B4 over the 19 photos it "
+                 "keeps the class in the σ = 5 copy (p = 0.17 of 0.34: insertion flagged) and raises insertion AUCs by "
+                 "up to 0.04"),
         Constant("fraction", BLUR_FRACTION, "ours: the measured rule's threshold and the flag's", "none: RISE does "
                  "not check its blurred copy", "an addition: insertion is flagged when the blurred copy keeps this "
                  "fraction of the images' probability or more"),
