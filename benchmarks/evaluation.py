@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `make bench` 
 
 from explainers import explain_batch, load_dataset, load_model  # noqa: E402
 from explainers.engine import batching  # noqa: E402
-from explainers.evaluation import METRICS, EvaluationSettings, evaluate_maps, subset, suggested_blur  # noqa: E402
+from explainers.evaluation import METRICS, EvaluationSettings, evaluate_maps, insertion_blur, subset  # noqa: E402
 from explainers.models.inputs import as_batch  # noqa: E402
 
 METHODS = ("gradcam", "scorecam", "clustercam")
@@ -40,7 +40,7 @@ def rows(name: str, dataset: str, count: int) -> None:
     model = load_model(name)
     images = subset(load_dataset(dataset, "test"), count)
     inputs = as_batch(model, [images[i][0] for i in range(len(images))])
-    settings = EvaluationSettings(blur_sigma=suggested_blur(model))
+    settings = EvaluationSettings(blur_sigma=insertion_blur(model, inputs).sigma)  # measured once, not timed
     batching.batch_size(model)  # measured before any timing
     fastest = min(batching.timings(model).values())
     print(f"\n{name}: {len(images)} images, batches of {batching.batch_size(model)}, fastest batched inference "

@@ -11,7 +11,7 @@ from plotly.subplots import make_subplots
 from explainers import method_info
 from explainers.display import evaluation_curves_png as curves_png
 from explainers.display import measured_time
-from explainers.evaluation import METRICS, EvaluationSettings, suggested_blur
+from explainers.evaluation import BLUR_LADDER, METRICS, EvaluationSettings
 from ui.evaluation_cache import evaluation
 from ui.image_set import current_image_key, image_set_control
 from ui.progress import progress_bar
@@ -40,15 +40,18 @@ with st.expander("Metric settings"):
                               help="Five levels (10, 30, 50, 70, 90%) or nine (every 10%, as Rong et al.). Each "
                                    "level imputes the removed pixels by solving a sparse linear system: about 2 s "
                                    "per image and method at 224x224, so it starts off for photos.")
-    sigma = columns[2].number_input("Insertion blur σ (pixels)", 1.0, 100.0, suggested_blur(model), 1.0,
-                                    key=f"eval_blur_{model.sample_dataset}",
-                                    help="Insertion starts from the image blurred by a Gaussian of this σ "
-                                         "(RISE: σ = 5 on 224-pixel photos; the 64-pixel digits need 20).")
+    sigma = columns[2].selectbox("Insertion blur σ (pixels)", ["measured", *BLUR_LADDER], key="eval_blur",
+                                 format_func=lambda s: s if isinstance(s, str) else f"{s:g} px",
+                                 help="Insertion starts from the image blurred by RISE's kernel of this σ. Measured: "
+                                      "the smallest of " + ", ".join(f"{s:g}" for s in BLUR_LADDER) + " px whose "
+                                      "blurred copy gets below half of the images' own probability for the class "
+                                      "(RISE's σ = 5 is for 224-pixel photos; it leaves a 64-pixel digit readable).")
 if chosen is None:
     st.stop()
 fractions = (0.1, 0.3, 0.5, 0.7, 0.9) if not levels.endswith("(9)") else tuple(round(0.1 * k, 1) for k in range(1, 10))
 metrics = tuple(name for name in METRICS if name != "road" or levels != "off")
-settings = EvaluationSettings(steps=int(steps), road_fractions=fractions, blur_sigma=float(sigma))
+settings = EvaluationSettings(steps=int(steps), road_fractions=fractions,
+                              blur_sigma=None if isinstance(sigma, str) else float(sigma))
 target = selection.target if chosen.kind == "current" else None
 key = (selection.model_key, block, tuple(selection.methods), chosen.key, target, settings)
 
@@ -66,9 +69,10 @@ with progress_bar():
                        chosen.images(selection), target, settings, metrics, training=selection.train_source)
     if chosen.kind == "current" or not per_image:
         here = found
-    else:  # the curves are drawn for the sidebar's image, which need not be in the set
+    else:  # the curves are drawn for the sidebar's image, which need not be in the set: with the set's blur
         here = evaluation(selection.model_key, model, block, tuple(selection.methods), current_image_key(selection),
-                          [selection.image], selection.target, settings, per_image, selection.train_source)
+                          [selection.image], selection.target, found.settings, per_image, selection.train_source)
+settings = found.settings  # the blur as measured (or chosen), for the captions
 
 shown_methods = list(dict.fromkeys(found.methods + here.methods))
 labels = {name: method_info(name).label for name in shown_methods}
@@ -133,10 +137,6 @@ def curves_figure(members, name: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def constant(c) -> str:
-    return f"{c.name} = {f'{c.value:g}' if isinstance(c.value, float) else c.value} — {c.source}"
-
-
 sections: dict[str, list] = {}  # metrics that share a heading are shown together (deletion and insertion)
 for metric in METRICS.values():
     sections.setdefault(metric.section, []).append(metric)
@@ -146,6 +146,8 @@ for title, members in sections.items():
     if not computed:
         st.info(members[0].off_note or f"{title} is off.", icon=":material/timer:")
         continue
+    for finding in dict.fromkeys(m.finding(found) for m in computed if m.finding(found)):
+        st.caption(finding)
     withheld = {m.label: reason for m in computed
                 if (reason := found.problem(m.name) or (here.problem(m.name) if m.name in here.metrics else None))}
     for label, reason in withheld.items():
@@ -170,7 +172,8 @@ for title, members in sections.items():
                                file_name=f"protoscope-{name}-curves.png", mime="image/png", key=f"png_{name}")
 
 with st.expander("The metrics' constants and where they come from"):
-    st.markdown("\n".join(f"- **{metric.label}** ({metric.reference}): {'; '.join(map(constant, metric.constants))}"
+    st.markdown("\n".join(f"- **{metric.label}** ({metric.reference}):\n"
+                           + "\n".join(f"    - {c.describe()}" for c in metric.constants)
                            for metric in METRICS.values() if metric.constants))
 
 st.subheader("Cost of each map (seed 002, Table 2)")

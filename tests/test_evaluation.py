@@ -6,22 +6,29 @@ import numpy as np
 import pytest
 import torch
 from helpers import one_thread
+from scipy.ndimage import gaussian_filter
 from torch import nn
-from torchvision.transforms.functional import gaussian_blur
 
 from explainers import explain_many, load_dataset, load_model
 from explainers.evaluation import (
+    BLUR_LADDER,
+    METRICS,
     EvaluationSettings,
+    ImputedInput,
+    MetricWarning,
     deletion_baseline,
     evaluate,
     evaluate_maps,
+    insertion_blur,
     noisy_linear_imputation,
+    rise_blur,
     subset,
     unit_scaled,
 )
 from explainers.evaluation.imputation import NEIGHBOURS
 from explainers.models.inputs import as_batch
 from explainers.models.loading import from_module
+from explainers.models.preprocess import Preprocess
 from explainers.runtime.settings import SettingValueError
 
 
@@ -146,6 +153,22 @@ def _order(heatmap: np.ndarray, seed: int) -> list[int]:
     return sorted(range(values.size), key=lambda p: (-values[p], tiebreak[p]))
 
 
+def _gkern(klen: int, nsig: float, channels: int) -> torch.Tensor:
+    """RISE's evaluation.py, gkern, written out again (for ``channels`` rather than 3)."""
+    inp = np.zeros((klen, klen))
+    inp[klen // 2, klen // 2] = 1
+    k = gaussian_filter(inp, nsig)
+    kern = np.zeros((channels, channels, klen, klen))
+    for c in range(channels):
+        kern[c, c] = k
+    return torch.from_numpy(kern.astype("float32"))
+
+
+def _rise_blur(x: torch.Tensor, klen: int, nsig: float) -> torch.Tensor:
+    """RISE's ``blur = lambda x: nn.functional.conv2d(x, kern, padding=klen//2)``."""
+    return nn.functional.conv2d(x, _gkern(klen, nsig, x.shape[1]), padding=klen // 2)
+
+
 def _dense_imputation(image: np.ndarray, removed: np.ndarray) -> np.ndarray:
     """Noise-free linear imputation by a dense solve, one pixel at a time."""
     channels, height, width = image.shape
@@ -178,7 +201,7 @@ def test_every_metric_agrees_with_a_plain_loop_over_images_and_steps(digits, dig
         found = evaluate(digits, images, names, block="B3", settings=settings)
         maps = [explain_many(digits, image, names, block="B3") for image in images]
     baseline = deletion_baseline(digits).view(-1, 1, 1)
-    blurred = gaussian_blur(images, [41, 41], [20.0, 20.0])
+    blurred = _rise_blur(images, 41, 20.0)
     pixels = 64 * 64
     for i, x in enumerate(images):
         target = int(found.targets[i])
@@ -209,6 +232,117 @@ def test_every_metric_agrees_with_a_plain_loop_over_images_and_steps(digits, dig
                     filled = _dense_imputation(x.double().numpy(), removed.reshape(64, 64))
                     expected = _probability(digits, torch.from_numpy(filled).float(), target)
                     assert getattr(found, kind)[name][i, column] == pytest.approx(expected, abs=1e-4)
+
+
+def test_the_insertion_blur_is_risés_gkern_with_zero_padding():
+    """RISE's own blur (gkern(11, 5), conv2d with zero padding klen // 2) on a constructed 3-channel image,
+    against rise_blur at sigma 5; the other sigmas extend it with klen = 2 sigma + 1."""
+    image = torch.from_numpy(np.random.default_rng(5).normal(size=(2, 3, 30, 26))).float()
+    image[:, :, 10:20, 5:9] += 3.0  # a bright block near nothing in particular
+    np.testing.assert_allclose(rise_blur(image, 5.0), _rise_blur(image, 11, 5), atol=1e-5)
+    np.testing.assert_allclose(rise_blur(image, 10.0), _rise_blur(image, 21, 10), atol=1e-5)
+    reflected = rise_blur(image, 5.0, "reflect")
+    assert torch.allclose(reflected[..., 8:-8, 8:-8], rise_blur(image, 5.0)[..., 8:-8, 8:-8], atol=1e-5)
+    assert not torch.allclose(reflected[..., :3, :3], rise_blur(image, 5.0)[..., :3, :3], atol=1e-2)  # the border
+
+
+def test_road_imputes_and_adds_its_noise_in_pixels_before_the_normalisation():
+    """One removed pixel of a constructed one-channel image, normalised with mean 0.3 and std 0.32 (the digits'):
+    in pixels it becomes the weighted mean of its neighbours' pixels plus the seeded draw of N(0, 0.01), then
+    normalised; in model units the draw is added to the normalised mean, 1/0.32 times less noise in pixels."""
+    transform = Preprocess(input_size=(5, 5), mode="L", mean=(0.3,), std=(0.32,))
+    pixels = torch.from_numpy(np.random.default_rng(6).random((1, 1, 5, 5))).float()
+    inputs = transform.model_values(pixels)
+    mask = np.zeros(25, dtype=bool)
+    mask[12] = True  # the centre, with all eight neighbours kept
+    weights = {(dy, dx): w for (dy, dx), w in NEIGHBOURS}
+    mean_pixel = sum(w * float(pixels[0, 0, 2 + dy, 2 + dx]) for (dy, dx), w in weights.items()) / sum(weights.values())
+    found = {}
+    for units in ("pixels", "model"):
+        case = ImputedInput(0, mask, seed=0)
+        case.prepare(inputs, EvaluationSettings(road_noise=0.01, road_units=units), transform)
+        found[units] = case.imputed
+        draw = float(np.random.default_rng(case.seed).normal(0.0, 0.01, size=(1, 1))[0, 0])
+    assert float(found["pixels"][0, 2, 2]) == pytest.approx((mean_pixel + draw - 0.3) / 0.32, abs=1e-6)
+    assert float(found["model"][0, 2, 2]) == pytest.approx((mean_pixel - 0.3) / 0.32 + draw, abs=1e-6)
+    kept = torch.from_numpy(~mask.reshape(5, 5))
+    assert torch.equal(found["pixels"][0][kept], inputs[0, 0][kept])  # kept pixels exactly as they were
+
+
+def _blurred_probability(model, images: torch.Tensor, sigma: float, targets: torch.Tensor) -> float:
+    klen = 2 * int(round(sigma)) + 1
+    with torch.no_grad():
+        probabilities = model.net(_rise_blur(images, klen, sigma)).softmax(dim=1)
+    return float(probabilities.gather(1, targets[:, None]).mean())
+
+
+@pytest.mark.parametrize("name", ["digits", "digits_marked"])
+def test_the_measured_blur_is_the_smallest_that_hides_the_class(name):
+    """The rule, checked by recomputing the blurred copies with RISE's code here: the chosen sigma's copy scores
+    below half of the images' own probability on average, the next smaller sigma's does not; on digits that is
+    not RISE's 5 (a 64-pixel digit stays readable). ``digits_marked`` goes through the same rule (no name)."""
+    model = load_model(name)
+    images = subset(load_dataset(name, "test"), 20)
+    inputs = as_batch(model, [image for image, _ in images])
+    with one_thread():
+        choice = insertion_blur(model, images)
+        with torch.no_grad():
+            full_probabilities = model.net(inputs).softmax(dim=1)
+    targets = full_probabilities.argmax(dim=1)
+    full = float(full_probabilities.max(dim=1).values.mean())
+    assert choice.full == pytest.approx(full, abs=1e-4) and choice.meaningful
+    assert _blurred_probability(model, inputs, choice.sigma, targets) < 0.5 * full
+    smaller = [s for s in BLUR_LADDER if s < choice.sigma]
+    if smaller:
+        assert _blurred_probability(model, inputs, smaller[-1], targets) >= 0.5 * full
+    if name == "digits":
+        assert choice.sigma > 5.0
+    with one_thread():
+        found = evaluate_maps(model, inputs[:4], {"random": np.random.default_rng(0).random((4, *model.input_size))},
+                              metrics=("insertion",))
+    assert found.blur is not None and found.settings.blur_sigma == found.blur.sigma
+
+
+class ConstantModel(nn.Module):
+    """Logits (0, 1) whatever the input: no blur can hide its class."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = nn.Conv2d(1, 1, 1)
+        self.fc = nn.Linear(1, 2)
+        with torch.no_grad():
+            self.fc.weight.zero_()
+            self.fc.bias.copy_(torch.tensor([0.0, 1.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.block(x).mean(dim=(1, 2, 3))[:, None])
+
+
+def test_insertion_is_flagged_in_the_api_when_no_blur_hides_the_class():
+    model = from_module(ConstantModel(), "constant", input_size=(16, 16), blocks=["block"])
+    images = torch.from_numpy(np.random.default_rng(7).random((2, 1, 16, 16))).float()
+    maps = {"random": np.random.default_rng(8).random((2, 16, 16))}
+    with one_thread(), pytest.warns(MetricWarning, match="Insertion cannot rank the maps here"):
+        found = evaluate_maps(model, images, maps, targets=1, metrics=("deletion", "insertion"))
+    assert found.blur is not None and not found.blur.meaningful and found.blur.sigma == max(BLUR_LADDER)
+    problem = found.problems()["insertion"]
+    assert problem == found.insertion_problem() == found.blur.problem
+    assert "even the strongest blur" in problem and "Metric settings" not in problem and "*" not in problem
+    assert "deletion" not in found.problems()
+
+
+def test_every_metric_states_its_constants_and_the_papers():
+    for metric in METRICS.values():
+        assert metric.constants, metric.name
+        for constant in metric.constants:
+            assert constant.source and constant.describe().startswith(f"{constant.name} = ")
+    named = {metric.name: {c.name: c for c in metric.constants} for metric in METRICS.values()}
+    assert {"blur_sigma", "blur kernel", "blur_padding", "ties"} <= set(named["insertion"])
+    assert named["insertion"]["blur_padding"].value == EvaluationSettings.parameter("blur_padding").default == "zeros"
+    assert named["road"]["road_units"].value == EvaluationSettings().road_units == "pixels"
+    assert EvaluationSettings().blur_sigma is None  # measured
+    for name in ("blur kernel", "blur_padding", "blur_sigma"):
+        assert named["insertion"][name].paper and named["insertion"][name].differs
 
 
 # ------------------------------------------------------------------------------- sharing and the full run
@@ -272,6 +406,10 @@ def test_the_evaluation_page_scores_the_current_image():
     assert (road_table["gap"] == road_table["lerf"] - road_table["morf"]).all()
     assert timing.set_index("method").loc["Score-CAM", "forwards"] > 1
     assert any("distinct perturbed inputs" in m.value for m in app.markdown)
+    assert any("Insertion's blur is measured" in c.value and "chosen: the smallest σ = 20 px" in c.value
+               for c in app.caption)
+    constants = " ".join(m.value for m in app.markdown)
+    assert "blur_padding = zeros" in constants and "road_units = pixels" in constants and "**differs**" in constants
 
 
 def test_on_a_photo_road_starts_off_and_says_how_to_turn_it_on():
@@ -290,9 +428,13 @@ def test_the_evaluation_page_runs_a_dataset_set_on_request_and_withholds_a_blind
     app.radio(key="eval_images").set_value("dataset").run()
     app.number_input(key="eval_count").set_value(4).run()
     assert not app.dataframe, "a set of several images runs only when asked"
-    app.number_input(key="eval_blur_digits").set_value(5.0).run()  # RISE's sigma leaves a 64-px digit readable
+    app.selectbox(key="eval_blur").set_value(5.0).run()  # RISE's sigma leaves a 64-px digit readable
     app.button(key="eval_run").click().run()
     assert not app.exception, app.exception
     assert any("4 test images of digits" in m.value for m in app.markdown)
-    assert any("Insertion is not shown" in w.value for w in app.warning)
+    model = load_model("digits")
+    with one_thread(), pytest.warns(MetricWarning):  # the API says it in the same words
+        api = evaluate(model, subset(load_dataset("digits", "test"), 4), ["gradcam"], "B4",
+                       metrics=("deletion", "insertion"), settings=EvaluationSettings(blur_sigma=5.0))
+    assert any(w.value == f"Insertion is not shown: {api.insertion_problem()}." for w in app.warning)
     assert list(app.dataframe[1].value.columns) == ["method", "deletion"]

@@ -8,7 +8,17 @@ class each in the registry ``METRICS``, and sanity checks by weight randomisatio
     confidence_change(model, images, ["gradcam", "scorecam", "clustercam"], block="B4")
     randomization_check(model, images, ["gradcam", "spectral_residual"], block="B4", mode="cascading").table
 """
-from .faithfulness import confidence_change, deletion_insertion, evaluate, evaluate_maps, road, subset
+from .blur import BLUR_FRACTION, BLUR_LADDER, BlurChoice, rise_blur, rise_kernel
+from .faithfulness import (
+    MetricWarning,
+    confidence_change,
+    deletion_insertion,
+    evaluate,
+    evaluate_maps,
+    insertion_blur,
+    road,
+    subset,
+)
 from .imputation import noisy_linear_imputation
 from .metrics import (
     METRICS,
@@ -49,14 +59,15 @@ from .sanity import (
     randomization_check,
     randomized_models,
 )
-from .settings import EvaluationSettings, suggested_blur
+from .settings import EvaluationSettings
 
 __all__ = [
+    "BLUR_FRACTION", "BLUR_LADDER", "BlurChoice", "MetricWarning", "insertion_blur", "rise_blur", "rise_kernel",
     "GROUPS", "METRICS", "SANITY_MODES", "THRESHOLD", "BaselineInput", "BlurredInput", "ConfidenceMetric", "Constant",
     "DeletedInput", "DeletionMetric", "Evaluation", "EvaluationSettings", "ImputedInput", "InsertedInput",
     "InsertionMetric", "MappedImage", "Metric", "Perturbation", "PerturbationPlan", "PixelCurveMetric", "PlainInput",
     "RandomizationResult", "RoadMetric", "ScaledInput", "Score", "confidence_change", "deletion_baseline",
     "deletion_insertion", "evaluate", "evaluate_maps", "layer_groups", "noisy_linear_imputation", "pixel_order",
     "randomization_check", "randomized_models", "register_metric", "removal_mask", "road", "step_counts", "subset",
-    "suggested_blur", "unit_scaled",
+    "unit_scaled",
 ]

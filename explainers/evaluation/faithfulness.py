@@ -11,9 +11,10 @@ scores and their direction, its constants and where they come from, and the pert
   or restored into (insertion) the image in the order of the map, in a fixed number of steps;
   the target's probability after each step is a curve over the fraction of pixels, its area by
   the trapezoid rule. Deletion replaces pixels by a constant, the mean of the model's training
-  data; insertion starts from a blurred copy (RISE's Gaussian, kernel 11, sigma 5 pixels, for
-  photographs; ``suggested_blur``), and its curves are withheld when the blurred copy still shows
-  the class (``Evaluation.insertion_problem``).
+  data; insertion starts from a blurred copy (RISE's kernel and zero padding, ``blur``), its sigma
+  measured per model and images (``insertion_blur``: the smallest of 5, 10, 20, 40 pixels whose
+  blurred copy scores below half of the images' probability), and it is flagged when even the
+  strongest blur still shows the class (``Evaluation.problems``, and a ``MetricWarning``).
 - ROAD (Rong et al. 2022, *Remove and Debias*): the most (MoRF) or least (LeRF) relevant fraction
   of the pixels removed and filled in by noisy linear imputation (``imputation``), for several
   fractions: the probability after MoRF removal should fall fast, after LeRF removal stay high.
@@ -35,8 +36,10 @@ difference between two copies.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -52,17 +55,24 @@ from ..models import ModelSpec
 from ..models.inputs import as_batch
 from ..runtime import compute
 from ..runtime.errors import DatasetError, ImageError, UserInputError
-from ..runtime.progress import Progress, current_listener, reporting, scaled
+from ..runtime.progress import Progress, current_listener, report, reporting, scaled
 from ..runtime.settings import UnknownSettingError
+from .blur import BLUR_FRACTION, BLUR_LADDER, BlurChoice, rise_blur
 from .imputation import ROAD_NOISE
-from .metrics import METRICS, ROAD_FRACTIONS, STEPS, MappedImage, Metric
+from .metrics import BLUR_SIGMA, METRICS, ROAD_FRACTIONS, STEPS, MappedImage, Metric
 from .perturbation import PerturbationPlan, PlainInput, run_plan
 from .result import Evaluation
 from .settings import EvaluationSettings
 
-__all__ = ["confidence_change", "deletion_insertion", "evaluate", "evaluate_maps", "image_source", "road", "subset"]
+__all__ = ["MetricWarning", "confidence_change", "deletion_insertion", "evaluate", "evaluate_maps", "image_source",
+           "insertion_blur", "road", "subset"]
 
 MAP_SHARE = 0.3  # share of a chunk's progress given to its maps (the rest: the metrics' passes)
+BLUR_SHARE = 0.05  # share of the progress given to measuring insertion's blur, when it is measured
+
+
+class MetricWarning(UserWarning):
+    """A metric computed by ``evaluate`` cannot rank the maps here (``Evaluation.problems`` says why)."""
 
 
 # ------------------------------------------------------------------------------------- public entry points
@@ -81,6 +91,9 @@ def evaluate(model: ModelSpec, images: Any, methods: Sequence[str], block: str =
     metrics' distinct perturbed inputs run batched (module docstring). A method that does not apply,
     or fails on an image (its own check), is left out with the reason in ``failures``.
     ``progress`` (default: the listener of ``explainers.runtime.progress.reporting``) hears the fraction done.
+    With ``settings.blur_sigma`` None (the default), insertion's blur is measured on these images first
+    (``insertion_blur``; ``Evaluation.blur``). A metric that cannot rank the maps here (insertion from a
+    blurred copy that still shows the class) is flagged: ``Evaluation.problems()``, and a ``MetricWarning``.
     """
     chosen = [method_info(name).name for name in methods]  # unknown names refused here
     stray = [name for name in (method_settings or {}) if name not in chosen]
@@ -133,10 +146,14 @@ def deletion_insertion(model: ModelSpec, images: Any, methods: Sequence[str], bl
                        method_settings: MethodSettings | None = None, progress: Progress | None = None, *,
                        training: str | DatasetSpec | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """RISE's deletion and insertion: the table of mean AUCs per method (``method``, ``deletion``,
-    ``insertion``) and every curve (``Evaluation.curves``)."""
+    ``insertion``) and every curve (``Evaluation.curves``). Insertion's blur is measured (``insertion_blur``);
+    when even the strongest keeps the class, a ``MetricWarning`` says so and the table's
+    ``attrs["problems"]`` holds the reason."""
     found = evaluate(model, images, methods, block, targets, ("deletion", "insertion"),
                      EvaluationSettings(steps=steps), method_settings, progress, training=training)
-    return found.auc_table(), found.curves()
+    table = found.auc_table()
+    table.attrs["problems"] = found.problems()
+    return table, found.curves()
 
 
 def road(model: ModelSpec, images: Any, methods: Sequence[str], block: str = "B4",
@@ -180,6 +197,52 @@ def image_source(images: Any) -> tuple[int, Callable[[int], Any]]:
     return 1, lambda i: images
 
 
+# ------------------------------------------------------------------------------------- insertion's blur
+
+def insertion_blur(model: ModelSpec, images: Any, targets: int | Sequence[int] | None = None,
+                   ladder: Sequence[float] = BLUR_LADDER, fraction: float = BLUR_FRACTION,
+                   padding: str = "zeros", chunks: Callable[[], Any] | None = None) -> BlurChoice:
+    """The insertion blur for ``model`` on ``images`` (any form ``evaluate`` takes): the smallest sigma of
+    ``ladder`` whose RISE-blurred copy (``rise_blur``) gets a probability for the class (``targets``; default
+    each image's predicted class), averaged over the images, below ``fraction`` of the images' own average;
+    the largest when none does (``BlurChoice.meaningful`` is then False: insertion is flagged). One pass of
+    each image and of each blurred copy. ``chunks``: an iterable of (model inputs, targets or None) to use
+    instead of loading ``images`` (``evaluate`` passes its own)."""
+    ladder = tuple(sorted(float(s) for s in ladder))
+    if not ladder or not 0 < fraction <= 1:
+        raise ValueError("give at least one sigma and a fraction in (0, 1]")
+    if chunks is None:
+        count, item = image_source(images)
+        wanted = None if targets is None else torch.as_tensor(targets, dtype=torch.long).reshape(-1)
+        if wanted is not None and wanted.numel() == 1:
+            wanted = wanted.expand(count)
+        chunks = lambda: ((as_batch(model, [item(i) for i in range(s, min(s + 16, count))]),  # noqa: E731
+                           None if wanted is None else wanted[s:s + 16]) for s in range(0, count, 16))
+    full, starts, seen = 0.0, np.zeros(len(ladder)), 0
+    for inputs, wanted_here in chunks():
+        plain, blurred = compute.run(_blurred_probabilities, model, inputs.to(model.device), wanted_here, ladder,
+                                     padding)
+        full += float(plain.sum())
+        starts += blurred.sum(axis=1)
+        seen += len(plain)
+    full, starts = full / max(1, seen), starts / max(1, seen)
+    chosen = next((s for s, p in zip(ladder, starts) if p < fraction * full), ladder[-1])
+    return BlurChoice(chosen, ladder, tuple(float(p) for p in starts), full, float(fraction), seen, padding)
+
+
+@torch.inference_mode()
+def _blurred_probabilities(model: ModelSpec, inputs: torch.Tensor, targets: torch.Tensor | None,
+                           ladder: tuple[float, ...], padding: str) -> tuple[np.ndarray, np.ndarray]:
+    """The class's probability for each image (n,) and each blurred copy (len(ladder), n)."""
+    network = model.inference_net
+    logits = network(inputs)
+    chosen = logits.argmax(dim=1) if targets is None else targets.to(inputs.device)
+    plain = logits.softmax(dim=1).gather(1, chosen[:, None])[:, 0]
+    blurred = [network(rise_blur(inputs, sigma, padding)).softmax(dim=1).gather(1, chosen[:, None])[:, 0]
+               for sigma in ladder]
+    return plain.cpu().double().numpy(), torch.stack(blurred).cpu().double().numpy()
+
+
 # ------------------------------------------------------------------------------------- the run
 
 @dataclass
@@ -214,11 +277,20 @@ def _run(model: ModelSpec, block: str, images: Any, targets: int | Sequence[int]
     count, item = image_source(images)
     wanted = _targets(targets, count)
     listener = progress or current_listener()
+    size = _chunk_size(model)
+    blur = None
+    if settings.blur_sigma is None:
+        if any(metric.name == "insertion" for metric in chosen):
+            blur = insertion_blur(model, images, padding=settings.blur_padding, chunks=lambda: (
+                (as_batch(model, [item(i) for i in range(s, min(s + size, count))]),
+                 None if wanted is None else wanted[s:s + size]) for s in range(0, count, size)))
+            report(BLUR_SHARE, 1.0, "Evaluation: insertion's blur measured", listener)
+            listener = scaled(listener, BLUR_SHARE, 1.0)
+        settings = dataclasses.replace(settings, blur_sigma=blur.sigma if blur else BLUR_SIGMA)
     result = Evaluation(model=model.name, block=block, methods=[], metrics=tuple(m.name for m in chosen),
                         settings=settings, targets=np.zeros(0, dtype=np.int64), original=np.zeros(0),
-                        pixels=model.input_size[0] * model.input_size[1], failures=failures)
+                        pixels=model.input_size[0] * model.input_size[1], failures=failures, blur=blur)
     parts: list[tuple[_Maps, _Scores]] = []
-    size = _chunk_size(model)
     for start in range(0, count, size):
         stop = min(start + size, count)
         stage = scaled(listener, start / count, stop / count)
@@ -228,6 +300,8 @@ def _run(model: ModelSpec, block: str, images: Any, targets: int | Sequence[int]
         scores = _score(model, inputs, maps.targets, live, chosen, settings, scaled(stage, MAP_SHARE, 1))
         parts.append((maps, scores))
     _gather(result, parts, [name for name in names if name not in failures])
+    for name, reason in result.problems().items():
+        warnings.warn(f"{METRICS[name].label} cannot rank the maps here: {reason}.", MetricWarning, stacklevel=3)
     return result
 
 

@@ -21,12 +21,15 @@ import torch
 from scipy import sparse
 from scipy.sparse.linalg import splu
 
-__all__ = ["NEIGHBOURS", "ROAD_NOISE", "noisy_linear_imputation"]
+__all__ = ["NEIGHBOURS", "ROAD_NOISE", "ROAD_UNITS", "noisy_linear_imputation"]
 
 # (row offset, column offset) -> weight: Rong et al.'s neighbourhood.
 NEIGHBOURS = (((-1, -1), 1 / 12), ((-1, 0), 1 / 6), ((-1, 1), 1 / 12), ((0, -1), 1 / 6),
               ((0, 1), 1 / 6), ((1, -1), 1 / 12), ((1, 0), 1 / 6), ((1, 1), 1 / 12))
-ROAD_NOISE = 0.01  # the authors' default standard deviation of the added noise
+ROAD_NOISE = 0.01  # the authors' default standard deviation of the added noise, in [0, 1] pixel units
+# Where the imputation runs and its noise is added: "pixels" ([0, 1], before the model's normalisation: the
+# authors' code imputes the unnormalised image) or "model" (the normalised input, where the noise is 1/std larger).
+ROAD_UNITS = ("pixels", "model")
 
 
 def noisy_linear_imputation(image: torch.Tensor | np.ndarray, removed: torch.Tensor | np.ndarray,

@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Hashable
 
 import numpy as np
 import torch
-from torchvision.transforms.functional import gaussian_blur
 
 from ..data.datasets import imagenet_classes
 from ..engine import batching
 from ..models import ModelSpec
-from ..models.preprocess import IMAGENET_MEAN
+from ..models.preprocess import IMAGENET_MEAN, Preprocess
 from ..runtime import compute
 from ..runtime.progress import Progress, report
+from .blur import rise_blur
 from .imputation import noisy_linear_imputation
 
 if TYPE_CHECKING:
@@ -83,16 +83,15 @@ def digest(array: np.ndarray) -> bytes:
 @dataclass
 class ChunkTensors:
     """What a chunk's perturbations are built from, on the model's device: the ``inputs`` (n, C, H, W), their
-    ``blurred`` copies (RISE's insertion start) and deletion's ``baseline`` (C, 1, 1)."""
+    ``blurred`` copies (RISE's insertion start, ``rise_blur``) and deletion's ``baseline`` (C, 1, 1)."""
 
     inputs: torch.Tensor
     blurred: torch.Tensor
     baseline: torch.Tensor
 
 
-def _chunk_tensors(inputs: torch.Tensor, baseline: torch.Tensor, kernel: int, sigma: float) -> ChunkTensors:
-    blurred = gaussian_blur(inputs, [kernel, kernel], [sigma, sigma])  # RISE's insertion start, per channel
-    return ChunkTensors(inputs, blurred, baseline.view(-1, 1, 1))
+def _chunk_tensors(inputs: torch.Tensor, baseline: torch.Tensor, sigma: float, padding: str) -> ChunkTensors:
+    return ChunkTensors(inputs, rise_blur(inputs, sigma, padding), baseline.view(-1, 1, 1))
 
 
 class Perturbation:
@@ -111,8 +110,9 @@ class Perturbation:
         self.image = image
         self.key: Hashable = (image, type(self).__name__, *detail)
 
-    def prepare(self, inputs: torch.Tensor, settings: EvaluationSettings) -> None:
-        """Work before the batch goes to the compute thread, from the chunk's CPU ``inputs``; none by default."""
+    def prepare(self, inputs: torch.Tensor, settings: EvaluationSettings, units: Preprocess | None = None) -> None:
+        """Work before the batch goes to the compute thread, from the chunk's CPU ``inputs`` (model input values;
+        ``units``, the model's ``Preprocess``, converts them to [0, 1] pixels and back); none by default."""
 
     def build(self, shared: ChunkTensors) -> torch.Tensor:
         """The input itself (C, H, W), from the chunk's ``shared`` tensors."""
@@ -178,7 +178,10 @@ class InsertedInput(Perturbation):
 
 class ImputedInput(Perturbation):
     """ROAD's input: the pixels of ``mask`` (flat, H x W) removed and filled in by noisy linear imputation
-    (``prepare``, in the planning thread). The noise is seeded by ``seed`` and by what is removed, so two
+    (``prepare``, in the planning thread), in [0, 1] pixels before the model's normalisation as the authors'
+    code does (``settings.road_units`` "pixels"; "model": in the normalised input). The imputation itself is
+    the same either way (a weighted mean commutes with the normalisation); the noise's standard deviation is
+    ``settings.road_noise`` in those units. The noise is seeded by ``seed`` and by what is removed, so two
     maps that remove the same pixels share one input."""
 
     def __init__(self, image: int, mask: np.ndarray, seed: int) -> None:
@@ -188,10 +191,17 @@ class ImputedInput(Perturbation):
         self.seed = (seed << 64) | int.from_bytes(key[:8], "little")
         self.imputed: torch.Tensor | None = None
 
-    def prepare(self, inputs: torch.Tensor, settings: EvaluationSettings) -> None:
-        if self.imputed is None:
-            self.imputed = noisy_linear_imputation(inputs[self.image], self.mask.reshape(inputs.shape[-2:]),
-                                                   settings.road_noise, self.seed)
+    def prepare(self, inputs: torch.Tensor, settings: EvaluationSettings, units: Preprocess | None = None) -> None:
+        if self.imputed is not None:
+            return
+        x, removed = inputs[self.image], self.mask.reshape(inputs.shape[-2:])
+        if settings.road_units == "model" or units is None:
+            self.imputed = noisy_linear_imputation(x, removed, settings.road_noise, self.seed)
+            return
+        pixels = units.pixel_values(x[None].double())[0]
+        filled = units.model_values(noisy_linear_imputation(pixels, removed, settings.road_noise,
+                                                            self.seed)[None].double())[0].float()
+        self.imputed = torch.where(torch.from_numpy(removed), filled, x)  # kept pixels exactly as they were
 
     def build(self, shared: ChunkTensors) -> torch.Tensor:
         assert self.imputed is not None, "run_plan prepares every input before building it"
@@ -229,8 +239,11 @@ def run_plan(model: ModelSpec, inputs: torch.Tensor, targets: torch.Tensor, plan
     network = model.inference_net
     size = batching.batch_size(model)
     # On the model's device; ROAD's imputation reads the CPU copy (scipy), and its results go to the device in build.
+    if settings.blur_sigma is None:
+        raise ValueError("run_plan needs a blur_sigma: evaluate measures it first (insertion_blur)")
     shared = compute.run(_chunk_tensors, inputs.to(model.device), deletion_baseline(model).to(model.device),
-                         settings.blur_kernel, settings.blur_sigma)
+                         settings.blur_sigma, settings.blur_padding)
+    units = model.transform
     values = np.zeros(len(plan.inputs))
     timing = {"passes": 0.0, "preparation": 0.0}
     total = len(plan.inputs)
@@ -247,7 +260,7 @@ def run_plan(model: ModelSpec, inputs: torch.Tensor, targets: torch.Tensor, plan
             batch = plan.inputs[start:start + size]
             began = time.perf_counter()
             for perturbation in batch:
-                perturbation.prepare(inputs, settings)
+                perturbation.prepare(inputs, settings, units)
             timing["preparation"] += time.perf_counter() - began
             if pending is not None:
                 collect(*pending)

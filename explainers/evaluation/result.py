@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .blur import BlurChoice
 from .metrics import METRICS, PixelCurveMetric
 from .perturbation import step_counts
 from .settings import EvaluationSettings
@@ -26,7 +27,9 @@ class Evaluation:
     ``cost[m]``: the map's seconds, forward and backward passes per image. ``failures``: methods left
     out, and why. ``inputs_run`` distinct perturbed inputs of ``inputs_requested`` went through the
     network, in ``pass_seconds`` of network time; preparing inputs off the compute thread (ROAD's
-    imputation) took ``imputation_seconds``; the metrics ``metric_seconds`` in all.
+    imputation) took ``imputation_seconds``; the metrics ``metric_seconds`` in all. ``blur``: what
+    ``insertion_blur`` measured when the insertion blur was left to it (``settings.blur_sigma`` is then the
+    sigma it chose), else None. ``problems()``: each computed metric that cannot rank the maps here, and why.
     """
 
     model: str
@@ -46,6 +49,7 @@ class Evaluation:
     imputation_seconds: float = 0.0
     metric_seconds: float = 0.0
     map_seconds: float = 0.0
+    blur: BlurChoice | None = None
 
     def __post_init__(self) -> None:
         for metric in METRICS.values():
@@ -86,6 +90,10 @@ class Evaluation:
         """Why ``metric``'s result cannot rank the maps here (``Metric.problem``), or None."""
         self._needs(metric)
         return METRICS[metric].problem(self)
+
+    def problems(self) -> dict[str, str]:
+        """Every computed metric whose result cannot rank the maps here: metric -> why (``Metric.problem``)."""
+        return {name: reason for name in self.metrics if (reason := METRICS[name].problem(self))}
 
     def curve_table(self, metrics: Sequence[str] | None = None, column: str = "curve") -> pd.DataFrame:
         """Every curve of ``metrics`` (default: every metric computed that has curves), long format: ``method``,

@@ -6,12 +6,12 @@ from typing import Any
 
 import numpy as np
 
-from ..models import ModelSpec
 from ..runtime.settings import DeclaredParameters, Setting, SettingValueError
-from .imputation import ROAD_NOISE
-from .metrics import BLUR_SIGMA, ROAD_FRACTIONS, STEPS
+from .blur import BLUR_LADDER, BLUR_PADDINGS
+from .imputation import ROAD_NOISE, ROAD_UNITS
+from .metrics import ROAD_FRACTIONS, STEPS
 
-__all__ = ["EvaluationSettings", "OpenSetting", "suggested_blur"]
+__all__ = ["EvaluationSettings", "OpenSetting"]
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,11 @@ class OpenSetting(Setting):
 
 @dataclass(frozen=True)
 class EvaluationSettings(DeclaredParameters):
-    """How the metrics perturb: ``steps`` of deletion/insertion, ROAD's removal ``road_fractions`` and
-    imputation ``road_noise``, the insertion start's Gaussian ``blur_sigma`` (pixels), and the ``seed``
+    """How the metrics perturb: ``steps`` of deletion/insertion, ROAD's removal ``road_fractions``, imputation
+    ``road_noise`` and the units it is added in (``road_units``: "pixels", [0, 1] before the model's
+    normalisation, as the authors; or "model", the normalised input), the insertion start's blur
+    ``blur_sigma`` (pixels; None, the default: measured per model and images by ``insertion_blur``) and what
+    lies beyond the border while blurring (``blur_padding``: RISE's "zeros" or "reflect"), and the ``seed``
     of tie-breaking and of ROAD's noise. Each is declared once in ``parameters`` (its range and help) and
     checked there: a value outside raises ``SettingValueError`` (a ``UserInputError``) saying what is accepted.
     Where the defaults come from: each metric's ``constants``."""
@@ -58,30 +61,26 @@ class EvaluationSettings(DeclaredParameters):
                 high=1000, label="Deletion / insertion steps"),
         OpenSetting("road_fractions", float, ROAD_FRACTIONS, "The fractions of the pixels ROAD removes", low=0.0,
                     high=1.0, open_low=True, open_high=True, many=True, label="ROAD removal levels"),
-        Setting("road_noise", float, ROAD_NOISE, "Standard deviation of the noise added to ROAD's imputed pixels",
-                low=0.0, label="ROAD noise"),
-        OpenSetting("blur_sigma", float, BLUR_SIGMA, "Insertion starts from the image blurred by a Gaussian of this "
-                    "σ, in pixels", low=0.0, high=100.0, open_low=True, label="Insertion blur σ (pixels)"),
+        Setting("road_noise", float, ROAD_NOISE, "Standard deviation of the noise added to ROAD's imputed pixels, "
+                "in road_units", low=0.0, label="ROAD noise"),
+        Setting("road_units", str, ROAD_UNITS[0], "Where ROAD imputes and adds its noise: pixels in [0, 1] before "
+                "the model's normalisation (the authors'), or the normalised model input", choices=ROAD_UNITS,
+                label="ROAD noise units"),
+        OpenSetting("blur_sigma", float, None, "Insertion starts from the image blurred by RISE's kernel of this "
+                    f"σ, in pixels; None: the smallest of {', '.join(f'{s:g}' for s in BLUR_LADDER)} that hides the "
+                    "class (insertion_blur)", low=0.0, high=100.0, open_low=True, label="Insertion blur σ (pixels)"),
+        Setting("blur_padding", str, BLUR_PADDINGS[0], "Beyond the border while blurring: zeros (the normalisation "
+                "mean, RISE's code) or the image reflected", choices=BLUR_PADDINGS, label="Insertion blur padding"),
         Setting("seed", int, 0, "Seed of the order of tied pixels and of ROAD's noise", low=0),
     )
 
     steps: int = STEPS
     road_fractions: tuple[float, ...] = ROAD_FRACTIONS
     road_noise: float = ROAD_NOISE
-    blur_sigma: float = BLUR_SIGMA
+    road_units: str = ROAD_UNITS[0]
+    blur_sigma: float | None = None
+    blur_padding: str = BLUR_PADDINGS[0]
     seed: int = 0
 
     def __post_init__(self) -> None:
         self.validate_parameters()
-
-    @property
-    def blur_kernel(self) -> int:
-        """The Gaussian's support, 2 sigma + 1 pixels as RISE's (kernel 11 for sigma 5)."""
-        return 2 * int(round(self.blur_sigma)) + 1
-
-
-def suggested_blur(model: ModelSpec) -> float:
-    """The insertion blur sigma for ``model``'s pictures: RISE's 5 pixels for photographs; 20 for the
-    digits, whose 8x8 cells are drawn at 64x64, so that sigma 5 leaves them readable (measured on 50
-    test digits: the blurred copy keeps p = 0.96 of the class at sigma 5, 0.15, chance, at sigma 20)."""
-    return 20.0 if model.sample_dataset == "digits" else BLUR_SIGMA

@@ -37,13 +37,24 @@ class Score:
 
 @dataclass(frozen=True)
 class Constant:
-    """A number (or choice) a metric is defined with, and where it comes from (``source``: the paper, the
-    authors' code, or a measurement here). When ``EvaluationSettings`` can change it, ``value`` is the
-    default of its parameter of the same ``name``."""
+    """A number (or choice) a metric is defined with: ``value`` (ours; when ``EvaluationSettings`` can change it,
+    the default of its parameter of the same ``name``), ``source`` (where it comes from), ``paper`` (the paper's
+    or its authors' code's value; None where they set none) and ``differs`` (where and why ours differs from
+    it; "" where it does not)."""
 
     name: str
     value: Any
     source: str
+    paper: Any = None
+    differs: str = ""
+
+    def describe(self) -> str:
+        """One line: the value, the paper's, and the difference (Markdown)."""
+        value = f"{self.value:g}" if isinstance(self.value, float) else self.value
+        text = f"{self.name} = {value} — {self.source}"
+        if self.paper is not None:
+            text += f"; the paper's: {self.paper}"
+        return text + (f"; **differs**: {self.differs}" if self.differs else "")
 
 
 @dataclass
@@ -124,6 +135,10 @@ class Metric:
     def problem(self, found: Evaluation) -> str | None:
         """Why this metric's result cannot rank the maps of ``found``, or None."""
         return None
+
+    def finding(self, found: Evaluation) -> str:
+        """What was measured to set this metric up for ``found`` (insertion's blur), for the page; "" if nothing."""
+        return ""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"

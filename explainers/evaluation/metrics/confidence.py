@@ -30,11 +30,12 @@ class ConfidenceMetric(Metric):
               Score("increase", "increase (%)", higher_is_better=True, format="%.1f"))
     arrays = ("masked",)
     constants = (
-        Constant("H", "s(Up(map)), min-max scaled to [0, 1]", "seed 002, eqs. 9 and 23; a constant map is all ones"),
+        Constant("H", "s(Up(map)), min-max scaled to [0, 1]", "unit_scaled", "seed 002, eqs. 9 and 23",
+                 "only where the paper is silent: a constant map is all ones (min-max would be 0/0)"),
         Constant("X o H", "the normalised input times H", "as pytorch-grad-cam, and as Score-CAM's and Cluster-CAM's "
-                                                           "own masks here, seed 002 eq. 19"),
-        Constant("drop", "relative, max(0, S(X) - S(X o H)) / S(X)", "seed 002, eq. 23; pytorch-grad-cam's is "
-                                                                     "absolute and signed"),
+                 "own masks here", "seed 002 eq. 19's masking"),
+        Constant("drop", "relative, max(0, S(X) - S(X o H)) / S(X)", "seed 002, eq. 23", "seed 002, eq. 23",
+                 "not from the paper; pytorch-grad-cam's is absolute and signed"),
     )
 
     def plan(self, plan: PerturbationPlan, case: MappedImage) -> dict[str, int | list[int]]:
