@@ -362,8 +362,8 @@ def _job_parsers(commands: Any) -> None:
     evaluate.add_argument("--metrics", type=_listed, default=list(METRICS), help=f"among {', '.join(METRICS)}")
     evaluate.add_argument("--block", default="B4")
     evaluate.add_argument("--steps", type=int, default=20, help="deletion / insertion steps")
-    evaluate.add_argument("--blur", type=float, default=None, help="insertion blur sigma in pixels (default: "
-                                                                  "20 for digits, 5 for photos)")
+    evaluate.add_argument("--blur", type=float, default=None, help="insertion blur sigma in pixels (default: measured "
+                                                                  "for the model and images, as the page does)")
     evaluate.add_argument("--out", type=Path, required=True)
     evaluate.add_argument("--overwrite", action="store_true")
     _engine_arguments(evaluate)
@@ -405,9 +405,7 @@ def run_job(args: argparse.Namespace) -> int:
                                     _options(args), args.overwrite, args.batch, progress=progress)
             where = args.out
         elif args.command == "evaluate":
-            settings = EvaluationSettings(steps=args.steps, **({"blur_sigma": args.blur} if args.blur else {}))
-            if args.blur is None and args.model in ("digits", "digits_marked"):
-                settings = EvaluationSettings(steps=args.steps, blur_sigma=20.0)  # suggested_blur's, without a load
+            settings = EvaluationSettings(steps=args.steps, blur_sigma=args.blur)  # None: measured for the folder
             report = evaluate_folder(args.model, args.images, args.methods, args.out, args.block, args.metrics,
                                      settings, _options(args), args.overwrite, progress=progress)
             where = args.out

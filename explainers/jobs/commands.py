@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,12 +19,12 @@ import pandas as pd
 
 from ..data import load_dataset
 from ..display import evaluation_curves_png, maps_sheet, sanity_curves_png
-from ..evaluation import METRICS, EvaluationSettings, randomization_check
+from ..evaluation import METRICS, EvaluationSettings, insertion_blur, randomization_check
 from ..fitted import fit_prototypes, store
 from ..fitted.features import FeatureCache
 from ..methods import method_info
 from ..models import load_model
-from ..runtime import UserInputError
+from ..runtime import ImageError, UserInputError
 from ..runtime.progress import Progress, report
 from .engines import EngineOptions, open_engine
 from .evaluations import gather, load_part, save_part
@@ -146,6 +146,8 @@ def evaluate_folder(model: str, sources: Sequence[str], methods: Sequence[str], 
         raise UserInputError(f"unknown metric {', '.join(unknown) or '(none)'}: choose among {', '.join(METRICS)}")
     settings = settings or EvaluationSettings()
     refs = list_images(sources, split)
+    if settings.blur_sigma is None and "insertion" in metrics:
+        settings = _measured_blur(model, refs, settings, options)
     folder = OutputFolder(out, {"command": "evaluate", "model": model, "methods": methods, "block": block,
                                 "metrics": list(metrics), "settings": repr(settings), "batch": batch_size,
                                 "images": [ref.name for ref in refs]}, ("parts",), overwrite)
@@ -230,6 +232,27 @@ def _stage(progress: Progress | None, low: float, high: float, prefix: str = "")
         return None
     listener = progress
     return lambda fraction, text: listener(low + (high - low) * fraction, prefix + text)
+
+
+BLUR_SAMPLE = 256  # images the insertion blur is measured on, evenly spread over the folder
+
+
+def _measured_blur(model: str, refs: Sequence[ImageRef], settings: EvaluationSettings,
+                   options: EngineOptions) -> EvaluationSettings:
+    """``settings`` with the insertion blur measured once for the whole folder (``insertion_blur``: the
+    evaluation's own rule), on at most ``BLUR_SAMPLE`` of its images, evenly spread: every batch, on
+    any engine, then blurs alike, and a resumed job measures the same sigma (its settings are its key)."""
+    step = max(1, len(refs) // BLUR_SAMPLE)
+    images = []
+    for ref in list(refs)[::step][:BLUR_SAMPLE]:
+        try:
+            images.append(load_ref(ref))
+        except ImageError:
+            continue  # listed as skipped by the job itself
+    if not images:
+        return settings
+    choice = insertion_blur(load_model(model, device=options.device), images, padding=settings.blur_padding)
+    return replace(settings, blur_sigma=choice.sigma)
 
 
 def sanity_folder(model: str, sources: Sequence[str], methods: Sequence[str], out: Path, block: str = "B4",
