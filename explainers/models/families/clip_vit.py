@@ -10,6 +10,8 @@ which ``explainers.runtime.attention`` writes out per request, so rollout, Chefe
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,13 +22,16 @@ from .transformers import TokenGrid, Transformer, TransformerFamily, depth_paths
 
 __all__ = ["OpenCLIPFamily"]
 
+# duck-typed: open_clip classes read by attribute (torch types nn.Module.__getattr__ as Tensor | Module), so the
+# adapter takes the network and its image tower as Any where it reads their submodules.
+
 
 def _open_clip_vit(module: object) -> bool:
     return any(cls.__name__ == "VisionTransformer" and cls.__module__ == "open_clip.transformer"
                for cls in type(module).__mro__)
 
 
-def _standard_blocks(visual: nn.Module) -> bool:
+def _standard_blocks(visual: Any) -> bool:
     """Every block is open_clip's ``ResidualAttentionBlock`` around an ``nn.MultiheadAttention``."""
     return all(isinstance(getattr(block, "attn", None), nn.MultiheadAttention)
                for block in visual.transformer.resblocks)
@@ -43,7 +48,7 @@ class OpenCLIPFamily(TransformerFamily):
     def matches(self, net: nn.Module) -> bool:
         return _open_clip_vit(getattr(net, "visual", None)) and isinstance(getattr(net, "head", None), nn.Linear)
 
-    def block_paths(self, net: nn.Module, probe_result: Probe) -> list[str]:
+    def block_paths(self, net: Any, probe_result: Probe) -> list[str]:
         visual = net.visual
         if visual.attn_pool is not None:
             raise UserInputError("this open_clip image tower pools its tokens with attention (CoCa's attentional "
@@ -53,7 +58,7 @@ class OpenCLIPFamily(TransformerFamily):
             return depth_paths("visual.transformer.resblocks", count, f"visual.transformer.resblocks.{count - 1}")
         return depth_paths("visual.transformer.resblocks", count, "visual.ln_post")
 
-    def fit_input(self, net: nn.Module, input_size: tuple[int, int]) -> None:
+    def fit_input(self, net: Any, input_size: tuple[int, int]) -> None:
         size = tuple(net.visual.image_size)
         if tuple(input_size) != size:
             raise UserInputError(f"this CLIP image tower takes {size[0]}x{size[1]} images only (its position "
@@ -62,9 +67,10 @@ class OpenCLIPFamily(TransformerFamily):
     def with_classes(self, net: nn.Module, num_classes: int) -> nn.Module:
         raise UserInputError("a CLIP model's classes come from text prompts: load it with classes=[...] instead")
 
-    def transformer(self, net: nn.Module, paths: dict[str, str]) -> Transformer:
+    def transformer(self, net: Any, paths: dict[str, str]) -> Transformer:
         visual = net.visual
-        grid = tuple(int(s) for s in visual.grid_size)
+        grid_size = tuple(int(s) for s in visual.grid_size)
+        grid = (grid_size[0], grid_size[1])
         layers = list(visual.transformer.resblocks)
         reads_token = visual.pool_type == "tok"
 

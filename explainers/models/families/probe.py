@@ -87,6 +87,7 @@ def check_blocks(net: nn.Module, paths: list[str], probe_result: Probe) -> None:
                              "(N, C, H, W).")
     sizes = [probe_result.size(path) for path in paths]
     for (shallow, a), (deep, b) in zip(zip(paths, sizes), zip(paths[1:], sizes[1:])):
+        assert a is not None and b is not None  # each block was checked above to give a feature map
         if not (b[0] <= a[0] and b[1] <= a[1] and b[0] * b[1] < a[0] * a[1]):
             raise BlockError(f"blocks must go from shallow to deep at decreasing resolutions: {shallow} gives "
                              f"{a[0]}x{a[1]} and {deep} after it {b[0]}x{b[1]}.")

@@ -6,6 +6,7 @@ timm is imported only where it is needed (``explainers`` runs without it)."""
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 from torch import nn
 
@@ -16,6 +17,9 @@ from .probe import Probe
 
 __all__ = ["is_timm", "is_timm_resnet", "timm_block_types", "timm_blocks", "timm_blocks_known",
            "timm_efficientnet_pairs", "timm_resnet_blocks_only", "timm_with_classes"]
+
+# duck-typed: timm classes read by attribute (torch types nn.Module.__getattr__ as Tensor | Module), so the
+# helpers below hold the network (or what they read of it) as Any where they read its submodules.
 
 
 def is_timm(net: nn.Module) -> bool:
@@ -58,7 +62,7 @@ def timm_block_types() -> tuple[type, ...]:
     return DepthwiseSeparableConv, InvertedResidual
 
 
-def timm_blocks_known(net: nn.Module) -> bool:
+def timm_blocks_known(net: Any) -> bool:
     """Every block of the timm EfficientNet is one whose forward ``TimmResidualCanonizer`` rewrites."""
     known = timm_block_types()
     blocks = [block for stage in net.blocks for block in stage]
@@ -83,7 +87,7 @@ def timm_blocks(net: nn.Module, probe_result: Probe) -> list[str]:
     """From timm's ``feature_info`` (module and reduction of each stage): the last module per reduction,
     the four deepest. B4 continues to the last top-level module that still runs at the same resolution
     before the pooling (EfficientNet's ``conv_head``/``bn2``): the feature map the classifier pools."""
-    info = getattr(net, "feature_info", None)
+    info: Any = getattr(net, "feature_info", None)
     entries = info.get_dicts() if hasattr(info, "get_dicts") else list(info or [])
     per_reduction: dict[int, str] = {}
     for entry in entries:
@@ -107,6 +111,6 @@ def timm_blocks(net: nn.Module, probe_result: Probe) -> list[str]:
 
 def timm_with_classes(net: nn.Module, num_classes: int) -> nn.Module:
     """A copy of a timm model with an ``num_classes``-way classifier (timm's ``reset_classifier``)."""
-    twin = without_hooks(copy.deepcopy(net))
+    twin: Any = without_hooks(copy.deepcopy(net))
     twin.reset_classifier(num_classes)
     return twin.eval()

@@ -3,6 +3,8 @@ digits ResNet, ResNet (torchvision's and timm's), VGG, DenseNet, EfficientNet (t
 EfficientNet-Lite), MobileNet, ConvNeXt and RegNet."""
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 from torchvision.models import VGG, ConvNeXt, DenseNet, EfficientNet, MobileNetV2, MobileNetV3, RegNet, ResNet
 from torchvision.models.densenet import _DenseLayer
@@ -111,7 +113,8 @@ class VGGFamily(Family):
                 and isinstance(getattr(net, "classifier", None), (nn.Sequential, nn.Linear))
                 and sum(isinstance(m, nn.MaxPool2d) for m in features) >= 2)
 
-    def block_paths(self, net: nn.Module, probe_result: Probe) -> list[str]:
+    def block_paths(self, net: Any, probe_result: Probe) -> list[str]:
+        # duck-typed: a torchvision VGG or a features/classifier stack read by attribute
         # A VGG conv stage ends with its max pool; the last four stages are B1..B4.
         return [f"features.{i}" for i, m in enumerate(net.features) if isinstance(m, nn.MaxPool2d)][-4:]
 
@@ -234,7 +237,7 @@ class RegNetFamily(Family):
     def matches(self, net: nn.Module) -> bool:
         return isinstance(net, RegNet)
 
-    def block_paths(self, net: nn.Module, probe_result: Probe) -> list[str]:
+    def block_paths(self, net: Any, probe_result: Probe) -> list[str]:  # duck-typed: RegNet read by attribute
         return [f"trunk_output.{name}" for name, _ in net.trunk_output.named_children()][-4:]
 
     def lrp_gap(self, net: nn.Module) -> str | None:

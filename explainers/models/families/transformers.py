@@ -17,7 +17,7 @@ global token-to-token attention map. The attention maps themselves come from ``e
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -27,6 +27,8 @@ from ...runtime.errors import BlockError, UserInputError
 from .base import MODEL_FAMILIES, Family
 from .probe import BLOCK_NAMES, Probe
 
+# duck-typed: timm/torchvision classes read by attribute (torch types nn.Module.__getattr__ as Tensor | Module),
+# so the adapters below take the network as Any where they read its submodules.
 __all__ = ["ResidualStream", "SwinFamily", "TimmViTFamily", "TokenGrid", "TorchvisionViTFamily", "Transformer",
            "TransformerFamily", "depth_paths", "register_transformer_family"]
 
@@ -141,7 +143,7 @@ def _timm_class(net: nn.Module, module: str, name: str) -> bool:
     return any(cls.__name__ == name and cls.__module__ == module for cls in type(net).__mro__)
 
 
-def _fit_timm(net: nn.Module, input_size: tuple[int, int], what: str) -> None:
+def _fit_timm(net: Any, input_size: tuple[int, int], what: str) -> None:
     """timm's own resampling of the position embedding (``set_input_size``) for another input size."""
     current = tuple(getattr(net.patch_embed, "img_size", None) or ())
     if current == tuple(input_size) or getattr(net, "dynamic_img_size", False):
@@ -162,20 +164,21 @@ class TimmViTFamily(TransformerFamily):
     def matches(self, net: nn.Module) -> bool:
         return _timm_class(net, "timm.models.vision_transformer", "VisionTransformer")
 
-    def block_paths(self, net: nn.Module, probe_result: Probe) -> list[str]:
+    def block_paths(self, net: Any, probe_result: Probe) -> list[str]:
         return depth_paths("blocks", len(net.blocks), "norm")
 
     def fit_input(self, net: nn.Module, input_size: tuple[int, int]) -> None:
         _fit_timm(net, input_size, "ViT")
 
     def with_classes(self, net: nn.Module, num_classes: int) -> nn.Module:
-        twin = super().with_classes(net, 1)  # a copy without hooks; timm rebuilds its head(s)
+        twin: Any = super().with_classes(net, 1)  # a copy without hooks; timm rebuilds its head(s)
         twin.reset_classifier(num_classes)
         return twin.eval()
 
-    def transformer(self, net: nn.Module, paths: dict[str, str]) -> Transformer:
+    def transformer(self, net: Any, paths: dict[str, str]) -> Transformer:
         prefix = int(net.num_prefix_tokens)
-        grid = tuple(int(s) for s in net.patch_embed.grid_size)
+        grid_size = tuple(int(s) for s in net.patch_embed.grid_size)
+        grid = (grid_size[0], grid_size[1])
         distilled = getattr(net, "head_dist", None) is not None
         reads_token = net.global_pool == "token"
         readout = ([0, 1] if distilled else [0]) if reads_token else None
@@ -206,18 +209,18 @@ class TorchvisionViTFamily(TransformerFamily):
     def matches(self, net: nn.Module) -> bool:
         return isinstance(net, VisionTransformer)
 
-    def block_paths(self, net: nn.Module, probe_result: Probe) -> list[str]:
+    def block_paths(self, net: Any, probe_result: Probe) -> list[str]:
         names = [f"encoder.layers.{name}" for name, _ in net.encoder.layers.named_children()]
         quarter = depth_paths("x", len(names), "encoder.ln")
         return [names[int(p.split(".")[1])] for p in quarter[:3]] + [quarter[3]]
 
-    def fit_input(self, net: nn.Module, input_size: tuple[int, int]) -> None:
+    def fit_input(self, net: Any, input_size: tuple[int, int]) -> None:
         if tuple(input_size) != (net.image_size, net.image_size):
             raise UserInputError(f"torchvision's VisionTransformer takes {net.image_size}x{net.image_size} images "
                                  f"only (its position embedding is fixed), not {input_size[0]}x{input_size[1]}; "
                                  "load it with that input size, or use timm's ViT, which resamples it")
 
-    def transformer(self, net: nn.Module, paths: dict[str, str]) -> Transformer:
+    def transformer(self, net: Any, paths: dict[str, str]) -> Transformer:
         side = net.image_size // net.patch_size
         grid = (side, side)
         layers = list(net.encoder.layers)
@@ -238,7 +241,7 @@ def _linear_scale(module: nn.Module) -> bool:
     return isinstance(module, nn.Identity) or (type(module).__name__ == "LayerScale" and hasattr(module, "gamma"))
 
 
-def _timm_stream(net: nn.Module) -> ResidualStream:
+def _timm_stream(net: Any) -> ResidualStream:
     """timm's ``Block``: x + ls1(attn(norm1(x))), then x + ls2(mlp(norm2(x))); ``norm``, the pooling, ``fc_norm``,
     ``head``. Anything else between W_O and the stream, or after the final norm, that is not linear is refused."""
     reasons = []
@@ -259,8 +262,10 @@ def _timm_stream(net: nn.Module) -> ResidualStream:
         reasons.append(f"its final norm is a {type(net.norm).__name__}, not a LayerNorm")
     if not isinstance(net.fc_norm, (nn.Identity, nn.LayerNorm)) or not isinstance(net.head, nn.Linear):
         reasons.append("its head is not a (LayerNorm +) linear layer")
-    return ResidualStream(start=net.norm_pre, mlps=[getattr(b, "ls2", None) for b in blocks],
-                          scales=[getattr(b, "ls1", None) for b in blocks], norm=net.norm, pooled_norm=net.fc_norm,
+    # None where a block is not timm's Block: ``reason`` then says so and the stream is not read.
+    mlps: list[Any] = [getattr(b, "ls2", None) for b in blocks]
+    scales: list[Any] = [getattr(b, "ls1", None) for b in blocks]
+    return ResidualStream(start=net.norm_pre, mlps=mlps, scales=scales, norm=net.norm, pooled_norm=net.fc_norm,
                           head=net.head if isinstance(net.head, nn.Linear) else None,
                           reason="; ".join(reasons) or None)
 
@@ -292,7 +297,7 @@ class SwinFamily(TransformerFamily):
     def matches(self, net: nn.Module) -> bool:
         return isinstance(net, SwinTransformer) or _timm_class(net, "timm.models.swin_transformer", "SwinTransformer")
 
-    def block_paths(self, net: nn.Module, probe_result: Probe) -> list[str]:
+    def block_paths(self, net: Any, probe_result: Probe) -> list[str]:
         if _timm_class(net, "timm.models.swin_transformer", "SwinTransformer"):
             return [f"layers.{i}" for i in range(len(net.layers))][-4:-1] + ["norm"]
         return [f"features.{i}" for i in (1, 3, 5)] + ["norm"]
