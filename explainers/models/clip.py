@@ -141,8 +141,10 @@ def _prompts(prompt: str, names: list[str]) -> list[str]:
     return [prompt.replace("{class}", "{}").replace("{}", name) for name in names]
 
 
+# duck-typed: open_clip classes read by attribute (torch types nn.Module.__getattr__ as Tensor | Module), so the
+# functions below take the CLIP model or its image tower as Any.
 @torch.no_grad()
-def text_embeddings(clip: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+def text_embeddings(clip: Any, tokens: torch.Tensor) -> torch.Tensor:
     """``clip.encode_text(tokens)``, computed on the tokens up to the longest prompt's end only.
 
     Exact, not an approximation: CLIP's text transformer is causal (its ``attn_mask`` lets a token see
@@ -167,7 +169,7 @@ def text_embeddings(clip: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def zero_shot_head(clip: nn.Module, tokenizer: Any, names: list[str], prompt: str = PROMPT) -> nn.Linear:
+def zero_shot_head(clip: Any, tokenizer: Any, names: list[str], prompt: str = PROMPT) -> nn.Linear:
     """The linear head of zero-shot classification: weight row j = exp(logit_scale) * t_j / |t_j|, t_j the text
     embedding of the prompt for class j; bias = CLIP's logit bias where it has one (SigLIP), else 0."""
     texts = _prompts(prompt, names)
@@ -181,7 +183,7 @@ def zero_shot_head(clip: nn.Module, tokenizer: Any, names: list[str], prompt: st
     return head.eval()
 
 
-def _preprocess(visual: nn.Module) -> Preprocess:
+def _preprocess(visual: Any) -> Preprocess:
     """open_clip's evaluation transform (``image_transform_v2`` with its preprocess config): the shorter side to
     the input size, centre crop (``resize_mode`` "shortest"), or a squash; its interpolation, mean and std."""
     cfg = dict(getattr(visual, "preprocess_cfg", {}) or {})

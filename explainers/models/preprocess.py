@@ -63,6 +63,7 @@ class Preprocess:
         return TF.InterpolationMode(self.interpolation)
 
     def _resized(self, image: Image.Image) -> Image.Image:
+        assert self.resize is not None  # geometry calls this only when there is a resize
         height, width = (self.resize, self.resize) if isinstance(self.resize, int) else self.resize
         if self.crop_mode == "squash":
             return TF.resize(image, [height, width], self._interpolation, antialias=True)

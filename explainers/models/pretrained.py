@@ -67,6 +67,7 @@ def timm_model(name: str, weights: str | None = "DEFAULT", input_size: tuple[int
     if weights not in (None, "DEFAULT"):
         raise UserInputError(f"timm models take weights='DEFAULT' (pretrained, from the local cache) or None (random), "
                              f"not {weights!r}; name a pretrained tag in the name instead (timm:{base}.<tag>).")
+    net: Any  # duck-typed: timm's model read by attribute (pretrained_cfg, num_classes)
     if weights is None:
         net = timm.create_model(name, pretrained=False)
         card = {"weights": "random (weights=None)"}
@@ -119,6 +120,7 @@ def _timm_cached_weights(name: str) -> tuple[dict[str, torch.Tensor], str]:
                 found = Path(hit)
                 break
     if found is None and cfg.url:
+        assert isinstance(cfg.url, str)  # timm types it str | tuple[str, str]; a URL string is what is read here
         candidate = torch_cache / cfg.url.rsplit("/", 1)[-1].split("?")[0]
         found = candidate if candidate.is_file() else None
     if found is None:

@@ -123,7 +123,8 @@ class ModelSpec:
 
     def _probe(self) -> None:
         probe = trace(self, self.probe_inputs(1))
-        self._block_shapes = {name: tuple(a.shape[1:]) for name, a in probe.activations.items()}
+        self._block_shapes = {name: (int(a.shape[1]), int(a.shape[2]), int(a.shape[3]))  # (C, h, w)
+                              for name, a in probe.activations.items()}
         last = probe.activations[BLOCK_NAMES[len(self.blocks) - 1]]
         fits = last.shape[1] == self.classifier.in_features
         if fits:
@@ -150,7 +151,8 @@ def model_spec(name: str, net: nn.Module, preprocess: Preprocess, classes: list[
     """The ModelSpec of ``net``: its family adapter (``family`` names one, else the first that matches),
     its blocks (checked: each runs once per forward, at decreasing resolutions), and one probe pass.
     ``sample_dataset`` names the built-in image set that suits its input (``ModelSpec.sample_dataset``)."""
-    adapter = families.family_named(family) if family in families.MODEL_FAMILIES else _family(net)
+    adapter = (families.family_named(family) if family is not None and family in families.MODEL_FAMILIES
+               else _family(net))
     if hasattr(adapter, "fit_input"):  # a transformer's position embedding, for the input size (before the probe)
         adapter.fit_input(net, preprocess.input_size)
     modules = find_blocks(net, adapter.name, preprocess, blocks)

@@ -28,8 +28,9 @@ __all__ = ["DIGITS_VIT_CARD", "DIGITS_VIT_CONFIG", "DIGITS_VIT_WEIGHTS", "digits
 DIGITS_VIT_WEIGHTS = ASSETS / "digits_vit.pt"
 DIGITS_VIT_CARD = ASSETS / "digits_vit.json"
 # timm.models.vision_transformer.VisionTransformer keyword arguments.
-DIGITS_VIT_CONFIG = dict(img_size=64, patch_size=8, in_chans=1, num_classes=10, embed_dim=64, depth=4, num_heads=4,
-                         mlp_ratio=2.0, class_token=False, global_pool="avg", fc_norm=False)
+DIGITS_VIT_CONFIG: dict[str, Any] = dict(img_size=64, patch_size=8, in_chans=1, num_classes=10, embed_dim=64,
+                                         depth=4, num_heads=4, mlp_ratio=2.0, class_token=False, global_pool="avg",
+                                         fc_norm=False)
 
 
 def digits_vit_network(num_classes: int = 10) -> nn.Module:

@@ -103,7 +103,8 @@ def lite0_weights_file() -> Path:
     return path
 
 
-def lite0_state_dict(source: Mapping[str, torch.Tensor], net: nn.Module) -> dict[str, torch.Tensor]:
+# duck-typed: timm's EfficientNet read by attribute (torch types nn.Module.__getattr__ as Tensor | Module)
+def lite0_state_dict(source: Mapping[str, torch.Tensor], net: Any) -> dict[str, torch.Tensor]:
     """``efficientnet_pytorch`` keys -> the keys of timm's ``tf_efficientnet_lite0`` (``net``).
 
     The flat ``_blocks.N`` are timm's ``blocks.S.B`` in order; a block with an expansion
@@ -172,6 +173,7 @@ def efficientnet_lite0(weights: str | None = "DEFAULT") -> ModelSpec:
     net.eval()
     blocks = {name: net.get_submodule(path) for name, path in LITE0_BLOCKS.items()}
     assert list(blocks) == list(BLOCK_NAMES)
+    assert isinstance(net.classifier, nn.Linear)  # timm's EfficientNet classifier
     spec = ModelSpec(name="efficientnet_lite0", net=net, blocks=blocks,
                      block_paths={name: module_path(net, module) for name, module in blocks.items()},
                      classifier=net.classifier, transform=lite0_transform(), classes=list(imagenet_classes()),
