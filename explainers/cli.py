@@ -108,7 +108,7 @@ SHIPPED_MANIFEST = "shipped.json"
 TRAINABLE = {"digits": (DIGITS_WEIGHTS, DIGITS_CARD), "digits_marked": (DIGITS_MARKED_WEIGHTS, DIGITS_MARKED_CARD),
              "digits_vit": (DIGITS_VIT_WEIGHTS, DIGITS_VIT_CARD)}
 # The models that are not a DigitsResNet trained on the dataset of their name: (network, dataset, epochs, lr, what).
-OTHER_NETWORKS = {"digits_vit": (
+OTHER_NETWORKS: dict[str, tuple[Callable[[], nn.Module], str, int, float, str]] = {"digits_vit": (
     digits_vit_network, "digits", 60, 3e-3,
     f"timm VisionTransformer({', '.join(f'{k}={v!r}' for k, v in DIGITS_VIT_CONFIG.items())})")}
 
@@ -195,6 +195,7 @@ def train_digits(model: str = "digits", epochs: int = 40, seed: int = 0, batch_s
     training loss of the first and the last epoch."""
     out = out or TRAINABLE[model][0]
     card = card or TRAINABLE[model][1]
+    network: Callable[[], nn.Module]
     network, dataset, architecture = DigitsResNet, model, (f"DigitsResNet(widths={list(DIGITS_WIDTHS)}, "
                                                             f"depths={list(DIGITS_DEPTHS)}, BasicBlock)")
     if model in OTHER_NETWORKS:
@@ -245,6 +246,8 @@ def ship_prototypes(model_name: str = "digits", out: Path = PROTOTYPES) -> list[
 
 def _ship_prototypes(model_name: str, out: Path) -> list[Path]:
     model = load_model(model_name, device="cpu")  # shipped files are the CPU's, as the tests refit them
+    if model.dataset is None:
+        raise UserInputError(f"{model_name} names no dataset to fit its prototypes on")
     train, test = load_dataset(model.dataset, "train"), load_dataset(model.dataset, "test")
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -283,6 +286,8 @@ def ship_qsenn(model_name: str = "digits", out: Path = ASSETS / "qsenn") -> Path
     before is removed, other models' are left alone (``record_shipped``). Nothing is read from any cache: the
     features go to a temporary feature cache, deleted after (what a fresh machine would compute)."""
     model = load_model(model_name, device="cpu")  # shipped files are the CPU's, as the tests refit them
+    if model.dataset is None:
+        raise UserInputError(f"{model_name} names no dataset to fit Q-SENN on")
     train = load_dataset(model.dataset, "train")
     recipe = QSENNRecipe(model, train, QSENN())
     with FeatureCache(model, train, persistent=False) as features:

@@ -218,10 +218,12 @@ def _spec_of(model: ModelSpec, net: nn.Module, randomised: list[str]) -> ModelSp
     """``model``'s description over the copy ``net``: the same block and classifier paths. The block
     shapes and whether the head is GAP + linear are the architecture's, so they are the original's."""
     classifier = next(path for path, module in model.net.named_modules() if module is model.classifier)
+    head = net.get_submodule(classifier)
+    assert isinstance(head, nn.Linear)  # the copy's module at the original's classifier path
     return replace(
         model, name=f"{model.name} (randomised: {', '.join(randomised)})", net=net,
         blocks={name: net.get_submodule(path) for name, path in model.block_paths.items()},
-        classifier=net.get_submodule(classifier), card={**model.card, "randomised": list(randomised)},
+        classifier=head, card={**model.card, "randomised": list(randomised)},
         _fingerprint=None, _block_shapes=dict(model.block_shapes), _gap_head=model.gap_head, _inference_net=None,
         _lazy=threading.Lock())
 
@@ -417,7 +419,8 @@ class _Plan:
         return scaled(self.listener, done / total, (done + 1) / total), done + 1, total
 
 
-def _targets(model: ModelSpec, inputs: torch.Tensor, target: Any) -> int | list[int] | None:
+def _targets(model: ModelSpec, inputs: torch.Tensor, target: Any
+             ) -> int | np.integer | torch.Tensor | list[int] | None:
     """``target`` as ``trace`` takes it: None (each image's predicted class), one class, or one per image,
     where a None in a sequence is that image's class as the original model predicts it (one forward)."""
     if target is None or isinstance(target, (int, np.integer)) or isinstance(target, torch.Tensor):

@@ -43,7 +43,7 @@ def scaled(listener: Progress | None, low: float, high: float) -> Progress | Non
     return lambda fraction, text: listener(low + (high - low) * min(max(fraction, 0.0), 1.0), text)
 
 
-def report(done: int, total: int, text: str, listener: Progress | None = None) -> None:
+def report(done: float, total: float, text: str, listener: Progress | None = None) -> None:
     """Tell ``listener`` (default: the one set by ``reporting``) that ``done`` of ``total`` steps are done."""
     listener = listener or _LISTENER.get()
     if listener is not None and total > 0:
