@@ -76,7 +76,10 @@ with right:
 
 st.header("Pages")
 st.markdown("- **Saliency** — maps of where the network looks, side by side, for the chosen class and depth: "
-            "the CAM family from one shared forward/backward pass, with each method's cost.\n"
+            "the CAM family from one shared forward/backward pass, with each method's cost; on a vision "
+            "transformer also attention rollout, Chefer's relevance, LeGrad, TEXTSPAN and CHILI.\n"
+            "- **Heads** — a vision transformer's layer × head grid: each head's share of the class's logit "
+            "(TEXTSPAN), its own map, and CHILI's object weights.\n"
             "- **Cluster-CAM** — the block's channels in k-means clusters, the input masked by each cluster's mean, "
             "and the best (cognition-base, green) and worst (cognition-scissors, red) combined; Q + 1 forward passes.\n"
             "- **Segments** — every pixel at the chosen depth assigned to its nearest k-means prototype (B4, B34, "
@@ -89,7 +92,9 @@ st.markdown("- **Saliency** — maps of where the network looks, side by side, f
             "- **Evaluation** — which map to trust: confidence drop and increase, deletion and insertion curves, "
             "ROAD and each method's cost, over this image or many.\n"
             "- **Sanity checks** — does a map change when the network's weights are destroyed? Maps and their "
-            "similarity to the original as the layers are randomised (Adebayo et al. 2018).")
+            "similarity to the original as the layers are randomised (Adebayo et al. 2018).\n"
+            "- **Side by side** — a CNN and a vision transformer on the same image (by default the digits ResNet "
+            "and the digits ViT), with the methods both take.")
 
 st.header("Methods")
 st.table([{"method": f"**{method_info(n).label}**  \n`{n}`", "family": method_info(n).family,

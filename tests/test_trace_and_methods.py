@@ -24,7 +24,7 @@ from explainers import (
     explain_many,
     load_model,
     method_info,
-    methods,
+    method_names,
     trace,
 )
 from explainers.methods import cam as cam_methods
@@ -49,7 +49,7 @@ def close(a: np.ndarray, b: np.ndarray, tol: float = 1e-5) -> bool:
 # --- registry ----------------------------------------------------------------------------------
 
 def test_registry_has_the_cam_family_with_the_right_flags():
-    registered = methods()
+    registered = method_names()
     assert set(ALL_METHODS) <= set(registered)
     assert len(registered) == len(set(registered))
     for name in ALL_METHODS:
