@@ -159,6 +159,27 @@ def check_sanity(page) -> None:
     assert "Spectral residual does not depend on the model's weights" in text, "the image-only method is not flagged"
 
 
+def check_vit_saliency(page) -> None:
+    check_no_exception(page)
+    check_images_loaded(page, minimum=7)  # the input and six panels: Grad-CAM, LeGrad, rollout, Chefer, TEXTSPAN, CHILI
+    text = page.locator('[data-testid="stMain"]').inner_text()
+    for label in ("LeGrad", "TEXTSPAN", "CHILI"):
+        assert label in text, f"no {label} panel on digits_vit:\n{text[:800]}"
+
+
+def check_heads(page) -> None:
+    check_no_exception(page)
+    page.locator('[data-testid="stPlotlyChart"]').first.wait_for(state="visible", timeout=60_000)
+    assert "head" in page.locator('[data-testid="stMain"]').inner_text().lower()
+
+
+def check_compare(page) -> None:
+    check_no_exception(page)
+    check_images_loaded(page, minimum=4)  # each model's input and at least one map each
+    text = page.locator('[data-testid="stMain"]').inner_text()
+    assert "digits_vit" in text and "digits" in text, text[:600]
+
+
 def check_images_loaded(page, minimum: int) -> None:
     """At least ``minimum`` images shown, every one loaded from the media endpoint (a busy
     machine renders the page's elements some seconds after the script finished)."""
@@ -196,6 +217,12 @@ PAGES = [
     Page("?model=digits_marked", "marked_overview", check_marked_overview),
     Page("concepts?model=digits_marked&source=dataset&split=test&cls=3&index=0", "marked_concepts",
          check_marked_concepts),
+    # Vision transformers (issue 20): the built-in ViT's attention and decomposition maps, its heads, and a CNN
+    # beside it.
+    Page("saliency?model=digits_vit&block=B4&methods=gradcam,legrad,rollout,chefer,textspan,chili", "vit_saliency",
+         check_vit_saliency),
+    Page("heads?model=digits_vit", "heads", check_heads),
+    Page("compare?model=digits", "compare", check_compare),
 ]
 
 
