@@ -39,3 +39,27 @@ def test_a_placement_against_a_class_without_images_is_refused_in_words_or_skips
     np.testing.assert_allclose(placed, place_by_distances(points, anchors, anchors_xy))
     with pytest.raises(UserInputError, match="no training images"):
         place_by_distances(points, np.full((2, 8), np.nan), np.full((2, 2), np.nan))
+
+
+# --- Item 2: a folder of one class --------------------------------------------------------------------
+
+def test_qsenn_refuses_one_class_in_words_before_any_work(tmp_path):
+    from explainers import load_model
+    from explainers.data import image_folder
+    from explainers.fitted import QSENN
+    from explainers.runtime import DatasetError
+
+    folder = class_folders(tmp_path / "one", ["3"], per_class=6)
+    with pytest.raises(DatasetError, match="at least two classes.*'?3'?"):
+        QSENN(n_features=5).fit(load_model("digits"), image_folder(folder, "train"))
+
+
+def test_the_concepts_page_says_a_one_class_folder_cannot_be_fitted(tmp_path):
+    folder = class_folders(tmp_path / "one", ["b"], per_class=6)
+    app = page("pages/concepts.py", model="checkpoint")
+    app.file_uploader(key="checkpoint_file").upload("three.pt", named_checkpoint(list("abc")),
+                                                    "application/octet-stream").run()
+    app.text_input(key="train_folder").set_value(str(folder)).run()
+    assert not app.exception, app.exception
+    errors = [e.value for e in app.error]
+    assert any("at least two classes" in e and "(b)" in e for e in errors), errors

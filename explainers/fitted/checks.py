@@ -98,7 +98,7 @@ def check_classes(model: ModelSpec, dataset: DatasetSpec, per_class: int, pooled
     empty = [dataset.classes[i] for i in np.flatnonzero(images == 0)]
     if empty:
         skipped = getattr(dataset, "skipped", None)
-        why = f" ({len(skipped)} unreadable files were left out)" if skipped else ""
+        why = f" ({plural(len(skipped), 'unreadable file')} left out)" if skipped else ""
         raise DatasetError(
             f"{'Class' if len(empty) == 1 else 'Classes'} {quoted(empty)} of {dataset.name} "
             f"{'has' if len(empty) == 1 else 'have'} no {dataset.split} images{why}: add images to "
