@@ -63,3 +63,68 @@ def test_the_concepts_page_says_a_one_class_folder_cannot_be_fitted(tmp_path):
     assert not app.exception, app.exception
     errors = [e.value for e in app.error]
     assert any("at least two classes" in e and "(b)" in e for e in errors), errors
+
+
+# --- Item 7: one source of class names ----------------------------------------------------------------
+
+def plain_checkpoint(classes: int = 3) -> bytes:
+    import io
+
+    import torch
+
+    from explainers.cli import DigitsResNet
+
+    torch.manual_seed(0)
+    buffer = io.BytesIO()
+    torch.save(DigitsResNet(num_classes=classes).state_dict(), buffer)
+    return buffer.getvalue()
+
+
+def test_a_plain_checkpoint_takes_its_folders_class_names_on_every_page_without_renaming_the_shared_model(tmp_path):
+    import ui.cache
+
+    folder = class_folders(tmp_path / "drinks", ["coffee", "milk", "tea"], per_class=8)
+    app = page("pages/segments.py", model="checkpoint")
+    app.file_uploader(key="checkpoint_file").upload("plain.pt", plain_checkpoint(), "application/octet-stream").run()
+    app.text_input(key="train_folder").set_value(str(folder)).run()
+    app.select_slider(key="per_class").set_value(1).run()
+    assert not app.exception and not app.error, (app.exception, [e.value for e in app.error])
+    selection = app.session_state["_selection"]
+    assert selection.model.classes == ["coffee", "milk", "tea"]
+    shared = ui.cache.get_checkpoint_model(plain_checkpoint(), "plain.pt", None, str(selection.model.device))
+    assert shared.classes == ["0", "1", "2"] and shared is not selection.model  # another session's model unchanged
+    assert shared.fingerprint == selection.model.fingerprint
+    assert any("take their names on every page" in c.value for c in app.caption)
+    texts = " ".join(m.value for m in [*app.markdown, *app.caption, *app.subheader])
+    assert "class coffee" in texts or "class milk" in texts or "class tea" in texts, texts
+    counts = app.get("plotly_chart")[0].proto.spec
+    assert '"coffee"' in counts and '"tea"' in counts
+    top = selection.top[0][0]
+    assert selection.model.class_name(top) in ("coffee", "milk", "tea")
+
+
+def test_segments_states_a_difference_between_the_network_and_the_prototypes_as_a_finding(tmp_path):
+    folder = class_folders(tmp_path / "drinks", ["coffee", "milk", "tea"], per_class=8)
+    app = page("pages/segments.py", model="checkpoint")
+    app.file_uploader(key="checkpoint_file").upload("plain.pt", plain_checkpoint(), "application/octet-stream").run()
+    app.text_input(key="train_folder").set_value(str(folder)).run()
+    app.select_slider(key="per_class").set_value(1).run()
+    seen = set()
+    for index in range(12):
+        app.number_input(key="index").set_value(index).run()
+        assert not app.exception, app.exception
+        selection = app.session_state["_selection"]
+        network = selection.model.class_name(selection.top[0][0])
+        title = next(t for t in app.get("plotly_chart")[0].proto.spec.split('"text":"')[1:]
+                     if t.startswith("pixels per class")).split('"')[0]
+        majority = title.split("predicts ")[1].split(" (eq. 10)")[0]
+        findings = [i.value for i in app.info if "the prototypes' majority" in i.value]
+        if network == majority:
+            assert not findings, (index, findings)
+        else:
+            assert len(findings) == 1 and findings[0].startswith(
+                f"**The network predicts {network}; the prototypes' majority at B4 is {majority}**"), findings
+        seen.add(network == majority)
+        if seen == {True, False}:
+            break
+    assert False in seen, "no image where the two differ: the finding was never exercised"

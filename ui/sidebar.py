@@ -9,6 +9,7 @@ its dataset's (``DatasetSpec.label_among``), a typed model name is checked by
 """
 from __future__ import annotations
 
+import hashlib
 import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +20,20 @@ from PIL import Image
 
 from explainers import UserInputError, method_info, method_names
 from explainers.data import DatasetSpec, dataset_splits, image_notes, plural
-from explainers.fitted import class_map
+from explainers.fitted import class_map, folder_class_names
 from explainers.models import MODELS, SHIPPED_MODELS, ModelSpec, model_name
 from explainers.runtime import default_device, describe_device
 
-from .cache import dataset_image, get_checkpoint_model, get_dataset, get_model, image_bytes, top_classes, uploaded_image
+from .cache import (
+    dataset_image,
+    get_checkpoint_model,
+    get_dataset,
+    get_model,
+    image_bytes,
+    named_model,
+    top_classes,
+    uploaded_image,
+)
 from .entry import HANDED_OVER, THROUGH_ENTRY, through_app
 from .url_state import PENDING, accepted, decode, notice_area, refused, seed_from_query, write_query
 
@@ -227,6 +237,10 @@ def _choose_training_images(selection: Selection) -> None:
         st.caption(f"{plural(len(dataset), 'training image')} in {plural(len(dataset.classes), 'class')}"
                    f"{_matching_note(model, dataset.classes, mapping)}.")
         selection.train_source = folder
+        names = folder_class_names(model, dataset)
+        if names:  # one source of class names for every page: this session's copy of the model takes the folder's
+            selection.model = named_model(selection.model_key, model, tuple(names))
+            selection.model_key += f":classes={hashlib.sha256(repr(names).encode()).hexdigest()[:12]}"
 
 
 def _matching_note(model: ModelSpec, classes: list[str], mapping: Sequence[int]) -> str:
@@ -235,7 +249,7 @@ def _matching_note(model: ModelSpec, classes: list[str], mapping: Sequence[int])
         return ""
     if [model.classes[i] for i in mapping] != list(classes):
         return (f"; {model.name} has no class names, so its classes 0–{model.num_classes - 1} are the folder's "
-                "sub-folders in alphabetical order")
+                "sub-folders in alphabetical order, and take their names on every page")
     subset = f" ({len(classes)} of its {model.num_classes})" if len(classes) < model.num_classes else ""
     return f", matched to {model.name}'s classes by name{subset}"
 

@@ -15,7 +15,7 @@ from .alignment import (
                         stored_alignment_table,
                         stored_projection,
 )
-from .checks import NotFittedError, class_map, model_labels
+from .checks import NotFittedError, class_map, folder_class_names, model_labels
 from .prototypes import PROTOTYPES_KIND, PrototypeExplainer, embeddings, fit_prototypes
 from .qsenn import (
                         QSENN,
@@ -31,5 +31,6 @@ from .store import Key, TrainingData, find
 
 __all__ = ["PROTOTYPES_KIND", "QSENN", "QSENN_MODES", "ConceptExplanation", "Key", "NotFittedError", "Projection",
            "PrototypeExplainer", "accuracy_models", "alignment_models", "class_map", "concept_table", "embeddings",
-           "feature_order", "find", "fit_prototypes", "fit_qsenn", "full_mode_refusal", "model_labels", "shared_qsenn",
+           "feature_order", "find", "fit_prototypes", "fit_qsenn", "folder_class_names", "full_mode_refusal",
+           "model_labels", "shared_qsenn",
            "store", "stored_accuracy_table", "stored_alignment_table", "stored_projection", "TrainingData"]
