@@ -128,3 +128,48 @@ def test_segments_states_a_difference_between_the_network_and_the_prototypes_as_
         if seen == {True, False}:
             break
     assert False in seen, "no image where the two differ: the finding was never exercised"
+
+
+# --- Item 8: messages that read as sentences ------------------------------------------------------------
+
+def test_a_truncated_checkpoint_is_called_truncated_with_what_to_do(tmp_path):
+    from explainers import load_model
+    from explainers.runtime import CheckpointError
+
+    data = plain_checkpoint()
+    for name, cut in (("half.pt", data[: len(data) // 2]), ("empty.pt", b"")):
+        (tmp_path / name).write_bytes(cut)
+        with pytest.raises(CheckpointError) as caught:
+            load_model(tmp_path / name, arch="digits")
+        message = str(caught.value)
+        assert "truncated or corrupt" in message and "again" in message and "(RuntimeError)" not in message, message
+        assert message.startswith(name)
+
+
+def test_the_misfit_message_is_sentences_with_counts_in_the_right_number(tmp_path):
+    import torch
+
+    from explainers import load_model
+    from explainers.cli import DigitsResNet
+    from explainers.runtime import CheckpointError
+
+    state = DigitsResNet(num_classes=10).state_dict()
+    del state["bn1.bias"]
+    torch.save(state, tmp_path / "one_missing.pt")
+    with pytest.raises(CheckpointError) as caught:
+        load_model(tmp_path / "one_missing.pt", arch="digits")
+    message = str(caught.value)
+    assert "1 parameter missing (e.g. bn1.bias)." in message, message
+    assert "1 parameters" not in message
+
+
+def test_a_nameless_model_and_a_folder_of_another_count_say_1_class_not_1_classes(tmp_path):
+    from explainers import load_model
+    from explainers.data import image_folder
+    from explainers.fitted import class_map
+
+    (tmp_path / "plain.pt").write_bytes(plain_checkpoint(3))
+    folder = class_folders(tmp_path / "one", ["coffee"], per_class=2)
+    with pytest.raises(UserInputError) as caught:
+        class_map(load_model(tmp_path / "plain.pt", arch="digits"), image_folder(folder, "train"))
+    assert "1 class for 3" in str(caught.value) and "1 classes" not in str(caught.value)
