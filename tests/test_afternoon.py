@@ -173,3 +173,23 @@ def test_a_nameless_model_and_a_folder_of_another_count_say_1_class_not_1_classe
     with pytest.raises(UserInputError) as caught:
         class_map(load_model(tmp_path / "plain.pt", arch="digits"), image_folder(folder, "train"))
     assert "1 class for 3" in str(caught.value) and "1 classes" not in str(caught.value)
+
+
+def test_the_concepts_table_shows_a_dash_and_says_why_instead_of_none(monkeypatch):
+    import ui.concepts
+
+    real = ui.concepts.table
+
+    def with_a_gap(*args, **kwargs):
+        rows = [dict(row) for row in real(*args, **kwargs)]
+        rows[1]["diversity@5 test (%)"] = None  # as concept_table gives a layer whose classes have < 5 features
+        return rows
+
+    monkeypatch.setattr(ui.concepts, "table", with_a_gap)
+    app = page("pages/concepts.py", model="digits")
+    assert not app.exception and not app.error
+    (table,) = app.dataframe
+    values = table.value.astype(str).to_numpy().ravel().tolist()
+    assert "None" not in values and "nan" not in values and "—" in values
+    assert any("— in diversity@5 test (%): no image's predicted class has five features" in c.value
+               for c in app.caption)

@@ -45,6 +45,22 @@ def _table(model_key: str, digest: str, _layer: QSENN, source: str, names: tuple
     return concept_table(_layer, {name: every[name] for name in names})
 
 
+BLANK = "—"
+
+
+def shown_table(rows: list[dict]) -> tuple[list[dict], list[str]]:
+    """Table 1 as the page shows it: a value the layer does not have (diversity@5 of a layer none of whose
+    classes has five features) is a dash, not "None"; and the columns that have one, for the caption."""
+    blank = sorted({key for row in rows for key, value in row.items() if value is None},
+                   key=lambda key: list(rows[0]).index(key))
+    shown = [{key: (BLANK if value is None else value) for key, value in row.items()} for row in rows]
+    for key in blank:  # one type per column: the dash's column holds text
+        for row in shown:
+            if row[key] != BLANK:
+                row[key] = f"{row[key]:.1f}"
+    return shown, blank
+
+
 def table(model_key: str, fitted: QSENN, source: str, names: tuple[str, ...]) -> list[dict]:
     """Seed 003's Table 1 for this model on the splits ``names`` (cached per layer digest)."""
     with progress_bar():
