@@ -30,10 +30,14 @@ channels = model.block_shapes[block][0]
 
 settings = method_controls("clustercam", st.columns([3, 3, 2]), prefix="cc_")  # Q, alpha, clustering
 q, alpha = settings["q"], settings["alpha"]
+with_scorecam = st.toggle(f"Compare with Score-CAM ({channels} masked passes)", key="cc_scorecam",
+                          help="Score-CAM runs one masked pass per channel of the block: seconds to a minute on a "
+                               "large network, so it runs when asked. Cluster-CAM and Grad-CAM are shown at once.")
+compared = ("clustercam", "gradcam", "scorecam") if with_scorecam else ("clustercam", "gradcam")
 
 try:
     with progress_bar():  # alpha recombines the cached parts: only Q and the clustering run passes
-        found = explanations(selection.model_key, model, selection.image_data, ("clustercam", "gradcam", "scorecam"),
+        found = explanations(selection.model_key, model, selection.image_data, compared,
                              block, selection.target, {"clustercam": settings})
 except UserInputError as error:  # a model or block the methods cannot run through, says why
     st.error(f"Cluster-CAM could not run on {model.name} at {block}: {error}. Try another depth or model.")
@@ -83,13 +87,13 @@ st.info("The **cognition-base** (green) is the cluster whose mask keeps what the
         "scores highest for the class. The **cognition-scissors** (red) scores lowest: what it keeps argues against "
         "the class, so the final map subtracts it, cutting those regions away.")
 
-st.subheader("Final heatmap beside Grad-CAM and Score-CAM of the same block")
+st.subheader("Final heatmap beside Grad-CAM" + (" and Score-CAM" if with_scorecam else "") + " of the same block")
 heatmap = result.heatmap  # H for this alpha, recombined from the stored parts
 colours = ("red: base, blue: cut by the scissors" if diverging(heatmap, True) else
            "nothing negative left to cut, so drawn min to max like the maps beside it")
 panels = [("Cluster-CAM", overlay(display_image, heatmap, signed=True, opacity=OPACITY, size=size), result.forwards, 0,
            f"H = {alpha:.2f} x base - {1 - alpha:.2f} x scissors; {colours}")]
-for name in ("gradcam", "scorecam"):
+for name in compared[1:]:
     if name in failed:
         st.warning(f"{method_info(name).label} is not shown: {failed[name]}")
         continue
@@ -104,5 +108,5 @@ for column, (label, picture, forwards, backwards, note) in zip(row, panels):
                     + (f" + {backwards} backward" if backwards else ""))
     column.caption(note)
 st.caption(f"Forward passes counted in images: Cluster-CAM's {result.forwards} = the plain pass + Q = {parts.q} masked "
-           f"inputs; Score-CAM's = the plain pass + one masked input per distinct channel map "
-           f"({channels} channels). Changing alpha recombines the stored maps: no pass at all.")
+           + (f"inputs; Score-CAM's = the plain pass + one masked input per distinct channel map ({channels} channels)"
+              if with_scorecam else "inputs") + ". Changing alpha recombines the stored maps: no pass at all.")

@@ -193,3 +193,27 @@ def test_the_concepts_table_shows_a_dash_and_says_why_instead_of_none(monkeypatc
     assert "None" not in values and "nan" not in values and "—" in values
     assert any("— in diversity@5 test (%): no image's predicted class has five features" in c.value
                for c in app.caption)
+
+
+# --- Every page open in seconds: what is heavy runs when asked ------------------------------------------
+
+def test_cluster_cam_runs_score_cam_only_when_asked(monkeypatch):
+    import ui.cache
+
+    asked = []
+    real = ui.cache.explanations
+
+    def counted(model_key, model, data, methods, *args, **kwargs):
+        asked.append(tuple(methods))
+        return real(model_key, model, data, methods, *args, **kwargs)
+
+    monkeypatch.setattr(ui.cache, "explanations", counted)
+    app = page("pages/clustercam.py", model="digits")
+    assert not app.error and asked and all("scorecam" not in methods for methods in asked)
+    finals = [m.value for m in app.markdown if m.value.startswith(("**Cluster-CAM**", "**Grad-CAM**", "**Score-CAM**"))]
+    assert [f.split(" ·")[0] for f in finals] == ["**Cluster-CAM**", "**Grad-CAM**"]
+    app.toggle(key="cc_scorecam").set_value(True).run()
+    assert not app.exception and not app.error
+    assert "scorecam" in asked[-1]
+    finals = [m.value for m in app.markdown if m.value.startswith(("**Cluster-CAM**", "**Grad-CAM**", "**Score-CAM**"))]
+    assert finals[-1].startswith("**Score-CAM** · ")

@@ -112,7 +112,7 @@ def check_prototypes(page) -> None:
 
 def check_clustercam(page) -> None:
     check_no_exception(page)
-    check_images_loaded(page, minimum=6 + 6 + 3)  # Q maps, Q masked inputs, Cluster-CAM / Grad-CAM / Score-CAM
+    check_images_loaded(page, minimum=6 + 6 + 2)  # Q maps, Q masked inputs, Cluster-CAM / Grad-CAM (Score-CAM: asked)
     text = page.locator('[data-testid="stMain"]').inner_text()
     assert "base" in text and "scissors" in text, "the base and the scissors are not named"
 
