@@ -55,7 +55,14 @@ from .fitted.alignment import (
 from .fitted.checks import model_labels
 from .fitted.features import FeatureCache
 from .fitted.prototypes import cache_key, embeddings, fit_prototypes
-from .fitted.qsenn import QSENN, QSENNRecipe
+from .fitted.qsenn import (
+    CONCEPT_SPLITS,
+    QSENN,
+    QSENNRecipe,
+    concept_table,
+    concept_table_filename,
+    write_concept_table,
+)
 from .fitted.store import write_atomically
 from .jobs import (
     ENGINES,
@@ -291,8 +298,26 @@ def ship_qsenn(model_name: str = "digits", out: Path = ASSETS / "qsenn") -> Path
     path = out / recipe.filename
     out.mkdir(parents=True, exist_ok=True)
     layer.save(path)
-    record_shipped(out, model_name, [path])
-    print(f"{path.stat().st_size / 1024:8.1f} KB  {_shown(path)}")
+    table = ship_concept_table(QSENN.load(path, model), out)  # the layer as the page reads it
+    record_shipped(out, model_name, [path, table])
+    for written in (path, table):
+        print(f"{written.stat().st_size / 1024:8.1f} KB  {_shown(written)}")
+    return path
+
+
+def ship_concept_table(layer: QSENN, out: Path = ASSETS / "qsenn") -> Path:
+    """Write the Concepts page's Table 1 of ``layer`` over its model's splits (train, test and any of
+    ``CONCEPT_SPLITS``) to ``out``, under the name the page looks up: the page reads it instead of a pass
+    over every image in each new server."""
+    model = layer.model_
+    splits = {}
+    for split in ("train", *CONCEPT_SPLITS):
+        try:
+            splits[split] = load_dataset(model.dataset, split)
+        except UserInputError:  # the dataset has no such split
+            continue
+    path = out / concept_table_filename(layer, splits)
+    write_concept_table(path, concept_table(layer, splits, with_eta(terminal("Table 1"))))
     return path
 
 

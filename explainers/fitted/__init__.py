@@ -18,6 +18,7 @@ from .alignment import (
 from .checks import NotFittedError, class_map, folder_class_names, model_labels
 from .prototypes import PROTOTYPES_KIND, PrototypeExplainer, embeddings, fit_prototypes
 from .qsenn import (
+                        CONCEPT_SPLITS,
                         QSENN,
                         QSENN_MODES,
                         ConceptExplanation,
@@ -26,11 +27,13 @@ from .qsenn import (
                         fit_qsenn,
                         full_mode_refusal,
                         shared_qsenn,
+                        stored_concept_table,
 )
 from .store import Key, TrainingData, find
 
-__all__ = ["PROTOTYPES_KIND", "QSENN", "QSENN_MODES", "ConceptExplanation", "Key", "NotFittedError", "Projection",
+__all__ = ["CONCEPT_SPLITS", "PROTOTYPES_KIND",
+           "QSENN", "QSENN_MODES", "ConceptExplanation", "Key", "NotFittedError", "Projection",
            "PrototypeExplainer", "accuracy_models", "alignment_models", "class_map", "concept_table", "embeddings",
            "feature_order", "find", "fit_prototypes", "fit_qsenn", "folder_class_names", "full_mode_refusal",
-           "model_labels", "shared_qsenn",
+           "model_labels", "shared_qsenn", "stored_concept_table",
            "store", "stored_accuracy_table", "stored_alignment_table", "stored_projection", "TrainingData"]
