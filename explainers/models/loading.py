@@ -5,6 +5,7 @@ checkpoint (a state dict, read as weights only); a module is any classifier endi
 """
 from __future__ import annotations
 
+import pickle
 import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -208,8 +209,6 @@ def _shape_mismatches(net: nn.Module, state: Mapping[str, torch.Tensor]) -> list
 
 def _unreadable_message(path: Path, error: Exception) -> str:
     """Why torch.load refused a file, in words: cut short or damaged, code to unpickle, or not a weights file."""
-    import pickle
-
     size = path.stat().st_size if path.exists() else 0
     text = str(error)
     if isinstance(error, pickle.UnpicklingError):
