@@ -57,13 +57,16 @@ def settle(browser, url: str, limit: float = 300) -> tuple[float, bool]:
     return seconds, error
 
 
-def first_views(query: str = "", chromium: str = "/usr/bin/chromium", rounds: int = 2) -> list[dict]:
-    """Each page's settle time in ``rounds`` rounds of new sessions on one fresh server."""
+def first_views(query: str = "", chromium: str = "/usr/bin/chromium", rounds: int = 2, plain: bool = False,
+                after: float = 0.0) -> list[dict]:
+    """Each page's settle time in ``rounds`` rounds of new sessions on one fresh server: started as ``make run``
+    starts it (``python -m ui.serve``, warmed before the first visitor), or ``plain``: ``streamlit run app.py``."""
     from playwright.sync_api import sync_playwright
 
     port = free_port()
+    start = ["-m", "streamlit", "run", "app.py"] if plain else ["-m", "ui.serve"]
     server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+        [sys.executable, *start, "--server.headless", "true", "--server.port", str(port),
          "--server.fileWatcherType", "none", "--server.address", "127.0.0.1"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     rows = []
@@ -74,6 +77,7 @@ def first_views(query: str = "", chromium: str = "/usr/bin/chromium", rounds: in
                     break
             except OSError:
                 time.sleep(0.1)
+        time.sleep(after)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox", "--disable-gpu"])
             for round_ in range(rounds):
@@ -94,8 +98,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--query", default="", help="a link's query, e.g. model=digits")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--plain", action="store_true", help="streamlit run app.py, not warmed (make run's before)")
+    parser.add_argument("--after", type=float, default=0.0,
+                        help="seconds between the server's start and the first visitor (a teacher starts it early)")
     args = parser.parse_args()
-    found = first_views(args.query, rounds=args.rounds)
+    found = first_views(args.query, rounds=args.rounds, plain=args.plain, after=args.after)
     print("\n| page | first session (s) | second session (s) |\n|---|---|---|")
     for name in PAGES:
         times = [r["seconds"] for r in found if r["page"] == (name or "overview")]

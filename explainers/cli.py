@@ -1,6 +1,6 @@
 """The ``protoscope`` command: the dashboard, dataset-scale jobs, and training and shipping the built-in models.
 
-    protoscope app                                  # the dashboard (streamlit run app.py)
+    protoscope app                                  # the dashboard (streamlit run app.py, warmed: ui.serve)
     protoscope explain digits folder/ --methods gradcam,cam --block B4 --out maps/
     protoscope evaluate digits folder/ --methods gradcam,cam --metrics confidence,deletion --out eval/
     protoscope fit digits train_folder/ --depth B234 --per-class 5      # into .cache/prototypes/, read by the pages
@@ -419,8 +419,8 @@ def run_job(args: argparse.Namespace) -> int:
     """Run one job command (``args`` from ``main``'s parser); the exit status: 0 done, 1 bad input (one line
     on stderr, no traceback), 3 stopped by a lost worker, 130 stopped by Ctrl-C (outputs whole; rerun resumes)."""
     if args.command == "app":
-        return subprocess.call([sys.executable, "-m", "streamlit", "run", str(HOME / "app.py"),
-                                *args.streamlit_arguments])
+        # ui.serve: streamlit run app.py, with the libraries and the default model loaded before the first visitor
+        return subprocess.call([sys.executable, "-m", "ui.serve", *args.streamlit_arguments], cwd=HOME)
     progress = with_eta(terminal(args.command))
     try:
         report: JobReport

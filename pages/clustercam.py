@@ -68,14 +68,16 @@ def role(index: int) -> str:
     return " · **base**" if index == parts.base else " · **scissors**" if index == parts.scissors else ""
 
 
-st.subheader("Representative feature maps (cluster means, eq. 18)")
+st.subheader("The block's channels in clusters: each cluster's mean map")
+st.caption("Representative feature maps, Cluster-CAM's eq. 18.")
 row = st.columns(parts.q)
 for j, column in enumerate(row):
     column.image(frame(cells(parts.representatives[j], cmap="viridis", size=thumb), j), width=thumb)
     column.markdown(f"cluster {j + 1} · {int((parts.labels == j).sum())} ch{role(j)}")
 
-st.subheader(f"Masked inputs and their score for class {target} (eq. 19)")
-st.caption("What the network saw: the normalised input times the upsampled, [0, 1]-scaled mean map. A masked-out "
+st.subheader(f"The input masked by each cluster's map, and its score for class {target}")
+st.caption("Cluster-CAM's eq. 19. What the network saw: the normalised input times the upsampled, [0, 1]-scaled "
+           "mean map. A masked-out "
            "pixel becomes the training mean (grey), the zero of the network's input; p is the class's probability.")
 pictures = masked_pictures(model, model.transform(selection.image), parts.masks)
 row = st.columns(parts.q)

@@ -105,16 +105,16 @@ if points:
 
 left, right = st.columns(2)
 with left:
-    st.subheader("Table 1 · alignment")
+    st.subheader("Alignment: how close each prototype is to its class")
     st.dataframe(table1(selection.model_key, model, selection.train_source, alignment_models(kmex1, kmex)),
                  hide_index=True, width="stretch")
     st.caption("Mean cosine between each prototype and the training embeddings of its class (class) and of all "
-               "other classes (out). Seed 000 reports about 0.5 for c_j against 0.8–0.9 for KMEx.")
+               "other classes (out). Seed 000 (its Table 1) reports about 0.5 for c_j against 0.8–0.9 for KMEx.")
 with right:
-    st.subheader("Table 2 · accuracy (%)")
+    st.subheader("Accuracy of the network and of each prototype explainer (%)")
     b4 = explainer(model, selection.train_source, "B4", per_class)
     b234 = explainer(model, selection.train_source, "B234", per_class)
     st.dataframe(table2(selection.model_key, model, selection.train_source, accuracy_models(kmex, b4, b234)),
                  hide_index=True, width="stretch")
     st.caption(f"KMEx: nearest prototype of the pooled embedding. B4, B234: the class owning most pixels (eq. 10); "
-               f"all with K/C = {per_class}.")
+               f"all with K/C = {per_class}. Seed 000's Table 2.")

@@ -35,6 +35,7 @@ from .cache import (
     uploaded_image,
 )
 from .entry import HANDED_OVER, THROUGH_ENTRY, through_app
+from .serve import DEFAULT_MODEL
 from .url_state import PENDING, accepted, decode, notice_area, refused, seed_from_query, write_query
 
 CHECKPOINT = "checkpoint"
@@ -140,7 +141,7 @@ def sidebar() -> Selection:
 
 def _choose_model(selection: Selection) -> None:
     names = MODELS.names() + [CHECKPOINT]
-    _ensure("model", names, "efficientnet_lite0",  # the built-in ImageNet model: a photo, a real network
+    _ensure("model", names, DEFAULT_MODEL,  # the built-in ImageNet model: a photo, a real network
             "not a model of this server's list (a torchvision or timm name goes in model_name=)")
     name = st.selectbox("Model", names, key="model", format_func=lambda n: _model_label(n),
                         help="The built-in efficientnet_lite0 (ImageNet) and digits models work offline; "
