@@ -310,6 +310,8 @@ def ship_concept_table(layer: QSENN, out: Path = ASSETS / "qsenn") -> Path:
     ``CONCEPT_SPLITS``) to ``out``, under the name the page looks up: the page reads it instead of a pass
     over every image in each new server."""
     model = layer.model_
+    if model.dataset is None:
+        raise UserInputError(f"{model.name} has no dataset of its own to ship Table 1 for")
     splits = {}
     for split in ("train", *CONCEPT_SPLITS):
         try:

@@ -127,7 +127,12 @@ def stored_concept_table(layer: QSENN, splits: dict[str, DatasetSpec], progress:
 
 def write_concept_table(path: Path, rows: list[dict]) -> None:
     """Table 1's rows as JSON, written atomically."""
-    write_atomically(path, lambda temporary: temporary.write_text(json.dumps({"rows": rows}, indent=1) + "\n"))
+    text = json.dumps({"rows": rows}, indent=1) + "\n"
+
+    def write(temporary: Path) -> None:
+        temporary.write_text(text)
+
+    write_atomically(path, write)
 
 
 def feature_order(weights: np.ndarray, by: str = "selection") -> np.ndarray:
