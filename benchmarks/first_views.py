@@ -58,18 +58,16 @@ def settle(browser, url: str, limit: float = 300) -> tuple[float, bool]:
 
 
 def first_views(query: str = "", chromium: str = "/usr/bin/chromium", rounds: int = 2, plain: bool = False,
-                after: float = 0.0) -> list[dict]:
+                after: float = 0.0, browser=None) -> list[dict]:
     """Each page's settle time in ``rounds`` rounds of new sessions on one fresh server: started as ``make run``
-    starts it (``python -m ui.serve``, warmed before the first visitor), or ``plain``: ``streamlit run app.py``."""
-    from playwright.sync_api import sync_playwright
-
+    starts it (``python -m ui.serve``, warmed before the first visitor), or ``plain``: ``streamlit run app.py``.
+    ``browser``: a Playwright browser already open (the browser test's), else one is launched."""
     port = free_port()
     start = ["-m", "streamlit", "run", "app.py"] if plain else ["-m", "ui.serve"]
     server = subprocess.Popen(
         [sys.executable, *start, "--server.headless", "true", "--server.port", str(port),
          "--server.fileWatcherType", "none", "--server.address", "127.0.0.1"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    rows = []
     try:
         for _ in range(600):
             try:
@@ -78,19 +76,30 @@ def first_views(query: str = "", chromium: str = "/usr/bin/chromium", rounds: in
             except OSError:
                 time.sleep(0.1)
         time.sleep(after)
+        if browser is not None:
+            return _rounds(browser, port, query, rounds)
+        from playwright.sync_api import sync_playwright
+
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox", "--disable-gpu"])
-            for round_ in range(rounds):
-                for name in PAGES:
-                    url = f"http://127.0.0.1:{port}/{name}" + (f"?{query}" if query else "")
-                    seconds, error = settle(browser, url)
-                    rows.append({"page": name or "overview", "session": round_ + 1, "seconds": round(seconds, 2),
-                                 "exception": error})
-                    print(rows[-1], flush=True)
-            browser.close()
+            launched = pw.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox", "--disable-gpu"])
+            try:
+                return _rounds(launched, port, query, rounds)
+            finally:
+                launched.close()
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def _rounds(browser, port: int, query: str, rounds: int) -> list[dict]:
+    rows = []
+    for round_ in range(rounds):
+        for name in PAGES:
+            url = f"http://127.0.0.1:{port}/{name}" + (f"?{query}" if query else "")
+            seconds, error = settle(browser, url)
+            rows.append({"page": name or "overview", "session": round_ + 1, "seconds": round(seconds, 2),
+                         "exception": error})
+            print(rows[-1], flush=True)
     return rows
 
 
