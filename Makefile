@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 .PHONY: run test lint typecheck bench
 
 run: $(VENV)/.installed
-	$(VENV)/bin/streamlit run app.py
+	$(PY) -m ui.serve   # streamlit run app.py, with the libraries and the default model loaded before the first visitor
 
 # The lint and the type check run first: a finding fails `make test`, so CI enforces them.
 test: lint typecheck

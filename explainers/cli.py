@@ -1,6 +1,6 @@
 """The ``protoscope`` command: the dashboard, dataset-scale jobs, and training and shipping the built-in models.
 
-    protoscope app                                  # the dashboard (streamlit run app.py)
+    protoscope app                                  # the dashboard (streamlit run app.py, warmed: ui.serve)
     protoscope explain digits folder/ --methods gradcam,cam --block B4 --out maps/
     protoscope evaluate digits folder/ --methods gradcam,cam --metrics confidence,deletion --out eval/
     protoscope fit digits train_folder/ --depth B234 --per-class 5      # into .cache/prototypes/, read by the pages
@@ -55,7 +55,14 @@ from .fitted.alignment import (
 from .fitted.checks import model_labels
 from .fitted.features import FeatureCache
 from .fitted.prototypes import cache_key, embeddings, fit_prototypes
-from .fitted.qsenn import QSENN, QSENNRecipe
+from .fitted.qsenn import (
+    CONCEPT_SPLITS,
+    QSENN,
+    QSENNRecipe,
+    concept_table,
+    concept_table_filename,
+    write_concept_table,
+)
 from .fitted.store import write_atomically
 from .jobs import (
     ENGINES,
@@ -296,8 +303,28 @@ def ship_qsenn(model_name: str = "digits", out: Path = ASSETS / "qsenn") -> Path
     path = out / recipe.filename
     out.mkdir(parents=True, exist_ok=True)
     layer.save(path)
-    record_shipped(out, model_name, [path])
-    print(f"{path.stat().st_size / 1024:8.1f} KB  {_shown(path)}")
+    table = ship_concept_table(QSENN.load(path, model), out)  # the layer as the page reads it
+    record_shipped(out, model_name, [path, table])
+    for written in (path, table):
+        print(f"{written.stat().st_size / 1024:8.1f} KB  {_shown(written)}")
+    return path
+
+
+def ship_concept_table(layer: QSENN, out: Path = ASSETS / "qsenn") -> Path:
+    """Write the Concepts page's Table 1 of ``layer`` over its model's splits (train, test and any of
+    ``CONCEPT_SPLITS``) to ``out``, under the name the page looks up: the page reads it instead of a pass
+    over every image in each new server."""
+    model = layer.model_
+    if model.dataset is None:
+        raise UserInputError(f"{model.name} has no dataset of its own to ship Table 1 for")
+    splits = {}
+    for split in ("train", *CONCEPT_SPLITS):
+        try:
+            splits[split] = load_dataset(model.dataset, split)
+        except UserInputError:  # the dataset has no such split
+            continue
+    path = out / concept_table_filename(layer, splits)
+    write_concept_table(path, concept_table(layer, splits, with_eta(terminal("Table 1"))))
     return path
 
 
@@ -399,8 +426,8 @@ def run_job(args: argparse.Namespace) -> int:
     """Run one job command (``args`` from ``main``'s parser); the exit status: 0 done, 1 bad input (one line
     on stderr, no traceback), 3 stopped by a lost worker, 130 stopped by Ctrl-C (outputs whole; rerun resumes)."""
     if args.command == "app":
-        return subprocess.call([sys.executable, "-m", "streamlit", "run", str(HOME / "app.py"),
-                                *args.streamlit_arguments])
+        # ui.serve: streamlit run app.py, with the libraries and the default model loaded before the first visitor
+        return subprocess.call([sys.executable, "-m", "ui.serve", *args.streamlit_arguments], cwd=HOME)
     progress = with_eta(terminal(args.command))
     try:
         report: JobReport

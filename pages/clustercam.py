@@ -30,10 +30,14 @@ channels = model.block_shapes[block][0]
 
 settings = method_controls("clustercam", st.columns([3, 3, 2]), prefix="cc_")  # Q, alpha, clustering
 q, alpha = settings["q"], settings["alpha"]
+with_scorecam = st.toggle(f"Compare with Score-CAM ({channels} masked passes)", key="cc_scorecam",
+                          help="Score-CAM runs one masked pass per channel of the block: seconds to a minute on a "
+                               "large network, so it runs when asked. Cluster-CAM and Grad-CAM are shown at once.")
+compared = ("clustercam", "gradcam", "scorecam") if with_scorecam else ("clustercam", "gradcam")
 
 try:
     with progress_bar():  # alpha recombines the cached parts: only Q and the clustering run passes
-        found = explanations(selection.model_key, model, selection.image_data, ("clustercam", "gradcam", "scorecam"),
+        found = explanations(selection.model_key, model, selection.image_data, compared,
                              block, selection.target, {"clustercam": settings})
 except UserInputError as error:  # a model or block the methods cannot run through, says why
     st.error(f"Cluster-CAM could not run on {model.name} at {block}: {error}. Try another depth or model.")
@@ -64,14 +68,16 @@ def role(index: int) -> str:
     return " · **base**" if index == parts.base else " · **scissors**" if index == parts.scissors else ""
 
 
-st.subheader("Representative feature maps (cluster means, eq. 18)")
+st.subheader("The block's channels in clusters: each cluster's mean map")
+st.caption("Representative feature maps, Cluster-CAM's eq. 18.")
 row = st.columns(parts.q)
 for j, column in enumerate(row):
     column.image(frame(cells(parts.representatives[j], cmap="viridis", size=thumb), j), width=thumb)
     column.markdown(f"cluster {j + 1} · {int((parts.labels == j).sum())} ch{role(j)}")
 
-st.subheader(f"Masked inputs and their score for class {target} (eq. 19)")
-st.caption("What the network saw: the normalised input times the upsampled, [0, 1]-scaled mean map. A masked-out "
+st.subheader(f"The input masked by each cluster's map, and its score for class {target}")
+st.caption("Cluster-CAM's eq. 19. What the network saw: the normalised input times the upsampled, [0, 1]-scaled "
+           "mean map. A masked-out "
            "pixel becomes the training mean (grey), the zero of the network's input; p is the class's probability.")
 pictures = masked_pictures(model, model.transform(selection.image), parts.masks)
 row = st.columns(parts.q)
@@ -83,13 +89,13 @@ st.info("The **cognition-base** (green) is the cluster whose mask keeps what the
         "scores highest for the class. The **cognition-scissors** (red) scores lowest: what it keeps argues against "
         "the class, so the final map subtracts it, cutting those regions away.")
 
-st.subheader("Final heatmap beside Grad-CAM and Score-CAM of the same block")
+st.subheader("Final heatmap beside Grad-CAM" + (" and Score-CAM" if with_scorecam else "") + " of the same block")
 heatmap = result.heatmap  # H for this alpha, recombined from the stored parts
 colours = ("red: base, blue: cut by the scissors" if diverging(heatmap, True) else
            "nothing negative left to cut, so drawn min to max like the maps beside it")
 panels = [("Cluster-CAM", overlay(display_image, heatmap, signed=True, opacity=OPACITY, size=size), result.forwards, 0,
            f"H = {alpha:.2f} x base - {1 - alpha:.2f} x scissors; {colours}")]
-for name in ("gradcam", "scorecam"):
+for name in compared[1:]:
     if name in failed:
         st.warning(f"{method_info(name).label} is not shown: {failed[name]}")
         continue
@@ -104,5 +110,5 @@ for column, (label, picture, forwards, backwards, note) in zip(row, panels):
                     + (f" + {backwards} backward" if backwards else ""))
     column.caption(note)
 st.caption(f"Forward passes counted in images: Cluster-CAM's {result.forwards} = the plain pass + Q = {parts.q} masked "
-           f"inputs; Score-CAM's = the plain pass + one masked input per distinct channel map "
-           f"({channels} channels). Changing alpha recombines the stored maps: no pass at all.")
+           + (f"inputs; Score-CAM's = the plain pass + one masked input per distinct channel map ({channels} channels)"
+              if with_scorecam else "inputs") + ". Changing alpha recombines the stored maps: no pass at all.")

@@ -7,7 +7,7 @@ from explainers.data import DATASETS
 from explainers.display import overlay
 from explainers.fitted import QSENN_MODES, feature_order, full_mode_refusal
 from ui.cache import get_dataset
-from ui.concepts import explanation, layer, splits, table
+from ui.concepts import BLANK, explanation, layer, shown_table, splits, table
 from ui.prototype_cache import offer_digits
 from ui.sidebar import current
 
@@ -50,13 +50,18 @@ fitted = layer(model, selection.train_source, {"mode": mode, "n_features": int(n
 available = splits(selection.train_source)
 rows = table(selection.model_key, fitted, selection.train_source, tuple(available))
 
-st.subheader(f"Table 1 for {model.name} · {MODE_NAMES[mode]}")
-st.dataframe(rows, hide_index=True, width="stretch")
-st.caption(f"n_f* = {fitted.n_features_} features of {fitted.block_} selected (SLDD-Model), W_sp the lowest-"
+st.subheader(f"Accuracy, sparsity and diversity of each last layer · {model.name}, {mode}")
+shown, blank = shown_table(rows)
+st.dataframe(shown, hide_index=True, width="stretch")
+st.caption(f"Seed 003's Table 1 for this model. n_f* = {fitted.n_features_} features of {fitted.block_} selected "
+           "(SLDD-Model), W_sp the lowest-"
            f"regularisation solution of glm-saga's path, quantised to n_w = {fitted.n_w_} weights: ε = "
            f"{fitted.epsilon_:.3f}, α = {fitted.alpha_:.3f}. glm-saga5: the densest solution with at most n_w weights "
            "over every feature. diversity@5 (eq. 6): 20% when a class's five top features light up the same place, "
-           "100% when five different places.")
+           "100% when five different places." +
+           (f" {BLANK} in {', '.join(blank)}: no image's predicted class has five features with a non-zero weight "
+            "in that layer, and diversity@5 compares a class's top five (seed 003 leaves such images out)."
+            if blank else ""))
 
 dense = next((r for r in rows if r["layer"].startswith("Dense")), None)
 ternary = rows[-1]
@@ -72,7 +77,7 @@ if dense and held_out:
     st.caption((f"{selection.train_source}: {description}. " if description else "") +
                "Seed 003 reports that its ternary layer holds up far better than the dense one when the test images "
                "break a spurious correlation of the training images (TravelingBirds: 39.4% dense, 67.3% Q-SENN). "
-               "Where the test split is drawn like the training split (digits), this is plain generalisation.")
+               "Where a test split is drawn like the training split, this is plain generalisation.")
 
 st.subheader("Class × feature assignments")
 order_by = st.radio("Order the features by", list(ORDERS), key="qsenn_order", horizontal=True, format_func=ORDERS.get)

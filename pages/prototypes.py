@@ -34,9 +34,11 @@ if problem:
 model = selection.model
 
 controls = st.columns([3, 1, 1])
-classes = controls[0].multiselect("Classes to project", list(range(model.num_classes)),
-                                  default=list(range(min(5, model.num_classes))), format_func=model.class_name,
-                                  key="proto_classes")
+present = classes_present(model, selection.train_source)  # a folder may hold some of the model's classes
+classes = controls[0].multiselect("Classes to project", list(present), default=list(present[:5]),
+                                  format_func=model.class_name, key="proto_classes",
+                                  help="The classes with training images (a class without images has nothing to "
+                                       "project).")
 per_class = per_class_control(controls[1])
 one_map = controls[2].toggle(
     "One map of every class", value=model.num_classes > MANY_CLASSES, key="proto_one_map",
@@ -49,7 +51,7 @@ if len(classes) < 2:
 
 kmex1 = explainer(model, selection.train_source, "pooled", 1)
 kmex = kmex1 if per_class == 1 else explainer(model, selection.train_source, "pooled", per_class)
-mapped = classes_present(model, selection.train_source) if one_map else tuple(sorted(classes))
+mapped = present if one_map else tuple(sorted(classes))
 placed = figure2(selection.model_key, model, selection.train_source, mapped, kmex).only(classes)
 
 palette = qualitative.D3 + qualitative.Set3
@@ -103,16 +105,16 @@ if points:
 
 left, right = st.columns(2)
 with left:
-    st.subheader("Table 1 · alignment")
+    st.subheader("Alignment: how close each prototype is to its class")
     st.dataframe(table1(selection.model_key, model, selection.train_source, alignment_models(kmex1, kmex)),
                  hide_index=True, width="stretch")
     st.caption("Mean cosine between each prototype and the training embeddings of its class (class) and of all "
-               "other classes (out). Seed 000 reports about 0.5 for c_j against 0.8–0.9 for KMEx.")
+               "other classes (out). Seed 000 (its Table 1) reports about 0.5 for c_j against 0.8–0.9 for KMEx.")
 with right:
-    st.subheader("Table 2 · accuracy (%)")
+    st.subheader("Accuracy of the network and of each prototype explainer (%)")
     b4 = explainer(model, selection.train_source, "B4", per_class)
     b234 = explainer(model, selection.train_source, "B234", per_class)
     st.dataframe(table2(selection.model_key, model, selection.train_source, accuracy_models(kmex, b4, b234)),
                  hide_index=True, width="stretch")
     st.caption(f"KMEx: nearest prototype of the pooled embedding. B4, B234: the class owning most pixels (eq. 10); "
-               f"all with K/C = {per_class}.")
+               f"all with K/C = {per_class}. Seed 000's Table 2.")

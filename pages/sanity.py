@@ -71,7 +71,8 @@ st.markdown(f"Explaining class **{target}** at **{block}** (`{model.block_paths[
             + (f" and {images - 1} {dataset} images (each for its own predicted class)" if images > 1 else "")
             + f"; {mode} randomisation of {', '.join(result.steps[1:])}.")
 if images == 1:
-    st.caption("One image: its correlations are noisy (at B4 a map has only the block's few cells to rank); add "
+    cells = model.block_shapes[block][1] * model.block_shapes[block][2]
+    st.caption(f"One image: its correlations are noisy (at {block} a map has {cells} cells of the block to rank); add "
                "images for the curves before trusting a flag.")
 for name, reason in skipped:
     st.caption(f"Not checked — {method_info(name).label}: {reason}.")

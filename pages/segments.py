@@ -64,6 +64,16 @@ for column, depth in zip(st.columns(len(depths)), depths):
         bars.update_layout(height=220, margin=dict(l=10, r=10, t=30, b=10), xaxis_type="category",
                            title=f"pixels per class → predicts {model.class_name(result.predicted)} (eq. 10)")
         st.plotly_chart(bars, width="stretch", key=f"counts-{depth}")
+        network = selection.top[0][0] if selection.top else None
+        if network is not None and network != result.predicted:
+            st.info(f"**The network predicts {model.class_name(network)}; the prototypes' majority at {depth} is "
+                    f"{model.class_name(result.predicted)}**: "
+                    f"{result.class_counts[result.predicted]} of {int(sum(result.class_counts))} cells are nearest "
+                    f"to a prototype of {model.class_name(result.predicted)} and "
+                    f"{result.class_counts[network]} to one of {model.class_name(network)}. The network weighs "
+                    "every cell by its classifier; the prototypes count the cells, one vote each (eq. 10), so where "
+                    "the two disagree the network's evidence is not where most of the image is.",
+                    icon=":material/compare_arrows:")
 
         present = list(palette)  # largest segment first
         shown = present[:MAX_PATCHES]

@@ -271,7 +271,7 @@ def test_segments_page_shows_figure1_for_the_sidebar_depth():
 def test_prototypes_page_shows_figure2_and_both_tables():
     app = page("pages/prototypes.py", model="digits")
     assert not app.error
-    assert [s.value for s in app.subheader] == ["Table 1 · alignment", "Table 2 · accuracy (%)"]
+    assert [s.value for s in app.subheader] == ["Alignment: how close each prototype is to its class", "Accuracy of the network and of each prototype explainer (%)"]
     table1, table2 = app.dataframe[0].value, app.dataframe[1].value
     assert list(table1["prototypes"]) == ["CNN classifier columns c_j", "KMEx (K/C=1)", "KMEx (K/C=5)"]
     assert list(table2["model"]) == ["CNN", "KMEx (K/C=5)", "B4", "B234"]

@@ -112,7 +112,7 @@ def check_prototypes(page) -> None:
 
 def check_clustercam(page) -> None:
     check_no_exception(page)
-    check_images_loaded(page, minimum=6 + 6 + 3)  # Q maps, Q masked inputs, Cluster-CAM / Grad-CAM / Score-CAM
+    check_images_loaded(page, minimum=6 + 6 + 2)  # Q maps, Q masked inputs, Cluster-CAM / Grad-CAM (Score-CAM: asked)
     text = page.locator('[data-testid="stMain"]').inner_text()
     assert "base" in text and "scissors" in text, "the base and the scissors are not named"
 
@@ -418,3 +418,28 @@ def test_four_sessions_at_once_each_see_their_own_view(browser, streamlit_url):
     finally:
         for context in contexts:
             context.close()
+
+
+# Every page's first view on a fresh server (issue 21): benchmarks/first_views.py's measurement, kept.
+FIRST_VIEW_TARGET_S = 3.0
+
+
+def test_every_page_first_view_is_timed_on_a_fresh_server(browser):
+    """Each page of the navigation with the default model, a new session each, on a server started as ``make run``
+    starts it, then again in second sessions: no page raises, each settles, and the times are written to
+    tests/artifacts/first_views.json with the target (under 3 s) beside them. The target is reported, not
+    asserted: a shared CI machine's load decides seconds; benchmarks/first_views.py prints the same table."""
+    import json
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from first_views import PAGES as VIEWS
+    from first_views import first_views
+
+    rows = first_views(rounds=2, browser=browser)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "first_views.json").write_text(json.dumps({"target_s": FIRST_VIEW_TARGET_S, "views": rows}, indent=1))
+    assert len(rows) == 2 * len(VIEWS)
+    assert not [r for r in rows if r["exception"]], rows
+    assert all(r["seconds"] < PAGE_IDLE_MS / 1000 for r in rows), rows
+    slow = [r for r in rows if r["seconds"] >= FIRST_VIEW_TARGET_S]
+    print("first views:", *rows, f"over {FIRST_VIEW_TARGET_S} s: {len(slow)}", sep="\n  ")

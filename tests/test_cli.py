@@ -15,6 +15,7 @@ import pytest
 from explainers import explain_many, load_dataset, load_image, load_model
 from explainers.cli import main
 from explainers.evaluation import EvaluationSettings, evaluate
+from explainers.models import MODELS
 from explainers.runtime import HOME
 
 METHODS = ["gradcam", "cam"]
@@ -163,11 +164,13 @@ def test_sanity_writes_its_table_curves_and_flags(folder, tmp_path, capsys):
 
 def test_app_starts_streamlit_on_the_shipped_app(monkeypatch, capsys):
     called = {}
-    monkeypatch.setattr(subprocess, "call", lambda command: called.setdefault("command", command) and 0)
+    monkeypatch.setattr(subprocess, "call", lambda command, cwd: called.update(command=command, cwd=cwd) or 0)
     status, _, _ = run(["app", "--server.port", "8600"], capsys)
     assert status == 0
-    assert called["command"][1:4] == ["-m", "streamlit", "run"]
-    assert called["command"][4:] == [str(HOME / "app.py"), "--server.port", "8600"]
+    assert called["command"][1:] == ["-m", "ui.serve", "--server.port", "8600"] and called["cwd"] == HOME
+    import ui.serve  # streamlit run on the shipped app.py, warmed with the sidebar's default model
+
+    assert ui.serve.DEFAULT_MODEL in MODELS.names()
 
 
 def test_the_shipping_commands_are_still_there(capsys):

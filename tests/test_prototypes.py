@@ -440,7 +440,7 @@ def test_the_prototypes_page_opens_from_the_shipped_files(tmp_path, monkeypatch)
     started = time.perf_counter()
     app.run()
     assert not app.exception and not app.error, (app.exception, app.error)
-    assert [s.value for s in app.subheader] == ["Table 1 · alignment", "Table 2 · accuracy (%)"]
+    assert [s.value for s in app.subheader] == ["Alignment: how close each prototype is to its class", "Accuracy of the network and of each prototype explainer (%)"]
     assert app.select_slider(key="per_class").value == SHIPPED_PER_CLASS
     print(f"\nPrototypes page from the shipped files: {time.perf_counter() - started:.1f} s")
 

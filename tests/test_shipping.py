@@ -31,7 +31,7 @@ from explainers.fitted.alignment import (
 )
 from explainers.fitted.prototypes import SHIPPED as SHIPPED_PROTOTYPES
 from explainers.fitted.prototypes import PrototypeExplainer, cache_key
-from explainers.fitted.qsenn import QSENN, QSENNRecipe
+from explainers.fitted.qsenn import CONCEPT_SPLITS, QSENN, QSENNRecipe, concept_table_filename
 from explainers.fitted.store import ASSETS, Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,17 +74,22 @@ def test_shipping_a_q_senn_layer_keeps_the_other_models_layer(tmp_path, monkeypa
     for path in SHIPPED_QSENN.iterdir():
         shutil.copy(path, tmp_path / path.name)
     manifest = json.loads((tmp_path / SHIPPED_MANIFEST).read_text())
-    (digits_layer,) = manifest["digits"]
-    (marked_layer,) = manifest.pop("digits_marked")
-    (tmp_path / marked_layer).unlink()
+    digits_files = manifest["digits"]
+    marked_files = manifest.pop("digits_marked")  # its layer and the Concepts page's Table 1 of it
+    marked_layer = marked_files[0]
+    for name in marked_files:
+        (tmp_path / name).unlink()
     (tmp_path / SHIPPED_MANIFEST).write_text(json.dumps(manifest))
     model = load_model("digits_marked")
     monkeypatch.setattr(QSENN, "fit", lambda self, *a, **k: QSENN.load(SHIPPED_QSENN / marked_layer, model))
     written = ship_qsenn("digits_marked", out=tmp_path)
     assert written.name == marked_layer
-    assert json.loads((tmp_path / SHIPPED_MANIFEST).read_text()) == {"digits": [digits_layer],
-                                                                     "digits_marked": [marked_layer]}
-    assert (tmp_path / digits_layer).read_bytes() == (SHIPPED_QSENN / digits_layer).read_bytes()
+    assert json.loads((tmp_path / SHIPPED_MANIFEST).read_text()) == {"digits": digits_files,
+                                                                     "digits_marked": marked_files}
+    for name in marked_files[1:]:  # the table is the one shipped, to the byte
+        assert (tmp_path / name).read_bytes() == (SHIPPED_QSENN / name).read_bytes()
+    for name in digits_files:
+        assert (tmp_path / name).read_bytes() == (SHIPPED_QSENN / name).read_bytes()
 
 
 @pytest.mark.parametrize("folder", [SHIPPED_PROTOTYPES, SHIPPED_QSENN])
@@ -115,7 +120,10 @@ def test_digits_marked_ships_the_files_of_its_current_weights():
     assert accuracy_filename(model, train, test, accuracy_models(kmex, b4, b234)) in names
     assert projection_filename(model, train, test, kmex, SHIPPED_FIGURE2_CLASSES) in names
     layers = json.loads((SHIPPED_QSENN / SHIPPED_MANIFEST).read_text())["digits_marked"]
-    assert layers == [QSENNRecipe(model, train, QSENN()).filename], "run python -m explainers.cli qsenn digits_marked"
+    assert layers[0] == QSENNRecipe(model, train, QSENN()).filename, "run python -m explainers.cli qsenn digits_marked"
+    layer = QSENN.load(SHIPPED_QSENN / layers[0], model)
+    splits = {name: load_dataset("digits_marked", name) for name in ("train", *CONCEPT_SPLITS)}
+    assert layers[1:] == [concept_table_filename(layer, splits)], "its Table 1 ships with it (the Concepts page)"
 
 
 @pytest.mark.parametrize("path", ["pages/segments.py", "pages/prototypes.py", "pages/concepts.py"])
@@ -127,9 +135,11 @@ def test_digits_marked_pages_open_from_the_shipped_files(path, tmp_path, monkeyp
     monkeypatch.setattr(PrototypeExplainer, "fit", lambda *a, **k: pytest.fail("fitted prototypes"))
     monkeypatch.setattr(QSENN, "fit", lambda *a, **k: pytest.fail("fitted a Q-SENN layer"))
     import ui.prototype_cache
+    from explainers.fitted.qsenn import table as qsenn_table
 
     for module, name in ((alignment, "embeddings"), (alignment, "projection"), (alignment, "accuracy_table"),
-                         (alignment, "alignment_table"), (ui.prototype_cache, "embeddings")):
+                         (alignment, "alignment_table"), (ui.prototype_cache, "embeddings"),
+                         (qsenn_table, "concept_table")):  # Concepts' Table 1 ships with its layer
         monkeypatch.setattr(module, name, lambda *a, _name=name, **k: pytest.fail(f"computed {_name}"))
     script = ("import runpy\nfrom ui.sidebar import sidebar\nsidebar()\n"
               f"runpy.run_path({str(REPO / path)!r}, run_name='__main__')\n")

@@ -55,6 +55,13 @@ def get_checkpoint_model(data: bytes, filename: str, arch: str | None, device: s
         return load_model(path, arch=arch, device=device)
 
 
+@st.cache_resource(show_spinner=False, max_entries=32)
+def named_model(model_key: str, _model: ModelSpec, classes: tuple[str, ...]) -> ModelSpec:
+    """The model under the class names of its training folder: one copy per model and names, shared by the
+    sessions that name them alike; the loaded spec, which other sessions hold, is left as it is."""
+    return _model.with_classes(classes)
+
+
 @st.cache_resource(show_spinner="Loading the dataset…")
 def get_dataset(name: str, split: str) -> DatasetSpec:
     return load_dataset(name, split)

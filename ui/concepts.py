@@ -6,21 +6,17 @@ import streamlit as st
 
 from explainers import UserInputError
 from explainers.data import DatasetSpec
-from explainers.fitted import QSENN, ConceptExplanation, concept_table, shared_qsenn
+from explainers.fitted import CONCEPT_SPLITS, QSENN, ConceptExplanation, shared_qsenn, stored_concept_table
 from explainers.models import ModelSpec
 
 from .cache import get_dataset
 from .progress import progress_bar
 
-# Splits beyond train that a dataset may have; those it lacks are simply not shown. "test_clean": a
-# spurious-correlation set's test images without the correlated mark (digits_marked).
-EXTRA_SPLITS = ("test", "test_clean")
-
 
 def splits(source: str) -> dict[str, DatasetSpec]:
-    """The dataset's splits that exist: train, test and any of ``EXTRA_SPLITS``."""
+    """The dataset's splits that exist: train, test and any of ``CONCEPT_SPLITS``."""
     found = {"train": get_dataset(source, "train")}
-    for split in EXTRA_SPLITS:
+    for split in CONCEPT_SPLITS:
         try:
             found[split] = get_dataset(source, split)
         except UserInputError:  # the dataset has no such split
@@ -42,7 +38,23 @@ def layer(model: ModelSpec, source: str, settings: dict) -> QSENN:
 @st.cache_data(show_spinner=False, max_entries=16)
 def _table(model_key: str, digest: str, _layer: QSENN, source: str, names: tuple[str, ...]) -> list[dict]:
     every = splits(source)
-    return concept_table(_layer, {name: every[name] for name in names})
+    return stored_concept_table(_layer, {name: every[name] for name in names})  # shipped or kept on disk
+
+
+BLANK = "—"
+
+
+def shown_table(rows: list[dict]) -> tuple[list[dict], list[str]]:
+    """Table 1 as the page shows it: a value the layer does not have (diversity@5 of a layer none of whose
+    classes has five features) is a dash, not "None"; and the columns that have one, for the caption."""
+    blank = sorted({key for row in rows for key, value in row.items() if value is None},
+                   key=lambda key: list(rows[0]).index(key))
+    shown = [{key: (BLANK if value is None else value) for key, value in row.items()} for row in rows]
+    for key in blank:  # one type per column: the dash's column holds text
+        for row in shown:
+            if row[key] != BLANK:
+                row[key] = f"{row[key]:.1f}"
+    return shown, blank
 
 
 def table(model_key: str, fitted: QSENN, source: str, names: tuple[str, ...]) -> list[dict]:

@@ -9,6 +9,7 @@ its dataset's (``DatasetSpec.label_among``), a typed model name is checked by
 """
 from __future__ import annotations
 
+import hashlib
 import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from PIL import Image
 
 from explainers import UserInputError, method_info, method_names
 from explainers.data import DatasetSpec, dataset_splits, image_notes, plural
-from explainers.fitted import class_map
+from explainers.fitted import class_map, folder_class_names
 from explainers.models import MODELS, OPEN_CLIP_PREFIX, SHIPPED_MODELS, ModelSpec, model_name
 from explainers.runtime import default_device, describe_device
 
@@ -30,10 +31,12 @@ from .cache import (
     get_model,
     get_zero_shot_model,
     image_bytes,
+    named_model,
     top_classes,
     uploaded_image,
 )
 from .entry import HANDED_OVER, THROUGH_ENTRY, through_app
+from .serve import DEFAULT_MODEL
 from .url_state import PENDING, accepted, decode, notice_area, refused, seed_from_query, write_query
 
 CHECKPOINT = "checkpoint"
@@ -139,7 +142,7 @@ def sidebar() -> Selection:
 
 def _choose_model(selection: Selection) -> None:
     names = MODELS.names() + [CHECKPOINT]
-    _ensure("model", names, "efficientnet_lite0",  # the built-in ImageNet model: a photo, a real network
+    _ensure("model", names, DEFAULT_MODEL,  # the built-in ImageNet model: a photo, a real network
             "not a model of this server's list (a torchvision or timm name goes in model_name=)")
     name = st.selectbox("Model", names, key="model", format_func=lambda n: _model_label(n),
                         help="The built-in efficientnet_lite0 (ImageNet) and digits models work offline; "
@@ -251,6 +254,10 @@ def _choose_training_images(selection: Selection) -> None:
         st.caption(f"{plural(len(dataset), 'training image')} in {plural(len(dataset.classes), 'class')}"
                    f"{_matching_note(model, dataset.classes, mapping)}.")
         selection.train_source = folder
+        names = folder_class_names(model, dataset)
+        if names:  # one source of class names for every page: this session's copy of the model takes the folder's
+            selection.model = named_model(selection.model_key, model, tuple(names))
+            selection.model_key += f":classes={hashlib.sha256(repr(names).encode()).hexdigest()[:12]}"
 
 
 def _matching_note(model: ModelSpec, classes: list[str], mapping: Sequence[int]) -> str:
@@ -259,7 +266,7 @@ def _matching_note(model: ModelSpec, classes: list[str], mapping: Sequence[int])
         return ""
     if [model.classes[i] for i in mapping] != list(classes):
         return (f"; {model.name} has no class names, so its classes 0–{model.num_classes - 1} are the folder's "
-                "sub-folders in alphabetical order")
+                "sub-folders in alphabetical order, and take their names on every page")
     subset = f" ({len(classes)} of its {model.num_classes})" if len(classes) < model.num_classes else ""
     return f", matched to {model.name}'s classes by name{subset}"
 

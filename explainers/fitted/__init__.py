@@ -15,10 +15,11 @@ from .alignment import (
                         stored_alignment_table,
                         stored_projection,
 )
-from .checks import NotFittedError, class_map, model_labels
+from .checks import NotFittedError, class_map, folder_class_names, model_labels
 from .chili import ChiliWeights, ProbingSet, fitted_chili, probing_set, read_probing_folder
 from .prototypes import PROTOTYPES_KIND, PrototypeExplainer, embeddings, fit_prototypes
 from .qsenn import (
+                        CONCEPT_SPLITS,
                         QSENN,
                         QSENN_MODES,
                         ConceptExplanation,
@@ -27,11 +28,13 @@ from .qsenn import (
                         fit_qsenn,
                         full_mode_refusal,
                         shared_qsenn,
+                        stored_concept_table,
 )
 from .store import Key, TrainingData, find
 
-__all__ = ["PROTOTYPES_KIND", "QSENN", "QSENN_MODES", "ChiliWeights", "ConceptExplanation", "Key", "NotFittedError",
-           "ProbingSet", "Projection", "PrototypeExplainer", "TrainingData", "accuracy_models", "alignment_models",
-           "class_map", "concept_table", "embeddings", "feature_order", "find", "fit_prototypes", "fit_qsenn",
-           "fitted_chili", "full_mode_refusal", "model_labels", "probing_set", "read_probing_folder", "shared_qsenn",
-           "store", "stored_accuracy_table", "stored_alignment_table", "stored_projection"]
+__all__ = ["CONCEPT_SPLITS", "PROTOTYPES_KIND", "QSENN", "QSENN_MODES", "ChiliWeights", "ConceptExplanation", "Key",
+           "NotFittedError", "ProbingSet", "Projection", "PrototypeExplainer", "TrainingData", "accuracy_models",
+           "alignment_models", "class_map", "concept_table", "embeddings", "feature_order", "find", "fit_prototypes",
+           "fit_qsenn", "fitted_chili", "folder_class_names", "full_mode_refusal", "model_labels", "probing_set",
+           "read_probing_folder", "shared_qsenn", "store", "stored_accuracy_table", "stored_alignment_table",
+           "stored_concept_table", "stored_projection"]

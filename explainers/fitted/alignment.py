@@ -27,7 +27,7 @@ from scipy.optimize import least_squares
 from scipy.spatial.distance import pdist
 from sklearn.neighbors import NearestNeighbors
 
-from ..data.datasets import DatasetSpec
+from ..data.datasets import DatasetSpec, plural
 from ..models import BLOCK_NAMES, ModelSpec
 from ..runtime.errors import UserInputError
 from ..runtime.progress import Progress, report_fraction, scaled
@@ -148,11 +148,18 @@ def rescaled_columns(columns: np.ndarray, embeddings: np.ndarray, labels: np.nda
 def place_by_distances(points: np.ndarray, anchors: np.ndarray, anchors_xy: np.ndarray) -> np.ndarray:
     """2-D positions whose distances to the anchors' 2-D positions match their true distances,
     with one global scale taken from the anchors' own high-D vs 2-D distances (least squares)."""
+    usable = np.isfinite(anchors).all(1) & np.isfinite(anchors_xy).all(1)  # a class without images has no centre
+    if not usable.any():
+        raise UserInputError("no class centre to place the prototypes against: the chosen classes have no "
+                             "training images; choose classes whose folders hold images")
+    anchors, anchors_xy = anchors[usable], anchors_xy[usable]
     high, low = pdist(anchors), pdist(anchors_xy)
     scale = float(np.median(low / high.clip(1e-12))) if len(high) else 1.0
     placed = []
     for point in points:
         target = np.linalg.norm(anchors - point, axis=1) * scale
+        if not np.isfinite(target).all():
+            raise UserInputError("a prototype to place has no finite coordinates (its class has no training images)")
         nearest = int(target.argmin())
         start = anchors_xy[nearest] + 0.01 * (anchors_xy.mean(0) - anchors_xy[nearest] + 1e-3)
         fit = least_squares(lambda xy: np.linalg.norm(anchors_xy - xy, axis=1) - target, start)
@@ -199,6 +206,12 @@ def projection(train_z: np.ndarray, train_labels: np.ndarray, test_z: np.ndarray
     classes = np.asarray(sorted(classes))
     if len(classes) < 2:
         raise UserInputError("choose at least two classes to project")
+    empty = np.setdiff1d(classes, train_labels)
+    if len(empty):
+        raise UserInputError(f"{plural(len(empty), 'chosen class')} "
+                             f"({', '.join(str(c) for c in empty.tolist())}) "
+                             f"{'has' if len(empty) == 1 else 'have'} no training images to project: "
+                             "choose classes whose folders hold images")
     train_keep = np.flatnonzero(np.isin(train_labels, classes))
     test_keep = np.flatnonzero(np.isin(test_labels, classes))
     data, data_labels = train_z[train_keep], train_labels[train_keep]

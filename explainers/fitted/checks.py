@@ -33,6 +33,14 @@ def _nameless(model: ModelSpec) -> bool:
     return model.dataset is None and list(model.classes) == [str(i) for i in range(model.num_classes)]
 
 
+def folder_class_names(model: ModelSpec, dataset: DatasetSpec) -> list[str] | None:
+    """The names a model without class names takes from its training folder (its sub-folders in sorted order,
+    as ``class_map`` matches them), or None when the model has names of its own or the counts differ."""
+    if _nameless(model) and len(dataset.classes) == model.num_classes and list(dataset.classes) != list(model.classes):
+        return list(dataset.classes)
+    return None
+
+
 def class_map(model: ModelSpec, dataset: DatasetSpec) -> np.ndarray:
     """The model's class of each of the dataset's classes (index: the dataset's label).
 
@@ -50,7 +58,7 @@ def class_map(model: ModelSpec, dataset: DatasetSpec) -> np.ndarray:
     if _nameless(model) and len(names) == model.num_classes:
         return np.arange(len(names), dtype=np.int64)
     unknown = [name for name in names if name not in index]
-    hint = (f"{len(names)} classes for {model.num_classes}" if _nameless(model) else
+    hint = (f"{plural(len(names), 'class')} for {model.num_classes}" if _nameless(model) else
             f"{model.name} has no class {quoted(unknown, 5)}")
     raise DatasetError(
         f"The classes of {dataset.name} ({quoted(names)}) are not the classes of {model.name} "
@@ -98,7 +106,7 @@ def check_classes(model: ModelSpec, dataset: DatasetSpec, per_class: int, pooled
     empty = [dataset.classes[i] for i in np.flatnonzero(images == 0)]
     if empty:
         skipped = getattr(dataset, "skipped", None)
-        why = f" ({len(skipped)} unreadable files were left out)" if skipped else ""
+        why = f" ({plural(len(skipped), 'unreadable file')} left out)" if skipped else ""
         raise DatasetError(
             f"{'Class' if len(empty) == 1 else 'Classes'} {quoted(empty)} of {dataset.name} "
             f"{'has' if len(empty) == 1 else 'have'} no {dataset.split} images{why}: add images to "

@@ -6,6 +6,7 @@ checkpoint (a state dict, read as weights only); a module is any classifier endi
 """
 from __future__ import annotations
 
+import pickle
 import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -13,6 +14,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from ..data.datasets import plural
 from ..runtime.devices import resolve_device
 from ..runtime.errors import CheckpointError, UserInputError
 from . import families
@@ -128,10 +130,7 @@ def from_checkpoint(path: Path, arch: str | None = None, classes: list[str] | No
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for unreadable or unsafe files
-        raise CheckpointError(
-            f"{Path(path).name} could not be read as a PyTorch weights file ({error.__class__.__name__}). "
-            "Save the model with torch.save(model.state_dict(), path); files that need code to unpickle are refused."
-        ) from error
+        raise CheckpointError(_unreadable_message(Path(path), error)) from error
     state, meta = _split_checkpoint(loaded)
     arch = arch or meta.get("arch") or _guess_arch(state)
     if arch is None:
@@ -225,17 +224,34 @@ def _shape_mismatches(net: nn.Module, state: Mapping[str, torch.Tensor]) -> list
             for k, v in state.items() if k in own and own[k].shape != v.shape]
 
 
+def _unreadable_message(path: Path, error: Exception) -> str:
+    """Why torch.load refused a file, in words: cut short or damaged, code to unpickle, or not a weights file."""
+    size = path.stat().st_size if path.exists() else 0
+    text = str(error)
+    if isinstance(error, pickle.UnpicklingError):
+        return (f"{path.name} holds Python objects that need code to unpickle, which is refused (running a file's "
+                "code is unsafe). Save the weights alone: torch.save(model.state_dict(), path).")
+    if isinstance(error, EOFError) or "zip archive" in text or "central directory" in text or size == 0:
+        return (f"{path.name} ({plural(size, 'byte')}) is truncated or corrupt: it ends before its contents do, as a "
+                "copy or upload cut short leaves it. Copy or upload the file again, and check that its size is the "
+                "original's; if the original is damaged too, save the model again with "
+                "torch.save(model.state_dict(), path).")
+    return (f"{path.name} could not be read as a PyTorch weights file ({error.__class__.__name__}: "
+            f"{text.splitlines()[0][:160] if text else 'no detail'}). Save the model with "
+            "torch.save(model.state_dict(), path); files that need code to unpickle are refused.")
+
+
 def _misfit_message(filename: str, arch: str, missing: list[str], unexpected: list[str],
                     mismatched: list[str]) -> str:
-    parts = [f"{filename} does not fit the {arch} architecture:"]
+    found = []
     if missing:
-        parts.append(f"{len(missing)} parameters missing (e.g. {', '.join(missing[:3])})")
+        found.append(f"{plural(len(missing), 'parameter')} missing (e.g. {', '.join(missing[:3])})")
     if unexpected:
-        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        found.append(f"{len(unexpected):,} unexpected (e.g. {', '.join(unexpected[:3])})")
     if mismatched:
-        parts.append(f"{len(mismatched)} with other shapes (e.g. {'; '.join(mismatched[:2])})")
-    parts.append("Choose the architecture the checkpoint was trained with.")
-    return " ".join(parts)
+        found.append(f"{len(mismatched):,} with other shapes (e.g. {'; '.join(mismatched[:2])})")
+    return (f"{filename} does not fit the {arch} architecture: {'; '.join(found)}. "
+            "Choose the architecture the checkpoint was trained with.")
 
 
 def from_module(net: nn.Module, name: str, classes: list[str] | None = None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -133,7 +133,21 @@ class ModelSpec:
         self._gap_head = bool(fits)
 
     def class_name(self, index: int) -> str:
+        """The name of class ``index`` (its number when the model has no name for it)."""
         return self.classes[index] if 0 <= index < len(self.classes) else str(index)
+
+    def with_classes(self, classes: Sequence[str]) -> "ModelSpec":
+        """A copy of this spec whose classes are ``classes`` (one name per output), for one user's session: the
+        network, its blocks and what was computed lazily are shared, this spec is left as it is (other
+        sessions may hold it). The fingerprint is the weights', so what was fitted for one serves the other."""
+        names = [str(name) for name in classes]
+        if len(names) != self.num_classes:
+            raise UserInputError(f"{len(names)} class names for {plural(self.num_classes, 'output')} of {self.name}: "
+                                 "give one name per class")
+        self.fingerprint  # computed once here, shared by the copy
+        copy = replace(self, classes=names, card=dict(self.card))
+        copy._lazy = threading.Lock()
+        return copy
 
     def check_target(self, target: int) -> int:
         """``target`` as a class index, refused (``UserInputError``) unless it is one of the model's classes."""

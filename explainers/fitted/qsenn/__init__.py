@@ -35,10 +35,19 @@ from .diversity import diversity_at_5, diversity_per_image, feature_diversity_lo
 from .layer import QSENN, QSENN_MODES, ConceptExplanation, FeatureEvidence, cached_block_features
 from .recipe import QSENN_KIND, QSENN_VERSION, QSENNRecipe, fit_qsenn, shared_qsenn
 from .solver import quantise
-from .table import concept_table, feature_order
+from .table import (
+           CONCEPT_SPLITS,
+           concept_table,
+           concept_table_filename,
+           feature_order,
+           stored_concept_table,
+           write_concept_table,
+)
 from .tuning import block_features, full_mode_refusal
 
-__all__ = ["QSENN", "QSENN_KIND", "QSENN_MODES", "QSENN_VERSION", "ConceptExplanation", "FeatureEvidence",
-           "QSENNRecipe", "block_features", "cached_block_features", "concept_table", "diversity_at_5",
+__all__ = ["CONCEPT_SPLITS", "QSENN",
+           "QSENN_KIND", "QSENN_MODES", "QSENN_VERSION", "ConceptExplanation", "FeatureEvidence",
+           "QSENNRecipe", "block_features", "cached_block_features", "concept_table", "concept_table_filename",
+           "diversity_at_5",
            "diversity_per_image", "feature_diversity_loss", "feature_order", "fit_qsenn", "full_mode_refusal",
-           "quantise", "shared_qsenn"]
+           "quantise", "shared_qsenn", "stored_concept_table", "write_concept_table"]

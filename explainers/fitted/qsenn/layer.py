@@ -15,7 +15,7 @@ from ...engine.trace import trace
 from ...models import ModelSpec
 from ...models.inference import hookless_copy
 from ...models.inputs import as_batch
-from ...runtime.errors import UserInputError
+from ...runtime.errors import DatasetError, UserInputError
 from ...runtime.maps import upsample
 from ...runtime.progress import Progress, report_fraction, scaled
 from ...runtime.settings import DeclaredParameters, Setting
@@ -175,7 +175,15 @@ class QSENN(DeclaredParameters):
             refusal = full_mode_refusal(model)
             if refusal:
                 raise UserInputError(refusal)
-        return check_classes(model, dataset, 1, False)
+        labels = check_classes(model, dataset, 1, False)
+        present = np.unique(labels)
+        if len(present) < 2:
+            only = model.class_name(int(present[0])) if len(present) else "none"
+            raise DatasetError(
+                f"A Q-SENN layer needs training images of at least two classes, and {dataset.name} has one "
+                f"({only}): its layer is fitted by a softmax over the classes (seed 003, eq. 3-5), which one class "
+                "leaves nothing to separate. Add a sub-folder of images for another of the model's classes.")
+        return labels
 
     # ---- fitting ----
     def fit(self, model: ModelSpec, dataset: DatasetSpec, progress: Progress | None = None,

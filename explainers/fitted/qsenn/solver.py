@@ -95,6 +95,9 @@ def regularisation_path(features: torch.Tensor, labels: torch.Tensor, n_classes:
     loader = DataLoader(IndexedTensorDataset(features, labels), batch_size=SAGA_BATCH, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
     top = maximum_reg(features, labels, group=group) / max(alpha, 1e-3)
+    if not math.isfinite(top) or top <= 0:  # no gradient at zero weights: nothing tells the classes apart
+        raise UserInputError("The features do not separate the training classes (their regularisation path is "
+                             "empty): give training images of at least two classes that the model tells apart.")
     lambdas = torch.logspace(math.log10(top), math.log10(top * end), steps).tolist()
     state = None
     for i, lam in enumerate(lambdas):

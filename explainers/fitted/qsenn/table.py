@@ -1,7 +1,10 @@
 """Seed 003's Table 1 for a model (every layer's accuracy, sparsity and diversity@5) and the order of W_Q's columns."""
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -14,8 +17,15 @@ from ...runtime.errors import UserInputError
 from ...runtime.progress import Progress, report_fraction
 from ..checks import model_labels
 from ..prototypes.depths import image_batches
+from ..store import cache_dir, find, write_atomically
 from .diversity import diversity_per_image
 from .layer import QSENN, tensor_of
+from .recipe import QSENN_KIND
+
+# Splits beyond train that Table 1 covers where a dataset has them: "test_clean", a spurious-correlation set's test
+# images without the correlated mark (digits_marked).
+CONCEPT_SPLITS = ("test", "test_clean")
+TABLE_VERSION = 1  # a change to what concept_table computes: stored tables of earlier versions are not found
 
 
 @dataclass
@@ -89,6 +99,40 @@ def concept_table(layer: QSENN, splits: dict[str, DatasetSpec], progress: Progre
             line[f"diversity@5 {split} (%)"] = round(100 * float(kept.mean()), 1) if len(kept) else None
         table.append(line)
     return table
+
+
+def concept_table_filename(layer: QSENN, splits: dict[str, DatasetSpec]) -> str:
+    """Table 1's file name in Q-SENN's disk tiers: keyed by the layer's digest and each split's fingerprint."""
+    parts = [TABLE_VERSION, layer.digest_, [(name, dataset.fingerprint) for name, dataset in splits.items()]]
+    return f"table1-{hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]}.json"
+
+
+def stored_concept_table(layer: QSENN, splits: dict[str, DatasetSpec], progress: Progress | None = None,
+                         cache: bool = True) -> list[dict]:
+    """``concept_table``, read from ``.cache/qsenn/`` or the shipped ``assets/qsenn/`` when it is there (a shipped
+    layer ships its table: no pass over the data on a fresh server), else computed and kept in ``.cache/qsenn/``,
+    so it is computed once per machine, not per session."""
+    filename = concept_table_filename(layer, splits)
+    found = find(QSENN_KIND, filename) if cache else None
+    if found is not None:
+        try:
+            return json.loads(found.read_text())["rows"]
+        except (OSError, ValueError, KeyError):  # unreadable: computed again and rewritten
+            pass
+    rows = concept_table(layer, splits, progress)
+    if cache:
+        write_concept_table(cache_dir() / QSENN_KIND / filename, rows)
+    return rows
+
+
+def write_concept_table(path: Path, rows: list[dict]) -> None:
+    """Table 1's rows as JSON, written atomically."""
+    text = json.dumps({"rows": rows}, indent=1) + "\n"
+
+    def write(temporary: Path) -> None:
+        temporary.write_text(text)
+
+    write_atomically(path, write)
 
 
 def feature_order(weights: np.ndarray, by: str = "selection") -> np.ndarray:
