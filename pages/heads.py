@@ -2,9 +2,12 @@
 object and context weights per head (Gandelsman et al. 2024; seed 001)."""
 import numpy as np
 import streamlit as st
+import torch
 
 from explainers import UserInputError, method_info
+from explainers.display import overlay
 from explainers.methods import textspan_reason
+from explainers.runtime import upsample
 from ui.cache import Failure, explanations
 from ui.heads import clicked_head, head_grid, head_map, remainder_rows
 from ui.progress import progress_bar
@@ -64,11 +67,18 @@ cells = [(layer, head) for layer in range(layers) for head in range(heads)]
 picked = clicked_head(event, heads)
 if picked is not None:
     st.session_state["heads_cell"] = picked
+elif st.session_state.get("heads_cell") not in cells:  # first view: the head that contributes most
+    strongest = np.unravel_index(int(np.argmax(scores)), scores.shape)
+    st.session_state["heads_cell"] = (int(strongest[0]), int(strongest[1]))
 chosen = st.selectbox("Head", cells, key="heads_cell", format_func=lambda c: f"layer {c[0]}, head {c[1]}",
                       help="Click a cell of the grid, or choose here.")
 layer, head = chosen
-st.plotly_chart(head_map(maps[layer, head], f"Layer {layer}, head {head}: A_(l,h) on the patch grid "
-                         f"({scores[layer, head] / total:.1%} of the logit)"), key="heads_map")
+picture, cells_view = st.columns(2)
+display_image = model.transform.geometry(selection.image)
+head_heatmap = upsample(torch.from_numpy(maps[layer, head])[None].float(), model.input_size)[0].numpy()
+picture.image(overlay(display_image, head_heatmap, signed=True, size=320),
+              caption=f"Layer {layer}, head {head} over the image: {scores[layer, head] / total:.1%} of the logit")
+cells_view.plotly_chart(head_map(maps[layer, head], "its terms A_(l,h,i) on the patch grid"), key="heads_map")
 
 st.subheader("CHILI: object and context weights per head")
 chili = found["chili"]

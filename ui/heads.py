@@ -27,9 +27,10 @@ def head_map(values: np.ndarray, title: str) -> go.Figure:
     """One head's map on the patch grid (h, w), diverging around zero."""
     bound = float(np.abs(values).max()) or 1.0
     figure = go.Figure(go.Heatmap(z=values, colorscale="RdBu", reversescale=True, zmin=-bound, zmax=bound))
-    figure.update_yaxes(autorange="reversed", scaleanchor="x", showticklabels=False)
-    figure.update_xaxes(showticklabels=False)
-    figure.update_layout(title=title, height=320, margin=dict(l=10, r=10, t=40, b=10))
+    figure.update_yaxes(autorange="reversed", scaleanchor="x", constrain="domain", showticklabels=False,
+                        showgrid=False, zeroline=False)
+    figure.update_xaxes(constrain="domain", showticklabels=False, showgrid=False, zeroline=False)
+    figure.update_layout(title=title, height=360, width=400, margin=dict(l=10, r=10, t=40, b=10))
     return figure
 
 
