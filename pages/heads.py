@@ -78,7 +78,8 @@ display_image = model.transform.geometry(selection.image)
 head_heatmap = upsample(torch.from_numpy(maps[layer, head])[None].float(), model.input_size)[0].numpy()
 picture.image(overlay(display_image, head_heatmap, signed=True, size=320),
               caption=f"Layer {layer}, head {head} over the image: {scores[layer, head] / total:.1%} of the logit")
-cells_view.plotly_chart(head_map(maps[layer, head], "its terms A_(l,h,i) on the patch grid"), key="heads_map")
+cells_view.plotly_chart(head_map(maps[layer, head], f"Layer {layer}, head {head}: its terms A_(l,h,i) per patch"),
+                        key="heads_map")
 
 st.subheader("CHILI: object and context weights per head")
 chili = found["chili"]
