@@ -19,7 +19,7 @@ import hashlib
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -139,7 +139,7 @@ class Projection:
 
 
 def rescaled_columns(columns: np.ndarray, embeddings: np.ndarray, labels: np.ndarray,
-                     classes: Sequence[int]) -> np.ndarray:
+                     classes: Sequence[int] | np.ndarray) -> np.ndarray:
     """c_j scaled to the mean norm of class j's embeddings: the triangles of Figure 2."""
     norms = np.array([np.linalg.norm(embeddings[labels == c], axis=1).mean() for c in classes])
     return columns / np.linalg.norm(columns, axis=1, keepdims=True).clip(1e-12) * norms[:, None]
@@ -175,7 +175,7 @@ def off_manifold(points: np.ndarray, data: np.ndarray, n_neighbors: int = 15, qu
     return search.kneighbors(points, n_neighbors=1)[0][:, 0] > reach
 
 
-def place_prototypes(points: np.ndarray, reducer: object, data: np.ndarray, data_labels: np.ndarray,
+def place_prototypes(points: np.ndarray, reducer: Any, data: np.ndarray, data_labels: np.ndarray,
                      data_xy: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Honest 2-D positions for prototypes, and which of them lie off the data manifold.
 
@@ -203,31 +203,31 @@ def projection(train_z: np.ndarray, train_labels: np.ndarray, test_z: np.ndarray
     ``transform``), prototypes placed honestly by ``place_prototypes``."""
     import umap
 
-    classes = np.asarray(sorted(classes))
-    if len(classes) < 2:
+    chosen = np.asarray(sorted(classes))
+    if len(chosen) < 2:
         raise UserInputError("choose at least two classes to project")
-    empty = np.setdiff1d(classes, train_labels)
+    empty = np.setdiff1d(chosen, train_labels)
     if len(empty):
         raise UserInputError(f"{plural(len(empty), 'chosen class')} "
                              f"({', '.join(str(c) for c in empty.tolist())}) "
                              f"{'has' if len(empty) == 1 else 'have'} no training images to project: "
                              "choose classes whose folders hold images")
-    train_keep = np.flatnonzero(np.isin(train_labels, classes))
-    test_keep = np.flatnonzero(np.isin(test_labels, classes))
+    train_keep = np.flatnonzero(np.isin(train_labels, chosen))
+    test_keep = np.flatnonzero(np.isin(test_labels, chosen))
     data, data_labels = train_z[train_keep], train_labels[train_keep]
     reducer = umap.UMAP(n_neighbors=min(n_neighbors, len(train_keep) - 1), random_state=seed, n_jobs=1)
     train_xy = reducer.fit_transform(data)
     test_xy = reducer.transform(test_z[test_keep]) if len(test_keep) else np.zeros((0, 2))
-    raw = columns[classes]
-    rescaled = rescaled_columns(raw, train_z, train_labels, classes)
-    kmex_keep = np.isin(kmex.prototype_labels_, classes)
-    placed = [place_prototypes(points, reducer, data, data_labels, train_xy, classes)
+    raw = columns[chosen]
+    rescaled = rescaled_columns(raw, train_z, train_labels, chosen)
+    kmex_keep = np.isin(kmex.prototype_labels_, chosen)
+    placed = [place_prototypes(points, reducer, data, data_labels, train_xy, chosen)
               for points in (raw, rescaled, kmex.prototypes_[kmex_keep])]
     return Projection(
         train_xy=train_xy, train_labels=data_labels, train_index=train_keep,
         test_xy=test_xy, test_labels=test_labels[test_keep], test_index=test_keep,
         columns_xy=placed[0][0], rescaled_xy=placed[1][0], kmex_xy=placed[2][0],
-        kmex_labels=kmex.prototype_labels_[kmex_keep], classes=classes,
+        kmex_labels=kmex.prototype_labels_[kmex_keep], classes=chosen,
         off_manifold={"columns": placed[0][1], "rescaled": placed[1][1], "kmex": placed[2][1]},
     )
 

@@ -6,6 +6,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -210,11 +211,11 @@ class QSENN(DeclaredParameters):
         # and computes the next layer (15%). Measured on digits, so that the time left is roughly fair.
         prep = scaled(progress, 0.0, 0.15 if full else 1.0)
         started = time.perf_counter()
-        features = cached_block_features(model, dataset, block, self.batch_size, scaled(prep, 0.0, 0.3), features,
-                                         "features of the training images")
+        pooled = cached_block_features(model, dataset, block, self.batch_size, scaled(prep, 0.0, 0.3), features,
+                                       "features of the training images")
         self._time("features", started)
-        self._baseline(features, labels, scaled(prep, 0.3, 0.55))
-        self._layer(features, labels, scaled(prep, 0.55, 1.0), 0)
+        self._baseline(pooled, labels, scaled(prep, 0.3, 0.55))
+        self._layer(pooled, labels, scaled(prep, 0.55, 1.0), 0)
         if full:
             network = model
             for round_ in range(self.iterations):
@@ -222,13 +223,13 @@ class QSENN(DeclaredParameters):
                 stage = scaled(progress, low, low + 0.85 / self.iterations)
                 network = self._fine_tune(model, network, dataset, labels, round_, scaled(stage, 0.0, 0.7))
                 started = time.perf_counter()
-                features = block_features(network, dataset, block, self.batch_size, scaled(stage, 0.7, 0.85),
-                                          f"round {round_ + 1} of {self.iterations}, recomputing the features")
+                pooled = block_features(network, dataset, block, self.batch_size, scaled(stage, 0.7, 0.85),
+                                        f"round {round_ + 1} of {self.iterations}, recomputing the features")
                 self._time("features", started)
                 if round_ + 1 < self.iterations:
-                    self._layer(features, labels, scaled(stage, 0.85, 1.0), round_ + 1)
+                    self._layer(pooled, labels, scaled(stage, 0.85, 1.0), round_ + 1)
             self.network_ = network
-        self._keep_gallery(features)
+        self._keep_gallery(pooled)
         report_fraction(1.0, "done", progress)
         return self
 
@@ -317,7 +318,7 @@ class QSENN(DeclaredParameters):
         """alpha * W_1 f* + b for pooled block features (N, D)."""
         return self.standardised(pooled) @ tensor_of(self.weights_).T + tensor_of(self.bias_)
 
-    def _maps(self, images: object) -> tuple[torch.Tensor, torch.Tensor]:
+    def _maps(self, images: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """(block maps (N, D, h, w), the network's own logits) of images, batched, without gradients."""
         network = self.network
         inputs = as_batch(network, images)
@@ -370,14 +371,15 @@ class QSENN(DeclaredParameters):
 
     def save(self, path: Path) -> None:
         self.check_fitted()
-        arrays = {name: np.asarray(getattr(self, name)) for name in self.ARRAYS}
+        arrays: dict[str, Any] = {name: np.asarray(getattr(self, name)) for name in self.ARRAYS}
         arrays.update({f"baseline_{k}": np.asarray(v) for k, v in self.baseline_.items()})
         if getattr(self, "network_", None) is not None:
             arrays.update({f"net/{k}": v.detach().cpu().numpy() for k, v in self.network_.net.state_dict().items()})
         meta = {"settings": self.get_params(), "block": self.block_, "num_classes": self.num_classes_,
                 "n_features": self.n_features_, "n_w": self.n_w_, "alpha": self.alpha_, "epsilon": self.epsilon_,
                 "history": self.history_, "timings": self.timings_}
-        write_atomically(path, lambda temporary: np.savez(temporary, meta=np.array(json.dumps(meta)), **arrays))
+        arrays["meta"] = np.array(json.dumps(meta))
+        write_atomically(path, lambda temporary: np.savez(temporary, **arrays))
 
     @classmethod
     def load(cls, path: Path, model: ModelSpec) -> "QSENN":

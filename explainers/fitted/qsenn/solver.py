@@ -76,8 +76,8 @@ class PathStep:
 def _saga_step(linear: nn.Linear, loader: DataLoader, lam: float, alpha: float, group: bool, state: dict | None,
                n_classes: int) -> dict:
     return train_saga(linear, loader, SAGA_LR, SAGA_MAX_EPOCHS, lam, alpha, group=group, state=state,
-                      n_ex=len(loader.dataset), n_classes=n_classes, tol=SAGA_TOLERANCE,
-                      lookbehind=SAGA_LOOKBEHIND, logger=_silent)
+                      n_ex=len(loader.dataset),  # type: ignore[arg-type]  # a TensorDataset: sized
+                      n_classes=n_classes, tol=SAGA_TOLERANCE, lookbehind=SAGA_LOOKBEHIND, logger=_silent)
 
 
 def regularisation_path(features: torch.Tensor, labels: torch.Tensor, n_classes: int, alpha: float, group: bool,

@@ -42,6 +42,7 @@ def tuned_spec(model: ModelSpec, net: nn.Module) -> ModelSpec:
     blocks = {name: net.get_submodule(path) for name, path in model.block_paths.items()}
     classifier = net.get_submodule(next(name for name, module in model.net.named_modules()
                                         if module is model.classifier))
+    assert isinstance(classifier, nn.Linear)  # the copy of the model's own linear classifier
     return replace(model, name=f"{model.name} (Q-SENN fine-tuned)", net=net, blocks=blocks, classifier=classifier,
                    _fingerprint=None, _inference_net=None, _lazy=Lock())
 
