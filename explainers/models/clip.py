@@ -26,7 +26,7 @@ from ..data.datasets import imagenet_classes
 from ..runtime.errors import CheckpointError, ModelUnavailableError, UserInputError
 from .preprocess import Preprocess
 from .spec import ModelSpec, model_spec
-from .vit_checkpoints import vit_misfit
+from .vit_checkpoints import misfit_message
 
 __all__ = ["text_embeddings", "OPEN_CLIP_PREFIX", "PROMPT", "ZeroShotCLIP", "open_clip_model", "split_open_clip_name",
            "zero_shot_head"]
@@ -104,22 +104,9 @@ def read_weights(path: Path) -> Mapping[str, torch.Tensor]:
 
 
 def _check_fit(filename: str, arch: str, own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> None:
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                  for k, v in state.items() if k in own and own[k].shape != v.shape]
-    if not (missing or unexpected or mismatched):
-        return
-    parts = [f"{filename} does not fit open_clip:{arch}:"]
-    if missing:
-        parts.append(f"{len(missing)} parameters missing (e.g. {', '.join(missing[:3])})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-    if mismatched:
-        parts.append(f"{len(mismatched)} with other shapes (e.g. {'; '.join(mismatched[:2])})")
-    words = vit_misfit(own, state)
-    parts.append((words + " " if words else "") + "Choose the architecture the weights were trained as.")
-    raise CheckpointError(" ".join(parts))
+    misfit = misfit_message(filename, f"open_clip:{arch}", own, state)
+    if misfit:
+        raise CheckpointError(misfit)
 
 
 def _class_names(classes: Sequence[str] | None) -> list[str]:

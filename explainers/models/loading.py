@@ -23,7 +23,7 @@ from .clip import OPEN_CLIP_PREFIX, open_clip_model, split_open_clip_name
 from .preprocess import Preprocess, imagenet_preprocess
 from .pretrained import TIMM_PREFIX, is_torchvision_classifier, timm_model, torchvision_model
 from .spec import MODELS, ModelSpec, last_linear, model_spec, module_path
-from .vit_checkpoints import vit_misfit
+from .vit_checkpoints import misfit_message
 
 __all__ = ["CHECKPOINT_SUFFIXES", "from_checkpoint", "from_module", "load_model", "model_name"]
 
@@ -145,14 +145,9 @@ def from_checkpoint(path: Path, arch: str | None = None, classes: list[str] | No
     if head_key in state and state[head_key].shape[0] != spec.num_classes:
         spec = _rebuild_with_classes(arch, state[head_key].shape[0])
     # Checked before loading: load_state_dict raises a bare RuntimeError on other shapes, even if strict=False.
-    own = spec.net.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = _shape_mismatches(spec.net, state)
-    if missing or unexpected or mismatched:
-        words = vit_misfit(own, state)  # a ViT of another patch or image size, said in words
-        raise CheckpointError(_misfit_message(Path(path).name, arch, missing, unexpected, mismatched)
-                              + (f" {words}" if words else ""))
+    misfit = misfit_message(Path(path).name, arch, spec.net.state_dict(), state)
+    if misfit:
+        raise CheckpointError(misfit)
     spec.net.load_state_dict(state)
     names = classes or meta.get("classes") or (spec.classes if len(spec.classes) == spec.num_classes
                                                else [str(i) for i in range(spec.num_classes)])
@@ -218,12 +213,6 @@ def _rebuild_with_classes(arch: str, num_classes: int) -> ModelSpec:
                       sample_dataset=base.sample_dataset)
 
 
-def _shape_mismatches(net: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
-    own = net.state_dict()
-    return [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-            for k, v in state.items() if k in own and own[k].shape != v.shape]
-
-
 def _unreadable_message(path: Path, error: Exception) -> str:
     """Why torch.load refused a file, in words: cut short or damaged, code to unpickle, or not a weights file."""
     size = path.stat().st_size if path.exists() else 0
@@ -239,19 +228,6 @@ def _unreadable_message(path: Path, error: Exception) -> str:
     return (f"{path.name} could not be read as a PyTorch weights file ({error.__class__.__name__}: "
             f"{text.splitlines()[0][:160] if text else 'no detail'}). Save the model with "
             "torch.save(model.state_dict(), path); files that need code to unpickle are refused.")
-
-
-def _misfit_message(filename: str, arch: str, missing: list[str], unexpected: list[str],
-                    mismatched: list[str]) -> str:
-    found = []
-    if missing:
-        found.append(f"{plural(len(missing), 'parameter')} missing (e.g. {', '.join(missing[:3])})")
-    if unexpected:
-        found.append(f"{len(unexpected):,} unexpected (e.g. {', '.join(unexpected[:3])})")
-    if mismatched:
-        found.append(f"{len(mismatched):,} with other shapes (e.g. {'; '.join(mismatched[:2])})")
-    return (f"{filename} does not fit the {arch} architecture: {'; '.join(found)}. "
-            "Choose the architecture the checkpoint was trained with.")
 
 
 def from_module(net: nn.Module, name: str, classes: list[str] | None = None,

@@ -1,4 +1,5 @@
-"""A Vision Transformer's weights that do not fit its architecture, said in words: ``vit_misfit``.
+"""Weights that do not fit their architecture, said in words: ``misfit_message`` (every loader's: a
+checkpoint, an open_clip weights file), and for a Vision Transformer why, ``vit_misfit``.
 
 A ViT checkpoint trained with another patch size, or at another image size, differs from the architecture in
 two tensors, the patch embedding's convolution (out, in, p, p) and the position embedding (one row per token),
@@ -11,7 +12,9 @@ from typing import Mapping
 
 import torch
 
-__all__ = ["vit_misfit"]
+from ..data.datasets import plural
+
+__all__ = ["misfit_message", "vit_misfit"]
 
 # The patch embedding's convolution and the position embedding, as timm, torchvision and open_clip name them.
 PATCH_KEYS = ("patch_embed.proj.weight", "conv_proj.weight", "visual.conv1.weight")
@@ -51,3 +54,25 @@ def vit_misfit(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor
         return None
     text = " ".join(said)
     return text[0].upper() + text[1:]
+
+
+def misfit_message(filename: str, arch: str, own: Mapping[str, torch.Tensor],
+                   state: Mapping[str, torch.Tensor]) -> str | None:
+    """None when ``state`` fits the architecture's own state dict ``own`` (same names, same shapes); else what
+    differs (parameters missing, unexpected, of other shapes: a few of each named) and, for a ViT, why."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if not (missing or unexpected or mismatched):
+        return None
+    found = []
+    if missing:
+        found.append(f"{plural(len(missing), 'parameter')} missing (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        found.append(f"{len(unexpected):,} unexpected (e.g. {', '.join(unexpected[:3])})")
+    if mismatched:
+        found.append(f"{len(mismatched):,} with other shapes (e.g. {'; '.join(mismatched[:2])})")
+    words = vit_misfit(own, state)  # a ViT of another patch or image size, said in words
+    return (f"{filename} does not fit the {arch} architecture: {'; '.join(found)}."
+            + (f" {words}" if words else "") + " Choose the architecture the weights were trained with.")
