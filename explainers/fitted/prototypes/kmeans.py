@@ -1,4 +1,9 @@
-"""Stage 2 of a prototype fit: class-wise k-means on rows read from the feature cache, one thread per class."""
+"""Stage 2 of a prototype fit: class-wise k-means on rows read from the feature cache.
+
+Two k-means (``PrototypeExplainer``'s ``kmeans``): ``"torch"`` (``lloyd.lloyd_kmeans``: matrix products on
+every core, one class at a time while the next class's rows are read) and ``"sklearn"`` (scikit-learn's,
+one thread per class, ``KMEANS_WORKERS`` classes at once: the same prototypes to the bit on any machine).
+"""
 from __future__ import annotations
 
 import os
@@ -18,6 +23,9 @@ from ...runtime.errors import DatasetError
 from ...runtime.progress import Progress, report_fraction
 from ..features import FeatureCache
 from .depths import depth_blocks, depth_features
+from .lloyd import lloyd_kmeans
+
+KMEANS_CHOICES = ("torch", "sklearn")
 
 # k-means++ starts per class: scikit-learn's own default for k-means++ ("auto" = 1). Three cost 4.5x the time
 # (3.35 s against 0.74 s for one CUB-shaped class at B234: 20,000 rows of 896 dims, K = 10) for an inertia
@@ -98,9 +106,12 @@ def class_rows(cache: FeatureCache, indices: np.ndarray, depth: str, budget: int
 
 def class_prototypes(model: ModelSpec, cache: FeatureCache, labels: np.ndarray, depth: str, budget: int,
                      per_class: int, seed: int, max_pixels_per_class: int,
-                     progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Class-wise k-means (scikit-learn), K/C prototypes per class, ordered by class; each class's
-    rows read from the cache when its turn comes (``labels``: the dataset's labels as the model's).
+                     progress: Progress | None = None, algorithm: str = "sklearn") -> tuple[np.ndarray, np.ndarray]:
+    """Class-wise k-means, K/C prototypes per class, ordered by class; each class's rows read from the
+    cache when its turn comes (``labels``: the dataset's labels as the model's).
+
+    ``algorithm="torch"``: one class at a time on every core (``lloyd_kmeans``), the next class's rows read
+    by a second thread meanwhile; ``"sklearn"``: as follows.
 
     Classes with no images (a folder with some of the model's classes) get no prototypes. Classes
     are clustered ``KMEANS_WORKERS`` at a time, each on one thread: scikit-learn's k-means sums its
@@ -109,21 +120,32 @@ def class_prototypes(model: ModelSpec, cache: FeatureCache, labels: np.ndarray, 
     since every class has its own seeded k-means, the number of workers changes nothing either.
     """
     present = [label for label in range(model.num_classes) if (labels == label).any()]
+    if algorithm not in KMEANS_CHOICES:
+        raise ValueError(f"kmeans must be one of {KMEANS_CHOICES}, not {algorithm!r}")
     results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    def cluster(label: int) -> tuple[np.ndarray, np.ndarray]:
-        members = class_rows(cache, np.flatnonzero(labels == label), depth, budget, seed, max_pixels_per_class)
+    def read(label: int) -> np.ndarray:
+        return class_rows(cache, np.flatnonzero(labels == label), depth, budget, seed, max_pixels_per_class)
+
+    def checked(label: int, members: np.ndarray) -> int:
         k = distinct_rows(members, per_class)
         if k < per_class:
             raise DatasetError(
                 f"Class '{model.class_name(label)}' has only {k} distinct feature vectors at {depth} "
                 f"for the {per_class} prototypes per class asked: choose at most {max(k, 1)} prototypes "
                 f"per class (K/C), or add images to that class.")
+        return k
+
+    def cluster(label: int) -> tuple[np.ndarray, np.ndarray]:
+        members = read(label)
+        k = checked(label, members)
         with one_thread():
             fitted = KMeans(n_clusters=k, n_init=KMEANS_INITS, random_state=seed).fit(members)
         return fitted.cluster_centers_.astype(np.float32), np.full(k, label)
 
     report_fraction(0.0, f"stage 2 of 3, k-means at {depth}: class 1 of {len(present):,}", progress)
+    if algorithm == "torch":
+        return torch_prototypes(present, read, checked, seed, depth, progress)
     with ThreadPoolExecutor(KMEANS_WORKERS, thread_name_prefix="protoscope-kmeans") as pool:
         futures = {pool.submit(cluster, label): label for label in present}
         try:
@@ -138,3 +160,27 @@ def class_prototypes(model: ModelSpec, cache: FeatureCache, labels: np.ndarray, 
             raise
     return (np.concatenate([results[label][0] for label in present]),
             np.concatenate([results[label][1] for label in present]))
+
+
+def torch_prototypes(present: list[int], read, checked, seed: int, depth: str,
+                     progress: Progress | None) -> tuple[np.ndarray, np.ndarray]:
+    """``class_prototypes`` with ``lloyd_kmeans``: classes in order, each on every core, the next one's
+    rows read (``read(label)``) by a second thread while this one is clustered (``checked`` refuses a
+    class with too few distinct rows)."""
+    centres, owners = [], []
+    with ThreadPoolExecutor(1, thread_name_prefix="protoscope-rows") as reader:
+        upcoming = reader.submit(read, present[0]) if present else None
+        for i, label in enumerate(present):
+            members = upcoming.result()
+            upcoming = reader.submit(read, present[i + 1]) if i + 1 < len(present) else None
+            try:
+                k = checked(label, members)
+                centres.append(lloyd_kmeans(members, k, seed)[0].astype(np.float32))
+            except BaseException:
+                if upcoming is not None:
+                    upcoming.cancel()
+                raise
+            owners.append(np.full(k, label))
+            report_fraction((i + 1) / len(present),
+                            f"stage 2 of 3, k-means at {depth}: {i + 1:,} of {len(present):,} classes", progress)
+    return np.concatenate(centres), np.concatenate(owners)
