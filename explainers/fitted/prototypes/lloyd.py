@@ -12,7 +12,8 @@ on their mean first (precision), k-means++ draws its first centre uniformly and 
 2 + log(K) candidates drawn in proportion to the squared distance, Lloyd stops when no row changes
 cluster or when the centres move less (squared, summed) than ``tol`` times the mean variance of the
 columns, and an empty cluster takes the row farthest from its centre. Seeded (numpy's ``RandomState``
-draws the candidates, as scikit-learn's): on one machine with the same number of threads, the same rows give the same centres.
+draws the candidates, as scikit-learn's): on one machine with the same number of threads, the same rows
+give the same centres. Each iteration's assignments are Lloyd's, found with Hamerly's bounds (``lloyd_kmeans``).
 Its inertia is checked against scikit-learn's on the same rows in ``tests/test_kmeans.py``.
 """
 from __future__ import annotations
@@ -61,44 +62,82 @@ def kmeans_plusplus(rows: torch.Tensor, row_norms: torch.Tensor, k: int, generat
 def lloyd_kmeans(rows: np.ndarray, k: int, seed: int, max_iterations: int = MAX_ITERATIONS,
                  tolerance: float = TOLERANCE) -> tuple[np.ndarray, float]:
     """K centres of ``rows`` (float32, (K, D)) and their inertia (the sum of squared distances of
-    every row to its nearest centre), k-means++ seeded with ``seed``, then Lloyd iterations."""
+    every row to its nearest centre), k-means++ seeded with ``seed``, then Lloyd iterations.
+
+    Each iteration is Lloyd's, computed with Hamerly's bounds (2010): per row an upper bound on the
+    distance to its centre and a lower bound on the distance to any other; the bounds follow the centres'
+    moves, and only the rows whose bounds overlap get their distances recomputed (a matrix product on
+    those rows). Late iterations move few rows, so they cost a pass over two vectors instead of the
+    rows; the clusters' sums are updated with the rows that changed cluster (in float64)."""
     data = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
     if len(data) < k:
         raise ValueError(f"{len(data)} rows for {k} clusters")
     mean = data.mean(dim=0, dtype=torch.float64).float()
     data = data - mean
     norms = (data * data).sum(dim=1)
-    threshold = tolerance * float(data.var(dim=0, unbiased=False).mean())
+    threshold = tolerance * float(norms.double().sum()) / data.numel()  # the columns' mean variance (centred)
     centres = kmeans_plusplus(data, norms, k, np.random.RandomState(seed))
-    previous = None
+    labels, upper, lower = nearest_two(data, norms, centres)
+    sums = torch.zeros((k, data.shape[1])).index_add_(0, labels, data).double()
+    counts = torch.bincount(labels, minlength=k).double()
     for _ in range(max_iterations):
-        distances = squared_distances(data, norms, centres)
-        labels = distances.argmin(dim=1)
-        updated = cluster_means(data, labels, centres, distances)
-        shift = float(((updated - centres) ** 2).sum())
+        updated = cluster_means(sums, counts, centres, data, labels, upper)
+        moves = (updated - centres).norm(dim=1)
         centres = updated
-        if previous is not None and torch.equal(labels, previous):
+        if float((moves.double() ** 2).sum()) <= threshold:
             break
-        if shift <= threshold:
-            break
-        previous = labels
-    distances = squared_distances(data, norms, centres)
-    inertia = float(distances.min(dim=1).values.double().sum())
+        # the bounds follow the moves: the own centre's away at most its move, any other nearer by the largest
+        upper += moves[labels]
+        lower -= float(moves.max())
+        gaps = torch.cdist(centres, centres)
+        gaps.fill_diagonal_(float("inf"))
+        half_gap = gaps.min(dim=1).values / 2
+        suspects = torch.nonzero(upper > torch.maximum(lower, half_gap[labels])).flatten()
+        if len(suspects) > len(data) // 2:
+            suspects = torch.arange(len(data))  # most rows: no copy of them
+            new_labels, new_upper, new_lower = nearest_two(data, norms, centres)
+            moved = torch.nonzero(new_labels != labels).flatten()
+            previous = labels[moved]
+            labels, upper, lower = new_labels, new_upper, new_lower
+        elif len(suspects):
+            new_labels, new_upper, new_lower = nearest_two(data[suspects], norms[suspects], centres)
+            moved = suspects[new_labels != labels[suspects]]
+            previous = labels[moved]
+            labels[suspects], upper[suspects], lower[suspects] = new_labels, new_upper, new_lower
+        else:
+            moved = suspects
+        if not len(moved):
+            break  # no row changed cluster: Lloyd has converged (the centres stay the means)
+        changed = data[moved].double()
+        sums.index_add_(0, previous, changed, alpha=-1.0).index_add_(0, labels[moved], changed)
+        counts -= torch.bincount(previous, minlength=k).double()
+        counts += torch.bincount(labels[moved], minlength=k).double()
+    inertia = float(squared_distances(data, norms, centres).min(dim=1).values.double().sum())
     return (centres + mean).numpy(), inertia
 
 
-def cluster_means(data: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor,
-                  distances: torch.Tensor) -> torch.Tensor:
-    """The mean of each cluster's rows (one matrix product with the one-hot labels); an empty
-    cluster takes the row farthest from its own centre, as in scikit-learn."""
-    k = len(centres)
-    one_hot = torch.zeros((len(data), k), dtype=data.dtype)
-    one_hot[torch.arange(len(data)), labels] = 1.0
-    counts = one_hot.sum(dim=0)
-    sums = one_hot.T @ data
+def nearest_two(data: torch.Tensor, norms: torch.Tensor, centres: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each row's nearest centre, its distance, and the distance to the second nearest (Hamerly's bounds)."""
+    distances = squared_distances(data, norms, centres).sqrt_()
+    two = distances.topk(2, dim=1, largest=False)
+    return two.indices[:, 0].contiguous(), two.values[:, 0].contiguous(), two.values[:, 1].contiguous()
+
+
+def cluster_means(sums: torch.Tensor, counts: torch.Tensor, centres: torch.Tensor, data: torch.Tensor,
+                  labels: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """The mean of each cluster's rows (from their float64 ``sums`` and ``counts``); an empty cluster takes
+    the row farthest from its centre (by its upper bound), as in scikit-learn, which also leaves that row's
+    own cluster."""
     empty = torch.nonzero(counts == 0).flatten()
-    if len(empty):
-        far = distances[torch.arange(len(data)), labels].argsort(descending=True)[:len(empty)]
-        for cluster, row in zip(empty.tolist(), far.tolist()):
-            sums[cluster], counts[cluster] = data[row], 1.0
-    return sums / counts[:, None]
+    if not len(empty):
+        return (sums / counts[:, None]).float()
+    for cluster, row in zip(empty.tolist(), upper.argsort(descending=True)[:len(empty)].tolist()):
+        owner = int(labels[row])
+        value = data[row].double()
+        sums[owner] -= value
+        counts[owner] -= 1
+        sums[cluster], counts[cluster] = value, 1.0
+        labels[row] = cluster
+        upper[row] = 0.0
+    return (sums / counts.clamp_min(1.0)[:, None]).float()
