@@ -7,6 +7,8 @@ shown with one of them: a C-th of the work); ``"all"`` searches every pixel of e
 """
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping
 
@@ -17,6 +19,7 @@ from ...models import ModelSpec
 from ...runtime.progress import Progress, report_fraction
 from ..features import FeatureCache
 from .depths import depth_blocks, depth_features
+from .kmeans import KMEANS_WORKERS, one_thread
 
 if TYPE_CHECKING:
     from .explainer import Level
@@ -82,18 +85,40 @@ def nearest_patches(model: ModelSpec, levels: Mapping[str, Level], cache: Featur
             raise ValueError("projection='class' needs the dataset's labels")
         groups = [(np.flatnonzero(labels == label), {d: np.flatnonzero(levels[d].labels == label) for d in depths})
                   for label in np.unique(np.concatenate([levels[d].labels for d in depths]))]
-    chunk = scan_chunk_bytes(cache, blocks, levels, budget)
-    scanned = 0
-    for images, owned in groups:
+    workers = 1 if projection == "all" or device.type != "cpu" else KMEANS_WORKERS
+    chunk = scan_chunk_bytes(cache, blocks, levels, budget // workers)
+    scanned = [0]
+    lock = threading.Lock()
+
+    def scan(images: np.ndarray, owned: dict[str, np.ndarray]) -> None:
         for chosen, arrays in cache.chunks(blocks, images, chunk):
             activations = {b: torch.from_numpy(a).to(device) for b, a in arrays.items()}
             for depth in depths:
-                if len(owned[depth]):
+                if len(owned[depth]):  # the classes' prototypes are disjoint: each worker writes its own rows
                     scan_chunk(depth_features(activations, depth), chosen, prototypes[depth], owned[depth],
                                best[depth])
-            scanned += len(chosen)
-            report_fraction(scanned / total, f"stage 3 of 3, finding the nearest training patches: "
-                            f"{scanned:,} / {total:,} images", progress)
+            with lock:
+                scanned[0] += len(chosen)
+                report_fraction(scanned[0] / total, f"stage 3 of 3, finding the nearest training patches: "
+                                f"{scanned[0]:,} / {total:,} images", progress)
+
+    if workers == 1:
+        for images, owned in groups:
+            scan(images, owned)
+    else:  # one class per thread, on one core each, as k-means (``kmeans.one_thread``)
+        def scan_class(images: np.ndarray, owned: dict[str, np.ndarray]) -> None:
+            with one_thread():
+                scan(images, owned)
+
+        with ThreadPoolExecutor(workers, thread_name_prefix="protoscope-patches") as pool:
+            futures = [pool.submit(scan_class, images, owned) for images, owned in groups]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
     return {depth: level_patches(model, levels[depth], best[depth]) for depth in depths}
 
 
