@@ -120,6 +120,9 @@ def nearest_two(data: torch.Tensor, norms: torch.Tensor, centres: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each row's nearest centre, its distance, and the distance to the second nearest (Hamerly's bounds)."""
     distances = squared_distances(data, norms, centres).sqrt_()
+    if len(centres) == 1:  # no other centre: nothing can come nearer
+        return (torch.zeros(len(data), dtype=torch.long), distances[:, 0].contiguous(),
+                torch.full((len(data),), float("inf")))
     two = distances.topk(2, dim=1, largest=False)
     return two.indices[:, 0].contiguous(), two.values[:, 0].contiguous(), two.values[:, 1].contiguous()
 
