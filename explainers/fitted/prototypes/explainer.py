@@ -62,8 +62,8 @@ class PrototypeExplainer(DeclaredParameters):
     every image. Assignments, nearest patches and predictions always use every pixel.
     ``projection``: where each prototype's nearest training patch is searched, among its own class's
     images (``"class"``, ProtoPNet's projection, the default) or every image (``"all"``, C times the work).
-    ``kmeans``: ``"torch"`` (matrix products on every core, the default) or ``"sklearn"`` (one core per
-    class, reproducible to the bit on any machine: the shipped files' fits).
+    ``kmeans``: ``"torch"`` (``lloyd``: matrix products and Hamerly's bounds, 2-3x as fast; the default) or
+    ``"sklearn"`` (scikit-learn's: the shipped files' fits). Both run one class per core, every core busy.
     ``depth`` is checked against the model's blocks (``depth_blocks``); the other settings are declared
     in ``parameters`` and checked there.
     """
@@ -76,8 +76,8 @@ class PrototypeExplainer(DeclaredParameters):
         Setting("batch_size", int, 128, "Images per network pass when the features are extracted", low=1),
         Setting("projection", str, "class", "Where each prototype's nearest training patch is searched: its own "
                 "class's images, or every image", choices=PROJECTIONS),
-        Setting("kmeans", str, "torch", "k-means on every core as matrix products (torch), or scikit-learn's, "
-                "one core per class (the shipped files')", choices=KMEANS_CHOICES),
+        Setting("kmeans", str, "torch", "k-means as matrix products with Hamerly's bounds (torch), or "
+                "scikit-learn's (the shipped files')", choices=KMEANS_CHOICES),
     )
 
     def __init__(self, depth: str = "B234", per_class: int = 5, seed: int = 0,
