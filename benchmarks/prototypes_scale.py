@@ -13,6 +13,11 @@ cost of a pass does not depend on the weights), and prints for B4 and B234 at K/
 
     .venv/bin/python benchmarks/prototypes_scale.py                 # 200 classes x 30 images
     .venv/bin/python benchmarks/prototypes_scale.py --classes 20     # a quicker look
+    .venv/bin/python benchmarks/prototypes_scale.py --earlier        # before issue 22: whole-set scan, scikit-learn
+
+The defaults project each prototype onto its own class's pixels and run the torch k-means (issue 22);
+``--earlier`` fits with the earlier values (the whole-set scan and scikit-learn's k-means), for the
+before-and-after figures.
 
 The folder and the feature cache go to a temporary directory (``--keep DIR`` to reuse one).
 """
@@ -35,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from explainers.data.datasets import image_folder  # noqa: E402
 from explainers.fitted.features import FeatureCache  # noqa: E402
 from explainers.fitted.prototypes import PrototypeExplainer  # noqa: E402
+from explainers.fitted.prototypes.explainer import EARLIER_VALUES  # noqa: E402
 from explainers.models.loading import from_module  # noqa: E402
 
 CUB_TRAIN_IMAGES = 5_994
@@ -114,11 +120,12 @@ class Stages:
         return self.seconds.get(f"stage {number} of 3", 0.0)
 
 
-def fit(model, train, features, depth: str, per_class: int) -> tuple[float, Stages, Peak]:
+def fit(model, train, features, depth: str, per_class: int, settings: dict) -> tuple[float, Stages, Peak]:
     stages = Stages()
     started = time.perf_counter()
     with Peak() as peak:
-        PrototypeExplainer(depth, per_class=per_class, batch_size=32).fit(model, train, progress=stages, features=features)
+        PrototypeExplainer(depth, per_class=per_class, batch_size=32, **settings).fit(
+            model, train, progress=stages, features=features)
     stages.stop()
     return time.perf_counter() - started, stages, peak
 
@@ -129,7 +136,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=30, help="images per class")
     parser.add_argument("--per-class", type=int, default=10, help="prototypes per class (K/C)")
     parser.add_argument("--keep", type=Path, help="a folder to keep (and reuse) the images and features in")
+    parser.add_argument("--earlier", action="store_true",
+                        help="the whole-set scan and scikit-learn's k-means (the fits before issue 22)")
     args = parser.parse_args()
+    settings = dict(EARLIER_VALUES) if args.earlier else {}
     torch.manual_seed(0)
     scratch = None if args.keep else tempfile.TemporaryDirectory(prefix="protoscope-scale-")
     root = args.keep or Path(scratch.name)
@@ -142,25 +152,29 @@ def main() -> None:
     net = resnet34(num_classes=args.classes)
     model = from_module(net, "resnet34-random", classes=train.classes, input_size=(224, 224))
     model_gb = sum(p.numel() * 4 for p in net.parameters()) / GB
+    fitted = PrototypeExplainer(**settings)
     print(f"ResNet34 (random weights, {model_gb * 1024:.0f} MB), {len(train):,} training images, "
-          f"K/C = {args.per_class}, {torch.get_num_threads()} threads\n", flush=True)
+          f"K/C = {args.per_class}, {torch.get_num_threads()} threads, projection={fitted.projection!r}, "
+          f"kmeans={fitted.kmeans!r}, load {os.getloadavg()[0]:.1f}\n", flush=True)
     rows = []
     with FeatureCache(model, train, folder=root / "features") as features:
         for depth, per_class in (("B4", args.per_class), ("B234", args.per_class),
                                  ("B4", args.per_class // 2), ("B234", args.per_class // 2)):
-            seconds, stages, peak = fit(model, train, features, depth, per_class)
+            seconds, stages, peak = fit(model, train, features, depth, per_class, settings)
             rows.append((depth, per_class, seconds, stages, peak))
             print(f"{depth:5} K/C={per_class:<3} total {seconds:7.1f} s   features {stages.of(1):7.1f} s   "
                   f"k-means {stages.of(2):7.1f} s   patches {stages.of(3):6.1f} s   "
                   f"peak +{peak.increase / GB:.2f} GB", flush=True)
         disk = sum(f.stat().st_size for f in (root / "features").glob("*.bin")) / GB
     # To CUB's size: features and k-means grow with the images (k-means: classes of a fixed size), the
-    # exact nearest-patch scan with images x prototypes, i.e. with the square of the scale.
+    # exact nearest-patch scan over every image with images x prototypes, i.e. with the square of the
+    # scale, the own-class scan with the classes (each class's images x its prototypes), i.e. with the scale.
     scale = CUB_TRAIN_IMAGES / len(train)
+    scan_scale = scale ** 2 if fitted.projection == "all" else scale
     first_b4, first_b234, refit_b4, refit_b234 = rows
 
     def at_cub(stages: Stages) -> float:
-        return stages.of(1) * scale + stages.of(2) * scale + stages.of(3) * scale ** 2
+        return stages.of(1) * scale + stages.of(2) * scale + stages.of(3) * scan_scale
 
     features_per_image = (first_b4[3].of(1) + first_b234[3].of(1)) / len(train)
     whole = features_per_image * CUB_TRAIN_IMAGES + (at_cub(first_b234[3]) - first_b234[3].of(1) * scale)
@@ -169,7 +183,7 @@ def main() -> None:
           f"{'PASS' if process_peak() < 6 * GB else 'MISS'})")
     print(f"features: {1000 * features_per_image:.0f} ms per image for B2-B4")
     print(f"extrapolated to CUB's {CUB_TRAIN_IMAGES:,} images (features and k-means x {scale:.1f}, the patch scan "
-          f"x {scale ** 2:.1f}): B234 fit from scratch {whole / 60:.1f} min "
+          f"x {scan_scale:.1f}): B234 fit from scratch {whole / 60:.1f} min "
           f"(target < 30 min: {'PASS' if whole < 1800 else 'MISS'})")
     for depth, per_class, seconds, stages, _ in (refit_b4, refit_b234):
         print(f"refit {depth} with K/C = {per_class} on cached features: {seconds:.1f} s here, "

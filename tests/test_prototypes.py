@@ -344,7 +344,7 @@ REPRODUCE = "run `.venv/bin/python -m explainers.cli prototypes digits` and comm
 
 
 def shipped(model, train, depth, per_class):
-    path = SHIPPED / f"{cache_key(model, train, PrototypeExplainer(depth, per_class))}.npz"
+    path = SHIPPED / PrototypeRecipe(model, train, PrototypeExplainer(depth, per_class)).filename  # the defaults' file
     assert path.is_file(), f"no shipped {depth} K/C={per_class} for these weights: {REPRODUCE}"
     return PrototypeExplainer.load(path)
 

@@ -30,7 +30,7 @@ from explainers.fitted.alignment import (
     projection_filename,
 )
 from explainers.fitted.prototypes import SHIPPED as SHIPPED_PROTOTYPES
-from explainers.fitted.prototypes import PrototypeExplainer, cache_key
+from explainers.fitted.prototypes import PrototypeExplainer, PrototypeRecipe
 from explainers.fitted.qsenn import CONCEPT_SPLITS, QSENN, QSENNRecipe, concept_table_filename
 from explainers.fitted.store import ASSETS, Store
 
@@ -111,7 +111,7 @@ def test_digits_marked_ships_the_files_of_its_current_weights():
     names = set(json.loads((SHIPPED_PROTOTYPES / SHIPPED_MANIFEST).read_text())["digits_marked"])
     fits = {}
     for depth, per_class in SHIPPED_FITS:
-        name = f"{cache_key(model, train, PrototypeExplainer(depth, per_class))}.npz"
+        name = PrototypeRecipe(model, train, PrototypeExplainer(depth, per_class)).filename  # the defaults' file
         assert name in names, f"no {depth} K/C={per_class}: run python -m explainers.cli prototypes digits_marked"
         fits[depth, per_class] = PrototypeExplainer.load(SHIPPED_PROTOTYPES / name)
     kmex1, kmex = fits["pooled", 1], fits["pooled", SHIPPED_PER_CLASS]

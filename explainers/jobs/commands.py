@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import csv
 import io
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,12 +33,15 @@ from .evaluations import gather, load_part, save_part
 from .features import feature_names, ray_feature_pass
 from .outputs import OutputFolder, write_bytes, write_file, write_text
 from .sources import ImageRef, list_images, load_ref
+from .work import ExplainedImage
 
 __all__ = ["CSV_COLUMNS", "JobReport", "evaluate_folder", "explain_folder", "fit_folder", "sanity_folder"]
 
 CSV_COLUMNS = ("image", "class", "class_name", "score", "method", "block", "forwards", "backwards", "passes",
                "seconds")
 EXPLAIN_BATCH = 16  # images per shared trace
+WRITERS = 2  # threads drawing and writing an explain job's files (local engine)
+WRITE_AHEAD = 2  # batches whose files may still be in flight while the next is explained
 EVALUATE_BATCH = 48  # images per part: a multiple of evaluate's chunk sizes of 1, 2, 3, 4, 6, 8, 12 and 16
 
 
@@ -99,29 +104,54 @@ def explain_folder(model: str, sources: Sequence[str], methods: Sequence[str], o
                                 "target": target, "cmap": cmap}, ("overlays", "maps", "rows"), overwrite)
     todo = [ref for ref in refs if folder.replace or not folder.path("rows", f"{ref.name}.csv").is_file()]
     result = JobReport(resumed=len(refs) - len(todo))
-    batches = [(chunk, methods, block, target, cmap) for chunk in batched(todo, batch_size)]
+    # In this process the sheets are drawn and every file written by WRITERS threads while the next batch is
+    # explained (PIL's drawing and zlib, numpy and the file system release the GIL); Ray's actors draw
+    # their own sheets, in parallel already.
+    render = options.engine == "ray"
+    batches = [(chunk, methods, block, target, cmap, render) for chunk in batched(todo, batch_size)]
     report(result.resumed, len(refs), f"{result.resumed:,} of {len(refs):,} images", progress)
     if not batches:
         folder.create()
     else:
-        with open_engine(model, options) as engine:
+        with open_engine(model, options) as engine, ThreadPoolExecutor(WRITERS, "protoscope-write") as writers:
             folder.create()
-            for _, (explained, skipped) in engine.run("explain", batches):
-                for one in explained:
-                    write_bytes(folder.path("overlays", f"{one.name}.png"), one.sheet)
-                    for method, raw in one.maps.items():
-                        write_bytes(folder.path("maps", one.name, f"{method}.npy"), _npy_bytes(raw))
-                    write_text(folder.path("rows", f"{one.name}.csv"), _csv_text(one.rows))
-                result.done += len(explained)
-                result.skipped.extend(skipped)
-                finished = result.resumed + result.done + len(result.skipped)
-                report(finished, len(refs), f"{finished:,} of {len(refs):,} images", progress)
+            pending: deque[tuple[list[Future], int]] = deque()
+            try:
+                for _, (explained, skipped) in engine.run("explain", batches):
+                    pending.append(([writers.submit(_write_explained, folder, one) for one in explained],
+                                    len(explained)))
+                    result.skipped.extend(skipped)
+                    while len(pending) > WRITE_AHEAD:  # memory stays flat: at most WRITE_AHEAD batches in flight
+                        _written(pending.popleft(), result, len(refs), progress)
+                while pending:
+                    _written(pending.popleft(), result, len(refs), progress)
+            except BaseException:
+                wait([future for futures, _ in pending for future in futures])  # what was explained is kept
+                raise
     rows = [row for ref in refs if folder.path("rows", f"{ref.name}.csv").is_file()
             for row in csv.DictReader(folder.path("rows", f"{ref.name}.csv").open())]
     write_file(folder.path("explanations.csv"), lambda path: path.write_text(_csv_text(rows)))
     _write_skipped(folder, result.skipped)
     result.outputs = [folder.path("explanations.csv")]
     return result
+
+
+def _write_explained(folder: OutputFolder, one: ExplainedImage) -> None:
+    """One image's files: its sheet, its raw maps, then its rows (last: the image is complete when they exist)."""
+    write_bytes(folder.path("overlays", f"{one.name}.png"), one.png())
+    for method, raw in one.maps.items():
+        write_bytes(folder.path("maps", one.name, f"{method}.npy"), _npy_bytes(raw))
+    write_text(folder.path("rows", f"{one.name}.csv"), _csv_text(one.rows))
+
+
+def _written(batch: tuple[list[Future], int], result: JobReport, total: int, progress: Progress | None) -> None:
+    """Wait for one batch's files (an error writing them is raised here), then count and report it."""
+    futures, count = batch
+    for future in futures:
+        future.result()
+    result.done += count
+    finished = result.resumed + result.done + len(result.skipped)
+    report(finished, total, f"{finished:,} of {total:,} images", progress)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

@@ -29,8 +29,10 @@ The modules, in the order a fit uses them:
 
 - ``depths``: the depths ("pooled", "B4", "B34", ...), their blocks, and what is read at each: z (eq. 2),
   h-check (eq. 7-8), the embeddings of a dataset;
-- ``kmeans``: stage 2, class-wise k-means on rows read from the feature cache (``explainers.fitted.features``);
-- ``patches``: stage 3, the training patch nearest each prototype;
+- ``kmeans``: stage 2, class-wise k-means on rows read from the feature cache (``explainers.fitted.features``),
+  with ``lloyd`` (k-means as matrix products, the default) or scikit-learn's (the shipped files');
+- ``patches``: stage 3, the training patch nearest each prototype, among its own class's images (the
+  default, ProtoPNet's projection) or every image (the shipped files');
 - ``explainer``: the estimator (``PrototypeExplainer``: fit, predict, explain, the attribution, save and load);
 - ``recipe``: its key and file name in the store and the disk tiers, and ``fit_prototypes``.
 

@@ -21,8 +21,12 @@ from ..checks import LARGEST_SEED, NotFittedError, check_classes, check_dataset,
 from ..features import FeatureCache, memory_budget
 from ..store import write_atomically
 from .depths import block_activations, depth_blocks, depth_features, fit_stage, on_cpu, recorded_blocks, suffix_depths
-from .kmeans import class_prototypes
-from .patches import PATCH_BYTES, Patch, nearest_patches
+from .kmeans import KMEANS_CHOICES, class_prototypes
+from .patches import PATCH_BYTES, PROJECTIONS, Patch, nearest_patches
+
+# The values these settings had before they were settings: a file fitted so (the shipped ones) holds no
+# such entry, and its key, digest and saved settings leave them out, so that they stay as they were.
+EARLIER_VALUES = {"projection": "all", "kmeans": "sklearn"}
 
 
 @dataclass
@@ -56,6 +60,10 @@ class PrototypeExplainer(DeclaredParameters):
     ``max_pixels_per_class`` bounds the rows given to k-means for one class: when a class
     has more pixels (images x R'), a seeded uniform sample is drawn, the same number from
     every image. Assignments, nearest patches and predictions always use every pixel.
+    ``projection``: where each prototype's nearest training patch is searched, among its own class's
+    images (``"class"``, ProtoPNet's projection, the default) or every image (``"all"``, C times the work).
+    ``kmeans``: ``"torch"`` (``lloyd``: matrix products and Hamerly's bounds, 2-3x as fast; the default) or
+    ``"sklearn"`` (scikit-learn's: the shipped files' fits). Both run one class per core, every core busy.
     ``depth`` is checked against the model's blocks (``depth_blocks``); the other settings are declared
     in ``parameters`` and checked there.
     """
@@ -66,16 +74,23 @@ class PrototypeExplainer(DeclaredParameters):
         Setting("max_pixels_per_class", int, 20_000, "Rows given to k-means for one class at most (a seeded sample "
                 "of every image beyond)", low=1),
         Setting("batch_size", int, 128, "Images per network pass when the features are extracted", low=1),
+        Setting("projection", str, "class", "Where each prototype's nearest training patch is searched: its own "
+                "class's images, or every image", choices=PROJECTIONS),
+        Setting("kmeans", str, "torch", "k-means as matrix products with Hamerly's bounds (torch), or "
+                "scikit-learn's (the shipped files')", choices=KMEANS_CHOICES),
     )
 
     def __init__(self, depth: str = "B234", per_class: int = 5, seed: int = 0,
-                 max_pixels_per_class: int = 20_000, batch_size: int = 128) -> None:
+                 max_pixels_per_class: int = 20_000, batch_size: int = 128, projection: str = "class",
+                 kmeans: str = "torch") -> None:
         # Settings are only stored here (scikit-learn's contract): ``fit`` checks them, with the model and data.
         self.depth = depth
         self.per_class = per_class
         self.seed = seed
         self.max_pixels_per_class = max_pixels_per_class
         self.batch_size = batch_size
+        self.projection = projection
+        self.kmeans = kmeans
 
     # ---- fitting ----
     def fit(self, model: ModelSpec, dataset: DatasetSpec, progress: Progress | None = None,
@@ -118,9 +133,10 @@ class PrototypeExplainer(DeclaredParameters):
             for i, depth in enumerate(depths):
                 stage = scaled(progress, edges[i], edges[i + 1])
                 prototypes, owners = class_prototypes(model, cache, labels, depth, budget, self.per_class, self.seed,
-                                                      self.max_pixels_per_class, stage)
+                                                      self.max_pixels_per_class, stage, self.kmeans)
                 self.levels_[depth] = Level(depth, prototypes, owners, self._resolution(cache, depth), [])
-            found = nearest_patches(model, self.levels_, cache, budget, scaled(progress, shares[1], 1.0))
+            found = nearest_patches(model, self.levels_, cache, budget, scaled(progress, shares[1], 1.0), labels,
+                                    self.projection)
             for depth, patches in found.items():
                 self.levels_[depth].patches = patches
         finally:
@@ -258,7 +274,7 @@ class PrototypeExplainer(DeclaredParameters):
         self.check_fitted()
         arrays: dict[str, np.ndarray] = {"classifier_weight": self.classifier_[0],
                                          "classifier_bias": self.classifier_[1]}
-        meta = {"settings": self.get_params(), "model_name": self.model_name_, "num_classes": self.num_classes_,
+        meta = {"settings": self.keyed_params(), "model_name": self.model_name_, "num_classes": self.num_classes_,
                 "levels": {}}
         for depth, level in self.levels_.items():
             arrays[f"{depth}_prototypes"] = level.prototypes
@@ -271,7 +287,7 @@ class PrototypeExplainer(DeclaredParameters):
     def load(cls, path: Path) -> "PrototypeExplainer":
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
-            explainer = cls(**meta["settings"])
+            explainer = cls(**(EARLIER_VALUES | meta["settings"]))
             explainer.model_name_ = meta["model_name"]
             explainer.num_classes_ = meta["num_classes"]
             explainer.classifier_ = (data["classifier_weight"], data["classifier_bias"])
@@ -286,7 +302,7 @@ class PrototypeExplainer(DeclaredParameters):
     def digest_(self) -> str:
         """A hash of what was fitted (settings, prototypes, their classes): keys anything computed from them."""
         self.check_fitted()
-        digest = hashlib.sha256(json.dumps(self.get_params(), sort_keys=True).encode())
+        digest = hashlib.sha256(json.dumps(self.keyed_params(), sort_keys=True).encode())
         for depth, level in self.levels_.items():
             digest.update(depth.encode())
             digest.update(np.ascontiguousarray(level.prototypes).tobytes())
@@ -323,7 +339,15 @@ class PrototypeExplainer(DeclaredParameters):
 
     def get_params(self) -> dict[str, object]:
         return {"depth": self.depth, "per_class": self.per_class, "seed": self.seed,
-                "max_pixels_per_class": self.max_pixels_per_class, "batch_size": self.batch_size}
+                "max_pixels_per_class": self.max_pixels_per_class, "batch_size": self.batch_size,
+                "projection": self.projection, "kmeans": self.kmeans}
+
+    def keyed_params(self) -> dict[str, object]:
+        """The settings that name a fit (its cache key, digest, saved settings): ``get_params`` less the
+        settings at their earlier values (``EARLIER_VALUES``), so that files fitted before those settings
+        existed keep their keys and bytes."""
+        return {name: value for name, value in self.get_params().items()
+                if name not in EARLIER_VALUES or value != EARLIER_VALUES[name]}
 
     def __repr__(self) -> str:
         settings = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())

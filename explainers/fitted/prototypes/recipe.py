@@ -11,7 +11,7 @@ from ...runtime.progress import Progress
 from ..checks import mapping_note
 from ..features import FeatureCache
 from ..store import ASSETS, Key, made, plain_value
-from .explainer import PrototypeExplainer
+from .explainer import EARLIER_VALUES, PrototypeExplainer
 
 # 3: features streamed from a float16 cache, rows drawn per image; 4: one k-means++ start
 PROTOTYPES_VERSION = 4
@@ -23,7 +23,7 @@ SHIPPED = ASSETS / PROTOTYPES_KIND
 
 def cache_key(model: ModelSpec, dataset: DatasetSpec, explainer: PrototypeExplainer) -> str:
     """The file name (without ``.npz``) of ``explainer`` fitted for ``model`` on ``dataset`` in the disk tiers."""
-    settings = json.dumps(explainer.get_params(), sort_keys=True, default=plain_value)
+    settings = json.dumps(explainer.keyed_params(), sort_keys=True, default=plain_value)
     text = (f"{PROTOTYPES_VERSION}|{model.fingerprint}|{dataset.fingerprint}|{settings}"
             + mapping_note(model, dataset))
     return f"{explainer.depth}-k{explainer.per_class}-" + hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -35,16 +35,22 @@ class PrototypeRecipe:
 
     The settings, the model and the data are checked here, before any key is computed from them, with
     the messages of ``PrototypeExplainer.fit``.
+
+    The shipped files were fitted before ``projection`` and ``kmeans`` were settings (whole-set scan,
+    scikit-learn's k-means): a request at the defaults that Protoscope ships a file for at those earlier
+    values (the built-in digits models' pages) is served by it, so that the pages open from it on a fresh
+    machine and ``python -m explainers.cli prototypes`` reproduces it; ``settings`` then says so.
     """
 
     def __init__(self, model: ModelSpec, dataset: DatasetSpec, explainer: PrototypeExplainer,
                  keep_features: bool = True) -> None:
         explainer.validate(model, dataset)
+        explainer = shipped_equivalent(model, dataset, explainer)
         self.keep_features = keep_features  # False: the features go to a temporary folder, deleted after the fit
         self.model, self.dataset, self.settings = model, dataset, explainer.get_params()
         self.key = Key.of(PROTOTYPES_KIND, model.fingerprint, dataset.fingerprint + mapping_note(model, dataset),
                           version=PROTOTYPES_VERSION,
-                          **{name: plain_value(value) for name, value in self.settings.items()})
+                          **{name: plain_value(value) for name, value in explainer.keyed_params().items()})
         self.filename = f"{cache_key(model, dataset, explainer)}.npz"
         self.title = (f"Fitting the {explainer.depth} prototypes, K/C = {explainer.per_class} "
                       "(once; kept for every session)")
@@ -72,6 +78,17 @@ class PrototypeRecipe:
     @staticmethod
     def nbytes(value: PrototypeExplainer) -> int:
         return value.nbytes_
+
+
+def shipped_equivalent(model: ModelSpec, dataset: DatasetSpec, explainer: PrototypeExplainer) -> PrototypeExplainer:
+    """``explainer`` at the earlier values of ``projection`` and ``kmeans`` when it asks for their defaults and
+    ``assets/prototypes/`` ships a fit of those earlier values at its other settings; else ``explainer``."""
+    defaults = {setting.name: setting.default for setting in PrototypeExplainer.parameters}
+    settings = explainer.get_params()
+    if any(settings[name] != defaults[name] for name in EARLIER_VALUES):
+        return explainer
+    earlier = PrototypeExplainer(**(settings | EARLIER_VALUES))  # type: ignore[arg-type]
+    return earlier if (SHIPPED / f"{cache_key(model, dataset, earlier)}.npz").is_file() else explainer
 
 
 def fit_prototypes(model: ModelSpec, dataset: DatasetSpec, depth: str = "B234", per_class: int = 5, seed: int = 0,
