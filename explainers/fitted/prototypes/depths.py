@@ -51,7 +51,7 @@ def hcheck(activations: dict[str, torch.Tensor], blocks: Sequence[str]) -> torch
 
     An all-zero pixel (every channel switched off by ReLU) stays zero rather than dividing by 0.
     """
-    size = tuple(activations[blocks[0]].shape[-2:])
+    size = (int(activations[blocks[0]].shape[-2]), int(activations[blocks[0]].shape[-1]))
     parts = []
     for block in blocks:
         u = upsample(activations[block], size)

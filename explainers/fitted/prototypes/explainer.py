@@ -5,6 +5,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -201,7 +202,7 @@ class PrototypeExplainer(DeclaredParameters):
             raise NotFittedError("no model attached: pass model=, or use the explainer fit_prototypes returned")
         return model
 
-    def predict(self, images: object, model: ModelSpec | None = None) -> np.ndarray:
+    def predict(self, images: Any, model: ModelSpec | None = None) -> np.ndarray:
         """Class ids of a PIL image, a list of them, or a transformed batch (eq. 10; nearest prototype for KMEx).
 
         ``model`` defaults to the one the explainer was fitted (or loaded) for.
@@ -230,7 +231,7 @@ class PrototypeExplainer(DeclaredParameters):
         """Eq. 9: the nearest prototype of every row."""
         return torch.cdist(rows, torch.tensor(level.prototypes)).argmin(dim=1).numpy()  # a copy: may be read-only
 
-    def explain(self, image: object, target: int | None = None, model: ModelSpec | None = None) -> PrototypeExplanation:
+    def explain(self, image: Any, target: int | None = None, model: ModelSpec | None = None) -> PrototypeExplanation:
         """Segments (eq. 9), class counts and prediction (eq. 10), and the attribution (eq. 11 + steps 1-3)."""
         model = self._model(model)
         if self.depth == "pooled":
@@ -272,16 +273,18 @@ class PrototypeExplainer(DeclaredParameters):
     # ---- persistence (npz: arrays only, no pickle) ----
     def save(self, path: Path) -> None:
         self.check_fitted()
-        arrays: dict[str, np.ndarray] = {"classifier_weight": self.classifier_[0],
+        arrays: dict[str, Any] = {"classifier_weight": self.classifier_[0],
                                          "classifier_bias": self.classifier_[1]}
-        meta = {"settings": self.keyed_params(), "model_name": self.model_name_, "num_classes": self.num_classes_,
-                "levels": {}}
+        meta: dict[str, Any] = {"settings": self.keyed_params(), "model_name": self.model_name_,
+                                "num_classes": self.num_classes_,
+                                "levels": {}}
         for depth, level in self.levels_.items():
             arrays[f"{depth}_prototypes"] = level.prototypes
             arrays[f"{depth}_labels"] = level.labels
             meta["levels"][depth] = {"resolution": list(level.resolution),
                                      "patches": [p.__dict__ | {"box": list(p.box)} for p in level.patches]}
-        write_atomically(path, lambda temporary: np.savez(temporary, meta=np.array(json.dumps(meta)), **arrays))
+        arrays["meta"] = np.array(json.dumps(meta))
+        write_atomically(path, lambda temporary: np.savez(temporary, **arrays))
 
     @classmethod
     def load(cls, path: Path) -> "PrototypeExplainer":

@@ -136,8 +136,8 @@ def scan_chunk(features: torch.Tensor, chosen: np.ndarray, prototypes: torch.Ten
         segments = distances[rows].argmin(dim=1).cpu().numpy()
     else:  # eq. 9 for the few rows found: their distances to every prototype
         segments = torch.cdist(flat[rows], prototypes).argmin(dim=1).cpu().numpy()
-    rows = rows.cpu().numpy()
-    found = np.stack([nearest, chosen[rows // pixels], rows % pixels, segments], axis=1)
+    row_indices = rows.cpu().numpy()
+    found = np.stack([nearest, chosen[row_indices // pixels], row_indices % pixels, segments], axis=1)
     closer = found[:, 0] < best[owned, 0]
     best[owned[closer]] = found[closer]
 
