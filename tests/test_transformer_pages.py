@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
@@ -53,3 +54,18 @@ def test_the_evaluation_page_runs_on_digits_vit():
     assert not app.exception, app.exception
     assert not app.error, [e.value for e in app.error]
     assert app.dataframe, "no table"
+
+
+def test_digits_vits_segments_open_from_the_shipped_prototypes_without_fitting(tmp_path, monkeypatch):
+    """Seed 000's explainers on the ViT's patch tokens ship as the digits ResNet's do: on a fresh machine (an
+    empty cache) the Segments page reads them and fits nothing, at B4 and with Figure 1's B234."""
+    from explainers.fitted import PrototypeExplainer, store
+
+    monkeypatch.setenv("PROTOSCOPE_CACHE", str(tmp_path))
+    monkeypatch.setattr(store, "STORE", store.Store())
+    monkeypatch.setattr(PrototypeExplainer, "fit", lambda *a, **k: pytest.fail("fitted instead of reading assets/"))
+    app = page("segments.py", model="digits_vit", figure1="1")
+    app.run()
+    assert not app.exception, app.exception
+    assert not app.error, [e.value for e in app.error]
+    assert any("B234" in s.value for s in app.subheader) and any("B4" in s.value for s in app.subheader)
