@@ -31,14 +31,15 @@ def test_compare_renders_digits_and_digits_vit_with_the_shared_methods():
     assert len(predictions) == 2 and all("B4 = `" in t for t in predictions)
     shared = app.multiselect(key="compare_methods").value
     cam_family = ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "cam", "eigencam", "eigengradcam"]
-    assert shared == cam_family  # both GAP heads: all eight; digits_vit has no fitted prototypes, so no k-means
-    for name in cam_family:  # one captioned panel per model
+    # both GAP heads: all eight; both ship fitted prototypes, so the k-means attribution too (no fit)
+    assert shared == [*cam_family, "kmex_attribution"]
+    for name in shared:  # one captioned panel per model
         label = f"**{method_info(name).label}**"
         panels = [t for t in texts if t.startswith(label + " · ")]
         assert {t.split(" · ")[1] for t in panels} == {"digits", "digits_vit"}, name
     captions = [c.value for c in app.caption]
-    assert sum(" fwd / " in c and " bwd · " in c for c in captions) == 2 * len(cam_family)
-    assert any("k-means attribution" in c and "no fitted prototypes" in c for c in captions)
+    assert sum(" fwd / " in c and " bwd · " in c for c in captions) == 2 * len(shared)
+    assert not any("no fitted prototypes" in c for c in captions)  # both ship theirs: nothing to say
     assert "digits test #3" in " ".join(captions)  # the sidebar's image
 
 
