@@ -141,7 +141,8 @@ sections: dict[str, list] = {}  # metrics that share a heading are shown togethe
 for metric in METRICS.values():
     sections.setdefault(metric.section, []).append(metric)
 for title, members in sections.items():
-    st.subheader(title)
+    st.subheader(title)  # what is measured; where it comes from goes under it
+    st.caption("From " + "; ".join(dict.fromkeys(m.reference for m in members)) + ".")
     computed = [m for m in members if m.name in found.metrics]
     if not computed:
         st.info(members[0].off_note or f"{title} is off.", icon=":material/timer:")
@@ -176,7 +177,8 @@ with st.expander("The metrics' constants and where they come from"):
                            + "\n".join(f"    - {c.describe()}" for c in metric.constants)
                            for metric in METRICS.values() if metric.constants))
 
-st.subheader("Cost of each map (seed 002, Table 2)")
+st.subheader("Cost of each map")
+st.caption("From seed 002, Table 2.")
 timing = labelled(found.timing_table())
 st.dataframe(timing, hide_index=True, width="stretch",
              column_config={"seconds": st.column_config.NumberColumn("seconds per image", format="%.4f"),

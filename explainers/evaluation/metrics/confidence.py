@@ -24,8 +24,8 @@ class ConfidenceMetric(Metric):
 
     name = "confidence"
     label = "Confidence drop and increase"
-    reference = "seed 002, eq. 23"
-    section = "Confidence drop and increase (seed 002, Table 1)"
+    reference = "seed 002, Table 1, eq. 23"
+    section = "Confidence drop and increase"
     scores = (Score("drop", "drop (%)", higher_is_better=False, format="%.2f"),
               Score("increase", "increase (%)", higher_is_better=True, format="%.1f"))
     arrays = ("masked",)

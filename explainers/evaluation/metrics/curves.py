@@ -40,7 +40,7 @@ class PixelCurveMetric(Metric):
     (``areas``) is the score. A subclass says what a step's input is (``step``)."""
 
     reference = "Petsiuk et al. 2018, RISE, sec. 4.2"
-    section = "Deletion and insertion (RISE)"
+    section = "Deletion and insertion"
     curves_per_image = True
     curve_axis = "fraction of pixels"
 

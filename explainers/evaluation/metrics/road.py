@@ -29,7 +29,7 @@ class RoadMetric(Metric):
     name = "road"
     label = "ROAD"
     reference = "Rong et al. 2022"
-    section = "ROAD: remove and debias (Rong et al. 2022)"
+    section = "ROAD: remove and debias"
     scores = (Score("morf", "MoRF", higher_is_better=False), Score("lerf", "LeRF", higher_is_better=True),
               Score("gap", "gap (LeRF − MoRF)", higher_is_better=True))
     arrays = ("morf", "lerf")
