@@ -1,6 +1,6 @@
 """protoscope explain over N digits (default 1,000): resident memory after warm-up (flat within 10%?), time per
 image against the dashboard's shared pass (explain_many per image; target ratio <= 1.2), and on a local Ray
-cluster the feature pass's and the k-means' throughput with one and two workers. Prints; asserts nothing.
+cluster the feature pass's and the per-class stage's throughput with one and two CPUs. Prints; asserts nothing.
 
     .venv/bin/python benchmarks/jobs.py [--images 1000] [--methods gradcam,cam,layercam] [--no-ray]
 """
@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-from sklearn.cluster import KMeans
 
 from explainers import explain_many, load_dataset, load_image, load_model
-from explainers.jobs import EngineOptions, explain_folder, ray_feature_pass
+from explainers.fitted.features import FeatureCache
+from explainers.fitted.prototypes import PrototypeExplainer
+from explainers.jobs import EngineOptions, explain_folder, ray_class_runner, ray_feature_pass
 from explainers.jobs.features import feature_names
 
 
@@ -81,13 +82,11 @@ def main() -> None:
         return
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        train = load_dataset("digits", "train")
-        names = feature_names(model, "B234")
-        from explainers.fitted.features import FeatureCache
-
-        for workers in (1, 2):
+    train = load_dataset("digits", "train")
+    names = feature_names(model, "B234")
+    for workers in (1, 2):  # a local cluster of that many CPUs: the feature pass, then the per-class stage
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        try:
             os.environ["PROTOSCOPE_CACHE"] = str(scratch / f"cache{workers}")
             cache = FeatureCache(model, train)
             started = time.perf_counter()
@@ -95,33 +94,14 @@ def main() -> None:
             seconds = time.perf_counter() - started
             print(f"  Ray Data feature pass (B2-B4 + logits), {len(train):,} images, {workers} worker(s): "
                   f"{len(train) / seconds:.0f} images/s ({seconds:.1f} s, actor start included)")
-        blocks = {label: cache.read("B4", train.indices_of(label)) for label in range(10)}
-        rows = {label: b.transpose(0, 2, 3, 1).reshape(-1, b.shape[1]) for label, b in blocks.items()}
-
-        @ray.remote(num_cpus=1)
-        def cluster(values: np.ndarray) -> np.ndarray:
-            from threadpoolctl import threadpool_limits
-            with threadpool_limits(1):
-                return KMeans(n_clusters=5, n_init=1, random_state=0).fit(values).cluster_centers_
-
-        ray.get(cluster.remote(rows[0]))  # warm a worker
-        for workers in (1, 2):
-            started = time.perf_counter()
-            pending, done = list(rows.values()), 0
-            running = []
-            while pending or running:
-                while pending and len(running) < workers:
-                    running.append(cluster.remote(pending.pop()))
-                ready, running = ray.wait(running, num_returns=1)
-                ray.get(ready)
-                done += 1
-            seconds = time.perf_counter() - started
-            per_class = sum(len(r) for r in rows.values()) / 10
-            print(f"  per-class k-means (B4, {per_class:.0f} rows a class, K/C = 5), Ray tasks, {workers} at once: "
-                  f"{10 / seconds:.1f} classes/s ({seconds:.2f} s for 10)")
-    finally:
-        ray.shutdown()
-
+            for runner, where in ((ray_class_runner(EngineOptions("ray")), "Ray tasks"), (None, "local threads")):
+                started = time.perf_counter()
+                PrototypeExplainer("B234", per_class=5).fit(model, train, features=cache, class_runner=runner)
+                seconds = time.perf_counter() - started
+                print(f"  per-class k-means and own-class projection (B34 and B234, K/C = 5), {where}, "
+                      f"{workers} CPU(s): {10 / seconds:.1f} classes/s ({seconds:.2f} s for 10, features cached)")
+        finally:
+            ray.shutdown()
 
 if __name__ == "__main__":
     main()

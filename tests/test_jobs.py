@@ -51,13 +51,21 @@ def test_ray_gives_what_local_gives(cluster, folder, tmp_path):
                                       rtol=1e-5)
 
 
-def test_the_feature_pass_on_ray_writes_the_local_cache(cluster, tmp_path, monkeypatch):
-    train = tmp_path / "train"
+def small_train(root: Path) -> Path:
+    """Five digits of each class, as a folder of class sub-folders (its train split: 40 images)."""
+    train = root / "train"
     digits = load_dataset("digits", "train")
     for label in range(10):
         for k, i in enumerate(np.flatnonzero(digits.labels == label)[:5]):
             (train / str(label)).mkdir(parents=True, exist_ok=True)
             digits[int(i)][0].save(train / str(label) / f"{k}.png")
+    return train
+
+
+def test_the_feature_pass_on_ray_writes_the_local_cache(cluster, tmp_path, monkeypatch):
+    """The feature pass (Ray Data) and the per-class k-means and projections (Ray tasks) give the local fit's
+    cache and prototypes, bit for bit."""
+    train = small_train(tmp_path)
     found = {}
     for engine in ("local", "ray"):
         monkeypatch.setenv("PROTOSCOPE_CACHE", str(tmp_path / f"cache-{engine}"))
@@ -90,3 +98,27 @@ def test_a_lost_worker_is_retried_or_stops_the_job_for_a_resume(cluster, folder,
         assert (out / "overlays" / f"{name}.png").is_file() and (out / "maps" / name / "cam.npy").is_file()
     status, printed, _ = run([*argv, "--retries", "0", "--out", str(out)], capsys)
     assert status == 0 and f"{8 - len(complete)} images done, {len(complete)} complete from an earlier run" in printed
+
+
+def test_a_class_task_lost_mid_fit_is_retried_or_stops_the_fit_for_a_resume(cluster, tmp_path, monkeypatch):
+    """A worker dies in the per-class stage (the features already cached): the task runs again and the
+    prototypes are the local fit's; with no retries the fit stops in words, and the next run recomputes no
+    image's features."""
+    from explainers.jobs import JobInterrupted
+
+    train = small_train(tmp_path)
+    monkeypatch.setenv("PROTOSCOPE_CACHE", str(tmp_path / "cache-local"))
+    local, _ = fit_folder("digits", str(train), "B34", 2)
+    monkeypatch.setenv("PROTOSCOPE_CACHE", str(tmp_path / "cache-ray"))
+    fit_folder("digits", str(train), "B4", 1)  # the features, so that the fault hits the class stage
+    crashed = tmp_path / "crashed-once"
+    monkeypatch.setenv("PROTOSCOPE_JOBS_FAULT", str(crashed))
+    retried, _ = fit_folder("digits", str(train), "B34", 2, options=EngineOptions("ray", retries=1))
+    assert crashed.is_file() and retried.done == 0
+    assert retried.outputs[0].read_bytes() == local.outputs[0].read_bytes()
+    crashed.unlink()
+    with pytest.raises(JobInterrupted, match="run the same command again to resume"):
+        fit_folder("digits", str(train), "B34", 3, options=EngineOptions("ray", retries=0))
+    monkeypatch.delenv("PROTOSCOPE_JOBS_FAULT")
+    resumed, _ = fit_folder("digits", str(train), "B34", 3, options=EngineOptions("ray"))
+    assert resumed.done == 0 and resumed.resumed == 40 and resumed.outputs

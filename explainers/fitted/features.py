@@ -69,7 +69,74 @@ def memory_budget() -> int:
     return int(float(os.environ.get("PROTOSCOPE_FIT_BUDGET_MB", DEFAULT_BUDGET_MB)) * 2 ** 20)
 
 
-class FeatureCache:
+class FeatureFiles:
+    """The reading side of a feature cache: its folder, the shapes of what it holds and how many images.
+    Small and picklable, so that a worker of another process (a Ray task's) reads the same files."""
+
+    def __init__(self, folder: Path, shapes: dict[str, tuple[int, ...]], images: int) -> None:
+        self.folder, self.shapes, self.images = folder, shapes, images
+
+    # ---- shapes and files ----
+    def shape(self, name: str) -> tuple[int, ...]:
+        """One image's array of ``name``: (channels, height, width) of a block, (classes,) of the logits."""
+        return self.shapes[name]
+
+    def image_bytes(self, names: Sequence[str], stored: bool = False) -> int:
+        """Bytes of one image's arrays of ``names``: in memory (float32), or on disk (``stored``)."""
+        return int(sum(np.prod(self.shape(n)) * (stored_dtype(n) if stored else EXACT).itemsize for n in names))
+
+    def _data(self, name: str) -> Path:
+        return self.folder / f"{name}.bin"
+
+    def _meta(self, name: str) -> Path:
+        return self.folder / f"{name}.json"
+
+    def done(self, name: str) -> int:
+        """How many images (from the first, in order) have ``name`` written and synced to disk."""
+        try:
+            meta = json.loads(self._meta(name).read_text())
+        except (OSError, ValueError):
+            return 0
+        fits = (meta.get("version") == FEATURES_VERSION and meta.get("images") == self.images
+                and tuple(meta.get("shape", ())) == self.shape(name) and meta.get("dtype") == stored_dtype(name).name
+                and self._data(name).is_file()
+                and self._data(name).stat().st_size == self.images * self.image_bytes([name], stored=True))
+        return int(meta.get("done", 0)) if fits else 0
+
+    def complete(self, names: Sequence[str]) -> bool:
+        return all(self.done(name) == self.images for name in names)
+
+    # ---- reading ----
+    def read(self, name: str, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """float32 array (len(indices), *shape) of images already written (``ensure`` first)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        written = self.done(name)
+        if len(indices) and (indices.min() < 0 or indices.max() >= written):
+            raise RuntimeError(f"{name} of image {int(indices.max())} is not in the feature cache yet "
+                               f"({written} of {self.images} written): call ensure first")
+        size = self.image_bytes([name], stored=True)
+        out = np.empty((len(indices), *self.shape(name)), dtype=np.float32)
+        handle = os.open(self._data(name), os.O_RDONLY)
+        try:
+            for i, index in enumerate(indices):
+                raw = os.pread(handle, size, int(index) * size)
+                out[i] = np.frombuffer(raw, dtype=stored_dtype(name)).reshape(self.shape(name))
+        finally:
+            os.close(handle)
+        return out
+
+    def chunks(self, names: Sequence[str], indices: Sequence[int] | np.ndarray,
+               max_bytes: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """The arrays of ``names`` for ``indices``, a chunk of images at a time (at most ``max_bytes`` of
+        float32 per chunk, at least one image): (indices of the chunk, name -> array)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        step = max(1, max_bytes // max(self.image_bytes(names), 1))
+        for first in range(0, len(indices), step):
+            chosen = indices[first:first + step]
+            yield chosen, {name: self.read(name, chosen) for name in names}
+
+
+class FeatureCache(FeatureFiles):
     """The outputs of a model's blocks (and its logits) for every image of a dataset, on disk.
 
     ``ensure(names)`` computes what is missing in one pass over the images (resuming where an
@@ -88,40 +155,18 @@ class FeatureCache:
         if folder is None:
             self._temporary = tempfile.TemporaryDirectory(prefix="protoscope-features-")
             folder = Path(self._temporary.name)
-        self.folder = folder
+        super().__init__(folder, {}, len(dataset))
         self.network_batches = 0  # passes this object ran (tests count them: a resumed fit recomputes nothing)
 
-    # ---- shapes and files ----
     def shape(self, name: str) -> tuple[int, ...]:
         """One image's array of ``name``: (channels, height, width) of a block, (classes,) of the logits."""
         if name == LOGITS:
             return (self.model.num_classes,)
         return tuple(self.model.block_shapes[name])
 
-    def image_bytes(self, names: Sequence[str], stored: bool = False) -> int:
-        """Bytes of one image's arrays of ``names``: in memory (float32), or on disk (``stored``)."""
-        return int(sum(np.prod(self.shape(n)) * (stored_dtype(n) if stored else EXACT).itemsize for n in names))
-
-    def _data(self, name: str) -> Path:
-        return self.folder / f"{name}.bin"
-
-    def _meta(self, name: str) -> Path:
-        return self.folder / f"{name}.json"
-
-    def done(self, name: str) -> int:
-        """How many images (from the first, in order) have ``name`` written and synced to disk."""
-        try:
-            meta = json.loads(self._meta(name).read_text())
-        except (OSError, ValueError):
-            return 0
-        fits = (meta.get("version") == FEATURES_VERSION and meta.get("images") == len(self.dataset)
-                and tuple(meta.get("shape", ())) == self.shape(name) and meta.get("dtype") == stored_dtype(name).name
-                and self._data(name).is_file()
-                and self._data(name).stat().st_size == len(self.dataset) * self.image_bytes([name], stored=True))
-        return int(meta.get("done", 0)) if fits else 0
-
-    def complete(self, names: Sequence[str]) -> bool:
-        return all(self.done(name) == len(self.dataset) for name in names)
+    def files(self, names: Sequence[str]) -> FeatureFiles:
+        """The reading side of ``names`` alone (``FeatureFiles``), for a worker of another process."""
+        return FeatureFiles(self.folder, {name: self.shape(name) for name in names}, self.images)
 
     # ---- computing ----
     def ensure(self, names: Sequence[str], progress: Progress | None = None, batch_size: int = 128,
@@ -198,35 +243,6 @@ class FeatureCache:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
-
-    # ---- reading ----
-    def read(self, name: str, indices: Sequence[int] | np.ndarray) -> np.ndarray:
-        """float32 array (len(indices), *shape) of images already written (``ensure`` first)."""
-        indices = np.asarray(indices, dtype=np.int64)
-        written = self.done(name)
-        if len(indices) and (indices.min() < 0 or indices.max() >= written):
-            raise RuntimeError(f"{name} of image {int(indices.max())} is not in the feature cache yet "
-                               f"({written} of {len(self.dataset)} written): call ensure first")
-        size = self.image_bytes([name], stored=True)
-        out = np.empty((len(indices), *self.shape(name)), dtype=np.float32)
-        handle = os.open(self._data(name), os.O_RDONLY)
-        try:
-            for i, index in enumerate(indices):
-                raw = os.pread(handle, size, int(index) * size)
-                out[i] = np.frombuffer(raw, dtype=stored_dtype(name)).reshape(self.shape(name))
-        finally:
-            os.close(handle)
-        return out
-
-    def chunks(self, names: Sequence[str], indices: Sequence[int] | np.ndarray,
-               max_bytes: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
-        """The arrays of ``names`` for ``indices``, a chunk of images at a time (at most ``max_bytes`` of
-        float32 per chunk, at least one image): (indices of the chunk, name -> array)."""
-        indices = np.asarray(indices, dtype=np.int64)
-        step = max(1, max_bytes // max(self.image_bytes(names), 1))
-        for first in range(0, len(indices), step):
-            chosen = indices[first:first + step]
-            yield chosen, {name: self.read(name, chosen) for name in names}
 
     def close(self) -> None:
         if self._temporary is not None:

@@ -28,7 +28,8 @@ from ..methods import method_info
 from ..models import load_model
 from ..runtime import ImageError, UserInputError
 from ..runtime.progress import Progress, report
-from .engines import EngineOptions, open_engine
+from .classes import ray_class_runner
+from .engines import EngineOptions, connect, disconnect, open_engine
 from .evaluations import gather, load_part, save_part
 from .features import feature_names, ray_feature_pass
 from .outputs import OutputFolder, write_bytes, write_file, write_text
@@ -233,8 +234,8 @@ def fit_folder(model: str, data: str, depth: str = "B234", per_class: int = 5, s
                options: EngineOptions | None = None, progress: Progress | None = None) -> tuple[JobReport, Path]:
     """Fit the prototype explainer of ``model`` on ``data``'s training split (a folder of class sub-folders or
     a dataset name) into the store's disk cache (``.cache/prototypes/``), where the pages read it. On Ray, the
-    feature pass runs there first (``ray_feature_pass``), into the feature cache the fit reads; the per-class
-    k-means and the nearest-patch scan then run here, on the cached features (the fitting code's own)."""
+    feature pass runs there first (``ray_feature_pass``), into the feature cache the fit reads, then each class's
+    k-means and own-class projection as a Ray task (``classes.ray_class_runner``), on the cached features."""
     options = options or EngineOptions()
     spec = load_model(model, device=options.device if options.engine == "local" else "cpu")
     dataset = load_dataset(data, "train")
@@ -242,14 +243,19 @@ def fit_folder(model: str, data: str, depth: str = "B234", per_class: int = 5, s
     names = feature_names(spec, depth)
     cache = FeatureCache(spec, dataset)
     result.resumed = min(cache.done(name) for name in names)
-    fitting = progress
-    if options.engine == "ray":
-        result.done = ray_feature_pass(model, data, "train", cache, names, options,
-                                       _stage(progress, 0.0, 0.5, "feature pass on Ray: "))
-        fitting = _stage(progress, 0.5, 1.0)
-    else:
+    if options.engine != "ray":
         result.done = len(dataset) - result.resumed
-    fit_prototypes(spec, dataset, depth, per_class, seed, progress=fitting)
+        fit_prototypes(spec, dataset, depth, per_class, seed, progress=progress)
+    else:
+        started = connect(options.address, options.timeout)  # one connection for both stages
+        try:
+            result.done = ray_feature_pass(model, data, "train", cache, names, options,
+                                           _stage(progress, 0.0, 0.5, "feature pass on Ray: "))
+            fit_prototypes(spec, dataset, depth, per_class, seed, progress=_stage(progress, 0.5, 1.0),
+                           class_runner=ray_class_runner(options))
+        finally:
+            if started:
+                disconnect()
     written = sorted((store.cache_dir() / "prototypes").glob(f"{depth}-k{per_class}-*.npz"),
                      key=lambda path: path.stat().st_mtime)
     result.outputs = written[-1:]  # the file just written or read (the newest of these settings)

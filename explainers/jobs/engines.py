@@ -118,6 +118,28 @@ def connect(address: str | None, timeout: float) -> bool:
     return False
 
 
+def disconnect() -> None:
+    """Shut down the Ray cluster ``connect`` started for this job."""
+    _ray().shutdown()
+
+
+def ray_result(refs: Any) -> Any:
+    """``ray.get`` of ``refs``, with a worker's own error raised as itself (a ``UserInputError``
+    stays one, without Ray's remote traceback) and a lost worker as ``JobInterrupted``."""
+    ray = _ray()
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as error:
+        cause = getattr(error, "cause", None)
+        if isinstance(cause, Exception):
+            raise cause from None
+        raise
+    except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
+            ray.exceptions.ObjectLostError) as error:
+        raise JobInterrupted(f"a Ray worker was lost and its retries are spent ({type(error).__name__}); "
+                             "what was finished is kept: run the same command again to resume") from None
+
+
 def actor_shape(options: EngineOptions) -> tuple[int, dict[str, float], str | None]:
     """How many actors, the resources each asks for, and the device their model goes to."""
     resources = _ray().cluster_resources()
@@ -140,26 +162,10 @@ class RayEngine(Engine):
                                 **resources)(ModelWorker)
             fault = os.environ.get(FAULT_VARIABLE)
             self.actors = [remote.remote(model, device, fault) for _ in range(self.workers)]
-            self._get(ray.get, [actor.ready.remote() for actor in self.actors])
+            ray_result([actor.ready.remote() for actor in self.actors])
         except BaseException:
             self.close()
             raise
-
-    def _get(self, get: Any, refs: Any) -> Any:
-        """``ray.get`` with a worker's own error raised as itself (a ``UserInputError`` stays one, without
-        Ray's remote traceback) and a lost worker as ``JobInterrupted``."""
-        ray = self.ray
-        try:
-            return get(refs)
-        except ray.exceptions.RayTaskError as error:
-            cause = getattr(error, "cause", None)
-            if isinstance(cause, Exception):
-                raise cause from None
-            raise
-        except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
-                ray.exceptions.ObjectLostError) as error:
-            raise JobInterrupted(f"a Ray worker was lost and its retries are spent ({type(error).__name__}); "
-                                 "what was finished is kept: run the same command again to resume") from None
 
     def run(self, call: str, batches: Sequence[tuple[Any, ...]]) -> Iterator[tuple[int, Any]]:
         ray = self.ray
@@ -176,7 +182,7 @@ class RayEngine(Engine):
             done, _ = ray.wait(list(pending), num_returns=1)
             index, slot = pending.pop(done[0])
             load[slot] -= 1
-            yield index, self._get(ray.get, done[0])
+            yield index, ray_result(done[0])
 
     def close(self) -> None:
         ray = self.ray

@@ -31,18 +31,23 @@ The modules, in the order a fit uses them:
   h-check (eq. 7-8), the embeddings of a dataset;
 - ``kmeans``: stage 2, class-wise k-means on rows read from the feature cache (``explainers.fitted.features``),
   with ``lloyd`` (k-means as matrix products, the default) or scikit-learn's (the shipped files');
-- ``patches``: stage 3, the training patch nearest each prototype, among its own class's images (the
-  default, ProtoPNet's projection) or every image (the shipped files');
+- ``classwise``: stages 2 and 3 one class at a time (``ClassTask``, ``fit_class``): its rows formed once,
+  clustered, and searched for each prototype's nearest patch among its own class's images (the default,
+  ProtoPNet's projection); run on threads here, or as Ray tasks by ``explainers.jobs``;
+- ``patches``: the whole-set scan of stage 3, every image for every prototype (the shipped files');
 - ``explainer``: the estimator (``PrototypeExplainer``: fit, predict, explain, the attribution, save and load);
 - ``recipe``: its key and file name in the store and the disk tiers, and ``fit_prototypes``.
 
 A dataset's classes are matched to the model's by name (``explainers.fitted.checks.class_map``).
 """
+from .classwise import ClassLevel, ClassRunner, ClassTask, fit_class
 from .depths import DEPTHS, depth_blocks, embeddings, hcheck, image_batches, suffix_depths
 from .explainer import Level, PrototypeExplainer, PrototypeExplanation
 from .patches import Patch, receptive_box
 from .recipe import PROTOTYPES_KIND, PROTOTYPES_VERSION, SHIPPED, PrototypeRecipe, cache_key, fit_prototypes
 
-__all__ = ["DEPTHS", "PROTOTYPES_KIND", "PROTOTYPES_VERSION", "SHIPPED", "Level", "Patch", "PrototypeExplainer",
-           "PrototypeExplanation", "PrototypeRecipe", "cache_key", "depth_blocks", "embeddings", "fit_prototypes",
+__all__ = ["DEPTHS", "PROTOTYPES_KIND", "PROTOTYPES_VERSION", "SHIPPED", "ClassLevel", "ClassRunner", "ClassTask",
+           "Level", "Patch", "PrototypeExplainer",
+           "PrototypeExplanation", "PrototypeRecipe", "cache_key", "depth_blocks", "embeddings", "fit_class",
+           "fit_prototypes",
            "hcheck", "image_batches", "receptive_box", "suffix_depths"]

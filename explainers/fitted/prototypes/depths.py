@@ -45,19 +45,27 @@ def suffix_depths(depth: str) -> list[str]:
     return ["B" + digits[i:] for i in range(len(digits) - 1, -1, -1) if len(digits) - i >= 2] or [depth]
 
 
-def hcheck(activations: dict[str, torch.Tensor], blocks: Sequence[str]) -> torch.Tensor:
+def hcheck(activations: dict[str, torch.Tensor], blocks: Sequence[str], out: torch.Tensor | None = None
+           ) -> torch.Tensor:
     """Eq. 7-8: upsample each block to the shallowest block's resolution, divide every pixel
-    vector by D_b * ||u_r^(b)||, concatenate. Returns (N, h', w', sum_b D_b).
+    vector by D_b * ||u_r^(b)||, concatenate. Returns (N, h', w', sum_b D_b): ``out`` when given
+    (a buffer of that shape, written in place: a fit reuses one instead of faulting in new pages).
 
     An all-zero pixel (every channel switched off by ReLU) stays zero rather than dividing by 0.
     """
-    size = (int(activations[blocks[0]].shape[-2]), int(activations[blocks[0]].shape[-1]))
-    parts = []
+    first = activations[blocks[0]]
+    size = (int(first.shape[-2]), int(first.shape[-1]))
+    if out is None:
+        out = torch.empty((first.shape[0], *size, sum(int(activations[b].shape[1]) for b in blocks)))
+    offset = 0
     for block in blocks:
         u = upsample(activations[block], size)
         norm = u.norm(dim=1, keepdim=True).clamp_min(HCHECK_FLOOR)
-        parts.append((u / (u.shape[1] * norm)).permute(0, 2, 3, 1))
-    return torch.cat(parts, dim=-1)  # concatenated straight into (N, h', w', D) order: rows without a copy
+        channels = u.shape[1]
+        # written straight into its columns of the (N, h', w', D) rows: no concatenation, the same values
+        torch.div(u, channels * norm, out=out[..., offset:offset + channels].permute(0, 3, 1, 2))
+        offset += channels
+    return out
 
 
 def pooled(activations: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -65,9 +73,13 @@ def pooled(activations: dict[str, torch.Tensor]) -> torch.Tensor:
     return activations[BLOCK_NAMES[-1]].mean(dim=(2, 3))
 
 
-def depth_features(activations: dict[str, torch.Tensor], depth: str) -> torch.Tensor:
-    """What the explainer of ``depth`` clusters and assigns: z for KMEx, h-check of the depth's blocks otherwise."""
-    return pooled(activations) if depth == "pooled" else hcheck(activations, depth_blocks(depth))
+def depth_features(activations: dict[str, torch.Tensor], depth: str, out: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """What the explainer of ``depth`` clusters and assigns: z for KMEx, h-check of the depth's blocks otherwise
+    (into ``out`` when given: (N, D) for z, (N, h', w', D) for h-check)."""
+    if depth == "pooled":
+        return pooled(activations) if out is None else out.copy_(pooled(activations))
+    return hcheck(activations, depth_blocks(depth), out)
 
 
 def image_batches(model: ModelSpec, dataset: DatasetSpec,

@@ -21,9 +21,10 @@ from ...runtime.settings import DeclaredParameters, Setting
 from ..checks import LARGEST_SEED, NotFittedError, check_classes, check_dataset, check_model
 from ..features import FeatureCache, memory_budget
 from ..store import write_atomically
+from .classwise import ClassRunner, ClassTask, fit_classes, own_class_best
 from .depths import block_activations, depth_blocks, depth_features, fit_stage, on_cpu, recorded_blocks, suffix_depths
-from .kmeans import KMEANS_CHOICES, class_prototypes
-from .patches import PATCH_BYTES, PROJECTIONS, Patch, nearest_patches
+from .kmeans import KMEANS_CHOICES, KMEANS_WORKERS
+from .patches import PATCH_BYTES, PROJECTIONS, Patch, level_patches, nearest_patches
 
 # The values these settings had before they were settings: a file fitted so (the shipped ones) holds no
 # such entry, and its key, digest and saved settings leave them out, so that they stay as they were.
@@ -95,7 +96,8 @@ class PrototypeExplainer(DeclaredParameters):
 
     # ---- fitting ----
     def fit(self, model: ModelSpec, dataset: DatasetSpec, progress: Progress | None = None,
-            features: FeatureCache | None = None, budget: int | None = None) -> "PrototypeExplainer":
+            features: FeatureCache | None = None, budget: int | None = None,
+            class_runner: ClassRunner | None = None) -> "PrototypeExplainer":
         """Fit on ``dataset``, whose classes are matched to the model's by name (``class_map``).
 
         Three stages, streamed so that memory stays within ``budget`` bytes (default
@@ -104,8 +106,13 @@ class PrototypeExplainer(DeclaredParameters):
         1. the blocks' outputs of every image, written once to ``features`` (a ``FeatureCache``;
            default: the machine's cache of this model and data, so that another K/C, seed or depth
            reuses them, and an interrupted fit resumes from the images already written);
-        2. k-means, one class and one level at a time, on rows read from the cache;
-        3. the nearest training patch of every prototype, scanning the cache a chunk at a time.
+        2. k-means, one class at a time (``classwise``), on rows read from the cache;
+        3. the nearest training patch of every prototype: with the own-class projection, found in stage 2
+           among the class's rows while they are in memory; with the whole-set scan, scanning the cache a
+           chunk at a time.
+
+        ``class_runner`` runs stage 2's classes (default: ``KMEANS_WORKERS`` threads of this process;
+        ``explainers.jobs`` passes Ray tasks), with the same results.
 
         ``progress`` gets (fraction, "stage i of 3, what: done / total"), the stages weighted by their
         expected share of the time, so that an ETA extrapolated from it is fair. A listener that raises
@@ -128,18 +135,27 @@ class PrototypeExplainer(DeclaredParameters):
             shares = self._shares(cache, recorded_blocks(model, blocks), depths)
             cache.ensure(recorded_blocks(model, blocks), fit_stage(progress, 0.0, shares[0], 1, "extracting features"),
                          self.batch_size, budget)
+            tasks = self._class_tasks(model, labels, depths, budget)
+            project = self.projection == "class"
+            found = fit_classes(cache.files(blocks), tasks, scaled(progress, shares[0], 1.0 if project else shares[1]),
+                                class_runner)
             self.levels_: dict[str, Level] = {}
-            work = np.array([self._level_work(cache, d) for d in depths], dtype=float)
-            edges = shares[0] + (shares[1] - shares[0]) * np.concatenate([[0.0], np.cumsum(work) / work.sum()])
-            for i, depth in enumerate(depths):
-                stage = scaled(progress, edges[i], edges[i + 1])
-                prototypes, owners = class_prototypes(model, cache, labels, depth, budget, self.per_class, self.seed,
-                                                      self.max_pixels_per_class, stage, self.kmeans)
+            for depth in depths:
+                fitted = [found[task.label][depth] for task in tasks]
+                prototypes = np.concatenate([level.centres for level in fitted])
+                owners = np.concatenate([np.full(len(level.centres), task.label) for task, level in zip(tasks, fitted)])
                 self.levels_[depth] = Level(depth, prototypes, owners, self._resolution(cache, depth), [])
-            found = nearest_patches(model, self.levels_, cache, budget, scaled(progress, shares[1], 1.0), labels,
-                                    self.projection)
-            for depth, patches in found.items():
-                self.levels_[depth].patches = patches
+                if project:
+                    self.levels_[depth].patches = level_patches(model, self.levels_[depth],
+                                                                own_class_best(fitted, prototypes))
+            if project:
+                report_fraction(1.0, "stage 3 of 3, finding the nearest training patches: found in stage 2, each "
+                                "prototype's among its own class's images", progress)
+            else:
+                patches = nearest_patches(model, self.levels_, cache, budget, scaled(progress, shares[1], 1.0), labels,
+                                          self.projection)
+                for depth, found_patches in patches.items():
+                    self.levels_[depth].patches = found_patches
         finally:
             if features is None:
                 cache.close()
@@ -155,11 +171,13 @@ class PrototypeExplainer(DeclaredParameters):
             features = 0.02
         return features, features + clustering
 
-    def _level_work(self, cache: FeatureCache, depth: str) -> float:
-        """Rows x dimensions clustered at one level: a proxy for its share of k-means time."""
-        h, w = self._resolution(cache, depth)
-        dims = sum(cache.shape(b)[0] for b in depth_blocks(depth))
-        return float(min(h * w * len(cache.dataset), self.max_pixels_per_class * self.num_classes_) * dims)
+    def _class_tasks(self, model: ModelSpec, labels: np.ndarray, depths: list[str], budget: int) -> list[ClassTask]:
+        """One ``ClassTask`` per class with images (a folder may hold some of the model's classes only), each
+        with an equal share of the budget among the classes run at once."""
+        present = [label for label in range(model.num_classes) if (labels == label).any()]
+        return [ClassTask(label, model.class_name(label), np.flatnonzero(labels == label), tuple(depths),
+                          self.per_class, self.seed, self.max_pixels_per_class, self.kmeans,
+                          budget // KMEANS_WORKERS, self.projection == "class") for label in present]
 
     @staticmethod
     def _resolution(cache: FeatureCache, depth: str) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""Stage 2 of a prototype fit: class-wise k-means on rows read from the feature cache.
+"""Stage 2 of a prototype fit: class-wise k-means on rows read from the feature cache (``classwise`` runs it).
 
 Two k-means (``PrototypeExplainer``'s ``kmeans``): ``"torch"`` (``lloyd.lloyd_kmeans``: matrix products and
 Hamerly's bounds) and ``"sklearn"`` (scikit-learn's, the shipped files'). Either runs ``KMEANS_WORKERS``
@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import threading
 import zlib
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -20,10 +19,8 @@ import torch
 from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
-from ...models import ModelSpec
 from ...runtime.errors import DatasetError
-from ...runtime.progress import Progress, report_fraction
-from ..features import FeatureCache
+from ..features import FeatureFiles
 from .depths import depth_blocks, depth_features
 from .lloyd import lloyd_kmeans
 
@@ -86,80 +83,113 @@ def rows_per_image(pixels: int, images_in_class: int, max_pixels_per_class: int)
     return max(1, min(pixels, max_pixels_per_class // max(1, images_in_class)))
 
 
-def class_rows(cache: FeatureCache, indices: np.ndarray, depth: str, budget: int, seed: int,
+# Rows are formed a few images at a time: temporaries this small are served again from the heap, where glibc
+# maps and unmaps every larger one on each call (at CUB's shape, page faults were 40% of a class's time).
+CHUNK_BYTES = 16 * 2 ** 20
+
+
+class RowBuffers:
+    """float32 buffers that one worker thread reuses from class to class (grown when a class needs more), so
+    that a class's rows land in memory already mapped; each thread of a pool gets its own."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def take(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """A float32 tensor of ``shape`` (its values undefined), the thread's buffer ``name`` or part of it."""
+        buffers: dict[str, torch.Tensor] = self._local.__dict__.setdefault("buffers", {})
+        size = int(np.prod(shape))
+        if name not in buffers or buffers[name].numel() < size:
+            buffers.pop(name, None)  # the old one goes before the new one comes
+            buffers[name] = torch.empty(size)
+        return buffers[name][:size].view(shape)
+
+
+def level_shape(files: FeatureFiles, depth: str) -> tuple[int, int]:
+    """(pixels, dimensions) of one image's rows at ``depth``: R' = the shallowest block's cells (one for
+    KMEx's pooled z), D = the sum of the blocks' channels (eq. 7)."""
+    blocks = depth_blocks(depth)
+    dims = sum(files.shape(b)[0] for b in blocks)
+    if depth == "pooled":
+        return 1, dims
+    _, height, width = files.shape(blocks[0])
+    return height * width, dims
+
+
+def formed_rows(files: FeatureFiles, indices: np.ndarray, depth: str, max_bytes: int = CHUNK_BYTES,
+                into: torch.Tensor | None = None, buffers: RowBuffers | None = None
+                ) -> Iterator[tuple[int, np.ndarray, torch.Tensor]]:
+    """(position of the chunk's first image in ``indices``, its image indices, their rows at ``depth``: h-check
+    or z, as (images, pixels, D)) a chunk of images at a time, each chunk's rows at most ``max_bytes``. The
+    rows are written into ``into`` ((len(indices), pixels, D): the class's rows, kept) when given, else into
+    a chunk buffer of ``buffers`` (reused: valid until the next chunk) or a new tensor."""
+    blocks = list(depth_blocks(depth))
+    pixels, dims = level_shape(files, depth)
+    shape = (dims,) if depth == "pooled" else (*files.shape(blocks[0])[1:], dims)
+    step = max(1, max_bytes // (4 * pixels * dims))
+    for first in range(0, len(indices), step):
+        chosen = indices[first:first + step]
+        arrays = {block: torch.from_numpy(files.read(block, chosen)) for block in blocks}
+        if into is not None:
+            target = into[first:first + len(chosen)]
+        elif buffers is not None:
+            target = buffers.take("chunk", (len(chosen), pixels, dims))
+        else:
+            target = torch.empty((len(chosen), pixels, dims))
+        depth_features(arrays, depth, out=target.view(len(chosen), *shape))
+        yield first, chosen, target
+
+
+def sample_into(features: torch.Tensor, chosen: np.ndarray, depth: str, seed: int, keep: int,
+                out: torch.Tensor) -> None:
+    """Write the rows k-means gets from a chunk of one class's images (``features``: their rows, (images,
+    pixels, D); ``chosen``: their indices) into ``out``: every row of each, or ``keep`` of each drawn by
+    ``_row_sample``, in order (one gather for the chunk)."""
+    flat = features.reshape(-1, features.shape[-1])
+    pixels = features.shape[1]
+    if keep >= pixels:
+        out.copy_(flat)
+        return
+    picks = np.concatenate([i * pixels + _row_sample(seed, int(index), depth, pixels, keep)
+                            for i, index in enumerate(chosen)])
+    torch.index_select(flat, 0, torch.from_numpy(picks), out=out)
+
+
+def class_rows(files: FeatureFiles, indices: np.ndarray, depth: str, budget: int, seed: int,
                max_pixels_per_class: int) -> np.ndarray:
     """The rows k-means gets for one class (its images ``indices``) at ``depth``: every row of
     h-check (or z) of each image, or, when the class has more than ``max_pixels_per_class``, the
     same number from every image, drawn by a generator seeded with (seed, image, depth). The draw
     depends on nothing else (not the order, chunking or other classes), so a fit streamed in any
-    order, or resumed, clusters the same rows."""
-    blocks = list(depth_blocks(depth))
-    rows = []
-    for chosen, arrays in cache.chunks(blocks, indices, budget // 8):
-        features = depth_features({b: torch.from_numpy(a) for b, a in arrays.items()}, depth)
-        flat = features.reshape(len(chosen), -1, features.shape[-1]).numpy()
-        for image_rows, index in zip(flat, chosen):
-            keep = rows_per_image(len(image_rows), len(indices), max_pixels_per_class)
-            if keep < len(image_rows):
-                image_rows = image_rows[_row_sample(seed, int(index), depth, len(image_rows), keep)]
-            rows.append(image_rows)
-    return np.concatenate(rows)
+    order, or resumed, clusters the same rows. (The fit forms them so too: ``classwise``.)"""
+    pixels, dims = level_shape(files, depth)
+    keep = rows_per_image(pixels, len(indices), max_pixels_per_class)
+    rows = torch.empty((len(indices) * keep, dims))
+    for first, chosen, features in formed_rows(files, indices, depth, min(CHUNK_BYTES, budget // 8)):
+        sample_into(features, chosen, depth, seed, keep, rows[first * keep:(first + len(chosen)) * keep])
+    return rows.numpy()
 
 
-def class_prototypes(model: ModelSpec, cache: FeatureCache, labels: np.ndarray, depth: str, budget: int,
-                     per_class: int, seed: int, max_pixels_per_class: int,
-                     progress: Progress | None = None, algorithm: str = "sklearn") -> tuple[np.ndarray, np.ndarray]:
-    """Class-wise k-means, K/C prototypes per class, ordered by class; each class's rows read from the
-    cache when its turn comes (``labels``: the dataset's labels as the model's).
+def distinct_check(rows: np.ndarray, per_class: int, class_name: str, depth: str) -> int:
+    """The number of clusters for a class's rows: ``per_class``, or a ``DatasetError`` saying how many
+    distinct rows there are and what to do (k-means needs K/C distinct points)."""
+    k = distinct_rows(rows, per_class)
+    if k < per_class:
+        raise DatasetError(
+            f"Class '{class_name}' has only {k} distinct feature vectors at {depth} for the {per_class} "
+            f"prototypes per class asked: choose at most {max(k, 1)} prototypes per class (K/C), or add images "
+            "to that class.")
+    return k
 
-    ``algorithm``: ``"torch"`` (``lloyd_kmeans``, 1.5-2.5x as fast as scikit-learn's on a CUB-shaped class:
-    20,000 rows of 896 dims, K = 10) or ``"sklearn"``.
 
-    Classes with no images (a folder with some of the model's classes) get no prototypes. Classes
-    are clustered ``KMEANS_WORKERS`` at a time, each on one thread: scikit-learn's k-means sums its
-    chunks in an order that depends on its thread count, so one thread per class gives the same
-    prototypes on any machine (the shipped files are checked to be a fresh fit's, bit for bit), and
-    since every class has its own seeded k-means, the number of workers changes nothing either.
-    """
-    present = [label for label in range(model.num_classes) if (labels == label).any()]
-    if algorithm not in KMEANS_CHOICES:
+def cluster(rows: np.ndarray, k: int, seed: int, algorithm: str, overwrite: bool = False) -> np.ndarray:
+    """K centres (float32) of one class's ``rows`` by ``algorithm`` (``KMEANS_CHOICES``), seeded: ``"torch"``
+    (``lloyd_kmeans``, 1.5-2.5x as fast as scikit-learn's on a CUB-shaped class: 20,000 rows of 896 dims,
+    K = 10) or ``"sklearn"``. ``overwrite``: the torch k-means may change ``rows`` (it centres them in place).
+    Call it within ``one_thread``: one class per core."""
+    if algorithm == "torch":
+        return lloyd_kmeans(rows, k, seed, overwrite=overwrite)[0]
+    if algorithm != "sklearn":
         raise ValueError(f"kmeans must be one of {KMEANS_CHOICES}, not {algorithm!r}")
-    results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-    def read(label: int) -> np.ndarray:
-        return class_rows(cache, np.flatnonzero(labels == label), depth, budget, seed, max_pixels_per_class)
-
-    def checked(label: int, members: np.ndarray) -> int:
-        k = distinct_rows(members, per_class)
-        if k < per_class:
-            raise DatasetError(
-                f"Class '{model.class_name(label)}' has only {k} distinct feature vectors at {depth} "
-                f"for the {per_class} prototypes per class asked: choose at most {max(k, 1)} prototypes "
-                f"per class (K/C), or add images to that class.")
-        return k
-
-    def cluster(label: int) -> tuple[np.ndarray, np.ndarray]:
-        with one_thread():  # the rows are read on this thread too (torch's interpolation): no oversubscription
-            members = read(label)
-            k = checked(label, members)
-            if algorithm == "torch":
-                return lloyd_kmeans(members, k, seed)[0], np.full(k, label)
-            fitted = KMeans(n_clusters=k, n_init=KMEANS_INITS, random_state=seed).fit(members)
-        return fitted.cluster_centers_.astype(np.float32), np.full(k, label)
-
-    report_fraction(0.0, f"stage 2 of 3, k-means at {depth}: class 1 of {len(present):,}", progress)
-    with ThreadPoolExecutor(KMEANS_WORKERS, thread_name_prefix="protoscope-kmeans") as pool:
-        futures = {pool.submit(cluster, label): label for label in present}
-        try:
-            for future in as_completed(futures):
-                results[futures[future]] = future.result()
-                report_fraction(len(results) / len(present),
-                                f"stage 2 of 3, k-means at {depth}: {len(results):,} of {len(present):,} classes",
-                                progress)
-        except BaseException:
-            for future in futures:
-                future.cancel()  # a cancel or an error stops the classes not started yet
-            raise
-    return (np.concatenate([results[label][0] for label in present]),
-            np.concatenate([results[label][1] for label in present]))
-
+    fitted = KMeans(n_clusters=k, n_init=KMEANS_INITS, random_state=seed).fit(rows)
+    return fitted.cluster_centers_.astype(np.float32)

@@ -4,7 +4,7 @@ The distances are one matrix product, ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2, a
 spare most of them after the first iterations; the clusters' sums are updated with the rows that changed
 cluster. Measured on one thread (a quiet machine), a CUB-shaped class at B234 (20,000 rows of 896 dims):
 0.31 s against scikit-learn's 0.61 s at K = 5, 0.51 s against 1.44 s at K = 10, same inertia (ratio
-1.000 and 0.992). The fit runs it one class per thread (``kmeans.class_prototypes``).
+1.000 and 0.992). The fit runs it one class per thread (``classwise.fit_class``).
 
 Everything else follows ``sklearn.cluster.KMeans(n_init=1, algorithm="lloyd")``: the rows are centred
 on their mean first (precision), k-means++ draws its first centre uniformly and then keeps the best of
@@ -59,7 +59,7 @@ def kmeans_plusplus(rows: torch.Tensor, row_norms: torch.Tensor, k: int, generat
 
 
 def lloyd_kmeans(rows: np.ndarray, k: int, seed: int, max_iterations: int = MAX_ITERATIONS,
-                 tolerance: float = TOLERANCE) -> tuple[np.ndarray, float]:
+                 tolerance: float = TOLERANCE, overwrite: bool = False) -> tuple[np.ndarray, float]:
     """K centres of ``rows`` (float32, (K, D)) and their inertia (the sum of squared distances of
     every row to its nearest centre), k-means++ seeded with ``seed``, then Lloyd iterations.
 
@@ -67,13 +67,15 @@ def lloyd_kmeans(rows: np.ndarray, k: int, seed: int, max_iterations: int = MAX_
     distance to its centre and a lower bound on the distance to any other; the bounds follow the centres'
     moves, and only the rows whose bounds overlap get their distances recomputed (a matrix product on
     those rows). Late iterations move few rows, so they cost a pass over two vectors instead of the
-    rows; the clusters' sums are updated with the rows that changed cluster (in float64)."""
-    data = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
-    if len(data) < k:
-        raise ValueError(f"{len(data)} rows for {k} clusters")
-    mean = data.mean(dim=0, dtype=torch.float64).float()
-    data = data - mean
-    norms = (data * data).sum(dim=1)
+    rows; the clusters' sums are updated with the rows that changed cluster (in float64). ``overwrite``: the
+    rows (float32, C-contiguous) may be centred in place instead of in a copy (scipy's ``overwrite_a``)."""
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    if len(rows) < k:
+        raise ValueError(f"{len(rows)} rows for {k} clusters")
+    # numpy's float64 mean down the columns: torch's took 67 ms of a 260 ms class (20,000 x 896) on one thread
+    mean = torch.from_numpy(rows.mean(axis=0, dtype=np.float64).astype(np.float32))
+    data = torch.from_numpy(rows).sub_(mean) if overwrite and rows.flags.writeable else torch.from_numpy(rows) - mean
+    norms = torch.linalg.vector_norm(data, dim=1).square_()  # no (rows, D) temporary: 16x faster than (x*x).sum
     threshold = tolerance * float(norms.double().sum()) / data.numel()  # the columns' mean variance (centred)
     centres = kmeans_plusplus(data, norms, k, np.random.RandomState(seed))
     labels, upper, lower = nearest_two(data, norms, centres)

@@ -11,6 +11,7 @@ from ...runtime.progress import Progress
 from ..checks import mapping_note
 from ..features import FeatureCache
 from ..store import ASSETS, Key, made, plain_value
+from .classwise import ClassRunner
 from .explainer import EARLIER_VALUES, PrototypeExplainer
 
 # 3: features streamed from a float16 cache, rows drawn per image; 4: one k-means++ start
@@ -43,10 +44,11 @@ class PrototypeRecipe:
     """
 
     def __init__(self, model: ModelSpec, dataset: DatasetSpec, explainer: PrototypeExplainer,
-                 keep_features: bool = True) -> None:
+                 keep_features: bool = True, class_runner: ClassRunner | None = None) -> None:
         explainer.validate(model, dataset)
         explainer = shipped_equivalent(model, dataset, explainer)
         self.keep_features = keep_features  # False: the features go to a temporary folder, deleted after the fit
+        self.class_runner = class_runner  # where stage 2's classes run (threads here, Ray tasks): not in the key
         self.model, self.dataset, self.settings = model, dataset, explainer.get_params()
         self.key = Key.of(PROTOTYPES_KIND, model.fingerprint, dataset.fingerprint + mapping_note(model, dataset),
                           version=PROTOTYPES_VERSION,
@@ -58,9 +60,9 @@ class PrototypeRecipe:
     def fit(self, progress: Progress | None) -> PrototypeExplainer:
         explainer = PrototypeExplainer(**self.settings)  # type: ignore[arg-type]
         if self.keep_features:
-            return explainer.fit(self.model, self.dataset, progress)
+            return explainer.fit(self.model, self.dataset, progress, class_runner=self.class_runner)
         with FeatureCache(self.model, self.dataset, persistent=False) as features:
-            return explainer.fit(self.model, self.dataset, progress, features=features)
+            return explainer.fit(self.model, self.dataset, progress, features=features, class_runner=self.class_runner)
 
     def load(self, path: Path) -> PrototypeExplainer:
         loaded = PrototypeExplainer.load(path)
@@ -93,12 +95,13 @@ def shipped_equivalent(model: ModelSpec, dataset: DatasetSpec, explainer: Protot
 
 def fit_prototypes(model: ModelSpec, dataset: DatasetSpec, depth: str = "B234", per_class: int = 5, seed: int = 0,
                    progress: Progress | None = None, max_pixels_per_class: int = 20_000,
-                   cache: bool = True) -> PrototypeExplainer:
+                   cache: bool = True, class_runner: ClassRunner | None = None) -> PrototypeExplainer:
     """Fit (or read from the disk cache) the prototype explainer of ``model`` on ``dataset``.
 
     The disk cache has two tiers (``explainers.fitted.store.tiers``): this machine's ``.cache/prototypes/``,
     then the files shipped in ``assets/prototypes/``; a fit is written to the first only. Nothing is
     kept in memory here: ``explainers.methods.kmeans_attribution.fitted`` is the shared, single-flight way.
+    ``class_runner``: where the per-class stage runs (``PrototypeExplainer.fit``), with the same results.
     """
     return made(PrototypeRecipe(model, dataset, PrototypeExplainer(depth, per_class, seed, max_pixels_per_class),
-                                keep_features=cache), progress, cache)
+                                keep_features=cache, class_runner=class_runner), progress, cache)
