@@ -188,7 +188,7 @@ def cluster(rows: np.ndarray, k: int, seed: int, algorithm: str, overwrite: bool
     K = 10) or ``"sklearn"``. ``overwrite``: the torch k-means may change ``rows`` (it centres them in place).
     Call it within ``one_thread``: one class per core."""
     if algorithm == "torch":
-        return lloyd_kmeans(rows, k, seed, overwrite=overwrite)[0]
+        return lloyd_kmeans(rows, k, seed, overwrite=overwrite, inertia=False)[0]
     if algorithm != "sklearn":
         raise ValueError(f"kmeans must be one of {KMEANS_CHOICES}, not {algorithm!r}")
     fitted = KMeans(n_clusters=k, n_init=KMEANS_INITS, random_state=seed).fit(rows)

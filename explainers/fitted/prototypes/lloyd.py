@@ -59,7 +59,8 @@ def kmeans_plusplus(rows: torch.Tensor, row_norms: torch.Tensor, k: int, generat
 
 
 def lloyd_kmeans(rows: np.ndarray, k: int, seed: int, max_iterations: int = MAX_ITERATIONS,
-                 tolerance: float = TOLERANCE, overwrite: bool = False) -> tuple[np.ndarray, float]:
+                 tolerance: float = TOLERANCE, overwrite: bool = False, inertia: bool = True
+                 ) -> tuple[np.ndarray, float]:
     """K centres of ``rows`` (float32, (K, D)) and their inertia (the sum of squared distances of
     every row to its nearest centre), k-means++ seeded with ``seed``, then Lloyd iterations.
 
@@ -68,7 +69,8 @@ def lloyd_kmeans(rows: np.ndarray, k: int, seed: int, max_iterations: int = MAX_
     moves, and only the rows whose bounds overlap get their distances recomputed (a matrix product on
     those rows). Late iterations move few rows, so they cost a pass over two vectors instead of the
     rows; the clusters' sums are updated with the rows that changed cluster (in float64). ``overwrite``: the
-    rows (float32, C-contiguous) may be centred in place instead of in a copy (scipy's ``overwrite_a``)."""
+    rows (float32, C-contiguous) may be centred in place instead of in a copy (scipy's ``overwrite_a``);
+    ``inertia=False``: not computed (NaN), sparing a pass over the rows when only the centres are wanted."""
     rows = np.ascontiguousarray(rows, dtype=np.float32)
     if len(rows) < k:
         raise ValueError(f"{len(rows)} rows for {k} clusters")
@@ -113,8 +115,9 @@ def lloyd_kmeans(rows: np.ndarray, k: int, seed: int, max_iterations: int = MAX_
         sums.index_add_(0, previous, changed, alpha=-1.0).index_add_(0, labels[moved], changed)
         counts -= torch.bincount(previous, minlength=k).double()
         counts += torch.bincount(labels[moved], minlength=k).double()
-    inertia = float(squared_distances(data, norms, centres).min(dim=1).values.double().sum())
-    return (centres + mean).numpy(), inertia
+    if not inertia:
+        return (centres + mean).numpy(), float("nan")
+    return (centres + mean).numpy(), float(squared_distances(data, norms, centres).min(dim=1).values.double().sum())
 
 
 def nearest_two(data: torch.Tensor, norms: torch.Tensor, centres: torch.Tensor
