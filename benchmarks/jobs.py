@@ -19,6 +19,7 @@ import psutil
 from explainers import explain_many, load_dataset, load_image, load_model
 from explainers.fitted.features import FeatureCache
 from explainers.fitted.prototypes import PrototypeExplainer
+from explainers.fitted.prototypes.kmeans import KMEANS_WORKERS
 from explainers.jobs import EngineOptions, explain_folder, ray_class_runner, ray_feature_pass
 from explainers.jobs.features import feature_names
 
@@ -94,12 +95,15 @@ def main() -> None:
             seconds = time.perf_counter() - started
             print(f"  Ray Data feature pass (B2-B4 + logits), {len(train):,} images, {workers} worker(s): "
                   f"{len(train) / seconds:.0f} images/s ({seconds:.1f} s, actor start included)")
-            for runner, where in ((ray_class_runner(EngineOptions("ray")), "Ray tasks"), (None, "local threads")):
+            ray_tasks = ray_class_runner(EngineOptions("ray"))
+            for runner, where in ((ray_tasks, f"Ray tasks on {workers} CPU(s), workers starting"),
+                                  (ray_tasks, f"Ray tasks on {workers} CPU(s), warm workers"),
+                                  (None, f"this process's {KMEANS_WORKERS} threads (local)")):
                 started = time.perf_counter()
                 PrototypeExplainer("B234", per_class=5).fit(model, train, features=cache, class_runner=runner)
                 seconds = time.perf_counter() - started
-                print(f"  per-class k-means and own-class projection (B34 and B234, K/C = 5), {where}, "
-                      f"{workers} CPU(s): {10 / seconds:.1f} classes/s ({seconds:.2f} s for 10, features cached)")
+                print(f"  per-class k-means and own-class projection (B34 and B234, K/C = 5), {where}: "
+                      f"{10 / seconds:.1f} classes/s ({seconds:.2f} s for 10, features cached)")
         finally:
             ray.shutdown()
 
