@@ -651,7 +651,7 @@ def test_a_fit_reports_its_stages_with_images_done(model, train, tmp_path, monke
             assert "stage 1 of 3, extracting features: 1,437 / 1,437 images" in texts
         else:  # the features are on disk: no pass over the images, and the stage says so
             assert "stage 1 of 3, extracting features: features of 1,437 images read from the cache" in texts
-        assert "stage 2 of 3, k-means and own-class patches at B4: 10 of 10 classes" in texts
+        assert "stage 2 of 3, k-means and the nearest patches in each class at B4: 10 of 10 classes" in texts
         assert texts[-2].startswith("stage 3 of 3, finding the nearest training patches: found in stage 2")
     reports = []  # the whole-set scan is a stage of its own
     PrototypeExplainer("B4", per_class=1, projection="all").fit(model, train, progress=lambda f, m: reports.append((f, m)))

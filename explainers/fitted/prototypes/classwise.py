@@ -142,7 +142,7 @@ def fit_classes(files: FeatureFiles, tasks: Sequence[ClassTask], progress: Progr
                 runner: ClassRunner | None = None) -> dict[int, dict[str, ClassLevel]]:
     """Every class's ``ClassLevel`` per depth, keyed by label, run by ``runner`` (default ``threads``);
     ``progress`` gets (fraction, "stage 2 of 3, ...: n of C classes")."""
-    what = "k-means and own-class patches" if tasks and tasks[0].project else "k-means"
+    what = "k-means and the nearest patches in each class" if tasks and tasks[0].project else "k-means"
     depths = ", ".join(tasks[0].depths) if tasks else ""
     report_fraction(0.0, f"stage 2 of 3, {what} at {depths}: class 1 of {len(tasks):,}", progress)
     results: dict[int, dict[str, ClassLevel]] = {}
