@@ -11,11 +11,13 @@ class each in the registry ``METRICS``, and sanity checks by weight randomisatio
 from .blur import BLUR_FRACTION, BLUR_LADDER, BlurChoice, rise_blur, rise_kernel
 from .faithfulness import (
     MetricWarning,
+    PlannedEvaluation,
     confidence_change,
     deletion_insertion,
     evaluate,
     evaluate_maps,
     insertion_blur,
+    planned_evaluation,
     road,
     subset,
 )
@@ -66,8 +68,8 @@ __all__ = [
     "GROUPS", "METRICS", "SANITY_MODES", "THRESHOLD", "BaselineInput", "BlurredInput", "ConfidenceMetric", "Constant",
     "DeletedInput", "DeletionMetric", "Evaluation", "EvaluationSettings", "ImputedInput", "InsertedInput",
     "InsertionMetric", "MappedImage", "Metric", "Perturbation", "PerturbationPlan", "PixelCurveMetric", "PlainInput",
-    "RandomizationResult", "RoadMetric", "ScaledInput", "Score", "confidence_change", "deletion_baseline",
-    "deletion_insertion", "evaluate", "evaluate_maps", "layer_groups", "noisy_linear_imputation", "pixel_order",
-    "randomization_check", "randomized_models", "register_metric", "removal_mask", "road", "step_counts", "subset",
-    "unit_scaled",
+    "PlannedEvaluation", "RandomizationResult", "RoadMetric", "ScaledInput", "Score", "confidence_change",
+    "deletion_baseline", "deletion_insertion", "evaluate", "evaluate_maps", "layer_groups", "noisy_linear_imputation",
+    "pixel_order", "planned_evaluation", "randomization_check", "randomized_models", "register_metric",
+    "removal_mask", "road", "step_counts", "subset", "unit_scaled",
 ]
