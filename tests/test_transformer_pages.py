@@ -52,6 +52,9 @@ def test_the_evaluation_page_runs_on_digits_vit():
     app = page("evaluation.py", model="digits_vit", methods="gradcam,legrad,rollout", block="B4")
     app.run()
     assert not app.exception, app.exception
+    assert "3 methods × 4 metrics" in app.info[0].value and "through digits_vit" in app.info[0].value
+    app.button(key="eval_run").click().run()  # nothing is scored before Run (issue 21)
+    assert not app.exception, app.exception
     assert not app.error, [e.value for e in app.error]
     assert app.dataframe, "no table"
 

@@ -36,9 +36,8 @@ def asked_for(page: str, key: Hashable, label: str, what: Callable[[], str], but
     note = (" These settings have not been run in this session yet (earlier runs come back when their settings "
             "do)." if asked else " Nothing is computed until you press it; the result is then kept for the session.")
     st.info(what() + note, icon=":material/play_circle:")
-    if st.button(label, key=button_key, type="primary"):
-        asked.add(key)
-        st.rerun()  # draw the page again without the button, the progress bar where the result will be
+    # Asked for before the next run starts (a callback), so that run computes and draws no button.
+    st.button(label, key=button_key, type="primary", on_click=asked.add, args=(key,))
     return False
 
 
