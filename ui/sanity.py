@@ -8,7 +8,7 @@ from plotly.subplots import make_subplots
 from explainers import load_image, method_info
 from explainers.data import plural
 from explainers.display import QUALITATIVE, step_label
-from explainers.evaluation import GROUPS, RandomizationResult, randomization_check
+from explainers.evaluation import GROUPS, IMAGES_PER_PASS, RandomizationResult, randomization_check
 from explainers.models import ModelSpec
 
 from .cache import dataset_image, get_dataset
@@ -57,7 +57,7 @@ def what_will_run(methods: int, block: str, mode: str, more: int, dataset: str) 
     return ("**Run the check** explains the current image" + (f" and {more} {dataset} images" if more else "")
             + f" with {plural(methods, 'method')} at **{block}**, on the trained network and after each of up to "
             f"{len(GROUPS)} randomisation steps ({steps}): up to {plural(maps, 'map')}, from one trace of the "
-            "network per step and 16 images, plus the passes of the methods that run their own.")
+            f"network per step and {IMAGES_PER_PASS} images, plus the passes of the methods that run their own.")
 
 
 def curves_figure(result: RandomizationResult) -> go.Figure:
