@@ -1,7 +1,8 @@
 """Evaluation: which map to trust. Faithfulness metrics of the sidebar's methods over a set of images.
 
 Every registered metric (``explainers.evaluation.METRICS``) gets its section from its own declaration: its
-table with each score's direction, its caption, its curves, its downloads."""
+table with each score's direction, its caption, its curves, its downloads. Nothing is scored until the Run
+button is pressed (``ui.on_request``): the first view is the controls and what a run will cost."""
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
@@ -12,8 +13,9 @@ from explainers import method_info
 from explainers.display import evaluation_curves_png as curves_png
 from explainers.display import measured_time
 from explainers.evaluation import BLUR_LADDER, METRICS, EvaluationSettings
-from ui.evaluation_cache import evaluation
+from ui.evaluation_cache import evaluation, what_will_run
 from ui.image_set import current_image_key, image_set_control
+from ui.on_request import asked_for, kept
 from ui.progress import progress_bar
 from ui.sidebar import current_with_image
 
@@ -32,20 +34,29 @@ if not selection.methods:
 chosen = image_set_control(selection)
 with st.expander("Metric settings"):
     columns = st.columns(3)
-    steps = columns[0].select_slider("Deletion / insertion steps", [10, 20, 50], value=20, key="eval_steps",
+    step_options = [10, 20, 50]
+    kept("eval_steps", 20, step_options)
+    steps = columns[0].select_slider("Deletion / insertion steps", step_options, key="eval_steps",
                                      help="Pixels are removed or inserted in this many equal steps (RISE).")
     road_options = ["off", "10–90% (5)", "10–90% (9)"]
-    levels = columns[1].radio("ROAD removal levels", road_options, key=f"eval_road_{model.sample_dataset}",
-                              index=1 if max(model.input_size) <= SMALL_INPUT else 0, horizontal=True,
+    road_key = f"eval_road_{model.sample_dataset}"
+    kept(road_key, road_options[1 if max(model.input_size) <= SMALL_INPUT else 0], road_options)
+    levels = columns[1].radio("ROAD removal levels", road_options, key=road_key, horizontal=True,
                               help="Five levels (10, 30, 50, 70, 90%) or nine (every 10%, as Rong et al.). Each "
                                    "level imputes the removed pixels by solving a sparse linear system: about 2 s "
                                    "per image and method at 224x224, so it starts off for photos.")
-    sigma = columns[2].selectbox("Insertion blur σ (pixels)", ["measured", *BLUR_LADDER], key="eval_blur",
+    blur_options = ["measured", *BLUR_LADDER]
+    kept("eval_blur", "measured", blur_options)
+    sigma = columns[2].selectbox("Insertion blur σ (pixels)", blur_options, key="eval_blur",
                                  format_func=lambda s: s if isinstance(s, str) else f"{s:g} px",
                                  help="Insertion starts from the image blurred by RISE's kernel of this σ. Measured: "
                                       "the smallest of " + ", ".join(f"{s:g}" for s in BLUR_LADDER) + " px whose "
                                       "blurred copy gets below half of the images' own probability for the class "
                                       "(RISE's σ = 5 is for 224-pixel photos; it leaves a 64-pixel digit readable).")
+with st.expander("The metrics' constants and where they come from"):
+    st.markdown("\n".join(f"- **{metric.label}** ({metric.reference}):\n"
+                           + "\n".join(f"    - {c.describe()}" for c in metric.constants)
+                           for metric in METRICS.values() if metric.constants))
 if chosen is None:
     st.stop()
 fractions = (0.1, 0.3, 0.5, 0.7, 0.9) if not levels.endswith("(9)") else tuple(round(0.1 * k, 1) for k in range(1, 10))
@@ -54,13 +65,9 @@ settings = EvaluationSettings(steps=int(steps), road_fractions=fractions,
                               blur_sigma=None if isinstance(sigma, str) else float(sigma))
 target = selection.target if chosen.kind == "current" else None
 key = (selection.model_key, block, tuple(selection.methods), chosen.key, target, settings)
-
-if chosen.kind != "current" and st.session_state.get("eval_requested") != key:
-    st.info(f"{chosen.label}, each explained by {len(selection.methods)} methods at {block} and scored by every "
-            "metric: this takes a while on a large network. Press *Run* to start; the result is kept.")
-    if st.button("Run the evaluation", key="eval_run", type="primary"):
-        st.session_state["eval_requested"] = key
-        st.rerun()
+if not asked_for("evaluation", key, "Run the evaluation", button_key="eval_run", what=lambda: what_will_run(
+        selection.model_key, model, tuple(selection.methods), block, chosen.label, chosen.count, metrics, settings,
+        curves_of_another_image=chosen.kind != "current")):
     st.stop()
 
 per_image = tuple(name for name in metrics if METRICS[name].curves_per_image)  # curves of the sidebar's image
@@ -171,11 +178,6 @@ for title, members in sections.items():
         with downloads[2]:
             st.download_button("Curves (PNG)", curves_png(curves, "curve", labels, f"{model.name} at {block}"),
                                file_name=f"protoscope-{name}-curves.png", mime="image/png", key=f"png_{name}")
-
-with st.expander("The metrics' constants and where they come from"):
-    st.markdown("\n".join(f"- **{metric.label}** ({metric.reference}):\n"
-                           + "\n".join(f"    - {c.describe()}" for c in metric.constants)
-                           for metric in METRICS.values() if metric.constants))
 
 st.subheader("Cost of each map")
 st.caption("From seed 002, Table 2.")

@@ -1,4 +1,7 @@
-"""Sanity checks: does a map change when the model's weights are randomised? (Adebayo et al. 2018)"""
+"""Sanity checks: does a map change when the model's weights are randomised? (Adebayo et al. 2018)
+
+The check runs when the Run button is pressed (``ui.on_request``): the first view is the controls and what
+a run computes; once run, the result stays for the session."""
 import io
 
 import streamlit as st
@@ -8,8 +11,10 @@ from explainers.data import plural
 from explainers.display import maps_sheet, step_label, step_pictures
 from explainers.display import sanity_curves_png as curves_png
 from explainers.evaluation import SANITY_MODES
+from ui.image_set import current_image_key
+from ui.on_request import asked_for, kept
 from ui.progress import progress_bar
-from ui.sanity import MAX_IMAGES, curves_figure, randomisation, test_images
+from ui.sanity import MAX_IMAGES, curves_figure, randomisation, test_images, what_will_run
 from ui.sidebar import current_with_image, runnable_methods
 
 st.title("Sanity checks")
@@ -21,6 +26,9 @@ selection = current_with_image()
 model, block = selection.model, selection.block
 
 controls = st.columns([3, 2, 3, 3])
+kept("sanity_mode", SANITY_MODES[0])  # the page's controls keep their values across page switches
+kept("sanity_images", 0)
+kept("sanity_keep_statistics", False)
 mode = controls[0].radio(
     "Randomisation", SANITY_MODES, key="sanity_mode", horizontal=True,
     help="Cascading: from the classifier down, each step adding one group to those already randomised, until no "
@@ -57,6 +65,14 @@ if any(method_info(n).family == "perturbation" for n in runnable):
     controls[3].caption(":orange[Perturbation methods run their masked passes again at every step: seven times "
                         "the Saliency page's time per image.]")
 
+for name, reason in skipped:
+    st.caption(f"Not checked — {method_info(name).label}: {reason}.")
+key = (selection.model_key, current_image_key(selection), int(count), tuple(runnable), block, mode, selection.target,
+       keep_statistics)
+if not asked_for("sanity", key, "Run the check", button_key="sanity_run",
+                 what=lambda: what_will_run(len(runnable), block, mode, int(count), dataset)):
+    st.stop()
+
 try:
     with progress_bar():  # one step per randomisation step and batch of images, methods' own progress inside
         result = randomisation(selection.model_key, model, selection.image_data, int(count), tuple(runnable), block,
@@ -74,8 +90,6 @@ if images == 1:
     cells = model.block_shapes[block][1] * model.block_shapes[block][2]
     st.caption(f"One image: its correlations are noisy (at {block} a map has {cells} cells of the block to rank); add "
                "images for the curves before trusting a flag.")
-for name, reason in skipped:
-    st.caption(f"Not checked — {method_info(name).label}: {reason}.")
 
 flags = result.flags()
 for name, sentence in flags.items():

@@ -117,7 +117,21 @@ def check_clustercam(page) -> None:
     assert "base" in text and "scissors" in text, "the base and the scissors are not named"
 
 
+def run_on_request(page, label: str) -> None:
+    """The page's first view computes nothing (issue 21: it opens in seconds): no figure yet, a line on what a
+    run will compute and its Run button, which is pressed here."""
+    assert not page.locator('[data-testid="stPlotlyChart"]').count(), "the first view computed before Run"
+    text = page.locator('[data-testid="stMain"]').inner_text()
+    assert label in text and "Nothing is computed until you press it" in text, text[:600]
+    button = page.get_by_role("button", name=label)
+    button.click()
+    button.wait_for(state="detached", timeout=PAGE_IDLE_MS)  # asked for: the run draws the result, no button
+    wait_idle(page)
+
+
 def check_evaluation(page) -> None:
+    check_no_exception(page)
+    run_on_request(page, "Run the evaluation")
     check_no_exception(page)
     page.locator('[data-testid="stPlotlyChart"]').nth(1).wait_for(state="visible", timeout=60_000)  # both figures
     try:  # confidence, AUC, ROAD and cost tables
@@ -152,6 +166,8 @@ def check_marked_concepts(page) -> None:
 
 
 def check_sanity(page) -> None:
+    check_no_exception(page)
+    run_on_request(page, "Run the check")
     check_no_exception(page)
     check_images_loaded(page, minimum=4 * 7)  # four methods, a map for each of the seven steps
     page.locator('[data-testid="stPlotlyChart"]').first.wait_for(state="visible", timeout=60_000)  # the curves

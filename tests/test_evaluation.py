@@ -21,6 +21,7 @@ from explainers.evaluation import (
     evaluate_maps,
     insertion_blur,
     noisy_linear_imputation,
+    planned_evaluation,
     rise_blur,
     subset,
     unit_scaled,
@@ -363,6 +364,29 @@ def test_inputs_shared_by_metrics_and_methods_run_once(digits, digit_inputs):
         np.testing.assert_array_equal(getattr(two, kind)["a"], getattr(two, kind)["b"])
 
 
+def test_a_planned_evaluation_counts_the_inputs_a_run_makes(digits, digit_inputs):
+    """planned_evaluation counts, without running, what evaluate runs: with maps that share no step (random
+    ones) exactly the distinct inputs of the run, ROAD's imputed ones among them, and the blur's passes when the
+    blur is measured; with real maps at most as many (two maps that order the pixels alike share their steps)."""
+    settings = EvaluationSettings(steps=5, road_fractions=(0.3, 0.6))
+    rng = np.random.default_rng(5)
+    maps = {name: rng.random((len(digit_inputs), *digits.input_size)).astype(np.float32) for name in ("a", "b")}
+    with one_thread():
+        random = evaluate_maps(digits, digit_inputs, maps, settings=settings)
+        real = evaluate(digits, digit_inputs, ["gradcam", "cam", "eigencam"], settings=settings)
+    two = planned_evaluation(digits, ["gradcam", "cam"], images=len(digit_inputs), settings=settings)
+    assert two.inputs == random.inputs_run
+    assert two.imputed == 2 * 2 * 2 * len(digit_inputs)  # MoRF and LeRF at two levels, per method and image
+    assert two.blur_passes == (1 + len(BLUR_LADDER)) * len(digit_inputs)  # the blur is measured (None)
+    assert two.seconds == two.passes * two.seconds_per_input > 0
+    three = planned_evaluation(digits, ["gradcam", "cam", "eigencam"], images=len(digit_inputs), settings=settings)
+    assert real.inputs_run <= three.inputs
+    fixed = planned_evaluation(digits, ["gradcam", "cam", "eigencam"], images=len(digit_inputs),
+                               metrics=("confidence", "insertion"), settings=EvaluationSettings(blur_sigma=20.0))
+    assert fixed.blur_passes == 0 and fixed.imputed == 0
+    assert planned_evaluation(digits, ["cam", "gradcam"], block="B2").methods == 1  # CAM is for the last block
+
+
 def test_fifty_test_digits_finish_with_progress_and_table_2(digits):
     images = subset(load_dataset("digits", "test"), 50)
     assert len(images) == 50 and len(set(images.labels.tolist())) == 10
@@ -393,12 +417,89 @@ def test_a_method_that_does_not_apply_is_named_not_scored(digits, digit_inputs):
 
 # ------------------------------------------------------------------------------- the page
 
-def test_the_evaluation_page_scores_the_current_image():
-    from test_app import page  # the sidebar and the page, as app.py draws them
+@pytest.fixture
+def evaluations(monkeypatch):
+    """The page's evaluations, counted: ``evaluate`` as ``ui.evaluation_cache`` calls it, its cache emptied."""
+    import ui.evaluation_cache
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return evaluate(*args, **kwargs)
+
+    ui.evaluation_cache.evaluation.clear()
+    monkeypatch.setattr(ui.evaluation_cache, "evaluate", counted)
+    return calls
+
+
+def test_the_first_view_scores_nothing_and_says_what_run_will_cost(evaluations):
+    """Issue 21: the page opens in seconds. Its first view is the controls, the constants and what Run will
+    compute (methods × metrics × images, the passes counted from the metrics' plans and the measured time per
+    pass); nothing is scored until Run, then the tables stay on every rerun without asking again."""
+    from test_app import page
 
     app = page("pages/evaluation.py", model="digits", methods="gradcam,scorecam,cam")
     assert not app.error, [e.value for e in app.error]
     assert app.title[0].value == "Evaluation"
+    assert not evaluations and not app.dataframe
+    assert [b.key for b in app.button] == ["eval_run"] and app.button(key="eval_run").label == "Run the evaluation"
+    what = app.info[0].value
+    plan = planned_evaluation(load_model("digits"), ["gradcam", "scorecam", "cam"],
+                              settings=EvaluationSettings(road_fractions=(0.1, 0.3, 0.5, 0.7, 0.9)))
+    assert "3 methods × 4 metrics" in what and "× 1 image (digits test #0" in what and "at **B4**" in what
+    assert f"at most {plan.passes:,} passes through digits" in what and "per input measured here" in what
+    assert f"ROAD first fills in {plan.imputed:,} inputs" in what
+    constants = " ".join(m.value for m in app.markdown)  # the constants are there before any run
+    assert "blur_padding = zeros" in constants and "road_units = pixels" in constants and "**differs**" in constants
+
+    app.button(key="eval_run").click().run()
+    assert not app.exception, app.exception
+    assert len(evaluations) == 1 and len(app.dataframe) == 4
+    app.run()  # any rerun (a widget elsewhere, the sidebar): shown again, from the session's cache
+    assert len(evaluations) == 1 and len(app.dataframe) == 4
+    assert "eval_run" not in [b.key for b in app.button]  # asked for: no button, the result
+
+    app.selectbox(key="eval_blur").set_value(10.0).run()  # another key: not run yet, and said so
+    assert not app.dataframe and "have not been run in this session yet" in app.info[0].value
+    app.selectbox(key="eval_blur").set_value("measured").run()  # the earlier run comes back, unasked
+    assert len(evaluations) == 1 and len(app.dataframe) == 4
+
+
+def test_coming_back_to_the_page_shows_the_run_with_its_settings(evaluations):
+    """Through app.py's navigation: a set of test images run, another page opened, and back: the page's
+    controls kept their values (Streamlit drops a widget's value while its page is not drawn) and the result
+    is shown without pressing Run again."""
+    from streamlit.testing.v1 import AppTest
+    from test_app import REPO, TIMEOUT
+
+    app = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    app.query_params["model"] = "digits"
+    app.query_params["methods"] = "gradcam"
+    app.run()
+    app.switch_page("pages/evaluation.py").run()
+    app.radio(key="eval_images").set_value("dataset").run()
+    app.number_input(key="eval_count").set_value(3).run()
+    app.select_slider(key="eval_steps").set_value(10).run()
+    assert not app.dataframe and not evaluations
+    app.button(key="eval_run").click().run()
+    assert not app.exception, app.exception
+    assert len(evaluations) == 2 and app.dataframe  # the set, and the curves of the sidebar's image
+    app.switch_page("pages/overview.py").run()
+    app.switch_page("pages/evaluation.py").run()
+    assert not app.exception, app.exception
+    assert app.radio(key="eval_images").value == "dataset" and app.number_input(key="eval_count").value == 3
+    assert app.select_slider(key="eval_steps").value == 10
+    assert len(evaluations) == 2 and app.dataframe and any("3 test images of digits" in m.value for m in app.markdown)
+
+
+def test_the_evaluation_page_scores_the_current_image():
+    from test_app import page  # the sidebar and the page, as app.py draws them
+
+    app = page("pages/evaluation.py", model="digits", methods="gradcam,scorecam,cam")
+    app.button(key="eval_run").click().run()
+    assert not app.exception, app.exception
+    assert not app.error, [e.value for e in app.error]
     confidence, auc, road_table, timing = (frame.value for frame in app.dataframe)
     assert list(confidence["method"]) == ["Grad-CAM", "Score-CAM", "CAM"]
     assert ((confidence["drop"] >= 0) & (confidence["drop"] <= 100)).all()
@@ -408,14 +509,15 @@ def test_the_evaluation_page_scores_the_current_image():
     assert any("distinct perturbed inputs" in m.value for m in app.markdown)
     assert any("Insertion's blur is measured" in c.value and "chosen: the smallest σ = 20 px" in c.value
                for c in app.caption)
-    constants = " ".join(m.value for m in app.markdown)
-    assert "blur_padding = zeros" in constants and "road_units = pixels" in constants and "**differs**" in constants
 
 
 def test_on_a_photo_road_starts_off_and_says_how_to_turn_it_on():
     from test_app import page
 
     app = page("pages/evaluation.py", methods="gradcam")  # the built-in ImageNet model and the cat
+    assert "× 3 metrics (Confidence drop and increase; Deletion; Insertion)" in app.info[0].value  # no ROAD
+    app.button(key="eval_run").click().run()
+    assert not app.exception, app.exception
     assert not app.error, [e.value for e in app.error]
     assert len(app.dataframe) == 3  # confidence, AUC, cost: no ROAD table
     assert any("ROAD is off for photos" in info.value for info in app.info)
@@ -428,6 +530,7 @@ def test_the_evaluation_page_runs_a_dataset_set_on_request_and_withholds_a_blind
     app.radio(key="eval_images").set_value("dataset").run()
     app.number_input(key="eval_count").set_value(4).run()
     assert not app.dataframe, "a set of several images runs only when asked"
+    assert "× 4 images (4 test images of digits)" in app.info[0].value
     app.selectbox(key="eval_blur").set_value(5.0).run()  # RISE's sigma leaves a 64-px digit readable
     app.button(key="eval_run").click().run()
     assert not app.exception, app.exception

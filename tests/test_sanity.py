@@ -239,10 +239,36 @@ def test_refusals_say_why():
 
 # --- the page --------------------------------------------------------------------------------------
 
-def sanity_page(**query: str):
+def sanity_page(run: bool = True, **query: str):
+    """The page on digits; ``run``: with its Run button pressed (the check runs only when asked, issue 21)."""
     from test_app import page
 
-    return page("pages/sanity.py", model="digits", **query)
+    app = page("pages/sanity.py", model="digits", **query)
+    if run:
+        app.button(key="sanity_run").click().run()
+        assert not app.exception, app.exception
+    return app
+
+
+def test_the_first_view_runs_no_check_and_says_what_run_will_compute(monkeypatch):
+    """The page opens in seconds: the controls and what Run computes, no map; Run checks, a rerun shows the check
+    again without running it, and another setting asks for Run again."""
+    import ui.sanity
+
+    calls = []
+    monkeypatch.setattr(ui.sanity, "randomization_check", lambda *a, **k: calls.append(a) or randomization_check(*a, **k))
+    ui.sanity.randomisation.clear()
+    app = sanity_page(run=False, methods="gradcam,spectral_residual")
+    assert not calls and not app.get("plotly_chart") and not app.image
+    what = app.info[0].value
+    assert "with 2 methods at **B4**" in what and "up to 14 maps" in what and "classifier, B4, B3, B2, B1, stem" in what
+    app.button(key="sanity_run").click().run()
+    assert not app.exception and len(calls) == 1 and len(app.get("plotly_chart")) == 1
+    app.run()
+    assert len(calls) == 1 and len(app.get("plotly_chart")) == 1 and "sanity_run" not in [b.key for b in app.button]
+    app.number_input(key="sanity_images").set_value(2).run()
+    assert not app.get("plotly_chart") and "and 2 digits images" in app.info[0].value
+    assert "have not been run in this session yet" in app.info[0].value
 
 
 def test_page_shows_a_row_of_maps_per_method_the_curves_the_flags_and_the_downloads():
@@ -273,16 +299,18 @@ def test_page_switches_to_independent_randomisation_and_keeps_the_choice_in_the_
     assert "independent randomisation" in " ".join(m.value for m in app.markdown)
     app.radio(key="sanity_mode").set_value("cascading").run()
     assert not app.exception and app.query_params["sanity_mode"] in ("cascading", ["cascading"])
+    app.button(key="sanity_run").click().run()  # another check: run when asked
     reset = [c.value for c in app.caption if c.value.startswith("→ ")]
     assert len(reset) == 6
     app.toggle(key="sanity_keep_statistics").set_value(True).run()  # Adebayo's batch norms: another network
+    app.button(key="sanity_run").click().run()
     assert not app.exception and app.query_params["sanity_keep_statistics"] in ("1", ["1"])
     kept = [c.value for c in app.caption if c.value.startswith("→ ")]
     assert len(kept) == 6 and kept[0] == reset[0] and kept[1:] != reset[1:]  # the classifier has no batch norm
 
 
 def test_page_says_why_nothing_can_be_checked():
-    app = sanity_page(methods="kmex_attribution")
+    app = sanity_page(run=False, methods="kmex_attribution")
     assert "Choose at least one method" in app.info[0].value and not app.exception
 
 
@@ -296,7 +324,9 @@ def test_the_real_app_runs_the_page_without_drawing_stray_values():
     app.query_params["methods"] = "gradcam,kmex_attribution"
     app.run()
     app.switch_page("pages/sanity.py").run()
+    app.button(key="sanity_run").click().run()
     assert not app.exception, app.exception
+    assert app.get("plotly_chart"), "the check did not run"
     assert not [m.value for m in app.markdown if m.value.strip("`") == "None"]
     assert app.title[0].value == "Sanity checks"
 

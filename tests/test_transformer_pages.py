@@ -42,7 +42,9 @@ def test_digits_vit_layer_groups_go_from_the_head_down_to_the_patch_embedding():
 def test_the_sanity_page_runs_on_digits_vit_and_says_what_rollout_cannot_pass():
     app = page("sanity.py", model="digits_vit", methods="gradcam,rollout,chefer", block="B4")
     app.run()
+    app.button(key="sanity_run").click().run()  # the check runs when asked (issue 21)
     assert not app.exception, app.exception
+    assert app.get("plotly_chart"), "the check did not run"
     assert not app.error, [e.value for e in app.error]
     text = " ".join(c.value for c in app.caption) + " ".join(m.value for m in app.markdown)
     assert "rollout" in text.lower() and "ignores the class" in text
@@ -51,6 +53,9 @@ def test_the_sanity_page_runs_on_digits_vit_and_says_what_rollout_cannot_pass():
 def test_the_evaluation_page_runs_on_digits_vit():
     app = page("evaluation.py", model="digits_vit", methods="gradcam,legrad,rollout", block="B4")
     app.run()
+    assert not app.exception, app.exception
+    assert "3 methods × 4 metrics" in app.info[0].value and "through digits_vit" in app.info[0].value
+    app.button(key="eval_run").click().run()  # nothing is scored before Run (issue 21)
     assert not app.exception, app.exception
     assert not app.error, [e.value for e in app.error]
     assert app.dataframe, "no table"

@@ -17,6 +17,7 @@ from explainers.data import DATASETS, plural
 from explainers.evaluation import subset
 
 from .cache import get_dataset
+from .on_request import kept
 from .sidebar import Selection
 
 KINDS = ("current", "dataset", "folder")
@@ -48,13 +49,14 @@ def current_image_key(selection: Selection) -> str:
 
 
 def image_set_control(selection: Selection, prefix: str = "eval_") -> ImageSet | None:
-    """Draw the image-set controls (keys start with ``prefix``) and return the choice, or None (with the
-    reason shown) when a folder cannot be used."""
+    """Draw the image-set controls (keys start with ``prefix``; kept across page switches) and return the
+    choice, or None (with the reason shown) when a folder cannot be used."""
     model = selection.model
     assert model is not None and selection.image_data is not None
     own = model.sample_dataset
     names = {"current": "the current image", "dataset": f"test images of {own}", "folder": "test images of a folder"}
     columns = st.columns([5, 2, 4])
+    kept(f"{prefix}images", KINDS[0], KINDS)
     kind = columns[0].radio("Images", KINDS, key=f"{prefix}images", horizontal=True, format_func=names.get,
                             help="The current image is the sidebar's, with its target class; the others are "
                                  "explained for their predicted class. Images are spread evenly over the test split.")
@@ -64,8 +66,9 @@ def image_set_control(selection: Selection, prefix: str = "eval_") -> ImageSet |
         source = own
     else:
         default = selection.train_source if selection.train_source and selection.train_source not in DATASETS else ""
-        source = columns[2].text_input("Folder with one sub-folder of images per class", value=default,
-                                       key=f"{prefix}folder", placeholder="/data/CUB_200_2011/images").strip()
+        kept(f"{prefix}folder", default)
+        source = columns[2].text_input("Folder with one sub-folder of images per class", key=f"{prefix}folder",
+                                       placeholder="/data/CUB_200_2011/images").strip()
         if not source:
             st.info("Name a folder of images (one sub-folder per class); its test split is used.")
             return None
@@ -75,8 +78,8 @@ def image_set_control(selection: Selection, prefix: str = "eval_") -> ImageSet |
         st.error(str(error))
         return None
     available = len(dataset)
-    count = int(columns[1].number_input(f"How many (1–{available})", 1, available, min(DEFAULT_COUNT, available),
-                                        key=f"{prefix}count"))
+    kept(f"{prefix}count", min(DEFAULT_COUNT, available), lambda value: 1 <= value <= available)
+    count = int(columns[1].number_input(f"How many (1–{available})", 1, available, key=f"{prefix}count"))
     what = (plural(count, "photo") + " bundled with scikit-image" if source == "photos"
             else plural(count, "test image") + f" of {source}")
     return ImageSet(kind, source, count, f"{kind}:{dataset.fingerprint}:{count}", what)

@@ -6,13 +6,14 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from explainers import load_image, method_info
+from explainers.data import plural
 from explainers.display import QUALITATIVE, step_label
-from explainers.evaluation import RandomizationResult, randomization_check
+from explainers.evaluation import GROUPS, IMAGES_PER_PASS, RandomizationResult, randomization_check
 from explainers.models import ModelSpec
 
 from .cache import dataset_image, get_dataset
 
-__all__ = ["MAX_IMAGES", "curves_figure", "test_images", "randomisation"]
+__all__ = ["MAX_IMAGES", "curves_figure", "randomisation", "test_images", "what_will_run"]
 
 MAX_IMAGES = 100
 
@@ -45,6 +46,18 @@ def randomisation(model_key: str, _model: ModelSpec, data: bytes, count: int, me
     targets = None if target is None else [int(target)] + [None] * (len(images) - 1)
     return randomization_check(_model, images, list(methods), block=block, mode=mode, target=targets,
                                keep_statistics=keep_statistics)
+
+
+def what_will_run(methods: int, block: str, mode: str, more: int, dataset: str) -> str:
+    """What pressing Run computes, for the page (Markdown): the maps of ``methods`` methods at ``block`` for the
+    current image and ``more`` images of ``dataset``, on the trained network and at each randomisation step."""
+    steps = ("each adding one group to those randomised before it" if mode == "cascading" else
+             "each randomising one group alone") + ": " + ", ".join(GROUPS)
+    maps = methods * (1 + more) * (1 + len(GROUPS))
+    return ("**Run the check** explains the current image" + (f" and {more} {dataset} images" if more else "")
+            + f" with {plural(methods, 'method')} at **{block}**, on the trained network and after each of up to "
+            f"{len(GROUPS)} randomisation steps ({steps}): up to {plural(maps, 'map')}, from one trace of the "
+            f"network per step and {IMAGES_PER_PASS} images, plus the passes of the methods that run their own.")
 
 
 def curves_figure(result: RandomizationResult) -> go.Figure:

@@ -11,11 +11,13 @@ class each in the registry ``METRICS``, and sanity checks by weight randomisatio
 from .blur import BLUR_FRACTION, BLUR_LADDER, BlurChoice, rise_blur, rise_kernel
 from .faithfulness import (
     MetricWarning,
+    PlannedEvaluation,
     confidence_change,
     deletion_insertion,
     evaluate,
     evaluate_maps,
     insertion_blur,
+    planned_evaluation,
     road,
     subset,
 )
@@ -52,6 +54,7 @@ from .perturbation import (
 from .result import Evaluation
 from .sanity import (
     GROUPS,
+    IMAGES_PER_PASS,
     SANITY_MODES,
     THRESHOLD,
     RandomizationResult,
@@ -63,11 +66,11 @@ from .settings import EvaluationSettings
 
 __all__ = [
     "BLUR_FRACTION", "BLUR_LADDER", "BlurChoice", "MetricWarning", "insertion_blur", "rise_blur", "rise_kernel",
-    "GROUPS", "METRICS", "SANITY_MODES", "THRESHOLD", "BaselineInput", "BlurredInput", "ConfidenceMetric", "Constant",
-    "DeletedInput", "DeletionMetric", "Evaluation", "EvaluationSettings", "ImputedInput", "InsertedInput",
-    "InsertionMetric", "MappedImage", "Metric", "Perturbation", "PerturbationPlan", "PixelCurveMetric", "PlainInput",
-    "RandomizationResult", "RoadMetric", "ScaledInput", "Score", "confidence_change", "deletion_baseline",
-    "deletion_insertion", "evaluate", "evaluate_maps", "layer_groups", "noisy_linear_imputation", "pixel_order",
-    "randomization_check", "randomized_models", "register_metric", "removal_mask", "road", "step_counts", "subset",
-    "unit_scaled",
+    "GROUPS", "IMAGES_PER_PASS", "METRICS", "SANITY_MODES", "THRESHOLD", "BaselineInput", "BlurredInput",
+    "ConfidenceMetric", "Constant", "DeletedInput", "DeletionMetric", "Evaluation", "EvaluationSettings",
+    "ImputedInput", "InsertedInput", "InsertionMetric", "MappedImage", "Metric", "Perturbation", "PerturbationPlan",
+    "PixelCurveMetric", "PlainInput", "PlannedEvaluation", "RandomizationResult", "RoadMetric", "ScaledInput", "Score",
+    "confidence_change", "deletion_baseline", "deletion_insertion", "evaluate", "evaluate_maps", "layer_groups",
+    "noisy_linear_imputation", "pixel_order", "planned_evaluation", "randomization_check", "randomized_models",
+    "register_metric", "removal_mask", "road", "step_counts", "subset", "unit_scaled",
 ]

@@ -48,6 +48,7 @@ import pandas as pd
 import torch
 
 from ..data.datasets import DatasetSpec
+from ..engine import batching
 from ..engine.trace import trace
 from ..methods import method_info
 from ..methods.explanation import MethodSettings, explain_trace
@@ -60,12 +61,12 @@ from ..runtime.settings import UnknownSettingError
 from .blur import BLUR_FRACTION, BLUR_LADDER, BlurChoice, rise_blur
 from .imputation import ROAD_NOISE
 from .metrics import BLUR_SIGMA, METRICS, ROAD_FRACTIONS, STEPS, MappedImage, Metric
-from .perturbation import PerturbationPlan, PlainInput, run_plan
+from .perturbation import ImputedInput, PerturbationPlan, PlainInput, run_plan
 from .result import Evaluation
 from .settings import EvaluationSettings
 
-__all__ = ["MetricWarning", "confidence_change", "deletion_insertion", "evaluate", "evaluate_maps", "image_source",
-           "insertion_blur", "road", "subset"]
+__all__ = ["MetricWarning", "PlannedEvaluation", "confidence_change", "deletion_insertion", "evaluate", "evaluate_maps",
+           "image_source", "insertion_blur", "planned_evaluation", "road", "subset"]
 
 MAP_SHARE = 0.3  # share of a chunk's progress given to its maps (the rest: the metrics' passes)
 BLUR_SHARE = 0.05  # share of the progress given to measuring insertion's blur, when it is measured
@@ -195,6 +196,68 @@ def image_source(images: Any) -> tuple[int, Callable[[int], Any]]:
             raise ImageError("no images were given (an empty list): give at least one image")
         return len(images), lambda i: images[i]
     return 1, lambda i: images
+
+
+# ------------------------------------------------------------------------------------- what a run will cost
+
+@dataclass(frozen=True)
+class PlannedEvaluation:
+    """What ``evaluate`` will run, counted before it runs (``planned_evaluation``): ``images``, the ``methods``
+    that apply at the block, at most ``inputs`` distinct perturbed inputs for the metrics (fewer when two maps
+    order the pixels alike and share steps), of which ``imputed`` are filled in by ROAD's noisy linear
+    imputation first (a sparse solve each, on the CPU), ``blur_passes`` to measure insertion's blur, and
+    ``seconds_per_input``, the network's measured time per input at its batch size. The maps' own passes
+    (Score-CAM's masked inputs, ...) are not counted: a method declares no cost."""
+
+    images: int
+    methods: int
+    inputs: int
+    imputed: int
+    blur_passes: int
+    seconds_per_input: float
+
+    @property
+    def passes(self) -> int:
+        """Passes of one input through the network for the metrics: the perturbed inputs and the blur's."""
+        return self.inputs + self.blur_passes
+
+    @property
+    def seconds(self) -> float:
+        """The metrics' passes at the measured speed: what the network alone takes, imputation and maps aside."""
+        return self.passes * self.seconds_per_input
+
+
+def planned_evaluation(model: ModelSpec, methods: Sequence[str], block: str = "B4", images: int = 1,
+                       metrics: Sequence[str] | None = None,
+                       settings: EvaluationSettings | None = None) -> PlannedEvaluation:
+    """Count what ``evaluate(model, <images images>, methods, block, metrics=metrics, settings=settings)`` will
+    run, without running it: each metric plans its inputs (its own ``plan``) for one image and one, then two,
+    random maps; what the second map adds is what each map needs, the rest is shared by the image's maps (the
+    plain, blurred and fully deleted image). The time per input is the network's, measured once per process
+    (``explainers.engine.batching``; about a second the first time). Cheap: no map and no metric is computed."""
+    chosen = _checked_metrics(metrics)
+    settings = settings or EvaluationSettings()
+    applying = [name for name in methods if method_info(name).available(model, block) is None]
+    height, width = model.input_size
+    random = np.random.default_rng(settings.seed)
+
+    def distinct(maps: int) -> tuple[int, int]:
+        plan = PerturbationPlan()
+        plain = plan.add(PlainInput(0))
+        for _ in range(maps):
+            case = MappedImage(0, random.random((height, width), dtype=np.float32), plain, settings)
+            for metric in chosen:
+                metric.plan(plan, case)
+        return len(plan.inputs), sum(isinstance(p, ImputedInput) for p in plan.inputs)
+
+    (one, one_imputed), (two, two_imputed) = distinct(1), distinct(2)
+    each, each_imputed = two - one, two_imputed - one_imputed
+    measured = batching.timings(model)
+    blur = settings.blur_sigma is None and any(metric.name == "insertion" for metric in chosen)
+    return PlannedEvaluation(images, len(applying), images * (one - each + len(applying) * each),
+                             images * (one_imputed - each_imputed + len(applying) * each_imputed),
+                             images * (1 + len(BLUR_LADDER)) if blur else 0,
+                             measured[batching.choose(measured)])
 
 
 # ------------------------------------------------------------------------------------- insertion's blur
