@@ -19,14 +19,18 @@ DEFAULT_MODEL = "efficientnet_lite0"  # the sidebar's default: the built-in Imag
 
 
 def warm_up() -> None:
-    """Import what every page imports and load the default model, as the sidebar will ask for it."""
+    """Import what every page imports, load the default model as the sidebar will ask for it, and time its
+    masked passes' batch sizes (``explainers.engine.batching``: measured once per model and process, on the
+    first view of Cluster-CAM or Evaluation otherwise)."""
     importlib.import_module("ui.sidebar")  # torch, the library, the datasets
     cache = importlib.import_module("ui.cache")
     runtime = importlib.import_module("explainers.runtime")
+    engine = importlib.import_module("explainers.engine")
     try:
-        cache.get_model(DEFAULT_MODEL, False, str(runtime.default_device()))
+        model = cache.get_model(DEFAULT_MODEL, False, str(runtime.default_device()))
     except runtime.UserInputError:  # its weights are missing: the sidebar will say so to the visitor
-        pass
+        return
+    engine.batching.batch_size(model)
 
 
 def main(arguments: list[str]) -> None:
