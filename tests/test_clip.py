@@ -81,6 +81,32 @@ def test_zero_shot_logits_are_open_clips_cosine_similarities_times_the_logit_sca
     assert other.classes == ["cat", "dog"] and other.fingerprint != model.fingerprint
 
 
+def test_the_zero_shot_head_of_a_weights_file_is_kept_for_the_next_start(weights, model, tmp_path, monkeypatch):
+    """The head is computed once per weights file, prompt and classes, and read back at the next load (the text
+    tower is not run again: it is made to fail here); another file, or the same file rewritten, computes anew."""
+    import explainers.models.clip as clip_module
+
+    monkeypatch.setenv("PROTOSCOPE_CACHE", str(tmp_path / "cache"))
+    path = weights[0]
+    first = clip_module.open_clip_model(TINY, path, CLASSES)
+    assert len(list((tmp_path / "cache" / clip_module.HEADS_KIND).glob("*.npz"))) == 1
+
+    def refused(*_):
+        raise AssertionError("the text tower ran although the head was kept")
+
+    monkeypatch.setattr(clip_module, "text_embeddings", refused)
+    again = clip_module.open_clip_model(TINY, path, CLASSES)
+    assert torch.equal(again.net.head.weight, first.net.head.weight)
+    assert torch.equal(again.net.head.bias, first.net.head.bias)
+    assert torch.allclose(again.net.head.weight, model.net.head.weight)
+    with pytest.raises(AssertionError, match="the text tower ran"):  # other classes: not kept yet
+        clip_module.open_clip_model(TINY, path, CLASSES[:2])
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(path.read_bytes())
+    with pytest.raises(AssertionError, match="the text tower ran"):  # another file
+        clip_module.open_clip_model(TINY, copy, CLASSES)
+
+
 def test_preprocessing_is_open_clips_own(model):
     from open_clip.transform import PreprocessCfg, image_transform_v2
 

@@ -45,7 +45,7 @@ import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Hashable, Protocol, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Hashable, Protocol, TypeVar, Union
 
 import numpy as np
 
@@ -62,7 +62,7 @@ __all__ = ["ASSETS", "Key", "Recipe", "STORE", "Store", "Tier", "cache_dir", "fi
            "made", "plain_value", "temporary_path", "tiers", "training_set", "write_atomically"]
 
 T = TypeVar("T")
-from ..runtime.paths import ASSETS  # noqa: E402
+from ..runtime.paths import ASSETS, cache_dir, temporary_path, write_atomically  # noqa: E402
 
 DEFAULT_MEGABYTES = 512
 WAIT_POLL = 0.2  # seconds between two looks at the work a waiter waits for
@@ -127,12 +127,6 @@ class Tier:
     loaded: str  # what the progress says when a file is read from here
 
 
-def cache_dir() -> Path:
-    """Where fitted things are kept on this machine: ``$PROTOSCOPE_CACHE`` or ``.cache/`` beside the project."""
-    root = os.environ.get("PROTOSCOPE_CACHE")
-    return Path(root) if root else ASSETS.parent / ".cache"
-
-
 def tiers(kind: str) -> list[Tier]:
     """The disk tiers of ``kind``, in the order they are read: this machine's cache, then the shipped files."""
     return [Tier(cache_dir() / kind, True, "loaded from the cache"),
@@ -145,23 +139,6 @@ def find(kind: str, filename: str) -> Path | None:
         if (tier.folder / filename).is_file():
             return tier.folder / filename
     return None
-
-
-def temporary_path(path: Path) -> Path:
-    """A name to write ``path`` under before renaming it into place: unique per process and thread,
-    so that two writers of the same file never write into one temporary file."""
-    return path.with_name(f".{path.stem}.{os.getpid()}-{threading.get_ident()}.tmp{path.suffix}")
-
-
-def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """``write(temporary)`` then rename it to ``path``: a half-written file is never read back."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_path(path)
-    try:
-        write(temporary)
-        temporary.replace(path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def made(recipe: "Recipe[T]", progress: Progress | None = None, cache: bool = True) -> T:
