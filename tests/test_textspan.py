@@ -190,6 +190,32 @@ def test_chili_on_digits_vit(digits_vit):
     assert out.raw.shape == (8, 8)
 
 
+def test_chili_weights_are_kept_on_disk_for_the_next_start(digits_vit, tmp_path, monkeypatch):
+    """Fitted once, written to .cache/chili/, and read back by a fresh store (a server restarted) without one
+    pass over the probes (the probing is made to fail here)."""
+    import explainers.fitted.chili as chili
+    from explainers.fitted import store
+
+    monkeypatch.setenv("PROTOSCOPE_CACHE", str(tmp_path))
+    monkeypatch.setattr(store, "STORE", store.Store())
+    monkeypatch.setattr(chili, "STORE", store.STORE)
+    first = chili.fitted_chili(digits_vit, probes=16)
+    assert len(list((tmp_path / chili.CHILI_KIND).glob("chili-*.npz"))) == 1
+
+    def refused(*_):
+        raise AssertionError("the probes were run again")
+
+    monkeypatch.setattr(chili, "probe_head_maps", refused)
+    monkeypatch.setattr(chili, "STORE", store.Store())
+    again = chili.fitted_chili(digits_vit, probes=16)
+    np.testing.assert_array_equal(again.weights, first.weights)
+    np.testing.assert_array_equal(again.mean_iou, first.mean_iou)
+    assert (again.alpha, again.kernel, again.threshold, again.probes, again.probing, again.constants) == \
+           (first.alpha, first.kernel, first.threshold, first.probes, first.probing, first.constants)
+    with pytest.raises(AssertionError, match="the probes were run again"):  # another setting: fitted anew
+        chili.fitted_chili(digits_vit, probes=16, alpha=2.0)
+
+
 def _folder(tmp_path, mask_size=(40, 30), levels=(0, 255), missing=False):
     for name in ("a", "b"):
         Image.new("RGB", (40, 30), (120, 30, 200)).save(tmp_path / f"{name}.jpg")

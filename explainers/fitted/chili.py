@@ -1,5 +1,6 @@
 """CHILI's head weights: which attention heads of a ViT look at the object, fitted once on a probing set with
-object masks and kept in the store (seed 001, "Object vs Context"; built on TEXTSPAN, Gandelsman et al. 2024).
+object masks and kept in the store and in ``.cache/chili/`` (seed 001, "Object vs Context"; built on TEXTSPAN,
+Gandelsman et al. 2024).
 
 For each head (l, h) TEXTSPAN gives a map A_{l,h} on the patch grid (``explainers.engine.decomposition``).
 CHILI removes the pseudo-register tokens (isolated high-norm tokens) with a median filter f_m, binarises the
@@ -27,6 +28,7 @@ for its labelled class (digits) or the model's predicted class (a mask folder ca
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,13 +46,14 @@ from ..engine.trace import trace
 from ..models import ModelSpec
 from ..runtime.errors import UserInputError
 from ..runtime.progress import Progress, report
-from .store import STORE, Key
+from .store import STORE, Key, write_atomically
 
 __all__ = ["ALPHA", "CHILI_KIND", "INK", "KERNEL", "PROBES", "THRESHOLD", "ChiliRecipe", "ChiliWeights",
            "ProbingSet", "binarise", "chili_maps", "fitted_chili", "head_weights", "iou", "median_maps",
            "probing_set", "read_probing_folder"]
 
-CHILI_KIND = "chili"
+CHILI_KIND = "chili"  # the store's kind and the disk tier's folder: .cache/chili/
+CHILI_VERSION = 1
 ALPHA, KERNEL, THRESHOLD, PROBES = 5.0, 3, 0.5, 256
 INK = 0.3  # a digits patch is ink where its mean grey level (0..1) exceeds this
 PROBES_PER_PASS = 64
@@ -118,7 +121,9 @@ def read_probing_folder(model: ModelSpec, folder: str | Path, probes: int = PROB
                                  "use black for the background and one other value for the object")
         binary = Image.fromarray(((np.asarray(mask.convert("L")) > 0) * 255).astype(np.uint8))
         masks.append(_grid_mask(model, binary, 0.5))
-        digest.update(f"{path.name}:{path.stat().st_size}:{mask_path.stat().st_size}".encode())
+        for file in (path, mask_path):  # an edited image or mask is another probe (the weights are kept on disk)
+            found = file.stat()
+            digest.update(f"{file.name}:{found.st_size}:{found.st_mtime_ns}".encode())
     return ProbingSet(name=f"{root.name} (mask folder)", load=lambda i: load_image(images[i]),
                       masks=np.stack(masks), labels=None, fingerprint=digest.hexdigest()[:16])
 
@@ -179,7 +184,7 @@ def chili_maps(head_maps: np.ndarray, weights: np.ndarray, kernel: int = KERNEL)
     return {"object": objects, "context": (1.0 - w) * filtered, "saliency": objects.sum(axis=(-4, -3))}
 
 
-# --- fitted once, kept in the store --------------------------------------------------------------------------
+# --- fitted once, kept in the store and on disk ----------------------------------------------------------------------
 
 @dataclass
 class ChiliWeights:
@@ -216,17 +221,18 @@ def probe_head_maps(model: ModelSpec, probing: ProbingSet, progress: Progress | 
 
 
 class ChiliRecipe:
-    """CHILI's head weights of ``model`` on a probing set: what ``explainers.fitted.store`` needs (memory only:
-    a fit takes one pass over the probes)."""
-
-    filename = None
+    """CHILI's head weights of ``model`` on a probing set: what ``explainers.fitted.store`` needs to find them (in
+    memory, then ``.cache/chili/``), fit them (one pass over the probes), keep and share them."""
 
     def __init__(self, model: ModelSpec, probing: ProbingSet, alpha: float = ALPHA, kernel: int = KERNEL,
                  threshold: float = THRESHOLD) -> None:
         self.model, self.probing = model, probing
         self.alpha, self.kernel, self.threshold = float(alpha), int(kernel), float(threshold)
-        self.key = Key.of(CHILI_KIND, model.fingerprint, probing.fingerprint, alpha=self.alpha, kernel=self.kernel,
-                          threshold=self.threshold)
+        self.key = Key.of(CHILI_KIND, model.fingerprint, probing.fingerprint, version=CHILI_VERSION, alpha=self.alpha,
+                          kernel=self.kernel, threshold=self.threshold)
+        text = json.dumps([CHILI_VERSION, model.fingerprint, probing.fingerprint, self.alpha, self.kernel,
+                           self.threshold])
+        self.filename = f"chili-{hashlib.sha256(text.encode()).hexdigest()[:16]}.npz"
         self.title = f"Weighing {model.name}'s heads on {len(probing)} probes for CHILI (once; kept for every session)"
 
     def fit(self, progress: Progress | None) -> ChiliWeights:
@@ -236,11 +242,18 @@ class ChiliRecipe:
                             threshold=self.threshold, probes=len(self.probing), probing=self.probing.name,
                             constants={"max_weight": 1.0 - math.exp(-self.alpha)})
 
-    def load(self, path: Path) -> ChiliWeights:
-        raise NotImplementedError("CHILI's weights are kept in memory only")
+    @staticmethod
+    def load(path: Path) -> ChiliWeights:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            return ChiliWeights(weights=data["weights"], mean_iou=data["mean_iou"], **meta)
 
-    def save(self, value: ChiliWeights, path: Path) -> None:
-        raise NotImplementedError("CHILI's weights are kept in memory only")
+    @staticmethod
+    def save(value: ChiliWeights, path: Path) -> None:
+        meta = {"alpha": value.alpha, "kernel": value.kernel, "threshold": value.threshold, "probes": value.probes,
+                "probing": value.probing, "constants": value.constants}
+        write_atomically(path, lambda temporary: np.savez(temporary, weights=value.weights, mean_iou=value.mean_iou,
+                                                          meta=np.array(json.dumps(meta))))
 
     @staticmethod
     def share(value: ChiliWeights) -> ChiliWeights:
