@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -17,6 +18,22 @@ from torch import nn
 from explainers import load_dataset, load_model
 from explainers.models import ModelSpec
 from explainers.runtime.hooks import _dispatch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def page_test(path: str, timeout: float = 120, **query: str):
+    """An AppTest of one page (``path`` from the repo root, e.g. ``pages/saliency.py``) with the shared sidebar
+    drawn first, as app.py draws them, and the link values ``query``; not run yet."""
+    from streamlit.testing.v1 import AppTest
+
+    script = ("import runpy\nfrom ui.sidebar import sidebar\nsidebar()\n"
+              f"runpy.run_path({str(REPO / path)!r}, run_name='__main__')\n")
+    app = AppTest.from_string(script, default_timeout=timeout)
+    for key, value in query.items():
+        app.query_params[key] = value
+    return app
+
 
 ALL_METHODS = ("cam", "gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam", "eigengradcam")
 GRADIENT_FREE = ("cam", "eigencam")

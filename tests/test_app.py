@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import streamlit as st
 import torch
+from helpers import page_test
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -30,12 +31,8 @@ PAGES = ["pages/overview.py", "pages/saliency.py", "pages/clustercam.py", "pages
 
 
 def page(path: str, **query: str) -> AppTest:
-    """One page with the shared sidebar drawn first, as app.py draws it."""
-    script = ("import runpy\nfrom ui.sidebar import sidebar\nsidebar()\n"
-              f"runpy.run_path({str(REPO / path)!r}, run_name='__main__')\n")
-    app = AppTest.from_string(script, default_timeout=TIMEOUT)
-    for key, value in query.items():
-        app.query_params[key] = value
+    """One page with the shared sidebar drawn first, as app.py draws it, run once."""
+    app = page_test(path, TIMEOUT, **query)
     app.run()
     assert not app.exception, app.exception
     return app

@@ -9,6 +9,7 @@ import json
 import open_clip
 import pytest
 import torch
+from helpers import page_test
 from PIL import Image
 
 from explainers import CheckpointError, ModelUnavailableError, UserInputError, explain_many, load_model
@@ -209,14 +210,9 @@ def test_vit_b_32_at_its_size(configs):
 
 
 def test_the_sidebar_takes_clip_with_typed_classes_and_keeps_them_in_the_url():
-    from pathlib import Path
 
-    from streamlit.testing.v1 import AppTest
 
-    repo = Path(__file__).resolve().parents[1]
-    script = ("import runpy\nfrom ui.sidebar import sidebar\nsidebar()\n"
-              f"runpy.run_path({str(repo / 'pages/saliency.py')!r}, run_name='__main__')\n")
-    app = AppTest.from_string(script, default_timeout=240)
+    app = page_test("pages/saliency.py", 240)
     for key, value in dict(model_name="open_clip:ViT-B-32", random_weights="1", clip_classes="cat, dog,teapot",
                            methods="gradcam,rollout,chefer", block="B3").items():
         app.query_params[key] = value

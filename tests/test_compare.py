@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from helpers import page_test
 from streamlit.testing.v1 import AppTest
 
 from explainers import method_info
@@ -12,12 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def page(name: str, **query: str) -> AppTest:
-    script = ("import runpy\nfrom ui.sidebar import sidebar\nsidebar()\n"
-              f"runpy.run_path({str(REPO / 'pages' / name)!r}, run_name='__main__')\n")
-    app = AppTest.from_string(script, default_timeout=240)
-    for key, value in query.items():
-        app.query_params[key] = value
-    return app
+    return page_test(f"pages/{name}", 240, **query)
 
 
 def test_compare_renders_digits_and_digits_vit_with_the_shared_methods():

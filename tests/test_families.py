@@ -13,12 +13,12 @@ import functools
 import math
 import socket
 import urllib.error
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import page_test
 from torch import nn
 from torchvision import models as tv
 
@@ -590,12 +590,8 @@ def test_every_family_is_registered_once_with_generic_last():
 # --- the sidebar's model box ------------------------------------------------------------------------
 
 def test_the_sidebar_takes_any_timm_or_torchvision_name_typed_in_its_model_box(empty_caches):
-    from streamlit.testing.v1 import AppTest
 
-    repo = Path(__file__).resolve().parents[1]
-    script = ("import runpy\nfrom ui.sidebar import sidebar\nsidebar()\n"
-              f"runpy.run_path({str(repo / 'pages/saliency.py')!r}, run_name='__main__')\n")
-    app = AppTest.from_string(script, default_timeout=120)
+    app = page_test("pages/saliency.py", 120)
     app.run()
     assert not app.exception, app.exception
     app.text_input(key="model_name").set_value("timm:resnet18").run()

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import page_test
 from PIL import Image
 
 from explainers import explain, load_dataset, load_model
@@ -421,7 +422,6 @@ def test_the_shipped_tier_is_read_after_the_cache_and_never_written(model, train
 
 def test_the_prototypes_page_opens_from_the_shipped_files(tmp_path, monkeypatch):
     """No fit, no embedding, no UMAP: everything the default view shows is read."""
-    from streamlit.testing.v1 import AppTest
 
     import explainers.fitted.alignment as alignment
 
@@ -433,10 +433,7 @@ def test_the_prototypes_page_opens_from_the_shipped_files(tmp_path, monkeypatch)
                          (alignment, "alignment_table"), (ui.prototype_cache, "embeddings")):
         monkeypatch.setattr(module, name, lambda *a, _name=name, **k: pytest.fail(f"computed {_name}"))
     monkeypatch.setattr(store, "STORE", Store())
-    script = ("import runpy\nfrom ui.sidebar import sidebar\nsidebar()\n"
-              f"runpy.run_path({str(Path(__file__).resolve().parents[1] / 'pages/prototypes.py')!r}, run_name='__main__')\n")
-    app = AppTest.from_string(script, default_timeout=60)
-    app.query_params["model"] = "digits"
+    app = page_test("pages/prototypes.py", 60, model="digits")
     started = time.perf_counter()
     app.run()
     assert not app.exception and not app.error, (app.exception, app.error)

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
+from helpers import page_test
 
 import explainers.fitted.alignment as alignment
 from explainers import load_dataset, load_model
@@ -141,9 +141,7 @@ def test_digits_marked_pages_open_from_the_shipped_files(path, tmp_path, monkeyp
                          (alignment, "alignment_table"), (ui.prototype_cache, "embeddings"),
                          (qsenn_table, "concept_table")):  # Concepts' Table 1 ships with its layer
         monkeypatch.setattr(module, name, lambda *a, _name=name, **k: pytest.fail(f"computed {_name}"))
-    script = ("import runpy\nfrom ui.sidebar import sidebar\nsidebar()\n"
-              f"runpy.run_path({str(REPO / path)!r}, run_name='__main__')\n")
-    app = AppTest.from_string(script, default_timeout=120)
+    app = page_test(path, 120)
     app.query_params.update(model="digits_marked", split="train", cls="3", index="0")
     app.run()
     assert not app.exception and not app.error, (app.exception, [e.value for e in app.error])

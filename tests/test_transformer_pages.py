@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import page_test
 from streamlit.testing.v1 import AppTest
 
 from explainers import load_model
@@ -16,12 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def page(name: str, **query: str) -> AppTest:
-    script = ("import runpy\nfrom ui.sidebar import sidebar\nsidebar()\n"
-              f"runpy.run_path({str(REPO / 'pages' / name)!r}, run_name='__main__')\n")
-    app = AppTest.from_string(script, default_timeout=300)
-    for key, value in query.items():
-        app.query_params[key] = value
-    return app
+    return page_test(f"pages/{name}", 300, **query)
 
 
 def test_digits_vit_layer_groups_go_from_the_head_down_to_the_patch_embedding():
