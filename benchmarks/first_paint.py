@@ -19,7 +19,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 RAW_NAMES = {"app", "clustercam", "overview", "saliency", "segments", "prototypes", "concepts", "evaluation", "sanity"}
@@ -39,12 +41,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def measure(link: str, chromium: str = "/usr/bin/chromium") -> dict:
-    from playwright.sync_api import sync_playwright
-
+@contextmanager
+def fresh_server(start: list[str]) -> Iterator[int]:
+    """A fresh Streamlit server (``python <start>``, e.g. ``-m ui.serve``) on a free port, yielded once it
+    answers its health check; stopped (its whole process group) afterwards."""
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+        [sys.executable, *start, "--server.headless", "true", "--server.port", str(port),
          "--server.fileWatcherType", "none", "--server.address", "127.0.0.1"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -54,6 +57,16 @@ def measure(link: str, chromium: str = "/usr/bin/chromium") -> dict:
                     break
             except OSError:
                 time.sleep(0.1)
+        yield port
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def measure(link: str, chromium: str = "/usr/bin/chromium") -> dict:
+    from playwright.sync_api import sync_playwright
+
+    with fresh_server(["-m", "streamlit", "run", "app.py"]) as port:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox", "--disable-gpu"])
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
@@ -80,9 +93,6 @@ def measure(link: str, chromium: str = "/usr/bin/chromium") -> dict:
                 time.sleep(0.05)
             browser.close()
         return found
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 if __name__ == "__main__":

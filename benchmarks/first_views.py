@@ -13,17 +13,13 @@ Needs Debian's Chromium (apt-get install chromium) and playwright (requirements-
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from first_paint import free_port  # noqa: E402
+from first_paint import fresh_server  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = ["", "saliency", "clustercam", "segments", "prototypes", "concepts", "evaluation", "sanity"]
@@ -62,19 +58,8 @@ def first_views(query: str = "", chromium: str = "/usr/bin/chromium", rounds: in
     """Each page's settle time in ``rounds`` rounds of new sessions on one fresh server: started as ``make run``
     starts it (``python -m ui.serve``, warmed before the first visitor), or ``plain``: ``streamlit run app.py``.
     ``browser``: a Playwright browser already open (the browser test's), else one is launched."""
-    port = free_port()
     start = ["-m", "streamlit", "run", "app.py"] if plain else ["-m", "ui.serve"]
-    server = subprocess.Popen(
-        [sys.executable, *start, "--server.headless", "true", "--server.port", str(port),
-         "--server.fileWatcherType", "none", "--server.address", "127.0.0.1"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        for _ in range(600):
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.1)
+    with fresh_server(start) as port:
         time.sleep(after)
         if browser is not None:
             return _rounds(browser, port, query, rounds)
@@ -86,9 +71,6 @@ def first_views(query: str = "", chromium: str = "/usr/bin/chromium", rounds: in
                 return _rounds(launched, port, query, rounds)
             finally:
                 launched.close()
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 def _rounds(browser, port: int, query: str, rounds: int) -> list[dict]:
