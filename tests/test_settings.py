@@ -112,7 +112,9 @@ def test_explain_with_settings_equals_the_method_called_with_them(model, name, b
     assert np.allclose(explained.raw, direct.maps[0].numpy(), rtol=1e-5, atol=1e-6 * float(np.abs(explained.raw).max()))
     default = explain(model, image, name, block=block)
     if name in ("scorecam", "ablationcam"):  # the batch size changes the time, never the map
-        assert np.allclose(explained.raw, default.raw, rtol=1e-4, atol=1e-5 * float(np.abs(default.raw).max()))
+        # ... beyond float32 rounding: another batch size is another convolution algorithm, and Ablation-CAM's
+        # weights (y - y_k) / y difference two close logits (measured: 2e-5 of a map whose maximum is 0.44)
+        assert np.allclose(explained.raw, default.raw, rtol=1e-4, atol=1e-4 * float(np.abs(default.raw).max()))
     else:
         assert not np.allclose(explained.raw, default.raw), "the settings did not reach the method"
 
