@@ -56,8 +56,8 @@ def what_will_run(methods: int, block: str, mode: str, more: int, dataset: str) 
     maps = methods * (1 + more) * (1 + len(GROUPS))
     return ("**Run the check** explains the current image" + (f" and {more} {dataset} images" if more else "")
             + f" with {plural(methods, 'method')} at **{block}**, on the trained network and after each of up to "
-            f"{len(GROUPS)} randomisation steps ({steps}): up to {plural(maps, 'map')}, from one trace of the "
-            f"network per step and {IMAGES_PER_PASS} images, plus the passes of the methods that run their own.")
+            f"{len(GROUPS)} randomisation steps ({steps}): up to {plural(maps, 'map')}. Each step takes one pass "
+            f"of the network for every {IMAGES_PER_PASS} images, plus the passes of the methods that run their own.")
 
 
 def curves_figure(result: RandomizationResult) -> go.Figure:
