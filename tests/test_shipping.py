@@ -84,15 +84,15 @@ def test_shipping_a_q_senn_layer_keeps_the_other_models_layer(tmp_path, monkeypa
     monkeypatch.setattr(QSENN, "fit", lambda self, *a, **k: QSENN.load(SHIPPED_QSENN / marked_layer, model))
     written = ship_qsenn("digits_marked", out=tmp_path)
     assert written.name == marked_layer
-    assert json.loads((tmp_path / SHIPPED_MANIFEST).read_text()) == {"digits": digits_files,
-                                                                     "digits_marked": marked_files}
+    assert json.loads((tmp_path / SHIPPED_MANIFEST).read_text()) == manifest | {"digits_marked": marked_files}
     for name in marked_files[1:]:  # the table is the one shipped, to the byte
         assert (tmp_path / name).read_bytes() == (SHIPPED_QSENN / name).read_bytes()
     for name in digits_files:
         assert (tmp_path / name).read_bytes() == (SHIPPED_QSENN / name).read_bytes()
 
 
-@pytest.mark.parametrize("folder, models", [(SHIPPED_PROTOTYPES, (*MODELS, "digits_vit")), (SHIPPED_QSENN, MODELS)])
+@pytest.mark.parametrize("folder, models", [(SHIPPED_PROTOTYPES, (*MODELS, "digits_vit")),
+                                            (SHIPPED_QSENN, (*MODELS, "digits_vit"))])
 def test_every_shipped_file_is_one_models_and_small(folder, models):
     manifest = json.loads((folder / SHIPPED_MANIFEST).read_text())
     assert sorted(manifest) == sorted(models)
@@ -126,8 +126,9 @@ def test_digits_marked_ships_the_files_of_its_current_weights():
     assert layers[1:] == [concept_table_filename(layer, splits)], "its Table 1 ships with it (the Concepts page)"
 
 
-@pytest.mark.parametrize("path", ["pages/segments.py", "pages/prototypes.py", "pages/concepts.py"])
-def test_digits_marked_pages_open_from_the_shipped_files(path, tmp_path, monkeypatch):
+@pytest.mark.parametrize("model, path", [("digits_marked", "pages/segments.py"), ("digits_marked", "pages/prototypes.py"),
+                                         ("digits_marked", "pages/concepts.py"), ("digits_vit", "pages/concepts.py")])
+def test_pages_open_from_the_shipped_files(model, path, tmp_path, monkeypatch):
     """A fresh machine (an empty cache, a new store): no prototype or Q-SENN fit, no embedding, no UMAP."""
     monkeypatch.setenv("PROTOSCOPE_CACHE", str(tmp_path))
     fresh = Store()
@@ -142,7 +143,7 @@ def test_digits_marked_pages_open_from_the_shipped_files(path, tmp_path, monkeyp
                          (qsenn_table, "concept_table")):  # Concepts' Table 1 ships with its layer
         monkeypatch.setattr(module, name, lambda *a, _name=name, **k: pytest.fail(f"computed {_name}"))
     app = page_test(path, 120)
-    app.query_params.update(model="digits_marked", split="train", cls="3", index="0")
+    app.query_params.update(model=model, split="train", cls="3", index="0")
     app.run()
     assert not app.exception and not app.error, (app.exception, [e.value for e in app.error])
     assert app.subheader, "the page drew nothing"
