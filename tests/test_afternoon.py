@@ -80,14 +80,21 @@ def plain_checkpoint(classes: int = 3) -> bytes:
     return buffer.getvalue()
 
 
-def test_a_plain_checkpoint_takes_its_folders_class_names_on_every_page_without_renaming_the_shared_model(tmp_path):
-    import ui.cache
-
+def segments_of_a_plain_checkpoint(tmp_path):
+    """The Segments page of an uploaded plain checkpoint of three classes, with a named folder (coffee, milk, tea)
+    as its training images, at K/C = 1."""
     folder = class_folders(tmp_path / "drinks", ["coffee", "milk", "tea"], per_class=8)
     app = page("pages/segments.py", model="checkpoint")
     app.file_uploader(key="checkpoint_file").upload("plain.pt", plain_checkpoint(), "application/octet-stream").run()
     app.text_input(key="train_folder").set_value(str(folder)).run()
     app.select_slider(key="per_class").set_value(1).run()
+    return app
+
+
+def test_a_plain_checkpoint_takes_its_folders_class_names_on_every_page_without_renaming_the_shared_model(tmp_path):
+    import ui.cache
+
+    app = segments_of_a_plain_checkpoint(tmp_path)
     assert not app.exception and not app.error, (app.exception, [e.value for e in app.error])
     selection = app.session_state["_selection"]
     assert selection.model.classes == ["coffee", "milk", "tea"]
@@ -104,11 +111,7 @@ def test_a_plain_checkpoint_takes_its_folders_class_names_on_every_page_without_
 
 
 def test_segments_states_a_difference_between_the_network_and_the_prototypes_as_a_finding(tmp_path):
-    folder = class_folders(tmp_path / "drinks", ["coffee", "milk", "tea"], per_class=8)
-    app = page("pages/segments.py", model="checkpoint")
-    app.file_uploader(key="checkpoint_file").upload("plain.pt", plain_checkpoint(), "application/octet-stream").run()
-    app.text_input(key="train_folder").set_value(str(folder)).run()
-    app.select_slider(key="per_class").set_value(1).run()
+    app = segments_of_a_plain_checkpoint(tmp_path)
     seen = set()
     for index in range(12):
         app.number_input(key="index").set_value(index).run()
