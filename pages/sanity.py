@@ -41,7 +41,7 @@ count = controls[1].number_input("More images for the curves", 0, MAX_IMAGES, ke
                                       "average over all the images.")
 
 keep_statistics = controls[2].toggle(
-    "Batch norms keep their statistics", key="sanity_keep_statistics",
+    "Keep batch-norm statistics", key="sanity_keep_statistics",
     help="Off: a randomised batch norm is reset entirely, running mean and variance too, so the fully randomised "
          "network is the untrained architecture. On: its running statistics stay, as in Adebayo et al. (who "
          "randomise trainable variables only); they then normalise random activations with the trained ones' "
